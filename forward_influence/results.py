@@ -1,0 +1,213 @@
+"""Result tables, their provenance, and crash-safe output directories.
+
+An output directory holds::
+
+    run.json            config, model provenance, versions, seed, git sha,
+                        noise floor, timings, status
+    tokens.parquet      one row per document token
+    influence.parquet   long: doc_id, mode, split_pos, source_pos, layer,
+                        kv_head, target_pos, distance, kl
+    summary.parquet     per document and source: FI total and per bucket
+    .parts/NNNN/        per-document checkpoints (same tables + meta.json)
+
+Every file is written to a temporary name and renamed, so a killed run never
+leaves a half-written table; rerunning the same command skips finished
+documents. A different configuration is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import MeasureConfig
+from .errors import InputError
+
+TABLES = ("tokens", "influence", "summary")
+OPTIONAL_TABLES = ("token_layers",)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the numbers."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("forward_influence", "torch", "transformers", "numpy", "pandas", "pyarrow", "spacy", "scipy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_sha() -> str | None:
+    """Commit of the checkout this package runs from (``+dirty`` if modified), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def check_out_dir(out: str | Path, config: MeasureConfig) -> Path:
+    """Refuse an unusable out dir before anything is computed or written."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory; choose another path")
+    anc = out
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise InputError(f"--out {out}: {anc} is not a directory; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(dir=anc, prefix=".fi-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError:
+        raise InputError(f"--out {out} is not writable (no write access to {anc}); choose another directory") from None
+    run_json = out / "run.json"
+    if run_json.is_file():
+        old = json.loads(run_json.read_text()).get("config", {})
+        new = config.to_dict()
+        diff = [k for k in new if k not in ("out", "batch_size", "progress", "report") and old.get(k) != new[k]]
+        if diff:
+            k = diff[0]
+            raise InputError(
+                f"--out {out} holds a run with a different config ({k}: {old.get(k)!r} -> {new[k]!r}); use a new --out or delete it"
+            )
+    return out
+
+
+@dataclass
+class MeasureResult:
+    """The tables of a measurement and where they came from.
+
+    Attributes
+    ----------
+    tokens, influence, summary : pandas.DataFrame
+    token_layers : pandas.DataFrame or None
+        Per-layer / per-KV-head signals, when computed.
+    meta : dict
+        ``run.json``: config, provenance, versions, seed, noise floor, timings.
+    """
+
+    tokens: pd.DataFrame
+    influence: pd.DataFrame
+    summary: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+    token_layers: pd.DataFrame | None = None
+
+    @property
+    def config(self) -> MeasureConfig:
+        return MeasureConfig.from_dict(self.meta["config"])
+
+    def save(self, out: str | Path) -> Path:
+        """Write all tables and ``run.json`` atomically into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in TABLES + OPTIONAL_TABLES:
+            df = getattr(self, name)
+            if df is not None:
+                write_parquet_atomic(df, out / f"{name}.parquet")
+        write_json_atomic(out / "run.json", self.meta)
+        return out
+
+    @classmethod
+    def load(cls, out: str | Path) -> "MeasureResult":
+        """Read a finished output directory."""
+        out = Path(out)
+        run_json = out / "run.json"
+        if not run_json.is_file():
+            raise InputError(f"{out} has no run.json; give the --out directory of an fi-measure run")
+        meta = json.loads(run_json.read_text())
+        if meta.get("status") != "complete":
+            raise InputError(f"{out}: the run did not finish (status {meta.get('status')!r}); rerun the same command to resume it")
+        tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
+        extra = {n: pd.read_parquet(out / f"{n}.parquet") for n in OPTIONAL_TABLES if (out / f"{n}.parquet").is_file()}
+        return cls(meta=meta, **tables, **extra)
+
+    @classmethod
+    def load_if_complete(cls, out: str | Path) -> "MeasureResult | None":
+        """The finished run in ``out``, or None if it has not finished."""
+        meta = json.loads((Path(out) / "run.json").read_text())
+        return cls.load(out) if meta.get("status") == "complete" else None
+
+    def merge(self, other: "MeasureResult") -> "MeasureResult":
+        """Concatenate two runs of the same model and config on different documents."""
+        for key in ("model",):
+            if self.meta.get(key) != other.meta.get(key):
+                raise ValueError(f"cannot merge runs with different {key}: {self.meta.get(key)} vs {other.meta.get(key)}")
+        if MeasureConfig.from_dict(self.meta["config"]).semantic() | {"doc": None, "max_docs": None, "doc_ids": None} != MeasureConfig.from_dict(other.meta["config"]).semantic() | {"doc": None, "max_docs": None, "doc_ids": None}:
+            raise ValueError("cannot merge runs with different measurement configs")
+        overlap = set(self.tokens.doc_id) & set(other.tokens.doc_id)
+        if overlap:
+            raise ValueError(f"cannot merge runs that share documents: {sorted(overlap)[:3]}")
+        cat = lambda a, b: None if a is None or b is None else pd.concat([a, b], ignore_index=True)  # noqa: E731
+        meta = dict(self.meta)
+        meta["documents"] = self.meta.get("documents", []) + other.meta.get("documents", [])
+        meta["merged_from"] = [self.meta.get("run_id"), other.meta.get("run_id")]
+        return MeasureResult(
+            tokens=cat(self.tokens, other.tokens),
+            influence=cat(self.influence, other.influence),
+            summary=cat(self.summary, other.summary),
+            token_layers=cat(self.token_layers, other.token_layers),
+            meta=meta,
+        )
+
+
+class PartStore:
+    """Per-document checkpoints under ``out/.parts``: each a directory renamed into place."""
+
+    def __init__(self, out: Path):
+        self.root = out / ".parts"
+
+    def path(self, index: int) -> Path:
+        return self.root / f"{index:05d}"
+
+    def done(self, index: int, doc_id: str) -> bool:
+        meta = self.path(index) / "meta.json"
+        return meta.is_file() and json.loads(meta.read_text()).get("doc_id") == doc_id
+
+    def write(self, index: int, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        for name, df in tables.items():
+            df.to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        final = self.path(index)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+
+    def read(self, index: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+        p = self.path(index)
+        tables = {f.stem: pd.read_parquet(f) for f in sorted(p.glob("*.parquet"))}
+        return tables, json.loads((p / "meta.json").read_text())
+
+    def clear(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
