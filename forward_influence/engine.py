@@ -152,11 +152,12 @@ class ForwardInfluenceEngine:
         Bound on the logits/KL temporaries held at once (position chunking).
     """
 
-    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int = 256 << 20, logit_bytes: int = 512 << 20):
+    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int = 8 << 20, logit_bytes: int = 128 << 20, kl_bytes: int = 4 << 20):
         self.model = model
         self.batch_size = batch_size
         self.max_score_bytes = max_score_bytes
         self.logit_bytes = logit_bytes
+        self.kl_bytes = kl_bytes
         self.n_layers = plumbing.n_layers(model)
         self.n_kv = plumbing.n_kv_heads(model)
 
@@ -176,6 +177,7 @@ class ForwardInfluenceEngine:
         return int(max(1, min(cap, budget // max(1, per_row))))
 
     # ------------------------------------------------------------- internals
+    @torch.no_grad()
     def _kl_rows(self, hidden: torch.Tensor, row_pos: Sequence[np.ndarray]) -> list[np.ndarray]:
         """KL of rows ``1..B`` against row 0 at the given block positions.
 
@@ -187,15 +189,19 @@ class ForwardInfluenceEngine:
         vocab = plumbing.lm_head(self.model).weight.shape[0]
         lo = min(int(p.min()) for p in row_pos)
         hi = max(int(p.max()) for p in row_pos) + 1
-        chunk = max(1, self.logit_bytes // (rows * vocab * 8 * 4))
+        chunk = max(1, self.logit_bytes // (rows * vocab * 4))  # positions per LM-head GEMM
+        sub = max(1, self.kl_bytes // (rows * vocab * 4))  # positions per cache-resident KL pass
         full = np.zeros((rows - 1, c), dtype=np.float64)
         for c0 in range(lo, hi, chunk):
             c1 = min(hi, c0 + chunk)
             logits = plumbing.logits_from_hidden(self.model, hidden[:, c0:c1])  # (B+1, n, V)
-            kl = centred_kl(logits[:1], logits[1:])  # (B, n) float64
-            full[:, c0:c1] = kl.cpu().numpy()
+            for s0 in range(0, c1 - c0, sub):
+                lg = logits[:, s0 : s0 + sub]  # (B+1, m, V)
+                kl = centred_kl(lg[:1], lg[1:])  # (B, m) float64
+                full[:, c0 + s0 : c0 + s0 + lg.shape[1]] = kl.cpu().numpy()
         return [full[b, p] for b, p in enumerate(row_pos)]
 
+    @torch.no_grad()
     def _null_floor(self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray) -> np.ndarray:
         """KL between the batched null row and a null row run alone."""
         one = plumbing.AblationBatch(positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start]))

@@ -113,7 +113,7 @@ class _Mode:
     prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
     start: int = 0
     batch: AblationBatch | None = None
-    max_score_bytes: int = 256 << 20
+    max_score_bytes: int = 8 << 20
     # derived per forward (built lazily on first layer)
     _prefix_idx: torch.Tensor | None = None  # (B, K) int64
     _prefix_valid: torch.Tensor | None = None  # (B, K) bool
@@ -195,41 +195,47 @@ def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
 
     qg = (query * scaling).view(b, hkv, g, c, d)  # (B, Hkv, g, C, D)
     out = torch.empty(hkv, b, g, c, d, dtype=value.dtype, device=dev)  # (Hkv, B, g, C, D)
-    bytes_per_q = 4 * b * hq * (p + c) * 3
+    # Query chunks small enough that one chunk's scores stay in cache (CPU) or
+    # bounded (GPU): every elementwise pass below then runs at cache speed.
+    bytes_per_q = 4 * b * hq * (p + c)
     chunk = max(1, min(c, mode.max_score_bytes // max(1, bytes_per_q)))
     pk_t = pk[0].transpose(1, 2)  # (Hkv, D, P) view, no copy
     pv0 = pv[0]  # (Hkv, P, D)
+    vt = value.permute(1, 0, 2, 3).unsqueeze(2)  # (Hkv, B, 1, C, D) view
+    kt = key.permute(1, 0, 3, 2).unsqueeze(2)  # (Hkv, B, 1, D, C) view
+    sel_t = sel.t()  # (Hkv, B)
     for c0 in range(0, c, chunk):
         c1 = min(c, c0 + chunk)
         n = c1 - c0
         qpos = mode.start + torch.arange(c0, c1, device=dev)  # (n,) absolute query positions
-        qc = qg[:, :, :, c0:c1]  # (B, Hkv, g, n, D)
-        qf = qc.permute(1, 0, 2, 3, 4).reshape(hkv, b * g * n, d)  # (Hkv, B*g*n, D)
-        s_pre = torch.bmm(qf, pk_t).float().view(hkv, b, g, n, p)  # (Hkv, B, g, n, P)
-        kb = key[:, :, :c1]  # (B, Hkv, c1, D) keys of the block visible to this chunk
-        s_blk = torch.matmul(qc, kb.unsqueeze(2).transpose(-1, -2)).float()  # (B, Hkv, g, n, c1)
-        s_blk = s_blk.permute(1, 0, 2, 3, 4)  # (Hkv, B, g, n, c1)
+        qc = qg[:, :, :, c0:c1].permute(1, 0, 2, 3, 4).contiguous().view(hkv, b, g * n, d)  # (Hkv, B, g*n, D) small copy
+        s_pre = torch.bmm(qc.view(hkv, b * g * n, d), pk_t).view(hkv, b, g, n, p)  # (Hkv, B, g, n, P) shared prefix, B folded into M
+        s_blk = torch.matmul(qc, kt[:, :, 0, :, :c1]).view(hkv, b, g, n, c1)  # (Hkv, B, g, n, c1) own block keys
+        if s_pre.dtype != torch.float32:
+            s_pre, s_blk = s_pre.float(), s_blk.float()
         after = qpos[None, :] >= tau[:, None]  # (B, n) queries past the eviction time
         if has_prefix_hidden:
-            cond = sel.t()[:, :, None, None, None] & after[None, :, None, :, None]  # (Hkv, B, 1, n, 1)
+            cond = sel_t[:, :, None, None, None] & after[None, :, None, :, None]  # (Hkv, B, 1, n, 1)
             cond = cond & mode._prefix_valid[None, :, None, None, :]  # (Hkv, B, 1, n, K)
             idx = mode._prefix_idx[None, :, None, None, :].expand(hkv, b, g, n, kmax)  # (Hkv, B, g, n, K)
             cur = s_pre.gather(-1, idx)  # (Hkv, B, g, n, K)
             s_pre.scatter_(-1, idx, cur.masked_fill(cond, float("-inf")))
-        kpos = torch.arange(c1, device=dev)  # (c1,) block key index
-        blk_mask = kpos[None, :] > torch.arange(c0, c1, device=dev)[:, None]  # (n, c1) causal
-        blk_mask = blk_mask[None, None, None].expand(hkv, b, 1, n, c1)  # (Hkv, B, 1, n, c1)
+        blk_mask = torch.arange(c1, device=dev)[None, :] > torch.arange(c0, c1, device=dev)[:, None]  # (n, c1) causal
         if has_block_hidden:
             hid = mode._block_hidden[:, :c1]  # (B, c1)
-            extra = sel.t()[:, :, None, None] & after[None, :, :, None] & hid[None, :, None, :]  # (Hkv, B, n, c1)
+            extra = sel_t[:, :, None, None] & after[None, :, :, None] & hid[None, :, None, :]  # (Hkv, B, n, c1)
             blk_mask = blk_mask | extra[:, :, None]  # (Hkv, B, 1, n, c1)
-        s_blk = s_blk.masked_fill(blk_mask, float("-inf"))
-        probs = torch.softmax(torch.cat([s_pre, s_blk], dim=-1), dim=-1).to(value.dtype)  # (Hkv, B, g, n, P+c1)
-        o = torch.bmm(probs[..., :p].reshape(hkv, b * g * n, p), pv0)  # (Hkv, B*g*n, D)
-        o = o.view(hkv, b, g, n, d)
-        vb = value[:, :, :c1].permute(1, 0, 2, 3).unsqueeze(2)  # (Hkv, B, 1, c1, D)
-        o = o + torch.matmul(probs[..., p:], vb)  # (Hkv, B, g, n, D)
-        out[:, :, :, c0:c1] = o
+        s_blk.masked_fill_(blk_mask, float("-inf"))
+        # Softmax over [prefix | block] without concatenating: shared max, in-place exp.
+        m = s_blk.amax(-1, keepdim=True)  # (Hkv, B, g, n, 1); the diagonal is never hidden
+        if p > 0:
+            m = torch.maximum(m, s_pre.amax(-1, keepdim=True))
+        s_pre.sub_(m).exp_()
+        s_blk.sub_(m).exp_()
+        denom = s_pre.sum(-1, keepdim=True) + s_blk.sum(-1, keepdim=True)  # (Hkv, B, g, n, 1)
+        o = torch.bmm(s_pre.to(value.dtype).view(hkv, b * g * n, p), pv0).view(hkv, b, g, n, d)  # (Hkv, B, g, n, D)
+        o += torch.matmul(s_blk.to(value.dtype).view(hkv, b, g * n, c1), vt[:, :, 0, :c1]).view(hkv, b, g, n, d)  # (Hkv, B, g, n, D)
+        out[:, :, :, c0:c1] = o / denom.to(o.dtype)
     return out.permute(1, 3, 0, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
 
 
@@ -341,7 +347,7 @@ def ablated_forward(
     prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
     block_ids: torch.Tensor,
     batch: AblationBatch,
-    max_score_bytes: int = 256 << 20,
+    max_score_bytes: int = 8 << 20,
 ) -> torch.Tensor:
     """Run ``block_ids`` ``(C,)`` after the shared ``prefix`` once per row of ``batch``.
 

@@ -1,0 +1,83 @@
+"""Test tiers (see README "Tests"):
+
+1. fast — tiny random Llama / Qwen2 configs built in code, no files (< 1 s each).
+2. model — the embedded SmolLM2-135M (offline GGUF, dequantised once into a
+   session cache dir); marked ``model``.
+3. slow — the CLI end to end and the notebooks; marked ``slow``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# Tolerances, named once.
+REL_TOL_ENGINE = 1e-4  # engine vs independent 4-D-mask forward (fp32)
+ABS_TOL_KL = 1e-9  # KL values that should be zero
+TORCH_THREADS = 2
+
+
+def pytest_configure(config):
+    torch.set_num_threads(TORCH_THREADS)
+
+
+def tiny_config(arch: str, attn: str = "sdpa"):
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,  # grouped KV heads
+        max_position_embeddings=512,
+        attn_implementation=attn,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    return Qwen2Config(**common)  # qkv bias
+
+
+def tiny_model(arch: str = "llama", attn: str = "sdpa", seed: int = 0):
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cls = LlamaForCausalLM if arch == "llama" else Qwen2ForCausalLM
+    m = cls(tiny_config(arch, attn)).eval()
+    # Random init gives near-uniform predictions; sharpen so KLs are not tiny.
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3.0)
+    return m
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def ids():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 96, (48,), generator=g)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """Dequantised-model cache: the user's if set, else one per test session."""
+    d = os.environ.get("FI_CACHE_DIR") or str(tmp_path_factory.mktemp("fi-cache"))
+    os.environ["FI_CACHE_DIR"] = d
+    return Path(d)
+
+
+@pytest.fixture(scope="session")
+def smollm(cache_dir):
+    from forward_influence.models import load_model
+
+    return load_model("smollm2-135m", device="cpu", dtype="float32")
