@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from . import plumbing
-from .kl import centred_kl
+from .kl import centred_kl, centred_kl_delta
 
 
 @dataclass(frozen=True)
@@ -149,15 +149,22 @@ class ForwardInfluenceEngine:
     max_score_bytes : int
         Bound on the float32 attention scores held at once (query chunking).
     logit_bytes : int
-        Bound on the logits/KL temporaries held at once (position chunking).
+        Bound on the logits held at once (position chunking of the LM head).
+    kl_bytes : int
+        Bound on one cache-resident KL pass.
+    kernel : {"auto", "flash", "matmul"}
+        Attention kernel for the shared prefix (see :func:`plumbing.ablated_forward`).
     """
 
-    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int = 8 << 20, logit_bytes: int = 128 << 20, kl_bytes: int = 4 << 20):
+    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int = 8 << 20, logit_bytes: int = 128 << 20, kl_bytes: int = 4 << 20, kernel: str = "auto"):
         self.model = model
         self.batch_size = batch_size
         self.max_score_bytes = max_score_bytes
         self.logit_bytes = logit_bytes
         self.kl_bytes = kl_bytes
+        if kernel not in ("auto", "flash", "matmul"):
+            raise ValueError(f"kernel must be auto, flash or matmul; got {kernel!r}")
+        self.kernel = kernel
         self.n_layers = plumbing.n_layers(model)
         self.n_kv = plumbing.n_kv_heads(model)
 
@@ -191,21 +198,26 @@ class ForwardInfluenceEngine:
         hi = max(int(p.max()) for p in row_pos) + 1
         chunk = max(1, self.logit_bytes // (rows * vocab * 4))  # positions per LM-head GEMM
         sub = max(1, self.kl_bytes // (rows * vocab * 4))  # positions per cache-resident KL pass
+        linear = plumbing.lm_head_is_linear(self.model)
         full = np.zeros((rows - 1, c), dtype=np.float64)
         for c0 in range(lo, hi, chunk):
             c1 = min(hi, c0 + chunk)
-            logits = plumbing.logits_from_hidden(self.model, hidden[:, c0:c1])  # (B+1, n, V)
+            h = hidden[:, c0:c1]  # (B+1, n, Dm)
+            ref_logp = torch.log_softmax(plumbing.logits_from_hidden(self.model, h[:1]), dim=-1)  # (1, n, V)
+            if linear:  # logit shifts straight from the hidden-state shifts: no large logits cancel
+                delta = plumbing.logits_from_hidden(self.model, h[1:] - h[:1])  # (B, n, V)
+            else:
+                delta = plumbing.logits_from_hidden(self.model, h[1:]) - plumbing.logits_from_hidden(self.model, h[:1])
             for s0 in range(0, c1 - c0, sub):
-                lg = logits[:, s0 : s0 + sub]  # (B+1, m, V)
-                kl = centred_kl(lg[:1], lg[1:])  # (B, m) float64
-                full[:, c0 + s0 : c0 + s0 + lg.shape[1]] = kl.cpu().numpy()
+                kl = centred_kl_delta(ref_logp[:, s0 : s0 + sub], delta[:, s0 : s0 + sub])  # (B, m) float64
+                full[:, c0 + s0 : c0 + s0 + kl.shape[1]] = kl.cpu().numpy()
         return [full[b, p] for b, p in enumerate(row_pos)]
 
     @torch.no_grad()
     def _null_floor(self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray) -> np.ndarray:
         """KL between the batched null row and a null row run alone."""
         one = plumbing.AblationBatch(positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start]))
-        alone = plumbing.ablated_forward(self.model, prefix, block, one, self.max_score_bytes)  # (1, C, Dm)
+        alone = plumbing.ablated_forward(self.model, prefix, block, one, self.max_score_bytes, self.kernel)  # (1, C, Dm)
         both = torch.cat([alone, hidden_batched[:1]], dim=0)  # (2, C, Dm)
         return self._kl_rows(both, [positions])[0]
 
@@ -275,7 +287,7 @@ class ForwardInfluenceEngine:
         for s0 in range(0, len(ablations), bs):
             chunk = list(ablations[s0 : s0 + bs])
             batch = self._batch(chunk, [n_prefix] * len(chunk))
-            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes)  # (B+1, F, Dm)
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (B+1, F, Dm)
             for b, row in enumerate(self._kl_rows(hidden, [scored] * len(chunk))):
                 kl[s0 + b] = row
             if floor is None:
@@ -284,7 +296,7 @@ class ForwardInfluenceEngine:
                 progress(len(chunk))
         if floor is None:  # no ablations: still report the floor
             batch = self._batch([NULL], [n_prefix])
-            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes)
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)
             floor = self._null_floor(prefix, block, hidden, n_prefix, scored)
         return SplitResult(split=n_prefix, ablations=list(ablations), kl=kl, noise_floor=floor)
 
@@ -342,7 +354,7 @@ class ForwardInfluenceEngine:
             prefix = prefill.prefix(a)
             abls = [Ablation((srcs[g],), layers, kv_heads) for g in group]
             batch = self._batch(abls, [srcs[g] + 1 for g in group])
-            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes)  # (B+1, C, Dm)
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (B+1, C, Dm)
             pos = [np.arange(srcs[g] - a + 1, srcs[g] - a + 1 + horizon) for g in group]
             for g, row in zip(group, self._kl_rows(hidden, pos)):
                 kl[g] = row
@@ -355,22 +367,28 @@ class ForwardInfluenceEngine:
         return SlidingResult(sources=srcs, horizon=horizon, kl=kl, noise_floor=floor)
 
 
-def naive_split_kl(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> np.ndarray:
-    """The naive reference loop: per ablation copy the prefix cache, delete the
-    entry, run the future through the stock HF forward, float32 KL.
-
-    Returns ``(A, F)`` float64 KL rows (float32 arithmetic, as a user would write it).
-    """
-    ids = input_ids
-    cache = plumbing.prefill_cache(model, ids[:n_prefix])
-    block = ids[n_prefix : n_prefix + n_future]
-    ref = plumbing.forward_with_cache(model, plumbing.cache_without(cache, None), block, n_prefix)  # (F, V)
-    ref_lp = torch.log_softmax(ref, -1)
-    rows = []
+def naive_split_logits(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> Iterator[torch.Tensor]:
+    """The naive reference loop: for the reference (first) and each ablation, copy
+    the prefix cache, delete the entry, run the future through the stock HF
+    forward. Yields float32 logits ``(F, V)``: reference first, then one per position."""
+    cache = plumbing.prefill_cache(model, input_ids[:n_prefix])
+    block = input_ids[n_prefix : n_prefix + n_future]
+    yield plumbing.forward_with_cache(model, plumbing.cache_without(cache, None), block, n_prefix)
     for i in positions:
-        lg = plumbing.forward_with_cache(model, plumbing.cache_without(cache, int(i)), block, n_prefix)
-        lp = torch.log_softmax(lg, -1)
-        rows.append((ref_lp.exp() * (ref_lp - lp)).sum(-1).double().cpu().numpy())
+        yield plumbing.forward_with_cache(model, plumbing.cache_without(cache, int(i)), block, n_prefix)
+
+
+def float32_kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL as most code writes it: float32 log-softmax, float32 sum. ``(F,)``."""
+    lp, lq = torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def naive_split_kl(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> np.ndarray:
+    """KL rows ``(A, F)`` of the naive loop (:func:`naive_split_logits`), float32 KL."""
+    it = naive_split_logits(model, input_ids, n_prefix, n_future, positions)
+    ref = next(it)
+    rows = [float32_kl(ref, lg).double().cpu().numpy() for lg in it]
     return np.stack(rows) if rows else np.zeros((0, n_future))
 
 

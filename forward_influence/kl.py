@@ -51,9 +51,24 @@ def centred_kl(ref_logits: torch.Tensor, logits: torch.Tensor, ref_logp: torch.T
     ref = ref_logits.float()
     if ref_logp is None:
         ref_logp = torch.log_softmax(ref, dim=-1)
+    return centred_kl_delta(ref_logp, logits.float() - ref)
+
+
+def centred_kl_delta(ref_logp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """KL from the reference log-probs and the logit shift ``delta = z' - z``.
+
+    ``delta`` ``(..., V)`` float32 is overwritten (it is the work buffer).
+    When the LM head is linear, ``delta = W (h' - h)`` is best computed from
+    the hidden-state difference: no large logits cancel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(...)`` float64, ``>= 0``.
+    """
     p = ref_logp.float().exp()  # (..., V)
     psum = p.sum(-1, keepdim=True, dtype=torch.float64)  # (..., 1) ~1; dividing by it makes the centring exact
-    x = logits.float() - ref  # (..., V) delta; exact (Sterbenz) when the logits are close
+    x = delta
     mu = (p * x).sum(-1, keepdim=True, dtype=torch.float64) / psum  # (..., 1)
     x.sub_(mu.float())
     r = (p * x).sum(-1, keepdim=True, dtype=torch.float64) / psum  # what the float32 subtraction left over

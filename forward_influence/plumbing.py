@@ -114,6 +114,7 @@ class _Mode:
     start: int = 0
     batch: AblationBatch | None = None
     max_score_bytes: int = 8 << 20
+    kernel: str = "auto"  # "auto" | "flash" | "matmul"
     # derived per forward (built lazily on first layer)
     _prefix_idx: torch.Tensor | None = None  # (B, K) int64
     _prefix_valid: torch.Tensor | None = None  # (B, K) bool
@@ -171,6 +172,73 @@ def _prepare_hiding(mode: _Mode, n_block: int, device: torch.device) -> None:
     mode._block_hidden = block.to(device)
 
 
+def _flash_cpu() -> Callable | None:
+    """PyTorch's fused CPU flash-attention op that also returns the log-sum-exp."""
+    return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _use_flash(mode: _Mode, query: torch.Tensor) -> bool:
+    if mode.kernel == "matmul":
+        return False
+    ok = query.device.type == "cpu" and query.dtype == torch.float32 and _flash_cpu() is not None
+    # the fused path hides prefix entries from every query of a row: needs tau <= start
+    ok = ok and bool((mode.batch.tau[mode._prefix_valid.any(1).cpu()] <= mode.start).all())
+    if mode.kernel == "flash" and not ok:
+        raise RuntimeError("kernel='flash' needs float32 on CPU, torch's flash op, and prefix hiding from tau <= start")
+    return ok
+
+
+def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
+    """CPU fast path: the shared prefix through the fused flash kernel, merged
+    with each row's own block by log-sum-exp.
+
+    The prefix K/V enter as ``expand``-ed views (stride 0 over rows, never
+    copied); the query heads of a KV group are folded into the query axis
+    (every prefix key is visible to every block query), and the hidden prefix
+    entries are a ``(B, Hkv, 1, P)`` additive mask broadcast over queries.
+    """
+    layer = module.layer_idx
+    pk, pv = mode.prefix[layer]  # (1, Hkv, P, D)
+    b, hq, c, d = query.shape
+    hkv = key.shape[1]
+    g = hq // hkv
+    p = pk.shape[2]
+    dev = query.device
+    q = query.view(b, hkv, g, c, d).reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D) copy of the queries only
+    sel = mode.batch.select[:, layer].to(dev)  # (B, Hkv)
+    # own block: query heads unfolded, keys repeated per head (a copy of C keys, not of the prefix)
+    kb = key[:, :, None].expand(b, hkv, g, c, d).reshape(b, hq, c, d)  # (B, Hq, C, D)
+    vb = value[:, :, None].expand(b, hkv, g, c, d).reshape(b, hq, c, d)  # (B, Hq, C, D)
+    qh = q.view(b, hq, c, d)  # (B, Hq, C, D) same memory, heads unfolded
+    if mode._block_hidden.any():
+        qpos = mode.start + torch.arange(c, device=dev)  # (C,)
+        after = qpos[None, :] >= mode.batch.tau.to(dev)[:, None]  # (B, C)
+        per_head = sel.all(1).eq(sel.any(1)).all().logical_not().item()  # any row hides at some heads only
+        hs = sel.repeat_interleave(g, dim=1) if per_head else sel.any(1, keepdim=True)  # (B, Hq or 1)
+        hide = hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :]  # (B, Hq|1, C, C)
+        causal = torch.ones(c, c, dtype=torch.bool, device=dev).triu_(1)  # (C, C)
+        bmask = torch.zeros(hide.shape, dtype=query.dtype, device=dev).masked_fill_(hide | causal, float("-inf"))
+        out, lse_b = _flash_cpu()(qh, kb, vb, 0.0, False, attn_mask=bmask, scale=scaling)  # (B, Hq, C, D), (B, Hq, C)
+    else:
+        out, lse_b = _flash_cpu()(qh, kb, vb, 0.0, True, scale=scaling)  # causal
+    out = out.reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D)
+    lse_b = lse_b.reshape(b, hkv, g * c)  # (B, Hkv, g*C)
+    if p > 0:
+        pmask = torch.zeros(b, hkv, 1, p, dtype=query.dtype, device=dev)  # (B, Hkv, 1, P) additive
+        if mode._prefix_valid.any():
+            rows = torch.zeros(b, p, dtype=torch.bool, device=dev)  # (B, P) hidden prefix positions
+            rows.scatter_(1, mode._prefix_idx, mode._prefix_valid)
+            pmask.masked_fill_((sel[:, :, None] & rows[:, None, :])[:, :, None], float("-inf"))
+        out_p, lse_p = _flash_cpu()(
+            q, pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1), 0.0, False, attn_mask=pmask, scale=scaling
+        )  # (B, Hkv, g*C, D), (B, Hkv, g*C)
+        lse = torch.logaddexp(lse_p, lse_b)  # (B, Hkv, g*C)
+        w_p = torch.exp(lse_p - lse)[..., None]
+        out_p = torch.where(torch.isfinite(lse_p)[..., None], out_p, torch.zeros((), dtype=out_p.dtype))
+        out = out_p * w_p + out * torch.exp(lse_b - lse)[..., None]
+    return out.view(b, hkv, g, c, d).permute(0, 3, 1, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
+
+
 def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
     """Attention of ``B`` rows over a shared prefix plus their own block.
 
@@ -186,6 +254,8 @@ def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
     dev = query.device
     if mode._prefix_idx is None:
         _prepare_hiding(mode, c, dev)
+    if _use_flash(mode, query):
+        return _ablated_attention_flash(module, query, key, value, scaling, mode)
     batch = mode.batch
     sel = batch.select[:, layer].to(dev)  # (B, Hkv) bool
     tau = batch.tau.to(dev)  # (B,)
@@ -348,8 +418,13 @@ def ablated_forward(
     block_ids: torch.Tensor,
     batch: AblationBatch,
     max_score_bytes: int = 8 << 20,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Run ``block_ids`` ``(C,)`` after the shared ``prefix`` once per row of ``batch``.
+
+    ``kernel``: ``"matmul"`` (explicit, any device/dtype), ``"flash"`` (PyTorch's
+    fused CPU flash attention for the prefix, float32), ``"auto"`` (flash where
+    it applies).
 
     Returns
     -------
@@ -360,10 +435,24 @@ def ablated_forward(
     rows = len(batch)
     ids = block_ids.to(model.device)[None].expand(rows, -1)  # (B, C)
     pos = position_ids(p, ids.shape[1], rows, model.device)  # (B, C)
-    mode = _Mode(kind="ablate", prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes)
+    mode = _Mode(kind="ablate", prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes, kernel=kernel)
     with attention_mode(model, mode):
         out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
     return out.last_hidden_state
+
+
+def lm_head_is_linear(model: Any) -> bool:
+    """True when logits are a plain linear map of the final hidden state
+    (no soft-capping or scaling), so logit differences are ``W (h' - h)``."""
+    cfg = model.config
+    head = lm_head(model)
+    return (
+        isinstance(head, torch.nn.Linear)
+        and head.bias is None
+        and not getattr(cfg, "final_logit_softcapping", None)
+        and getattr(cfg, "logit_scale", None) in (None, 1.0)
+        and getattr(cfg, "logits_scaling", None) in (None, 1.0)
+    )
 
 
 def logits_from_hidden(model: Any, hidden: torch.Tensor) -> torch.Tensor:

@@ -155,3 +155,16 @@ def test_attention_mode_restores_implementation(ids):
 def test_bad_ablations_rejected(abl, match, ids):
     with pytest.raises(ValueError, match=match):
         ForwardInfluenceEngine(tiny_model(), batch_size=2).split(ids, N, F, [abl])
+
+
+@pytest.mark.parametrize("mode", ["split", "sliding"])
+def test_flash_and_matmul_kernels_agree(mode, arch, ids):
+    model = tiny_model(arch)
+    runs = {}
+    for kernel in ("flash", "matmul"):
+        eng = ForwardInfluenceEngine(model, batch_size=5, kernel=kernel)
+        if mode == "split":
+            runs[kernel] = eng.split(ids, N, F, [Ablation((i,)) for i in range(0, N, 3)] + [Ablation((2, 9), layers=(1,), kv_heads=(1,))]).kl
+        else:
+            runs[kernel] = eng.sliding(ids, [0, 4, 5, 17, 30], 9, layers=(0, 2)).kl
+    np.testing.assert_allclose(runs["flash"], runs["matmul"], rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)

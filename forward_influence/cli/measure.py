@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stderr.isatty():  # no progress bars in logs
         kw["progress"] = False
     cfg = MeasureConfig(**kw)
+    import transformers
+
     from ..engine import set_threads_from_env
     from ..measure import measure
 
+    transformers.utils.logging.disable_progress_bar()
     set_threads_from_env()
     res = measure(cfg)
     s = res.summary
@@ -42,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def entry() -> None:
-    run_cli("fi-measure", main)
+def entry(argv: list[str] | None = None) -> None:
+    run_cli("fi-measure", lambda: main(argv))
 
 
 if __name__ == "__main__":

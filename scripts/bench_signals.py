@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Benchmark: all per-token signals of a 4,096-token document vs one plain forward.
+
+Signals (forward_influence.signals): entropies (full and top-k, in and out),
+surprisal, SnapKV and H2O attention per layer and KV head, key norms and the
+representation change, computed in one recording prefill that also yields the
+engine's KV cache. The plain forward is ``model(ids)`` with the model's own
+attention (sdpa) and full logits. Word tagging (spaCy) is timed on its own.
+
+Last line: ``signals_over_forward=X.XX`` (target <= 3.0 on the 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from forward_influence import plumbing
+from forward_influence.documents import load_documents, tokenize
+from forward_influence.models import load_model
+from forward_influence.signals import SignalCollector, SignalConfig
+from forward_influence.words import tag_tokens
+
+
+def best_of(fn, reps: int) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--reps", type=int, default=2)
+    args = ap.parse_args()
+    lm = load_model(args.model, device=args.device)
+    docs = [d for d in load_documents(None)]
+    tdoc = next(t for t in (tokenize(lm.tokenizer, d, max_tokens=args.tokens) for d in docs) if len(t) >= args.tokens)
+    ids = tdoc.input_ids
+    model = lm.model
+    print(f"model {lm.name} on {lm.device} ({lm.dtype}), document {tdoc.doc.doc_id!r}: {len(ids)} tokens, threads={torch.get_num_threads()}")
+
+    @torch.no_grad()
+    def plain():
+        model(ids[None].to(lm.device)).logits.sum().item()
+
+    def signals():
+        col = SignalCollector(model, len(ids), SignalConfig(words=False, snap_end=len(ids) // 2))
+        pre = plumbing.record_prefill(model, ids, col.on_attention, col.on_layer)
+        col.logit_signals(pre.hidden, ids)
+        return col
+
+    t_fwd = best_of(plain, args.reps)
+    t_sig = best_of(signals, args.reps)
+    t_words = best_of(lambda: tag_tokens(tdoc.doc.text, tdoc.offsets), 1)
+    print(f"plain forward (sdpa, full logits): {t_fwd:.2f} s")
+    print(f"all signals in one prefill:        {t_sig:.2f} s")
+    print(f"spaCy words + alignment:           {t_words:.2f} s (text of {len(tdoc.doc.text)} chars)")
+    print(f"signals_over_forward={t_sig / t_fwd:.2f}")
+
+
+if __name__ == "__main__":
+    main()

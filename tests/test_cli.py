@@ -1,0 +1,157 @@
+"""fi-measure end to end on the embedded model, and its bad-input contract (tiers 2-3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forward_influence.cli.measure import entry
+from forward_influence.results import MeasureResult
+
+pytestmark = pytest.mark.model
+
+SMALL = ["--n-prefix", "48", "--n-future", "24", "--stride", "6", "--window", "8"]
+
+TOKENS_COLUMNS = {
+    "doc_id", "pos", "token_id", "token", "char_start", "char_end",
+    "entropy_in", "entropy_out", "entropy_in_topk", "entropy_out_topk", "surprisal",
+    "attn_snapkv", "attn_h2o", "key_norm", "rep_change",
+    "word_idx", "word", "upos", "tag", "word_class", "finite_verb", "is_word_start",
+}
+INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]
+SUMMARY_COLUMNS = {"doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "fi_total", "fi_near", "fi_mid", "fi_far", "fi_max", "n_targets"}
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("docs")
+    text = (
+        "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France. "
+        "They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their leader Rollo, "
+        "agreed to swear fealty to King Charles III of West Francia. "
+    )
+    p = d / "docs.jsonl"
+    p.write_text("\n".join(json.dumps({"id": f"d{i}", "text": text * (1 + i % 2)}) for i in range(2)) + "\n")
+    return p
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        entry(argv)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(["--doc", str(docs), "--out", str(out), *SMALL], capsys)
+    assert code == 0, err
+    assert "2 documents" in stdout
+    res = MeasureResult.load(out)
+    assert TOKENS_COLUMNS <= set(res.tokens.columns)
+    assert list(res.influence.columns) == INFLUENCE_COLUMNS
+    assert SUMMARY_COLUMNS <= set(res.summary.columns)
+    assert len(res.summary) == 2 * len(range(0, 48, 6))
+    assert (res.influence.kl >= 0).all()
+    assert (res.influence.distance == res.influence.target_pos - res.influence.source_pos).all()
+    assert res.influence.target_pos.between(48, 48 + 24 - 1).all()
+    np.testing.assert_allclose(
+        res.summary.fi_total, res.summary.fi_near + res.summary.fi_mid + res.summary.fi_far, rtol=1e-9
+    )
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["status"] == "complete"
+    assert meta["model"]["revision"].startswith("sha256:")
+    assert {"torch", "transformers", "numpy"} <= set(meta["versions"])
+    assert meta["noise_floor_max"] < 1e-9
+    assert meta["config"]["n_prefix"] == [48]
+    tl = pd.read_parquet(out / "token_layers.parquet")
+    assert len(tl) == len(res.tokens) * 30 * 3
+    assert not (out / ".parts").exists()
+
+
+def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
+    out = tmp_path / "sl"
+    code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
+    assert code == 0, err
+    res = MeasureResult.load(out)
+    assert sorted(res.summary.source_pos) == [0, 5, 20]
+    assert res.influence.distance.between(1, 16).all()
+    assert res.influence.split_pos.isna().all() and (res.influence.layer == 3).all()
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    cmd = [sys.executable, "-c", "from forward_influence.cli.measure import entry; entry()", "--doc", str(docs), *SMALL, "--words"]
+    env = {**os.environ, "FI_NUM_THREADS": "1"}
+    subprocess.run([*cmd, "--out", str(full)], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    part = killed / ".parts" / "00000" / "meta.json"
+    deadline = time.time() + 300
+    while not part.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert part.exists(), "first document was checkpointed before the kill"
+    assert not (killed / "tokens.parquet").exists()
+    r = subprocess.run([*cmd, "--out", str(killed)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a, b = MeasureResult.load(full), MeasureResult.load(killed)
+    for name in ("tokens", "influence", "summary", "token_layers"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    assert any(d.get("resumed") for d in b.meta["per_document"])
+
+
+def test_different_config_into_used_dir_refused(tmp_path, docs, smollm, capsys):
+    out = tmp_path / "r"
+    assert run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL], capsys)[0] == 0
+    code, _, err = run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL[:-2], "--window", "4"], capsys)
+    assert code == 2 and "different config" in err and "window" in err
+
+
+def short_doc(tmp_path):
+    p = tmp_path / "short.json"
+    p.write_text(json.dumps({"id": "tiny", "text": "Too short."}))
+    return p
+
+
+BAD = {
+    "missing-file": (lambda t: ["--doc", str(t / "nope.json")], "not found"),
+    "malformed-json": (lambda t: ["--doc", str((t / "bad.json", (t / "bad.json").write_text("{oops"))[0])], "not valid JSON"),
+    "empty-doc": (lambda t: ["--doc", str((t / "e.json", (t / "e.json").write_text('{"id": "e", "text": ""}'))[0])], "empty"),
+    "too-short": (lambda t: ["--doc", str(short_doc(t))], "tokens, fewer than"),
+    "unknown-model": (lambda t: ["--model", "gpt-17"], "smollm2-135m"),
+    "positions-out-of-range": (lambda t: ["--positions", "5000,6000"], "out of range"),
+    "unwritable-out": (lambda t: ["--out", str((t / "file", (t / "file").write_text("x"))[0] / "sub")], "not a directory"),
+    "cuda-without-gpu": (lambda t: ["--device", "cuda"], "no CUDA GPU"),
+    "kv-head-without-layer": (lambda t: ["--kv-head", "1"], "needs --layer"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
+    make, message = BAD[case]
+    extra = make(tmp_path)
+    out = tmp_path / "out"
+    argv = ["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL, *extra]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fi-measure: error:"), err
+    assert message in lines[0]
+    assert "Traceback" not in err
+    assert not out.exists(), "no partial output"
+
+
+def test_error_from_shell_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "forward_influence.cli.measure", "--doc", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
