@@ -40,7 +40,7 @@ def docs(tmp_path_factory):
         "agreed to swear fealty to King Charles III of West Francia. "
     )
     p = d / "docs.jsonl"
-    p.write_text("\n".join(json.dumps({"id": f"d{i}", "text": text * (1 + i % 2)}) for i in range(2)) + "\n")
+    p.write_text("\n".join(json.dumps({"id": f"d{i}", "text": text * (2 + i % 2)}) for i in range(2)) + "\n")
     return p
 
 
