@@ -170,7 +170,7 @@ class ForwardInfluenceEngine:
 
     # ----------------------------------------------------------------- sizing
     def auto_batch_size(self, prefix_len: int, block_len: int) -> int:
-        """Rows per forward that fit in half the free memory (CPU capped at 32)."""
+        """Rows per forward that fit in half the free memory (CPU capped at 16)."""
         if self.batch_size is not None:
             return self.batch_size
         cfg = self.model.config
@@ -180,7 +180,9 @@ class ForwardInfluenceEngine:
         per_row = block_len * (8 * cfg.hidden_size + 3 * inter) * elt  # transient layer activations
         per_row += block_len * cfg.num_attention_heads * (prefix_len + block_len) * 4 // 4  # score share
         budget = _available_bytes(dev) // 2 - self.max_score_bytes - self.logit_bytes
-        cap = 256 if dev.type == "cuda" else 32
+        # CPU: 16 rows keep each layer's activations near the caches; measured at
+        # N=1024, F=256 on 2 cores: 0.79 (B=8), 0.83 (16), 0.73 (32), 0.69 (64) abl/s.
+        cap = 256 if dev.type == "cuda" else 16
         return int(max(1, min(cap, budget // max(1, per_row))))
 
     # ------------------------------------------------------------- internals

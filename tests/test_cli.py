@@ -55,7 +55,7 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     out = tmp_path / "run"
     code, stdout, err = run(["--doc", str(docs), "--out", str(out), *SMALL], capsys)
     assert code == 0, err
-    assert "2 documents" in stdout
+    assert "2 documents" in stdout and "Top sources by Forward Influence" in stdout
     res = MeasureResult.load(out)
     assert TOKENS_COLUMNS <= set(res.tokens.columns)
     assert list(res.influence.columns) == INFLUENCE_COLUMNS

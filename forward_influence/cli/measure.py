@@ -38,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     set_threads_from_env()
     res = measure(cfg)
     s = res.summary
+    top = (
+        s.join(res.tokens.set_index(["doc_id", "pos"])[["token", "entropy_in_topk", "attn_snapkv"]], on=["doc_id", "source_pos"])
+        .sort_values("fi_total", ascending=False)
+        .groupby("doc_id", sort=False)
+        .head(5)
+    )
+    cols = ["doc_id", "source_pos", "token", "fi_total", "fi_near", "fi_far", "entropy_in_topk", "attn_snapkv"]
+    print("Top sources by Forward Influence (token 0 is usually the attention sink):")
+    print(top[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(
         f"fi-measure: {s.doc_id.nunique()} documents, {len(s)} ablations, "
         f"noise floor max {res.meta['noise_floor_max']:.2e}, {res.meta['seconds_total']:.1f} s -> {cfg.out}"
