@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from . import plumbing
-from .kl import centred_kl, centred_kl_delta
+from .kl import centred_kl_delta
 
 
 @dataclass(frozen=True)

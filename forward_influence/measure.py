@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import signals as sig
 from .config import MeasureConfig
 from .documents import TokenizedDocument, load_documents, tokenize
 from .engine import Ablation, ForwardInfluenceEngine
@@ -121,8 +122,6 @@ def measure_document(
     progress: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """Measure one tokenised document; returns its tables and meta (floor, timings)."""
-    from . import signals as sig
-
     doc_id = tdoc.doc.doc_id
     ids = tdoc.input_ids
     t0 = time.perf_counter()
@@ -220,8 +219,6 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
     tdocs = [tokenize(lm.tokenizer, d, max_tokens=limit) for d in docs]
     for td in tdocs:
         _check_document(cfg, td)
-    from . import signals as sig
-
     sig.SignalConfig.from_measure(cfg).check_ready()
     out = check_out_dir(cfg.out, cfg) if cfg.out else None
     if out is not None and (out / "run.json").is_file():

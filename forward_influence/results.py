@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import MeasureConfig
+from .config import NON_SEMANTIC, MeasureConfig
 from .errors import InputError
 
 TABLES = ("tokens", "influence", "summary")
@@ -94,7 +94,7 @@ def check_out_dir(out: str | Path, config: MeasureConfig) -> Path:
     if run_json.is_file():
         old = json.loads(run_json.read_text()).get("config", {})
         new = config.to_dict()
-        diff = [k for k in new if k not in ("out", "batch_size", "progress", "report") and old.get(k) != new[k]]
+        diff = [k for k in new if k not in NON_SEMANTIC and old.get(k) != new[k]]
         if diff:
             k = diff[0]
             raise InputError(
