@@ -205,11 +205,12 @@ class ForwardInfluenceEngine:
         for c0 in range(lo, hi, chunk):
             c1 = min(hi, c0 + chunk)
             h = hidden[:, c0:c1]  # (B+1, n, Dm)
-            ref_logp = torch.log_softmax(plumbing.logits_from_hidden(self.model, h[:1]), dim=-1)  # (1, n, V)
+            ref_logits = plumbing.logits_from_hidden(self.model, h[:1])  # (1, n, V)
+            ref_logp = torch.log_softmax(ref_logits, dim=-1)
             if linear:  # logit shifts straight from the hidden-state shifts: no large logits cancel
                 delta = plumbing.logits_from_hidden(self.model, h[1:] - h[:1])  # (B, n, V)
             else:
-                delta = plumbing.logits_from_hidden(self.model, h[1:]) - plumbing.logits_from_hidden(self.model, h[:1])
+                delta = plumbing.logits_from_hidden(self.model, h[1:]) - ref_logits
             for s0 in range(0, c1 - c0, sub):
                 kl = centred_kl_delta(ref_logp[:, s0 : s0 + sub], delta[:, s0 : s0 + sub])  # (B, m) float64
                 full[:, c0 + s0 : c0 + s0 + kl.shape[1]] = kl.cpu().numpy()

@@ -213,7 +213,7 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
     if mode._block_hidden.any():
         qpos = mode.start + torch.arange(c, device=dev)  # (C,)
         after = qpos[None, :] >= mode.batch.tau.to(dev)[:, None]  # (B, C)
-        per_head = sel.all(1).eq(sel.any(1)).all().logical_not().item()  # any row hides at some heads only
+        per_head = bool((sel.any(1) != sel.all(1)).any())  # some row hides at some heads only
         hs = sel.repeat_interleave(g, dim=1) if per_head else sel.any(1, keepdim=True)  # (B, Hq or 1)
         hide = hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :]  # (B, Hq|1, C, C)
         causal = torch.ones(c, c, dtype=torch.bool, device=dev).triu_(1)  # (C, C)

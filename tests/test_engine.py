@@ -166,5 +166,17 @@ def test_flash_and_matmul_kernels_agree(mode, arch, ids):
         if mode == "split":
             runs[kernel] = eng.split(ids, N, F, [Ablation((i,)) for i in range(0, N, 3)] + [Ablation((2, 9), layers=(1,), kv_heads=(1,))]).kl
         else:
-            runs[kernel] = eng.sliding(ids, [0, 4, 5, 17, 30], 9, layers=(0, 2)).kl
+            runs[kernel] = np.concatenate(
+                [eng.sliding(ids, [0, 4, 5, 17, 30], 9, layers=(0, 2)).kl, eng.sliding(ids, [3, 11], 9, layers=(1,), kv_heads=(1,)).kl]
+            )
     np.testing.assert_allclose(runs["flash"], runs["matmul"], rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
+
+
+def test_kl_from_logits_equals_kl_from_hidden_differences(ids, monkeypatch):
+    """The W (h' - h) shortcut and the plain logit difference give the same KL."""
+    model = tiny_model()
+    abl = [Ablation((i,)) for i in range(0, N, 4)]
+    fast = ForwardInfluenceEngine(model, batch_size=4).split(ids, N, F, abl).kl
+    monkeypatch.setattr(plumbing, "lm_head_is_linear", lambda m: False)
+    plain = ForwardInfluenceEngine(model, batch_size=4).split(ids, N, F, abl).kl
+    np.testing.assert_allclose(fast, plain, rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
