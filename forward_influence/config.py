@@ -46,6 +46,7 @@ class MeasureConfig:
     positions: tuple[int, ...] | None = _f(None, "explicit source positions, comma-separated (overrides --stride)", type="ints")
     layer: int | None = _f(None, "ablate at this layer only (default: all layers)")
     kv_head: int | None = _f(None, "ablate this KV head only (needs --layer)")
+    max_tokens: int | None = _f(None, "truncate every document to its first M tokens (split mode: at most N + F anyway)")
     max_docs: int | None = _f(None, "use the first M documents")
     doc_ids: tuple[str, ...] | None = _f(None, "use only these document ids, comma-separated", type="strs")
     topk: int = _f(10, "k of the top-k entropies")
@@ -60,6 +61,7 @@ class MeasureConfig:
     attn_implementation: str = _f("sdpa", "model attention used for prefills: sdpa or eager")
     seed: int = _f(0, "random seed (recorded with the outputs)")
     progress: bool = _f(True, "show progress bars")
+    report: bool = _f(True, "fi-measure: run fi-analyze on the result (RUN_DIR/analysis/report.html)")
 
     def validate(self) -> "MeasureConfig":
         """Check values; raise :class:`InputError` naming the valid choices."""
@@ -80,6 +82,8 @@ class MeasureConfig:
             raise InputError("--kv-head needs --layer (a head is a head of one layer)")
         if self.positions is not None and any(p < 0 for p in self.positions):
             raise InputError(f"--positions must be >= 0; got {self.positions}")
+        if self.max_tokens is not None and self.max_tokens < self.tokens_needed():
+            raise InputError(f"--max-tokens {self.max_tokens} is below the {self.tokens_needed()} tokens this mode needs; raise it")
         if self.max_docs is not None and self.max_docs < 1:
             raise InputError(f"--max-docs must be >= 1; got {self.max_docs}")
         return self

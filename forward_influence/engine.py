@@ -349,7 +349,15 @@ class ForwardInfluenceEngine:
             a = srcs[order[k]]
             group = [order[k]]
             k += 1
-            while k < len(order) and len(group) < bs and srcs[order[k]] - a < max(bs, 1):
+            # Each row reruns the whole block (span + H + 1 tokens) and every
+            # block carries one null row, so a source joins the group while the
+            # cost per source, (rows) * (block) / (sources), does not grow.
+            while k < len(order) and len(group) < bs:
+                span_now = srcs[group[-1]] - a
+                span_next = srcs[order[k]] - a
+                g = len(group)
+                if (g + 2) * (span_next + horizon + 1) * g > (g + 1) * (span_now + horizon + 1) * (g + 1):
+                    break
                 group.append(order[k])
                 k += 1
             last = srcs[group[-1]]

@@ -53,7 +53,10 @@ def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
 
 
 def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
-    return cfg.tokens_needed() if cfg.mode == "split" else None
+    limits = [cfg.tokens_needed()] if cfg.mode == "split" else []
+    if cfg.max_tokens is not None:
+        limits.append(cfg.max_tokens)
+    return min(limits) if limits else None
 
 
 def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:

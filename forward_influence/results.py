@@ -92,7 +92,8 @@ def check_out_dir(out: str | Path, config: MeasureConfig) -> Path:
         raise InputError(f"--out {out} is not writable (no write access to {anc}); choose another directory") from None
     run_json = out / "run.json"
     if run_json.is_file():
-        old = json.loads(run_json.read_text()).get("config", {})
+        # Fields added after the run was written take their defaults.
+        old = MeasureConfig.from_dict(json.loads(run_json.read_text()).get("config", {})).to_dict()
         new = config.to_dict()
         diff = [k for k in new if k not in NON_SEMANTIC and old.get(k) != new[k]]
         if diff:

@@ -19,6 +19,13 @@ def _ints(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
 def _strs(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
@@ -37,12 +44,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, positional: tup
             kw["dest"] = f.name
         if kind == "ints":
             kw["type"] = _ints
+        elif kind == "floats":
+            kw["type"] = _floats
         elif kind == "strs":
             kw["type"] = _strs
         elif hint is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif int in typing.get_args(hint) or hint is int:
             kw["type"] = int
+        elif hint is float:
+            kw["type"] = float
         else:
             kw["type"] = str
         parser.add_argument(*args, **kw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 from ..config import MeasureConfig
@@ -51,6 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         f"fi-measure: {s.doc_id.nunique()} documents, {len(s)} ablations, "
         f"noise floor max {res.meta['noise_floor_max']:.2e}, {res.meta['seconds_total']:.1f} s -> {cfg.out}"
     )
+    if cfg.report:
+        os.environ.setdefault("MPLBACKEND", "Agg")
+        from ..report import analyze_run
+        from .analyze import print_claims
+
+        a, path = analyze_run(cfg.out, result=res)
+        print("fi-measure: the study's claims on this run:")
+        print_claims(a.claims)
+        print(f"fi-measure: report -> {path / 'report.html'}")
     return 0
 
 

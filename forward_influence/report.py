@@ -1,0 +1,209 @@
+"""Write an analysis to disk: tables, figures (PNG + SVG) and a one-page report.
+
+``RUN_DIR/analysis/`` (or ``--out``) holds::
+
+    claims.parquet, correlations.parquet, selection.parquet, ...   tables
+    figures/*.png, figures/*.svg                                   pictures
+    token_strip.html                                               FI over the text
+    report.html                                                    self-contained page
+    analysis.json                                                  config + provenance
+
+The directory is assembled under a temporary name and renamed into place,
+so an interrupted analysis never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import figures as F
+from .analysis import Analysis, AnalyzeConfig, analyze
+from .errors import InputError
+from .results import MeasureResult, library_versions
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}
+.supported{background:#d9f2d9}.not-supported{background:#f8d7d7}.inconclusive{background:#f3f0d0}
+img{max-width:100%;border:1px solid #eee}.strip p{font-family:ui-monospace,monospace;font-size:.8em;line-height:1.6;white-space:normal}
+.strip .m{border-radius:2px}.legend{font-size:.8em;margin:.3em 0}pre{background:#f7f7f7;padding:.6em;font-size:.75em;overflow:auto}
+"""
+
+# Marks the page once every image has decoded (read by the headless-browser test).
+CHECK_JS = """
+window.addEventListener('load',function(){var im=document.images,ok=0;for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
+document.body.setAttribute('data-images-total',im.length);document.body.setAttribute('data-images-loaded',ok);});
+"""
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "" if pd.isna(x) else f"{x:.3g}"
+    return html.escape(str(x))
+
+
+def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
+    """A plain HTML table (numbers to 3 significant digits; verdict cells coloured)."""
+    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(str(c))}</th>' for c in df.columns)
+    body = []
+    for _, row in df.iterrows():
+        cells = []
+        for c in df.columns:
+            v = row[c]
+            cls = ["l"] if c in left else []
+            if c == "verdict":
+                cls.append(str(v).replace(" ", "-"))
+            cells.append(f'<td class="{" ".join(cls)}">{_fmt(v)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def claims_markdown(claims: pd.DataFrame, corpus: str | None = None) -> str:
+    """The claims table as Markdown (for the README)."""
+    lines = []
+    for _, r in claims.iterrows():
+        c = f"| {corpus} " if corpus else "| "
+        lines.append(f"{c}| {r.mode} | {r.claim} | {r.statistic} | {r.estimate:+.3f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] | **{r.verdict}** |")
+    head = ("| corpus " if corpus else "| ") + "| mode | claim | statistic | estimate | 95% CI | verdict |"
+    sep = ("|---" if corpus else "|") + "|---|---|---|---:|---|---|"
+    return "\n".join([head, sep, *lines])
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
+    """Draw every figure into ``out/figures`` (PNG + SVG); returns name -> PNG path."""
+    import matplotlib.pyplot as plt
+
+    figs = {
+        "entropy_vs_influence_far": lambda: F.entropy_vs_influence(a.sources[~a.sources["is_sink"]], y="fi_far", title="Entropy vs far influence (sinks excluded)"),
+        "entropy_vs_influence_total": lambda: F.entropy_vs_influence(a.sources[~a.sources["is_sink"]], y="fi_total", title="Entropy vs total influence (sinks excluded)"),
+        "fi_vs_distance": lambda: F.fi_vs_distance(a.distance_curves, title="Influence of the kept tokens by distance (sinks excluded)"),
+        "word_class_entropy": lambda: F.word_class_bars(a.tokens, title="Top-k entropy of the token's prediction by word class / UPOS"),
+        "selection_word_mix": lambda: F.selection_word_mix(a.selection_summary, title="Word classes of the kept tokens"),
+    }
+    paths = {}
+    for name, make in figs.items():
+        if name.startswith("word_class") and "word_class" not in a.tokens:
+            continue
+        if name == "selection_word_mix" and "share_content" not in set(a.selection_summary["quantity"]):
+            continue
+        fig = make()
+        paths[name] = F.save_figure(fig, out / "figures" / name)[0]
+        plt.close(fig)
+    return paths
+
+
+def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip: str, title: str) -> str:
+    cfg = result.meta.get("config", {})
+    claims = a.claims[["claim", "statement", "statistic", "estimate", "ci_low", "ci_high", "verdict", "n_docs", "note"]]
+    sel = a.selection_summary
+    sel = sel[sel["subset"] == "no_sinks"].pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()
+    corr = a.correlations
+    corr = corr[(corr["scope"] == "pooled") & (corr["subset"] == "no_sinks") & (corr["method"] == "spearman")]
+    corr = corr[["target", "signal", "control", "estimate", "ci_low", "ci_high", "n_tokens", "n_docs"]].sort_values(["target", "control", "estimate"], ascending=[True, True, False])
+    corr_all = a.correlations
+    corr_all = corr_all[(corr_all["scope"] == "pooled") & (corr_all["control"] == "none") & (corr_all["target"] == "fi_total")]
+    corr_all = corr_all[["subset", "method", "signal", "estimate", "ci_low", "ci_high"]]
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Model <code>{html.escape(str(result.meta.get('model', {}).get('name', '?')))}</code>, mode <b>{html.escape(str(cfg.get('mode')))}</b>, "
+        f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']}; "
+        f"noise floor max {result.meta.get('noise_floor_max', float('nan')):.2e}. Intervals: {a.meta['analyze_config']['confidence']:.0%} percentile bootstrap "
+        f"({a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
+        "<h2>The study's claims</h2>",
+        "<p>Verdict: <i>supported</i> when the interval excludes 0 on the claimed side, <i>not supported</i> when it excludes 0 on the other side, "
+        "<i>inconclusive</i> otherwise. Claims 1 use the smallest budget and exclude the first "
+        f"{a.meta['analyze_config']['sinks']} positions (attention sinks, kept by every practical compressor). Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
+        html_table(claims, left=("claim", "statement", "statistic", "verdict", "note")),
+    ]
+    captions = {
+        "entropy_vs_influence_far": "Top-k entropy of each ablated token against its far Forward Influence (log10); X = word-class medians.",
+        "fi_vs_distance": "Mean KL caused by removing the tokens each rule keeps, against distance; bands: 95% CI over documents.",
+        "selection_word_mix": "Word-class mix of the tokens each rule keeps.",
+        "word_class_entropy": "Median top-k entropy by word class and UPOS over every token of the candidates.",
+        "entropy_vs_influence_total": "Top-k entropy against total Forward Influence (log10).",
+    }
+    parts.append("<h2>Figures</h2>")
+    for name in ("fi_vs_distance", "entropy_vs_influence_far", "selection_word_mix", "word_class_entropy", "entropy_vs_influence_total"):
+        if name in figs:
+            parts.append(_img(figs[name], captions[name]))
+    parts += [
+        "<h2>Selection rules (sinks excluded; mean over units)</h2>",
+        "<p>kept_share_*: share of the unit's FI (total / near / far) held by the kept tokens; near_frac: their FI at near distances over their total; "
+        "jaccard: overlap with the FI top set of the same size.</p>",
+        html_table(sel, left=("rule",)),
+        "<h2>Rank correlations with FI (pooled, sinks excluded, Spearman)</h2>",
+        "<p>control=position: partial correlation given the token's position (recency).</p>",
+        html_table(corr, left=("target", "signal", "control")),
+        "<h2>Correlations with total FI, with and without sinks, Spearman and Kendall</h2>",
+        html_table(corr_all, left=("subset", "method", "signal")),
+    ]
+    if len(a.word_tests):
+        parts += ["<h2>Content vs function words (Mann–Whitney U; rank-biserial &gt; 0: content higher)</h2>",
+                  html_table(a.word_tests, left=("level", "column"))]
+    parts += ["<h2>Forward Influence over the text</h2>", strip]
+    prov = {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "seconds_total", "started", "finished")}
+    parts += [
+        "<h2>Provenance</h2>",
+        f"<pre>{html.escape(json.dumps({'measure': prov, 'analyze': a.meta}, indent=2, default=str))}</pre>",
+    ]
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style>'
+        f"<script>{CHECK_JS}</script></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def write_analysis(a: Analysis, result: MeasureResult, out: str | Path, title: str | None = None) -> Path:
+    """Write tables, figures, token strip, ``report.html`` and ``analysis.json`` to ``out`` atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for name in Analysis.TABLES:
+            getattr(a, name).to_parquet(tmp / f"{name}.parquet", index=False)
+        a.claims.to_csv(tmp / "claims.csv", index=False)
+        figs = make_figures(a, tmp)
+        src = a.sources
+        first = src.groupby(["doc_id", "split_pos"], dropna=False, sort=False).size().index[0]
+        strip = F.token_strip_html(result.tokens, src, first[0], None if pd.isna(first[1]) else int(first[1]))
+        (tmp / "token_strip.html").write_text(f"<!doctype html><meta charset='utf-8'><style>{CSS}</style>{strip}")
+        title = title or f"Forward Influence report — {Path(str(result.meta.get('config', {}).get('out') or 'run')).name}"
+        (tmp / "report.html").write_text(render_html(a, result, figs, strip, title))
+        meta = dict(a.meta)
+        meta.update(written=time.strftime("%Y-%m-%dT%H:%M:%S%z"), versions=library_versions())
+        (tmp / "analysis.json").write_text(json.dumps(meta, indent=2, default=str))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def analyze_run(run_dir: str | Path, cfg: AnalyzeConfig | None = None, out: str | Path | None = None, result: MeasureResult | None = None) -> tuple[Analysis, Path]:
+    """``fi-analyze``: load a run, analyse it, write ``out`` (default ``RUN_DIR/analysis``)."""
+    run_dir = Path(run_dir)
+    if result is None:
+        if not run_dir.is_dir():
+            raise InputError(f"{run_dir} is not a directory; give the --out directory of an fi-measure run")
+        result = MeasureResult.load(run_dir)
+    a = analyze(result, cfg)
+    path = write_analysis(a, result, Path(out) if out else run_dir / "analysis")
+    return a, path

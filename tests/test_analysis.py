@@ -1,0 +1,290 @@
+"""Analyzers: planted effects are recovered, selection rules on hand-made tables,
+claim verdicts on constructed cases, and the report end to end (tiers 1-3)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from forward_influence.analysis import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    AnalyzeConfig,
+    claims,
+    correlations,
+    group_mean_ci,
+    kendall,
+    rank_biserial,
+    selection,
+    selection_draws,
+    spearman,
+    verdict,
+    word_class_tests,
+)
+
+CFG = AnalyzeConfig(n_boot=400, seed=0)
+TOL_EXACT = 1e-10  # closed forms vs scipy
+TOL_PARTIAL = 0.08  # partial rank correlation of independent-given-position data
+
+
+def planted_sources(r: float = 0.6, n_docs: int = 10, n: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Bivariate normal (signal, FI) with correlation r per document, each
+    document on its own FI scale (which pooling must not mix)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for d in range(n_docs):
+        x = rng.normal(size=n)
+        y = r * x + np.sqrt(1 - r * r) * rng.normal(size=n)
+        frames.append(pd.DataFrame({
+            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": np.arange(n), "is_sink": np.arange(n) < 1,
+            "signal": x, "fi_total": np.exp(y) * 10.0 ** (-d),  # monotone in y, scale differs by doc
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_spearman_and_kendall_match_scipy():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(2, 57))
+    y[::5] = y[1::5][: len(y[::5])]  # ties
+    assert abs(spearman(x, y) - stats.spearmanr(x, y).statistic) < TOL_EXACT
+    assert abs(kendall(x, y) - stats.kendalltau(x, y).statistic) < TOL_EXACT
+    rows = rng.normal(size=(4, 2, 30))
+    np.testing.assert_allclose(kendall(rows[:, 0], rows[:, 1]), [stats.kendalltau(a, b).statistic for a, b in rows], atol=TOL_EXACT)
+
+
+def test_planted_correlation_recovered_with_covering_interval():
+    r = 0.6
+    truth = {"spearman": 6 / np.pi * np.arcsin(r / 2), "kendall": 2 / np.pi * np.arcsin(r)}
+    c = correlations(planted_sources(r), CFG, signals=("signal",), targets=("fi_total",))
+    pooled = c[(c.scope == "pooled") & (c.subset == "all") & (c.control == "none")].set_index("method")
+    for m, t in truth.items():
+        est, lo, hi = pooled.loc[m, ["estimate", "ci_low", "ci_high"]]
+        assert est > 0 and lo < t < hi, (m, est, lo, hi, t)
+        assert hi - lo < 0.2  # documents resampled, 1,200 tokens: a tight interval
+    per_doc = c[(c.scope == "document") & (c.method == "spearman")]
+    assert len(per_doc) == 10 and (per_doc.estimate > 0).all()
+    assert ((per_doc.ci_low < truth["spearman"]) & (truth["spearman"] < per_doc.ci_high)).mean() >= 0.8
+
+
+def test_no_correlation_gives_an_interval_around_zero():
+    c = correlations(planted_sources(0.0, seed=5), CFG, signals=("signal",), targets=("fi_total",))
+    p = c[(c.scope == "pooled") & (c.subset == "all") & (c.control == "none")]
+    assert ((p.ci_low < 0) & (p.ci_high > 0)).all()
+
+
+def test_position_control_removes_a_confounded_correlation():
+    rng = np.random.default_rng(1)
+    frames = []
+    for d in range(8):
+        pos = np.arange(150)
+        frames.append(pd.DataFrame({
+            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": pos, "is_sink": pos < 1,
+            "signal": pos + rng.normal(scale=30, size=150), "fi_total": pos + rng.normal(scale=30, size=150),
+        }))
+    c = correlations(pd.concat(frames, ignore_index=True), CFG, signals=("signal",), targets=("fi_total",))
+    p = c[(c.scope == "pooled") & (c.subset == "all") & (c.method == "spearman")].set_index("control")
+    assert p.loc["none", "ci_low"] > 0.5  # strongly correlated through position
+    # and hardly otherwise (linear residuals of ranks leave a small edge bias)
+    assert abs(p.loc["position", "estimate"]) < TOL_PARTIAL and p.loc["position", "ci_low"] < TOL_PARTIAL / 2
+
+
+def test_planted_group_difference_rank_biserial():
+    delta = 0.5
+    truth = 2 * stats.norm.cdf(delta / np.sqrt(2)) - 1  # P(A>B) - P(A<B) for N(delta,1) vs N(0,1)
+    rng = np.random.default_rng(2)
+    frames = []
+    for d in range(12):
+        n = 300
+        cls = np.where(rng.random(n) < 0.6, "content", "function")
+        v = rng.normal(size=n) + delta * (cls == "content")
+        frames.append(pd.DataFrame({"doc_id": f"d{d}", "word_class": cls, "is_word_start": True, "entropy_in_topk": v}))
+    t = word_class_tests(pd.concat(frames, ignore_index=True), CFG, columns=("entropy_in_topk",)).iloc[0]
+    assert t.rank_biserial > 0 and t.ci_low < truth < t.ci_high, (t.rank_biserial, t.ci_low, t.ci_high, truth)
+    assert t.p_value < 1e-10
+    # the bootstrap's closed-form U equals scipy's on the full sample
+    df = pd.concat(frames, ignore_index=True)
+    a = df.entropy_in_topk[df.word_class == "content"].to_numpy()
+    b = df.entropy_in_topk[df.word_class == "function"].to_numpy()
+    assert abs(t.rank_biserial - rank_biserial(a, b)) < TOL_EXACT
+
+
+def test_group_mean_ci_weights_documents_not_rows():
+    # one document with many rows of 1.0, three with one row of 0.0 each
+    v = np.array([1.0] * 50 + [0.0, 0.0, 0.0])
+    g = np.array(["a"] * 50 + ["b", "c", "d"])
+    est, lo, hi = group_mean_ci(v, g, CFG, np.random.default_rng(0))
+    assert abs(est - 50 / 53) < TOL_EXACT
+    assert lo == 0.0 and hi > 0.98  # resamples without "a" give 0; with it, near 1
+
+
+# ------------------------------------------------------------ selection rules
+def hand_table() -> pd.DataFrame:
+    """Two units of 5 sources with known FI and scores."""
+    return pd.DataFrame({
+        "doc_id": ["a"] * 5 + ["b"] * 5,
+        "unit": ["a@-"] * 5 + ["b@-"] * 5,
+        "pos": list(range(5)) * 2,
+        "is_sink": [False] * 10,
+        "fi_total": [5.0, 1.0, 3.0, 0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 10.0],
+        "fi_near": [0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0],
+        "fi_far": [5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 10.0],
+        "score": [0.1, 0.9, 0.8, np.nan, 0.2, 1.0, 0.9, 0.1, 0.2, 0.3],
+        "word_class": ["function", "content", "content", "other", "function"] * 2,
+    })
+
+
+def test_selection_draws_budget_ties_and_nan():
+    t = hand_table()
+    keep = selection_draws(t, "score", 0.4)[0]
+    assert t.pos[keep].tolist() == [1, 2, 0, 1]  # top-2 per unit; NaN never before a number
+    oracle = selection_draws(t, "fi_oracle", 0.4)[0]
+    assert t.pos[oracle].tolist() == [0, 2, 3, 4]
+    r = selection_draws(t, "random", 0.4, n_random=500, seed=1)
+    assert (r.sum(1) == 4).all()  # 2 per unit every draw
+    np.testing.assert_allclose(r.mean(0), 0.4, atol=0.08)
+    with pytest.raises(Exception, match="budget"):
+        selection_draws(t, "score", 0.0)
+
+
+def test_selection_statistics_by_hand():
+    t = hand_table()
+    s = selection(t, AnalyzeConfig(budgets=(0.4,), n_boot=50), rules=("score", "fi_oracle"))
+    s = s[s.subset == "all"].set_index(["rule", "unit"])
+    a = s.loc[("score", "a@-")]  # keeps pos 1, 2
+    assert a.k == 2 and a.n == 5
+    assert abs(a.kept_share_total - 4.0 / 10.0) < TOL_EXACT
+    assert abs(a.kept_share_far - 2.0 / 7.0) < TOL_EXACT
+    assert abs(a.near_frac - 2.0 / 4.0) < TOL_EXACT
+    assert a.share_content == 1.0 and a.share_function == 0.0
+    assert abs(a.jaccard - 1 / 3) < TOL_EXACT  # {1,2} vs oracle {0,2}
+    b = s.loc[("fi_oracle", "b@-")]
+    assert b.jaccard == 1.0 and abs(b.kept_share_total - 14 / 20) < TOL_EXACT
+
+
+# ------------------------------------------------------------------ verdicts
+def test_verdict_rules():
+    assert verdict(0.01, 0.2) == SUPPORTED
+    assert verdict(-0.2, -0.01) == NOT_SUPPORTED
+    assert verdict(-0.01, 0.2) == INCONCLUSIVE
+    assert verdict(-0.2, -0.01, direction=-1) == SUPPORTED
+    assert verdict(np.nan, 0.3) == INCONCLUSIVE
+
+
+def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 6):
+    """Selection/word/bias tables whose claim-1a statistic is ent_far - att_far ± spread."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for d in range(n_docs):
+        e = spread * rng.normal()
+        for rule, far, near in (("entropy_in_topk", ent_far + e, 0.1), ("attn_snapkv", att_far, 0.4)):
+            rows.append(dict(subset="no_sinks", unit=f"d{d}@-", doc_id=f"d{d}", rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
+    sel = pd.DataFrame(rows)
+    words = pd.DataFrame([dict(level="token", column="entropy_in_topk", rank_biserial=0.2, ci_low=0.1, ci_high=0.3, p_value=1e-5)])
+    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.02 * d) for d in range(n_docs)])
+    return sel, words, bias
+
+
+@pytest.mark.parametrize(
+    "ent, att, spread, expect",
+    [(0.6, 0.3, 0.02, SUPPORTED), (0.2, 0.5, 0.02, NOT_SUPPORTED), (0.4, 0.4, 0.3, INCONCLUSIVE)],
+)
+def test_claims_verdicts_on_constructed_cases(ent, att, spread, expect):
+    sel, words, bias = constructed(ent, att, spread)
+    c = claims(sel, words, bias, CFG, "sliding").set_index("claim")
+    assert c.loc["1a", "verdict"] == expect
+    assert c.loc["1b", "verdict"] == SUPPORTED  # attention near fraction 0.4 > 0.1 everywhere
+    assert c.loc["2", "verdict"] == SUPPORTED
+    assert c.loc["3", "verdict"] == INCONCLUSIVE  # excess spans -0.05 .. +0.05
+    assert abs(c.loc["1a", "estimate"] - (sel[sel.rule == "entropy_in_topk"].kept_share_far.mean() - att)) < TOL_EXACT
+
+
+def test_one_document_is_never_conclusive():
+    sel, words, bias = constructed(0.9, 0.1, 0.0, n_docs=1)
+    c = claims(sel, words, bias, CFG, "split")
+    assert (c.verdict == INCONCLUSIVE).all()
+
+
+# ------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def analyzed(tmp_path_factory, smollm):
+    """A real (small) measurement of 3 documents on the embedded model, analysed."""
+    from forward_influence import MeasureConfig, measure
+    from forward_influence.report import analyze_run
+
+    tmp = tmp_path_factory.mktemp("analysis")
+    text = (
+        "The Rhine is a European river that begins in the Swiss canton of Graubünden in the southeastern Swiss Alps, "
+        "forms part of the Swiss-Austrian, Swiss-Liechtenstein border, Swiss-German and then the Franco-German border, "
+        "then flows through the German Rhineland and the Netherlands and eventually empties into the North Sea. "
+    )
+    docs = tmp / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps({"id": f"r{i}", "text": text * (3 + i)}) for i in range(3)) + "\n")
+    cfg = MeasureConfig(doc=str(docs), out=str(tmp / "run"), n_prefix=(96,), n_future=32, stride=3, window=8, near=8, far=16, progress=False)
+    res = measure(cfg, smollm)
+    a, path = analyze_run(tmp / "run", AnalyzeConfig(n_boot=100), result=res)
+    return a, path
+
+
+@pytest.mark.model
+def test_analyze_real_run_and_report(analyzed, tmp_path):
+    a, path = analyzed
+    assert path.name == "analysis" and (path.parent / "run.json").is_file()
+    assert set(a.claims.claim) == {"1a", "1b", "2", "3"}
+    assert a.claims.verdict.isin([SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE]).all()
+    assert (a.claims.ci_low <= a.claims.estimate + 1e-12).all() and (a.claims.estimate <= a.claims.ci_high + 1e-12).all()
+    for name in ("fi_vs_distance", "entropy_vs_influence_far", "word_class_entropy", "selection_word_mix"):
+        assert (path / "figures" / f"{name}.png").stat().st_size > 5000
+        assert (path / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    for name in ("claims", "correlations", "selection", "selection_summary", "distance_curves", "word_tests"):
+        assert len(pd.read_parquet(path / f"{name}.parquet")) > 0
+    # the oracle keeps the most FI; kept shares are shares
+    ss = a.selection_summary[(a.selection_summary.quantity == "kept_share_total") & (a.selection_summary.subset == "all")]
+    best = ss.loc[ss.groupby("budget").estimate.idxmax()]
+    assert (best.rule == "fi_oracle").all() and ss.estimate.between(0, 1).all()
+    html = (path / "report.html").read_text()
+    assert html.index("The study's claims") < html.index("<h2>Figures")
+    assert "https://" not in html and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
+    assert html.count("data:image/png;base64,") >= 4
+    meta = json.loads((path / "analysis.json").read_text())
+    assert meta["run"]["model"]["revision"].startswith("sha256:") and meta["analyze_config"]["n_boot"] == 100
+
+
+@pytest.mark.model
+def test_fi_analyze_cli_bad_input_and_rerun(analyzed, tmp_path, capsys):
+    from forward_influence.cli.analyze import entry
+
+    a, path = analyzed
+    for argv, needle in (([str(tmp_path / "nope")], "is not a directory"), ([str(path.parent), "--budgets", "0,0.5"], "--budgets")):
+        with pytest.raises(SystemExit) as e:
+            entry(argv)
+        assert e.value.code == 2 and needle in capsys.readouterr().err
+    out = tmp_path / "again"
+    with pytest.raises(SystemExit) as e:
+        entry([str(path.parent), "--out", str(out), "--n-boot", "50", "--budgets", "0.3"])
+    assert e.value.code == 0 and "claim 1a" in capsys.readouterr().out
+    assert sorted(pd.read_parquet(out / "selection_summary.parquet").budget.unique()) == [0.3]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again-")]  # no temp dir left
+
+
+@pytest.mark.model
+def test_report_renders_in_headless_chromium(analyzed):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if exe is None:
+        pytest.skip("no headless browser: install Debian's `chromium` to check that report.html renders")
+    _, path = analyzed
+    dom = subprocess.run(
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", (path / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    m = re.search(r'data-images-total="(\d+)" data-images-loaded="(\d+)"', dom)
+    assert m, "the page's load handler did not run"
+    total, loaded = map(int, m.groups())
+    assert total >= 4 and loaded == total
