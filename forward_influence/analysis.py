@@ -130,11 +130,8 @@ def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.
     run = result.config
     near = cfg.near if cfg.near is not None else run.near
     far = cfg.far if cfg.far is not None else run.far
-    whole = result.influence[result.influence["layer"].isna() & result.influence["kv_head"].isna()]
-    if whole.empty:
-        raise InputError("the run has no whole-model ablations (it was made with --layer); analyze a run without --layer")
-    summ = summarize(whole, near, far) if (near, far) != (run.near, run.far) else result.summary
-    summ = summ[summ["layer"].isna() & summ["kv_head"].isna()]
+    inf = ablation_rows(result.influence)
+    summ = summarize(inf, near, far) if (near, far) != (run.near, run.far) else ablation_rows(result.summary)
     tok = result.tokens.rename(columns={"pos": "source_pos"})
     df = summ.merge(tok, on=["doc_id", "source_pos"], how="left", validate="many_to_one")
     df["pos"] = df["source_pos"]
@@ -142,6 +139,18 @@ def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.
     df["unit"] = (df["doc_id"].astype(str) + "@" + split.astype(str)).astype("string")
     df["is_sink"] = df["pos"] < cfg.sinks
     return df.reset_index(drop=True)
+
+
+def ablation_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of whole-model ablations, or, in a run made with ``--layer`` (and
+    ``--kv-head``), of its one layer/head ablation."""
+    whole = df[df["layer"].isna() & df["kv_head"].isna()]
+    if len(whole):
+        return whole
+    kinds = df[["layer", "kv_head"]].drop_duplicates()
+    if len(kinds) != 1:
+        raise InputError("the run mixes several layer/head ablations; analyze one with a single --layer/--kv-head")
+    return df
 
 
 def _subsets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -463,8 +472,7 @@ def distance_curves(result: MeasureResult, src: pd.DataFrame, cfg: AnalyzeConfig
     Plot with bands over documents (:func:`forward_influence.figures.fi_vs_distance`).
     """
     cfg = (cfg or AnalyzeConfig()).validate()
-    inf = result.influence
-    inf = inf[inf["layer"].isna() & inf["kv_head"].isna()]
+    inf = ablation_rows(result.influence)
     key = ["doc_id", "split_pos", "source_pos"]
     d = inf["distance"].to_numpy()
     b = np.floor(np.log2(np.maximum(d, 1))).astype(np.int64)

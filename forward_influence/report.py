@@ -101,7 +101,7 @@ def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
     for name, make in figs.items():
         if name.startswith("word_class") and "word_class" not in a.tokens:
             continue
-        if name == "selection_word_mix" and "share_content" not in set(a.selection_summary["quantity"]):
+        if name == "selection_word_mix" and "word_class" not in a.tokens:
             continue
         fig = make()
         paths[name] = F.save_figure(fig, out / "figures" / name)[0]

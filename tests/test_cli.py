@@ -75,12 +75,14 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     tl = pd.read_parquet(out / "token_layers.parquet")
     assert len(tl) == len(res.tokens) * 30 * 3
     assert not (out / ".parts").exists()
+    assert "fi-measure: the study's claims on this run" in stdout and (out / "analysis" / "report.html").is_file()
 
 
 def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     out = tmp_path / "sl"
     code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
     assert code == 0, err
+    assert "no report (the run has fewer than 4 measured sources" in err and not (out / "analysis").exists()
     res = MeasureResult.load(out)
     assert sorted(res.summary.source_pos) == [0, 5, 20]
     assert res.influence.distance.between(1, 16).all()

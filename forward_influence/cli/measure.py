@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         from ..report import analyze_run
         from .analyze import print_claims
 
-        a, path = analyze_run(cfg.out, result=res)
+        try:
+            a, path = analyze_run(cfg.out, result=res)
+        except InputError as e:  # the measurement is complete; only the report is not possible
+            print(f"fi-measure: no report ({e})", file=sys.stderr)
+            return 0
         print("fi-measure: the study's claims on this run:")
         print_claims(a.claims)
         print(f"fi-measure: report -> {path / 'report.html'}")
