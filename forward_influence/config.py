@@ -18,6 +18,7 @@ from typing import Any
 from .errors import InputError
 
 MODES = ("split", "sliding")
+METHODS = ("exact", "fisher")
 
 #: Fields that change how fast a run goes, not what it computes. A resumed run
 #: may change them; any other difference makes an out dir refuse the run.
@@ -44,6 +45,10 @@ class MeasureConfig:
     horizon: int = _f(128, "sliding mode: queries scored after each source (distances 1..H)")
     stride: int = _f(1, "ablate every K-th source position")
     positions: tuple[int, ...] | None = _f(None, "explicit source positions, comma-separated (overrides --stride)", type="ints")
+    method: str = _f("exact", "exact: the ablation engine; fisher: a fast second-order estimate for all tokens at once (split mode)")
+    samples: int = _f(8, "fisher: sampled targets per position (or k of --fisher-targets topk)")
+    fisher_targets: str = _f("sample", "fisher: sample targets from p_t, or take the top-k with exact weights (topk)")
+    fisher_blocks: int = _f(1, "fisher: future blocks (distance resolution); costs blocks x samples backward passes")
     layer: int | None = _f(None, "ablate at this layer only (default: all layers)")
     kv_head: int | None = _f(None, "ablate this KV head only (needs --layer)")
     max_tokens: int | None = _f(None, "truncate every document to its first M tokens (split mode: at most N + F anyway)")
@@ -70,6 +75,15 @@ class MeasureConfig:
         if not self.n_prefix or any(n < 1 for n in self.n_prefix):
             raise InputError(f"--n-prefix must be positive integers; got {self.n_prefix}")
         for name in ("n_future", "horizon", "stride", "near", "far", "topk", "window"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if self.method not in METHODS:
+            raise InputError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.method == "fisher" and self.mode != "split":
+            raise InputError("--method fisher estimates split-mode FI; use --mode split (or --method exact for sliding)")
+        if self.fisher_targets not in ("sample", "topk"):
+            raise InputError(f"--fisher-targets must be sample or topk; got {self.fisher_targets!r}")
+        for name in ("samples", "fisher_blocks"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if self.rep_layer < 0:

@@ -22,6 +22,7 @@ from .config import MeasureConfig
 from .documents import TokenizedDocument, load_documents, tokenize
 from .engine import Ablation, ForwardInfluenceEngine
 from .errors import InputError
+from .fisher import FisherEstimator
 from .models import LoadedModel, load_model
 from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
 
@@ -137,7 +138,16 @@ def measure_document(
     heads = (cfg.kv_head,) if cfg.kv_head is not None else None
     frames, floors = [], []
     t1 = time.perf_counter()
-    if cfg.mode == "split":
+    if cfg.method == "fisher":
+        est = FisherEstimator(engine.model, samples=cfg.samples, targets=cfg.fisher_targets, blocks=cfg.fisher_blocks, seed=cfg.seed)
+        for n in cfg.n_prefix:
+            sources = _sources(cfg, n)
+            r = est.split(ids, n, cfg.n_future, sources, layers, heads, prefill=prefill)
+            centres = np.array([n + (a + b - 1) // 2 for a, b in r.block_bounds])
+            targets = np.broadcast_to(centres, r.kl.shape)
+            fr = _influence_frame(doc_id, "split", n, sources, targets, r.kl, cfg.layer, cfg.kv_head)
+            frames.append(fr.assign(kl_se=r.stderr.reshape(-1)))
+    elif cfg.mode == "split":
         for n in cfg.n_prefix:
             sources = _sources(cfg, n)
             bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} N={n}", disable=not progress, leave=False)
@@ -155,15 +165,19 @@ def measure_document(
         frames.append(_influence_frame(doc_id, "sliding", None, sources, targets, res.kl, cfg.layer, cfg.kv_head))
         floors.append(res.noise_floor)
     influence = pd.concat(frames, ignore_index=True)
-    floor = np.concatenate(floors)
-    tables = {"tokens": tokens, "influence": influence, "summary": summarize(influence, cfg.near, cfg.far)}
+    floor = np.concatenate(floors) if floors else None
+    summary = summarize(influence, cfg.near, cfg.far).assign(method=cfg.method)
+    if "kl_se" in influence:
+        se = influence.assign(_v=influence["kl_se"] ** 2).groupby(["doc_id", "split_pos", "source_pos"], sort=False)["_v"].sum()
+        summary["fi_total_se"] = np.sqrt(se.to_numpy())
+    tables = {"tokens": tokens, "influence": influence, "summary": summary}
     if token_layers is not None:
         tables["token_layers"] = token_layers
     meta = {
         "doc_id": doc_id,
         "n_tokens": len(tdoc),
-        "noise_floor_max": float(floor.max()) if floor.size else 0.0,
-        "noise_floor_mean": float(floor.mean()) if floor.size else 0.0,
+        "noise_floor_max": (float(floor.max()) if floor.size else 0.0) if floor is not None else None,
+        "noise_floor_mean": (float(floor.mean()) if floor.size else 0.0) if floor is not None else None,
         "seconds_prefill_signals": round(t_prefill, 3),
         "seconds_ablation": round(time.perf_counter() - t1, 3),
         "n_ablations": int(influence.groupby(["split_pos", "source_pos"], dropna=False).ngroups),
@@ -253,8 +267,9 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         status="complete",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         seconds_total=round(time.perf_counter() - t0, 3),
-        noise_floor_max=max(m["noise_floor_max"] for m in doc_meta),
-        noise_floor_mean=float(np.mean([m["noise_floor_mean"] for m in doc_meta])),
+        method=cfg.method,
+        noise_floor_max=None if cfg.method == "fisher" else max(m["noise_floor_max"] for m in doc_meta),
+        noise_floor_mean=None if cfg.method == "fisher" else float(np.mean([m["noise_floor_mean"] for m in doc_meta])),
         per_document=doc_meta,
     )
     result = MeasureResult(meta=meta, **cat)

@@ -14,6 +14,10 @@ query, and the key/value states *after* RoPE. We register one function under
     pass. The attention itself is computed as the model's own ``sdpa`` or
     ``eager`` implementation would.
 
+``bias``
+    One row over the prefix with a differentiable additive bias on the
+    prefix-key logits (the Fisher estimate of :mod:`forward_influence.fisher`).
+
 ``ablate``
     A batch of ``B`` rows re-runs the same ``C`` tokens at absolute positions
     ``P..P+C-1`` over a *shared* prefix ``(1, Hkv, P, D)``. The prefix is never
@@ -115,6 +119,9 @@ class _Mode:
     batch: AblationBatch | None = None
     max_score_bytes: int = 8 << 20
     kernel: str = "auto"  # "auto" | "flash" | "matmul"
+    bias: torch.Tensor | None = None  # "bias" mode: (P,) added to prefix-key logits
+    bias_layers: frozenset[int] | None = None  # None: every layer
+    bias_heads: frozenset[int] | None = None  # None: every KV head
     # derived per forward (built lazily on first layer)
     _prefix_idx: torch.Tensor | None = None  # (B, K) int64
     _prefix_valid: torch.Tensor | None = None  # (B, K) bool
@@ -309,6 +316,39 @@ def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
     return out.permute(1, 3, 0, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
 
 
+def _biased_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
+    """Differentiable attention of one row over the prefix plus its own block,
+    with ``mode.bias`` ``(P,)`` added to the logits of every block query for
+    prefix key ``j`` (at the selected layers / KV heads): ``bias_j = log m_j``
+    scales key ``j``'s unnormalised attention weight by ``m_j``.
+
+    query ``(1, Hq, C, D)``, key/value ``(1, Hkv, C, D)`` → ``(1, C, Hq, D)``.
+    Holds ``Hq x C x (P + C)`` float32 scores per layer for the backward pass.
+    """
+    layer = module.layer_idx
+    pk, pv = mode.prefix[layer]  # (1, Hkv, P, D)
+    _, hq, c, d = query.shape
+    hkv = key.shape[1]
+    g = hq // hkv
+    p = pk.shape[2]
+    cd = torch.promote_types(query.dtype, torch.float32)  # float32 scores (float64 stays float64)
+    q = query.reshape(hkv, g * c, d).to(cd)  # (Hkv, g*C, D), heads of a KV group folded into queries
+    s_pre = torch.matmul(q, pk[0].to(cd).transpose(1, 2)) * scaling  # (Hkv, g*C, P)
+    if mode.bias is not None and (mode.bias_layers is None or layer in mode.bias_layers):
+        add = mode.bias.to(cd)[None, None, :].expand(hkv, 1, p)  # (Hkv, 1, P)
+        if mode.bias_heads is not None:
+            on = torch.zeros(hkv, 1, 1, dtype=torch.bool, device=query.device)
+            on[list(mode.bias_heads)] = True
+            add = add * on
+        s_pre = s_pre + add
+    s_blk = torch.matmul(q, key[0].to(cd).transpose(1, 2)) * scaling  # (Hkv, g*C, C)
+    causal = torch.ones(c, c, dtype=torch.bool, device=query.device).triu_(1).repeat(g, 1)  # (g*C, C)
+    s_blk = s_blk.masked_fill(causal, float("-inf"))
+    probs = torch.softmax(torch.cat([s_pre, s_blk], -1), dim=-1)  # (Hkv, g*C, P+C)
+    out = torch.matmul(probs[..., :p], pv[0].to(cd)) + torch.matmul(probs[..., p:], value[0].to(cd))  # (Hkv, g*C, D)
+    return out.to(query.dtype).view(hkv, g, c, d).permute(2, 0, 1, 3).reshape(1, c, hq, d)  # (1, C, Hq, D)
+
+
 def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
     mode = _STATE.get()
     if mode is None:
@@ -322,6 +362,8 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
         if mode.on_attention is not None:
             mode.on_attention(layer, query, key, scaling)
         return _causal_attention(query, key, value, scaling, mode.base_impl), None
+    if mode.kind == "bias":
+        return _biased_attention(module, query, key, value, scaling, mode), None
     return _ablated_attention(module, query, key, value, scaling, mode), None
 
 
@@ -441,6 +483,31 @@ def ablated_forward(
     return out.last_hidden_state
 
 
+def biased_forward(
+    model: Any,
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    block_ids: torch.Tensor,
+    bias: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    kv_heads: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Run ``block_ids`` ``(C,)`` after ``prefix`` with ``bias`` ``(P,)`` added to
+    the block queries' attention logits of the prefix keys (differentiable in
+    ``bias``; ``bias = log m``, see :mod:`forward_influence.fisher`).
+
+    Returns ``(1, C, Dm)`` final hidden states.
+    """
+    p = prefix[0][0].shape[2]
+    ids = block_ids.to(model.device)[None]  # (1, C)
+    pos = position_ids(p, ids.shape[1], 1, model.device)  # (1, C)
+    mode = _Mode(kind="bias", prefix=prefix, start=p, bias=bias,
+                 bias_layers=None if layers is None else frozenset(layers),
+                 bias_heads=None if kv_heads is None else frozenset(kv_heads))
+    with attention_mode(model, mode):
+        out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
+    return out.last_hidden_state
+
+
 def lm_head_is_linear(model: Any) -> bool:
     """True when logits are a plain linear map of the final hidden state
     (no soft-capping or scaling), so logit differences are ``W (h' - h)``."""
@@ -456,8 +523,9 @@ def lm_head_is_linear(model: Any) -> bool:
 
 
 def logits_from_hidden(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """LM head in float32: ``(..., Dm)`` → ``(..., V)``."""
-    return lm_head(model)(hidden).float()
+    """LM head in float32 (float64 models stay float64): ``(..., Dm)`` → ``(..., V)``."""
+    out = lm_head(model)(hidden)
+    return out.to(torch.promote_types(out.dtype, torch.float32))
 
 
 # --------------------------------------------------------------------------- #

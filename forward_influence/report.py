@@ -124,7 +124,8 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Model <code>{html.escape(str(result.meta.get('model', {}).get('name', '?')))}</code>, mode <b>{html.escape(str(cfg.get('mode')))}</b>, "
         f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']}; "
-        f"noise floor max {result.meta.get('noise_floor_max', float('nan')):.2e}. Intervals: {a.meta['analyze_config']['confidence']:.0%} percentile bootstrap "
+        + (f"noise floor max {result.meta['noise_floor_max']:.2e}" if result.meta.get("noise_floor_max") is not None else f"method {html.escape(str(result.meta.get('method')))} (an estimate)")
+        + f". Intervals: {a.meta['analyze_config']['confidence']:.0%} percentile bootstrap "
         f"({a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
         "<h2>The study's claims</h2>",
         "<p>Verdict: <i>supported</i> when the interval excludes 0 on the claimed side, <i>not supported</i> when it excludes 0 on the other side, "

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     print(top[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print(
         f"fi-measure: {s.doc_id.nunique()} documents, {len(s)} ablations, "
-        f"noise floor max {res.meta['noise_floor_max']:.2e}, {res.meta['seconds_total']:.1f} s -> {cfg.out}"
+        + (f"noise floor max {res.meta['noise_floor_max']:.2e}" if res.meta.get("noise_floor_max") is not None else f"{cfg.method} estimate")
+        + f", {res.meta['seconds_total']:.1f} s -> {cfg.out}"
     )
     if cfg.report:
         os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,74 @@
+"""The README's claims table: the study's claims 1-3 on two real corpora, split and sliding modes.
+
+Runs four ``fi-measure`` measurements with the embedded model (resumable: rerun
+to continue), analyses each like ``fi-analyze``, and writes
+
+    runs/claims/<corpus>-<mode>/              the measurement + analysis/report.html
+    runs/claims/claims.md                     the combined claims table (Markdown)
+    docs/figures/claims_fi_vs_distance.png    the README figure (SQuAD, sliding)
+
+Usage: .venv/bin/python scripts/headline_claims.py [--out runs/claims] [--n-boot 999]
+Corpora: ../shared/corpus/papers_cc_by.jsonl (11 CC BY papers; pass --papers to
+point elsewhere) and the built-in SQuAD 2.0 dev Wikipedia articles (first 8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pandas as pd  # noqa: E402
+
+from forward_influence import MeasureConfig, load_model, measure  # noqa: E402
+from forward_influence.analysis import AnalyzeConfig  # noqa: E402
+from forward_influence.report import analyze_run, claims_markdown  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = dict(mode="split", n_prefix=(1024,), n_future=128, stride=16)
+SLIDING = dict(mode="sliding", max_tokens=1024, horizon=256, stride=16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "claims"))
+    ap.add_argument("--papers", default=str(ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"))
+    ap.add_argument("--squad-docs", type=int, default=8)
+    ap.add_argument("--n-boot", type=int, default=999)
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not Path(args.papers).is_file():
+        raise SystemExit(f"headline_claims: {args.papers} not found; pass --papers PATH to the papers JSONL")
+    corpora = {"papers": dict(doc=args.papers), "squad": dict(doc=None, max_docs=args.squad_docs)}
+    modes = {"split": SPLIT, "sliding": SLIDING}
+    lm = load_model("smollm2-135m", device="cpu", dtype="float32")
+    t0 = time.perf_counter()
+    tables, timing = [], {}
+    for corpus, c in corpora.items():
+        for mode, m in modes.items():
+            run_dir = out / f"{corpus}-{mode}"
+            t = time.perf_counter()
+            res = measure(MeasureConfig(out=str(run_dir), progress=False, **c, **m), lm)
+            a, path = analyze_run(run_dir, AnalyzeConfig(n_boot=args.n_boot), result=res)
+            timing[f"{corpus}-{mode}"] = (res.meta.get("seconds_total"), time.perf_counter() - t)
+            tables.append(a.claims.assign(corpus=corpus))
+            print(f"{corpus}-{mode}: {res.summary.doc_id.nunique()} docs, {len(res.summary)} sources, "
+                  f"measured in {res.meta.get('seconds_total', 0):.0f} s; report {path / 'report.html'}", flush=True)
+    claims = pd.concat(tables, ignore_index=True)
+    md = "\n\n".join(claims_markdown(g.drop(columns="corpus"), corpus) for corpus, g in claims.groupby("corpus", sort=False))
+    (out / "claims.md").write_text(md + "\n")
+    fig = ROOT / "docs" / "figures" / "claims_fi_vs_distance.png"
+    fig.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "squad-sliding" / "analysis" / "figures" / "fi_vs_distance.png", fig)
+    print(md)
+    total_measure = sum(v[0] or 0 for v in timing.values())
+    print(f"headline_claims: measurement {total_measure / 60:.1f} min (summed run.json seconds_total), "
+          f"this invocation {(time.perf_counter() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
