@@ -70,15 +70,17 @@ def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def claims_markdown(claims: pd.DataFrame, corpus: str | None = None) -> str:
-    """The claims table as Markdown (for the README)."""
-    lines = []
+def claims_markdown(claims: pd.DataFrame) -> str:
+    """The claims table as Markdown (for the README); a ``corpus`` column is kept when present."""
+    lead = ["corpus"] if "corpus" in claims else []
+    head = "| " + " | ".join(lead + ["mode", "claim", "statistic", "estimate", "95% CI", "verdict"]) + " |"
+    sep = "|" + "---|" * len(lead) + "---|---|---|---:|---|---|"
+    lines = [head, sep]
     for _, r in claims.iterrows():
-        c = f"| {corpus} " if corpus else "| "
-        lines.append(f"{c}| {r.mode} | {r.claim} | {r.statistic} | {r.estimate:+.3f} | [{r.ci_low:+.3f}, {r.ci_high:+.3f}] | **{r.verdict}** |")
-    head = ("| corpus " if corpus else "| ") + "| mode | claim | statistic | estimate | 95% CI | verdict |"
-    sep = ("|---" if corpus else "|") + "|---|---|---|---:|---|---|"
-    return "\n".join([head, sep, *lines])
+        cells = [str(r[c]) for c in lead] + [str(r["mode"]), str(r["claim"]), str(r["statistic"]), f"{r.estimate:+.3f}",
+                                              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"**{r.verdict}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _img(path: Path, alt: str) -> str:

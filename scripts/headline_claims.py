@@ -59,7 +59,9 @@ def main() -> None:
             print(f"{corpus}-{mode}: {res.summary.doc_id.nunique()} docs, {len(res.summary)} sources, "
                   f"measured in {res.meta.get('seconds_total', 0):.0f} s; report {path / 'report.html'}", flush=True)
     claims = pd.concat(tables, ignore_index=True)
-    md = "\n\n".join(claims_markdown(g.drop(columns="corpus"), corpus) for corpus, g in claims.groupby("corpus", sort=False))
+    claims = claims[["corpus"] + [c for c in claims.columns if c != "corpus"]]
+    claims.to_csv(out / "claims.csv", index=False)
+    md = claims_markdown(claims)
     (out / "claims.md").write_text(md + "\n")
     fig = ROOT / "docs" / "figures" / "claims_fi_vs_distance.png"
     fig.parent.mkdir(parents=True, exist_ok=True)
