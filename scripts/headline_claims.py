@@ -35,11 +35,12 @@ SLIDING = dict(mode="sliding", max_tokens=1024, horizon=256, stride=16)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "runs" / "claims"))
-    ap.add_argument("--papers", default=str(ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"))
+    ap.add_argument("--out", default="runs/claims")
+    ap.add_argument("--papers", default="../shared/corpus/papers_cc_by.jsonl", help="relative to the repository root")
     ap.add_argument("--squad-docs", type=int, default=8)
     ap.add_argument("--n-boot", type=int, default=999)
     args = ap.parse_args()
+    os.chdir(ROOT)  # document paths are recorded as given; keep them relative to the repo
     out = Path(args.out)
     if not Path(args.papers).is_file():
         raise SystemExit(f"headline_claims: {args.papers} not found; pass --papers PATH to the papers JSONL")
