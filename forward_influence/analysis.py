@@ -29,14 +29,10 @@ and are kept by every practical compressor; every table is computed with
 *Verdicts* (95% intervals unless configured): *supported* when the interval
 excludes the null on the side the study claims, *not supported* when it
 excludes it on the other side, *inconclusive* when it covers the null or the
-run has fewer than two documents.
+run has fewer than two documents (:func:`forward_influence.stats.verdict`).
 
->>> verdict(0.02, 0.10)
-'supported'
->>> verdict(-0.3, -0.1)
-'not supported'
->>> verdict(-0.05, 0.2)
-'inconclusive'
+>>> AnalyzeConfig(budgets=(0.2,)).validate().budgets
+(0.2,)
 """
 
 from __future__ import annotations
