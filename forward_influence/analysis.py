@@ -29,7 +29,9 @@ and are kept by every practical compressor; every table is computed with
 *Verdicts* (95% intervals unless configured): *supported* when the interval
 excludes the null on the side the study claims, *not supported* when it
 excludes it on the other side, *inconclusive* when it covers the null or the
-run has fewer than two documents (:func:`forward_influence.stats.verdict`).
+run has fewer than :data:`MIN_DOCS_VERDICT` documents — a percentile bootstrap over
+two or three documents has too few distinct resamples to mean anything
+(:func:`forward_influence.stats.verdict`).
 
 >>> AnalyzeConfig(budgets=(0.2,)).validate().budgets
 (0.2,)
@@ -89,6 +91,10 @@ SIGNALS = (
     "rep_change",
     "pos",
 )
+
+
+#: Documents needed before a claim gets a verdict other than inconclusive.
+MIN_DOCS_VERDICT = 5
 
 
 @dataclass(frozen=True)
@@ -281,7 +287,9 @@ def claims(sel: pd.DataFrame, words: pd.DataFrame, bias: pd.DataFrame, cfg: Anal
     n_docs = s["doc_id"].nunique()
 
     def add(claim: str, text: str, statistic: str, est: float, lo: float, hi: float, direction: int = 1, note: str = "") -> None:
-        v = verdict(lo, hi, direction) if n_docs >= 2 else INCONCLUSIVE
+        v = verdict(lo, hi, direction) if n_docs >= MIN_DOCS_VERDICT else INCONCLUSIVE
+        if n_docs < MIN_DOCS_VERDICT:
+            note = (note + "; " if note else "") + f"fewer than {MIN_DOCS_VERDICT} documents: no verdict"
         rows.append(dict(claim=claim, mode=mode, statement=text, statistic=statistic, estimate=est, ci_low=lo, ci_high=hi,
                          verdict=v, n_docs=n_docs, note=note))
 

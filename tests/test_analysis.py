@@ -206,10 +206,11 @@ def test_claims_verdicts_on_constructed_cases(ent, att, spread, expect):
     assert abs(c.loc["1a", "estimate"] - (sel[sel.rule == "entropy_in_topk"].kept_share_far.mean() - att)) < TOL_EXACT
 
 
-def test_one_document_is_never_conclusive():
-    sel, words, bias = constructed(0.9, 0.1, 0.0, n_docs=1)
+@pytest.mark.parametrize("n_docs", [1, 4])
+def test_too_few_documents_are_never_conclusive(n_docs):
+    sel, words, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
     c = claims(sel, words, bias, CFG, "split")
-    assert (c.verdict == INCONCLUSIVE).all()
+    assert (c.verdict == INCONCLUSIVE).all() and c.note.str.contains("fewer than 5 documents").all()
 
 
 # ------------------------------------------------------------ end to end
