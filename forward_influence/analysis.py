@@ -133,13 +133,18 @@ class AnalyzeConfig:
 
 
 # --------------------------------------------------------------------- tables
+def buckets(result: MeasureResult, cfg: AnalyzeConfig) -> tuple[int, int]:
+    """The (near, far) distance thresholds: the analysis's, else the run's."""
+    run = result.config
+    return (cfg.near if cfg.near is not None else run.near, cfg.far if cfg.far is not None else run.far)
+
+
 def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.DataFrame:
     """One row per ablated source (whole-model ablations): FI buckets joined with
     the token's signals and word tags; ``unit`` names the competing set."""
     cfg = (cfg or AnalyzeConfig()).validate()
     run = result.config
-    near = cfg.near if cfg.near is not None else run.near
-    far = cfg.far if cfg.far is not None else run.far
+    near, far = buckets(result, cfg)
     inf = ablation_rows(result.influence)
     summ = summarize(inf, near, far) if (near, far) != (run.near, run.far) else ablation_rows(result.summary)
     tok = result.tokens.rename(columns={"pos": "source_pos"})
@@ -262,12 +267,9 @@ def by_group(df: pd.DataFrame, group: str, columns: Sequence[str]) -> pd.DataFra
 
 
 # ---------------------------------------------------------------------- claims
-def _unit_mean_ci(values: pd.Series, docs: pd.Series, cfg: AnalyzeConfig, rng: np.random.Generator) -> tuple[float, float, float]:
-    return group_mean_ci(values.to_numpy(float), docs.to_numpy(), cfg, rng)
-
-
 def claims(sel: pd.DataFrame, words: pd.DataFrame, bias: pd.DataFrame, cfg: AnalyzeConfig, mode: str) -> pd.DataFrame:
-    """The study's claims 1-3 (DESIGN §1): statistic, interval, verdict.
+    """The study's claims 1-3 (DESIGN §1): statistic, interval, verdict
+    (claims 2-3 are left out when ``words`` / ``bias`` are empty: a run without words).
 
     1a  entropy-selected tokens hold more far FI than attention-selected:
         kept far-FI share (entropy − attention), mean over units.
@@ -296,23 +298,23 @@ def claims(sel: pd.DataFrame, words: pd.DataFrame, bias: pd.DataFrame, cfg: Anal
     diff = (ent["kept_share_far"] - att["kept_share_far"]).dropna()
     add("1a", "Entropy-selected tokens have larger FI at long distances than attention-selected ones",
         f"far-FI share kept, {cfg.entropy} − {cfg.attention}, budget {budget:g}",
-        *_unit_mean_ci(diff, ent.loc[diff.index, "doc_id"], cfg, rng))
+        *group_mean_ci(diff, ent.loc[diff.index, "doc_id"], cfg, rng))
     diff = (att["near_frac"] - ent["near_frac"]).dropna()
     note = "split mode: only sources within `near` of N have near targets" if mode == "split" else ""
     if len(diff):
         add("1b", "Attention-selected tokens' influence is concentrated at short distances",
             f"near fraction of kept FI, {cfg.attention} − {cfg.entropy}, budget {budget:g}",
-            *_unit_mean_ci(diff, att.loc[diff.index, "doc_id"], cfg, rng), note=note)
-    w = words[(words["column"] == cfg.entropy) & (words["level"] == "token")]
+            *group_mean_ci(diff, att.loc[diff.index, "doc_id"], cfg, rng), note=note)
+    w = words[(words["column"] == cfg.entropy) & (words["level"] == "token")] if len(words) else words
     if len(w):
         r = w.iloc[0]
         add("2", "Content words sit at high entropy, function words low",
             f"rank-biserial of {cfg.entropy}, content vs function (p={r.p_value:.1e})", r.rank_biserial, r.ci_low, r.ci_high)
-    b = bias[(bias["rule"] == cfg.attention) & (bias["budget"] == budget)]
+    b = bias[(bias["rule"] == cfg.attention) & (bias["budget"] == budget)] if len(bias) else bias
     if len(b):
         add("3", "Attention-based selection is biased toward function words",
             f"function share of {cfg.attention} top-{budget:g} minus candidates' share",
-            *_unit_mean_ci(b["excess"], b["doc_id"], cfg, rng))
+            *group_mean_ci(b["excess"], b["doc_id"], cfg, rng))
     return pd.DataFrame(rows)
 
 
@@ -346,9 +348,8 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
     sel = selection(src, cfg, rules)
     cand = candidate_tokens(result, cfg)
-    tok_fi = cand.merge(src[["doc_id", "split_pos", "source_pos", "fi_total", "fi_far"]].rename(columns={"source_pos": "pos"}),
-                        on=["doc_id", "split_pos", "pos"], how="left") if run.mode == "split" else \
-        cand.merge(src[["doc_id", "source_pos", "fi_total", "fi_far"]].rename(columns={"source_pos": "pos"}), on=["doc_id", "pos"], how="left")
+    keys = ["doc_id", "split_pos", "pos"] if run.mode == "split" else ["doc_id", "pos"]
+    tok_fi = cand.merge(src[keys + ["fi_total", "fi_far"]], on=keys, how="left")  # src["pos"] is the source
     has_words = "word_class" in cand.columns
     words = pd.concat([word_class_tests(tok_fi, cfg, level=lv) for lv in ("token", "word_start")], ignore_index=True) if has_words else pd.DataFrame()
     groups = pd.concat([by_group(tok_fi, g, ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far")) for g in ("word_class", "upos")], ignore_index=True) if has_words else pd.DataFrame()
@@ -364,8 +365,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
         word_groups=groups,
         function_bias=bias,
     )
-    tables["claims"] = claims(sel, words if has_words else pd.DataFrame(columns=["column", "level"]), bias if has_words else pd.DataFrame(columns=["rule", "budget"]), cfg, run.mode)
-    near = cfg.near if cfg.near is not None else run.near
-    far = cfg.far if cfg.far is not None else run.far
+    tables["claims"] = claims(sel, words, bias, cfg, run.mode)
+    near, far = buckets(result, cfg)
     meta = {"analyze_config": cfg.to_dict(), "near": near, "far": far, "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "seconds_total")}}
     return Analysis(meta=meta, **tables)

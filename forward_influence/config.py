@@ -19,6 +19,7 @@ from .errors import InputError
 
 MODES = ("split", "sliding")
 METHODS = ("exact", "fisher")
+FISHER_TARGETS = ("sample", "topk")
 
 #: Fields that change how fast a run goes, not what it computes. A resumed run
 #: may change them; any other difference makes an out dir refuse the run.
@@ -81,8 +82,8 @@ class MeasureConfig:
             raise InputError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.method == "fisher" and self.mode != "split":
             raise InputError("--method fisher estimates split-mode FI; use --mode split (or --method exact for sliding)")
-        if self.fisher_targets not in ("sample", "topk"):
-            raise InputError(f"--fisher-targets must be sample or topk; got {self.fisher_targets!r}")
+        if self.fisher_targets not in FISHER_TARGETS:
+            raise InputError(f"--fisher-targets must be one of {', '.join(FISHER_TARGETS)}; got {self.fisher_targets!r}")
         for name in ("samples", "fisher_blocks"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")

@@ -59,6 +59,7 @@ measures this against the exact engine.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -66,8 +67,9 @@ import numpy as np
 import torch
 
 from . import plumbing
+from .config import FISHER_TARGETS
 
-TARGETS = ("sample", "topk")
+TARGETS = FISHER_TARGETS
 
 
 @dataclass
@@ -147,8 +149,6 @@ class FisherEstimator:
         prefill: plumbing.Prefill | None = None,
     ) -> FisherResult:
         """Estimate FI of prefix positions ``sources`` (default all) over the next ``n_future`` tokens."""
-        import time
-
         t0 = time.perf_counter()
         n, f = n_prefix, n_future
         if n < 1 or f < 1 or n + f > int(input_ids.shape[0]):

@@ -98,7 +98,8 @@ def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Seq
 
 def summarize(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.DataFrame:
     """Per (doc, mode, split, source, layer, head): FI total, near (d <= near),
-    mid, far (d > far), max and the number of scored targets."""
+    mid, far (d > far), max and the number of scored targets; with a ``kl_se``
+    column (an estimate), also ``fi_total_se`` (independent blocks)."""
     keys = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head"]
     d = influence["distance"].to_numpy()
     df = influence.assign(
@@ -106,15 +107,20 @@ def summarize(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.Dat
         _mid=np.where((d > near) & (d <= far), influence["kl"], 0.0),
         _far=np.where(d > far, influence["kl"], 0.0),
     )
-    g = df.groupby(keys, dropna=False, sort=False)
-    out = g.agg(
+    aggs = dict(
         fi_total=("kl", "sum"),
         fi_near=("_near", "sum"),
         fi_mid=("_mid", "sum"),
         fi_far=("_far", "sum"),
         fi_max=("kl", "max"),
         n_targets=("kl", "size"),
-    ).reset_index()
+    )
+    if "kl_se" in influence:
+        df["_var"] = influence["kl_se"] ** 2
+        aggs["fi_total_se"] = ("_var", "sum")
+    out = df.groupby(keys, dropna=False, sort=False).agg(**aggs).reset_index()
+    if "fi_total_se" in out:
+        out["fi_total_se"] = np.sqrt(out["fi_total_se"])
     out["n_targets"] = out["n_targets"].astype(np.int64)
     return out
 
@@ -167,9 +173,6 @@ def measure_document(
     influence = pd.concat(frames, ignore_index=True)
     floor = np.concatenate(floors) if floors else None
     summary = summarize(influence, cfg.near, cfg.far).assign(method=cfg.method)
-    if "kl_se" in influence:
-        se = influence.assign(_v=influence["kl_se"] ** 2).groupby(["doc_id", "split_pos", "source_pos"], sort=False)["_v"].sum()
-        summary["fi_total_se"] = np.sqrt(se.to_numpy())
     tables = {"tokens": tokens, "influence": influence, "summary": summary}
     if token_layers is not None:
         tables["token_layers"] = token_layers

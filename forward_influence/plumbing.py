@@ -474,10 +474,15 @@ def ablated_forward(
         ``(B, C, Dm)`` final hidden states.
     """
     p = prefix[0][0].shape[2]
-    rows = len(batch)
-    ids = block_ids.to(model.device)[None].expand(rows, -1)  # (B, C)
-    pos = position_ids(p, ids.shape[1], rows, model.device)  # (B, C)
     mode = _Mode(kind="ablate", prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes, kernel=kernel)
+    return _block_forward(model, block_ids, len(batch), mode)
+
+
+def _block_forward(model: Any, block_ids: torch.Tensor, rows: int, mode: _Mode) -> torch.Tensor:
+    """``rows`` copies of ``block_ids`` ``(C,)`` at their true positions after
+    ``mode.prefix``, attention routed through ``mode`` → ``(rows, C, Dm)``."""
+    ids = block_ids.to(model.device)[None].expand(rows, -1)  # (rows, C)
+    pos = position_ids(mode.start, ids.shape[1], rows, model.device)  # (rows, C)
     with attention_mode(model, mode):
         out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
     return out.last_hidden_state
@@ -497,15 +502,10 @@ def biased_forward(
 
     Returns ``(1, C, Dm)`` final hidden states.
     """
-    p = prefix[0][0].shape[2]
-    ids = block_ids.to(model.device)[None]  # (1, C)
-    pos = position_ids(p, ids.shape[1], 1, model.device)  # (1, C)
-    mode = _Mode(kind="bias", prefix=prefix, start=p, bias=bias,
+    mode = _Mode(kind="bias", prefix=prefix, start=prefix[0][0].shape[2], bias=bias,
                  bias_layers=None if layers is None else frozenset(layers),
                  bias_heads=None if kv_heads is None else frozenset(kv_heads))
-    with attention_mode(model, mode):
-        out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
-    return out.last_hidden_state
+    return _block_forward(model, block_ids, 1, mode)
 
 
 def lm_head_is_linear(model: Any) -> bool:
