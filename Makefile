@@ -33,6 +33,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_ablation.py
 	$(BIN)/python scripts/bench_signals.py
+	$(BIN)/python scripts/bench_compress.py
 
 clean:
 	rm -rf $(VENV) runs

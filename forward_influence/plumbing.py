@@ -108,6 +108,37 @@ class AblationBatch:
 
 
 @dataclass
+class AttentionTap:
+    """What one layer's attention saw in a forward (for compressors' scores).
+
+    Attributes
+    ----------
+    layer : int
+    module : torch.nn.Module
+        The attention module (``q_proj``, ``head_dim``, ``config``).
+    query : torch.Tensor
+        ``(Hq, C, D)`` queries after RoPE (row 0 of the batch).
+    key, value : torch.Tensor
+        ``(Hkv, C, D)`` this forward's new keys (after RoPE) and values.
+    scaling : float
+    start : int
+        Absolute position of query 0.
+    attn_input : torch.Tensor or None
+        ``(C, Dm)`` hidden state entering the attention (after the input norm),
+        when asked for.
+    """
+
+    layer: int
+    module: Any
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scaling: float
+    start: int
+    attn_input: torch.Tensor | None = None
+
+
+@dataclass
 class _Mode:
     kind: str  # "record" | "ablate"
     base_impl: str = "sdpa"
@@ -122,6 +153,9 @@ class _Mode:
     bias: torch.Tensor | None = None  # "bias" mode: (P,) added to prefix-key logits
     bias_layers: frozenset[int] | None = None  # None: every layer
     bias_heads: frozenset[int] | None = None  # None: every KV head
+    on_tap: Callable[["AttentionTap"], None] | None = None  # sees every layer's attention inputs
+    attn_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by pre-hooks when wanted
+    record_block: bool = False  # "ablate" mode: also keep each layer's new K/V in keys/values
     # derived per forward (built lazily on first layer)
     _prefix_idx: torch.Tensor | None = None  # (B, K) int64
     _prefix_valid: torch.Tensor | None = None  # (B, K) bool
@@ -355,8 +389,11 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
         raise RuntimeError("forward_influence attention used outside attention_mode()")
     if scaling is None:
         scaling = 1.0 / math.sqrt(query.shape[-1])
+    layer = module.layer_idx
+    if mode.on_tap is not None:
+        mode.on_tap(AttentionTap(layer, module, query[0], key[0], value[0], scaling,
+                                 0 if mode.kind == "record" else mode.start, mode.attn_inputs.pop(layer, None)))
     if mode.kind == "record":
-        layer = module.layer_idx
         mode.keys[layer] = key
         mode.values[layer] = value
         if mode.on_attention is not None:
@@ -364,6 +401,9 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
         return _causal_attention(query, key, value, scaling, mode.base_impl), None
     if mode.kind == "bias":
         return _biased_attention(module, query, key, value, scaling, mode), None
+    if mode.record_block:
+        mode.keys[layer] = key
+        mode.values[layer] = value
     return _ablated_attention(module, query, key, value, scaling, mode), None
 
 
@@ -415,35 +455,53 @@ class Prefill:
         return [(k[:, :, :n], v[:, :, :n]) for k, v in self.kv]
 
 
+@contextlib.contextmanager
+def _hooks(model: Any, mode: _Mode, layer_hooks: Callable[[int, torch.Tensor], None] | None, attn_inputs: bool) -> Iterator[None]:
+    """Forward hooks for the block: decoder-layer outputs to ``layer_hooks(layer,
+    h (C, Dm))`` (row 0) and, with ``attn_inputs``, each attention module's input
+    hidden state into ``mode.attn_inputs``. Always removed on exit."""
+    handles = []
+    try:
+        for l, layer in enumerate(decoder_layers(model)):
+            if layer_hooks is not None:
+                def hook(_m: Any, _inp: Any, output: Any, l: int = l) -> None:
+                    h = output[0] if isinstance(output, tuple) else output
+                    layer_hooks(l, h[0])
+
+                handles.append(layer.register_forward_hook(hook))
+            if attn_inputs:
+                def pre(_m: Any, args: tuple, kwargs: dict, l: int = l) -> None:
+                    h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                    mode.attn_inputs[l] = h[0]
+
+                handles.append(layer.self_attn.register_forward_pre_hook(pre, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def record_prefill(
     model: Any,
     input_ids: torch.Tensor,
     on_attention: Callable[[int, torch.Tensor, torch.Tensor, float], None] | None = None,
     layer_hooks: Callable[[int, torch.Tensor], None] | None = None,
+    on_tap: Callable[[AttentionTap], None] | None = None,
+    attn_inputs: bool = False,
 ) -> Prefill:
     """Run ``input_ids`` ``(T,)`` once, keeping every layer's K/V.
 
     ``on_attention(layer, Q (1,Hq,T,D), K (1,Hkv,T,D), scaling)`` is called per
-    layer; ``layer_hooks(layer, h (T, Dm))`` sees each decoder layer's output.
+    layer; ``layer_hooks(layer, h (T, Dm))`` sees each decoder layer's output;
+    ``on_tap`` gets an :class:`AttentionTap` per layer (with the attention
+    input when ``attn_inputs``).
     """
-    mode = _Mode(kind="record", on_attention=on_attention)
+    mode = _Mode(kind="record", on_attention=on_attention, on_tap=on_tap)
     ids = input_ids.to(model.device)[None]  # (1, T)
     pos = torch.arange(ids.shape[1], device=model.device)[None]  # (1, T)
-    handles = []
-    if layer_hooks is not None:
-        for l, layer in enumerate(decoder_layers(model)):
-            def hook(_m: Any, _inp: Any, output: Any, l: int = l) -> None:
-                h = output[0] if isinstance(output, tuple) else output
-                layer_hooks(l, h[0])
-
-            handles.append(layer.register_forward_hook(hook))
-    try:
-        with attention_mode(model, mode):
-            out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    with _hooks(model, mode, layer_hooks, attn_inputs), attention_mode(model, mode):
+        out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
     kv = [(mode.keys[l], mode.values[l]) for l in range(n_layers(model))]
     return Prefill(kv=kv, hidden=out.last_hidden_state[0])
 
@@ -506,6 +564,52 @@ def biased_forward(
                  bias_layers=None if layers is None else frozenset(layers),
                  bias_heads=None if kv_heads is None else frozenset(kv_heads))
     return _block_forward(model, block_ids, 1, mode)
+
+
+@torch.no_grad()
+def continue_forward(
+    model: Any,
+    kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    block_ids: torch.Tensor,
+    start: int,
+    on_tap: Callable[[AttentionTap], None] | None = None,
+    layer_hooks: Callable[[int, torch.Tensor], None] | None = None,
+    attn_inputs: bool = False,
+) -> Prefill:
+    """Run ``block_ids`` ``(C,)`` at true positions ``start..start+C-1`` over a
+    (compressed) cache ``kv``: per layer ``(1, Hkv, n_l, D)``, keys after RoPE;
+    ``n_l`` may differ between layers and the entries need not be contiguous
+    positions. Nothing is hidden (a one-row null batch of the ``ablate`` path).
+
+    Returns
+    -------
+    Prefill
+        ``kv``: this block's own new K/V per layer ``(1, Hkv, C, D)``;
+        ``hidden``: ``(C, Dm)`` final hidden states.
+    """
+    batch = AblationBatch(positions=[()], select=torch.zeros(1, n_layers(model), n_kv_heads(model), dtype=torch.bool),
+                          tau=torch.tensor([start]))
+    mode = _Mode(kind="ablate", prefix=kv, start=start, batch=batch, on_tap=on_tap, record_block=True)
+    with _hooks(model, mode, layer_hooks, attn_inputs):
+        hidden = _block_forward(model, block_ids, 1, mode)
+    new = [(mode.keys[l], mode.values[l]) for l in range(n_layers(model))]
+    return Prefill(kv=new, hidden=hidden[0])
+
+
+def prerope_queries(module: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Queries before RoPE from an attention module's input ``(C, Dm)`` →
+    ``(Hq, C, D)`` (``q_proj``, then ``q_norm`` where the model has one)."""
+    d = module.head_dim
+    q = module.q_proj(hidden).view(hidden.shape[0], -1, d)  # (C, Hq, D)
+    if getattr(module, "q_norm", None) is not None:
+        q = module.q_norm(q)
+    return q.transpose(0, 1)  # (Hq, C, D)
+
+
+def rope_cos_sin(model: Any, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's rotary ``cos, sin`` at ``positions`` ``(n,)`` → each ``(n, D)``."""
+    cos, sin = base_model(model).rotary_emb(like, positions.to(like.device)[None])
+    return cos[0], sin[0]
 
 
 def lm_head_is_linear(model: Any) -> bool:

@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as Fn
 
-from . import plumbing
+from . import plumbing, scores
 from .kl import entropy
 
 
@@ -121,46 +121,31 @@ class SignalCollector:
     @torch.no_grad()
     def on_attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         """query ``(1, Hq, T, D)``, key ``(1, Hkv, T, D)`` of one layer."""
-        q = query[0].float() * scaling  # (Hq, T, D)
-        k = key[0].float()  # (Hkv, T, D)
+        q = query[0]  # (Hq, T, D)
+        k = key[0]  # (Hkv, T, D)
         hq, t, _ = q.shape
         g = hq // self.n_kv
-        kr = k.repeat_interleave(g, dim=0)  # (Hq, T, D)
-        self.knorm[layer] = k.norm(dim=-1).double().cpu()
-        chunk = max(1, self.cfg.chunk_bytes // (4 * hq * t * 2))
-        acc = torch.zeros(hq, t, dtype=torch.float64, device=q.device)  # (Hq, T)
-        for c0 in range(0, t, chunk):
-            c1 = min(t, c0 + chunk)
-            probs = self._probs(q[:, c0:c1], kr[:, :c1], c0)  # (Hq, n, c1)
-            acc[:, :c1] += probs.sum(1, dtype=torch.float64)
+        pos = torch.arange(t, device=q.device)
+        self.knorm[layer] = k.float().norm(dim=-1).double().cpu()
+        acc = scores.cumulative_attention(q, k, pos, pos, scaling, self.cfg.chunk_bytes)  # (Hq, T)
         seen = torch.arange(t, 0, -1, device=q.device, dtype=torch.float64)  # T - j queries see key j
         self.h2o[layer] = (acc / seen).view(self.n_kv, g, t).mean(1).cpu()
-        self.snap[layer] = self._snapkv(q, kr).cpu()
+        self.snap[layer] = self._snapkv(q, k, pos, scaling).cpu()
 
-    def _probs(self, q: torch.Tensor, k: torch.Tensor, q0: int) -> torch.Tensor:
-        """Causal softmax of queries at ``q0..`` over keys ``0..``: ``(Hq, n, m)``."""
-        s = torch.matmul(q, k.transpose(1, 2))  # (Hq, n, m)
-        n, m = s.shape[1], s.shape[2]
-        qpos = torch.arange(q0, q0 + n, device=s.device)[:, None]  # (n, 1)
-        s.masked_fill_(torch.arange(m, device=s.device)[None, :] > qpos, float("-inf"))
-        return torch.softmax(s, dim=-1)
-
-    def _snapkv(self, q: torch.Tensor, kr: torch.Tensor) -> torch.Tensor:
+    def _snapkv(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float) -> torch.Tensor:
         """SnapKV scores ``(Hkv, T)`` (NaN for keys at or after ``snap_end``)."""
-        hq, t, _ = q.shape
+        t = q.shape[1]
         e = self.snap_end
         w = min(self.cfg.window, e)
         out = torch.full((self.n_kv, t), float("nan"), dtype=torch.float64, device=q.device)
-        probs = self._probs(q[:, e - w : e], kr[:, :e], e - w)  # (Hq, w, e)
-        mean = probs.mean(1)  # (Hq, e)
+        mean = scores.window_attention(q[:, e - w : e], k[:, :e], pos[e - w : e], pos[:e], scaling)  # (Hq, e)
         body = e - w
         if body > 0:
-            pooled = Fn.avg_pool1d(mean[None, :, :body], kernel_size=self.cfg.kernel, padding=self.cfg.kernel // 2, stride=1)[0]  # (Hq, body)
-            per_kv = pooled.view(self.n_kv, hq // self.n_kv, body).mean(1).double()  # (Hkv, body)
+            per_kv = scores.pooled_group_mean(mean[:, :body], self.n_kv, self.cfg.kernel).double()  # (Hkv, body)
             out[:, :body] = per_kv
             out[:, body:e] = per_kv.max(dim=1, keepdim=True).values
         else:
-            out[:, :e] = mean.view(self.n_kv, hq // self.n_kv, e).mean(1).double()
+            out[:, :e] = scores.pooled_group_mean(mean, self.n_kv, 1).double()
         return out
 
     # ----------------------------------------------------- representations

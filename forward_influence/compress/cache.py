@@ -1,0 +1,222 @@
+"""A KV cache cut per layer and KV head, and the prefill setting.
+
+:class:`CompressedCache` holds, per layer, the kept keys/values
+``(1, Hkv, n_l, D)`` (keys after RoPE, so every entry keeps the position it
+was computed at) and their absolute positions ``(Hkv, n_l)``. New tokens run
+at their true positions ``length, length+1, ...`` over whatever is kept
+(:func:`forward_influence.plumbing.continue_forward`: the layers may hold
+different numbers of entries, which transformers' own masks cannot do — the
+reason kvpress's PyramidKV breaks with sdpa/eager when a question is fed in
+one batch). :meth:`CompressedCache.cut` asks the compressor for scores and
+keeps each layer's top ``layer_budget`` entries per KV head.
+
+Prefill setting (:func:`compress_prompt`): the prompt runs once with full
+attention, every layer's scores are taken from that forward, and the cache is
+cut when the forward is complete. Peak memory is therefore the full prompt
+cache (``2 L Hkv T D`` elements) plus one float per layer, KV head and token
+of scores — what InfoKV needs anyway, since its entropies come from the final
+logits; no ``T x T`` attention or ``T x V`` logits are held (both in chunks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as Fn
+
+from .. import plumbing
+from ..kl import entropy
+from .base import Compressor, LayerView, TokenFeatures, top_entries
+
+
+class CompressedCache:
+    """The cache of one sequence under a compressor.
+
+    Parameters
+    ----------
+    model : a ``*ForCausalLM``
+    compressor : Compressor
+    chunk_bytes : int
+        Bound on the logits held at once when entropies are needed.
+    """
+
+    def __init__(self, model: Any, compressor: Compressor, chunk_bytes: int = 128 << 20):
+        self.model = model
+        self.compressor = compressor
+        self.chunk_bytes = chunk_bytes
+        self.n_layers = plumbing.n_layers(model)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.positions: list[torch.Tensor] = []
+        self.state: list[dict] = [{} for _ in range(self.n_layers)]
+        self.queries: list[torch.Tensor | None] = [None] * self.n_layers
+        self.query_positions = torch.zeros(0, dtype=torch.long)
+        self._modules: list[Any] = [None] * self.n_layers
+        self._scaling: list[float] = [1.0] * self.n_layers
+        self.length = 0  # tokens seen = the next absolute position
+        self.cuts = 0
+        self.spec = compressor.features()
+        self.entropy = torch.zeros(0)  # (length,) top-k entropy that predicted each token
+        self.rep = torch.zeros(self.n_layers, 0)  # (L, length)
+        self._next_entropy = 0.0  # entropy of the distribution the next token will come from
+        self._observes = type(compressor).observe is not Compressor.observe
+        self.last_scores: list[torch.Tensor] = []
+
+    # ----------------------------------------------------------------- state
+    def fork(self, compressor: Compressor | None = None) -> "CompressedCache":
+        """A copy sharing every tensor (nothing is modified in place, so cutting
+        or extending the copy leaves this cache as it is), optionally under
+        another compressor that needs the same inputs (e.g. InfoKV with another
+        ``mix``): one prefill, many cuts."""
+        new = object.__new__(CompressedCache)
+        new.__dict__.update(self.__dict__)
+        new.kv, new.positions, new.queries = list(self.kv), list(self.positions), list(self.queries)
+        new.state = [dict(s) for s in self.state]
+        if compressor is not None:
+            if compressor.features() != self.spec or type(compressor).observe is not type(self.compressor).observe \
+                    or compressor.recent_queries() > self.compressor.recent_queries():
+                raise ValueError(f"cannot fork a {self.compressor.name} cache to {compressor.name}: it needs other inputs")
+            new.compressor = compressor
+        return new
+
+    def sizes(self) -> list[int]:
+        """Entries per layer."""
+        return [int(p.shape[1]) for p in self.positions]
+
+    def features(self) -> TokenFeatures | None:
+        return None if self.spec is None else TokenFeatures(self.entropy, self.rep)
+
+    # ---------------------------------------------------------------- extend
+    def _tap(self, tap: plumbing.AttentionTap) -> None:
+        l, c = tap.layer, tap.query.shape[1]
+        self._modules[l], self._scaling[l] = tap.module, tap.scaling
+        keep_q = max(1, self.compressor.recent_queries())
+        old = self.queries[l]
+        q = tap.query if old is None else torch.cat([old, tap.query], dim=1)  # (Hq, w + C, D)
+        self.queries[l] = q[:, -keep_q:]
+        if self._observes:
+            hkv = tap.key.shape[0]
+            new_pos = torch.arange(tap.start, tap.start + c, device=tap.key.device)[None].expand(hkv, c)  # (Hkv, C)
+            if self.kv:
+                keys = torch.cat([self.kv[l][0][0], tap.key], dim=1)  # (Hkv, n + C, D)
+                pos = torch.cat([self.positions[l], new_pos], dim=1)  # (Hkv, n + C)
+            else:
+                keys, pos = tap.key, new_pos
+            self.compressor.observe(tap, pos, keys, self.state[l])
+
+    def _layer_hook(self, rep: torch.Tensor) -> Any:
+        l0 = self.spec.early_layer
+        early: dict[str, torch.Tensor] = {}
+
+        def hook(layer: int, h: torch.Tensor) -> None:  # h (C, Dm)
+            if layer == l0:
+                early["h"] = h.float()
+            elif layer > l0:
+                rep[layer] = (1.0 - Fn.cosine_similarity(early["h"], h.float(), dim=-1)).cpu()
+
+        return hook
+
+    @torch.no_grad()
+    def extend(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+        """Run ``ids`` ``(C,)`` at positions ``length..length+C-1`` over the cache
+        and append their entries.
+
+        Returns
+        -------
+        torch.Tensor
+            Float32 logits: ``(C, V)`` with ``all_logits``, else ``(1, V)`` of
+            the last token.
+        """
+        c = int(ids.shape[0])
+        rep = torch.ones(self.n_layers, c)
+        hook = self._layer_hook(rep) if self.spec is not None else None
+        need_in = self.compressor.needs_attn_inputs
+        if not self.kv:
+            out = plumbing.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
+        else:
+            out = plumbing.continue_forward(self.model, self.kv, ids, self.length, on_tap=self._tap,
+                                            layer_hooks=hook, attn_inputs=need_in)
+        new_pos = torch.arange(self.length, self.length + c, device=out.hidden.device)
+        if not self.kv:
+            self.kv = list(out.kv)
+            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in out.kv]
+        else:
+            for l, (k, v) in enumerate(out.kv):
+                k0, v0 = self.kv[l]
+                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
+                p0 = self.positions[l]
+                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
+        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
+        logits = self._logits(out.hidden, all_logits)
+        if self.spec is not None:
+            self.rep = torch.cat([self.rep, rep], dim=1)
+        self.length += c
+        return logits
+
+    def _logits(self, hidden: torch.Tensor, all_logits: bool) -> torch.Tensor:
+        """Logits (all or last), and the top-k entropies when the method needs them."""
+        if self.spec is None:
+            return plumbing.logits_from_hidden(self.model, hidden if all_logits else hidden[-1:])
+        c = hidden.shape[0]
+        vocab = plumbing.lm_head(self.model).weight.shape[0]
+        chunk = max(1, self.chunk_bytes // (vocab * 4 * 2))
+        h_out = torch.empty(c)
+        kept = []
+        for c0 in range(0, c, chunk):
+            lg = plumbing.logits_from_hidden(self.model, hidden[c0 : c0 + chunk])  # (n, V) float32
+            h_out[c0 : c0 + lg.shape[0]] = entropy(lg, topk=self.spec.topk).float().cpu()
+            if all_logits or c0 + chunk >= c:
+                kept.append(lg if all_logits else lg[-1:])
+        h_in = torch.cat([torch.tensor([self._next_entropy]), h_out[:-1]])  # (C,) what predicted each token
+        self.entropy = torch.cat([self.entropy, h_in])
+        self._next_entropy = float(h_out[-1])
+        return torch.cat(kept)
+
+    # ------------------------------------------------------------------- cut
+    @torch.no_grad()
+    def cut(self, keep: float) -> None:
+        """Keep, at every layer, ``compressor.layer_budget(..., keep)`` entries
+        per KV head: the top scores, in position order."""
+        comp = self.compressor
+        views, scores = [], []
+        for l in range(self.n_layers):
+            k, v = self.kv[l]
+            n = k.shape[2]
+            view = LayerView(
+                layer=l, n_layers=self.n_layers, keys=k[0], values=v[0], positions=self.positions[l],
+                queries=self.queries[l], query_positions=self.query_positions, scaling=self._scaling[l],
+                n_keep=comp.layer_budget(l, self.n_layers, n, keep), state=self.state[l],
+                module=self._modules[l], model=self.model, step=self.cuts,
+            )
+            views.append(view)
+            scores.append(comp.score(view))
+        scores = comp.finish(scores, self.positions, self.features())
+        self.last_scores = scores  # (Hkv, n) per layer, for inspection
+        for l, (view, s) in enumerate(zip(views, scores)):
+            idx = top_entries(s, view.n_keep)  # (Hkv, n_keep)
+            k, v = self.kv[l]
+            gidx = idx[None, :, :, None].expand(1, -1, -1, k.shape[-1])  # (1, Hkv, n_keep, D)
+            self.kv[l] = (k.gather(2, gidx), v.gather(2, gidx))
+            self.positions[l] = self.positions[l].gather(1, idx)
+            for name, val in list(self.state[l].items()):
+                if name.startswith("entry:"):
+                    self.state[l][name] = val.gather(1, idx.to(val.device))
+        self.cuts += 1
+
+
+@torch.no_grad()
+def compress_prompt(model: Any, input_ids: torch.Tensor, compressor: Compressor) -> tuple[CompressedCache, torch.Tensor]:
+    """Prefill ``input_ids`` ``(T,)`` with full attention, then cut the cache to
+    ``compressor.budget`` (the layers keep ``budget x T`` entries on average).
+
+    Returns
+    -------
+    (CompressedCache, torch.Tensor)
+        The cut cache (ready for :meth:`CompressedCache.extend` at position
+        ``T``) and the float32 logits ``(V,)`` after the last prompt token
+        (computed with the full cache).
+    """
+    cache = CompressedCache(model, compressor)
+    logits = cache.extend(input_ids.to(model.device))
+    cache.cut(compressor.budget * int(input_ids.shape[0]))
+    return cache, logits[-1]

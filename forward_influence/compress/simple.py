@@ -1,0 +1,65 @@
+"""Methods that need no attention weights: full cache, random, StreamingLLM, KNorm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Compressor, LayerView, n_kept, register
+
+
+@register
+@dataclass(frozen=True)
+class Full(Compressor):
+    """The uncompressed cache (the reference every method is compared with)."""
+
+    name = "full"
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        return torch.zeros(view.positions.shape, device=view.keys.device)
+
+    def layer_budget(self, layer: int, n_layers: int, n_tokens: int, keep: float) -> int:
+        return n_tokens
+
+
+@register
+@dataclass(frozen=True)
+class Random(Compressor):
+    """Uniformly random entries, drawn independently per layer, KV head and cut
+    from ``(seed, layer, step)``."""
+
+    seed: int = 0
+    name = "random"
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + view.step * 1009 + view.layer)
+        return torch.rand(view.positions.shape, generator=gen).to(view.keys.device)
+
+
+@register
+@dataclass(frozen=True)
+class StreamingLLM(Compressor):
+    """StreamingLLM (Xiao et al., 2023): the first ``n_sink`` positions and the
+    most recent entries."""
+
+    n_sink: int = 4
+    name = "streaming_llm"
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        pos = view.positions.double()  # (Hkv, n) recency
+        return torch.where(view.positions < self.n_sink, torch.full_like(pos, float("inf")), pos)
+
+
+@register
+@dataclass(frozen=True)
+class KNorm(Compressor):
+    """KNorm (Devoto et al., 2024): keep the keys with the *smallest* L2 norm."""
+
+    name = "knorm"
+
+    def score(self, view: LayerView) -> torch.Tensor:
+        return -torch.linalg.vector_norm(view.keys, dim=-1, dtype=torch.promote_types(view.keys.dtype, torch.float32))
+
+
+__all__ = ["Full", "KNorm", "Random", "StreamingLLM", "n_kept"]

@@ -1,0 +1,137 @@
+"""InfoKV as a kvpress press (importable only where NVIDIA ``kvpress`` is installed).
+
+>>> from transformers import pipeline                              # doctest: +SKIP
+>>> from forward_influence.integrations.kvpress import InfoKVPress  # doctest: +SKIP
+>>> pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tok)  # doctest: +SKIP
+>>> pipe(context, question=q, press=InfoKVPress(compression_ratio=0.8))["answer"]  # doctest: +SKIP
+
+A kvpress press sees one attention layer at a time, but InfoKV's entropies
+need the final logits. This press therefore records, per layer, what InfoKV
+scores need (SnapKV's window attention and the layer's hidden states) and
+cuts every layer's cache from a hook on the final norm, i.e. once the
+prefill's last layer is done and before the model returns. The scores,
+budgets and selection are those of :class:`forward_influence.compress.InfoKV`
+(nothing here re-implements them).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generator
+
+import torch
+import torch.nn.functional as Fn
+
+try:
+    from kvpress.presses.base_press import BasePress, is_prefilling
+except ImportError as exc:  # pragma: no cover - exercised only without kvpress
+    raise ImportError("forward_influence.integrations.kvpress needs NVIDIA kvpress (pip install kvpress)") from exc
+
+from .. import plumbing
+from ..compress import InfoKV, LayerView, TokenFeatures, top_entries
+from ..kl import entropy
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] // 2
+    return torch.cat([-x[..., d:], x[..., :d]], dim=-1)
+
+
+@dataclass
+class InfoKVPress(BasePress):
+    """kvpress-style InfoKV; ``compression_ratio`` = 1 - budget, ``infokv`` its
+    hyperparameters (its ``budget`` is replaced by ``1 - compression_ratio``)."""
+
+    compression_ratio: float = 0.0
+    infokv: InfoKV = field(default_factory=InfoKV)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.compression_ratio < 1:
+            raise ValueError(f"compression_ratio must be in [0, 1), got {self.compression_ratio}")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._scores: dict[int, torch.Tensor] = {}
+        self._layers: dict[int, tuple[Any, Any]] = {}  # layer -> (cache, module)
+        self._rep: dict[int, torch.Tensor] = {}
+        self._early: torch.Tensor | None = None
+        self._active = False
+
+    @property
+    def method(self) -> InfoKV:
+        from dataclasses import replace
+
+        return replace(self.infokv, budget=1.0 - self.compression_ratio)
+
+    def forward_hook(self, module: Any, input: Any, kwargs: dict, output: Any) -> Any:
+        hidden = kwargs["hidden_states"]  # (1, T, Dm)
+        t = hidden.shape[1]
+        if self.compression_ratio == 0 or not is_prefilling(kwargs["cache_position"], t):
+            return output
+        self._active = True
+        layer = module.layer_idx
+        cache = kwargs["past_key_values"]
+        keys = cache.layers[layer].keys  # (1, Hkv, T, D)
+        w = min(self.infokv.window, t)
+        q = plumbing.prerope_queries(module, hidden[0, -w:])  # (Hq, w, D)
+        cos, sin = kwargs["position_embeddings"]  # (1, T, D)
+        q = q * cos[0, -w:] + _rotate_half(q) * sin[0, -w:]  # (Hq, w, D) after RoPE
+        pos = torch.arange(t, device=keys.device)
+        view = LayerView(layer=layer, n_layers=module.config.num_hidden_layers, keys=keys[0],
+                         values=cache.layers[layer].values[0], positions=pos[None].expand(keys.shape[1], t),
+                         queries=q, query_positions=pos[-w:], scaling=module.scaling, n_keep=0, module=module)
+        self._scores[layer] = self.method.score(view)
+        self._layers[layer] = (cache, module)
+        return output
+
+    def _on_layer(self, layer: int, h: torch.Tensor) -> None:
+        """Decoder layer output ``(T, Dm)``: InfoKV's representation change."""
+        if not self._active:
+            return
+        l0 = self.infokv.early_layer
+        if layer == l0:
+            self._early = h.float()
+        elif layer > l0:
+            self._rep[layer] = (1.0 - Fn.cosine_similarity(self._early, h.float(), dim=-1)).cpu()
+
+    def _on_final(self, model: Any, normed: torch.Tensor) -> None:
+        """After the last layer of a prefill: entropies, InfoKV's scores, the cut."""
+        if not self._active:
+            return
+        method, n_layers = self.method, len(self._scores)
+        h = normed[0]  # (T, Dm)
+        t = h.shape[0]
+        ent = torch.empty(t)
+        for c0 in range(0, t, 512):
+            ent[c0 : c0 + 512] = entropy(plumbing.logits_from_hidden(model, h[c0 : c0 + 512]), topk=method.topk).cpu()
+        ent_in = torch.cat([torch.zeros(1), ent[:-1]])  # what predicted each token
+        rep = torch.ones(n_layers, t)
+        for l, r in self._rep.items():
+            rep[l] = r
+        positions = [torch.arange(t, device=s.device)[None].expand_as(s) for _, s in sorted(self._scores.items())]
+        scores = method.finish([s for _, s in sorted(self._scores.items())], positions, TokenFeatures(ent_in, rep))
+        for l, s in enumerate(scores):
+            cache, module = self._layers[l]
+            idx = top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))  # (Hkv, n_keep)
+            layer = cache.layers[l]
+            gidx = idx[None, :, :, None].expand(1, -1, -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, gidx).contiguous(), layer.values.gather(2, gidx).contiguous()
+        self._reset()
+
+    @contextmanager
+    def __call__(self, model: Any) -> Generator:
+        self._reset()
+        handles = []
+        try:
+            with super().__call__(model):
+                for l, layer in enumerate(plumbing.decoder_layers(model)):
+                    handles.append(layer.register_forward_hook(
+                        lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])))
+                norm = plumbing.base_model(model).norm
+                handles.append(norm.register_forward_hook(lambda _m, _i, out: self._on_final(model, out)))
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+            self._reset()

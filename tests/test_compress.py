@@ -1,0 +1,280 @@
+"""Compressors: one contract matrix over every registered method (kvpress's
+``default_presses`` idea), plus the method-specific checks."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_model
+from forward_influence import plumbing
+from forward_influence.compress import (
+    CompressedCache, DecodingConfig, ExpectedAttention, FIOracle, InfoKV, SnapKV, compress_prompt, generate,
+    get_compressor, list_compressors,
+)
+
+T_PROMPT = 64
+N_FUTURE = 12
+REL_TOL_LOGITS = 1e-4  # our continuation vs an independent 4-D-mask forward (fp32)
+WRONG_POS_MIN_DIFF = 1e-3  # a position off by one must move the logits at least this much
+BUDGETS = (1.0, 0.4, 0.2)
+ATTN = ("sdpa", "eager")
+
+
+def _fi_oracle(budget: float) -> FIOracle:
+    g = torch.Generator().manual_seed(5)
+    frame = pd.DataFrame({"source_pos": range(T_PROMPT), "fi_total": torch.rand(T_PROMPT, generator=g).double().numpy()})
+    return FIOracle.from_frame(frame, budget=budget)
+
+
+# Every method with settings that fit the tiny model (3 layers, 64-token prompt).
+SETTINGS = {
+    "full": {},
+    "random": {"seed": 3},
+    "streaming_llm": {"n_sink": 2},
+    "knorm": {},
+    "snapkv": {"window": 8, "kernel": 3},
+    "pyramidkv": {"window": 4, "kernel": 3, "beta": 2},
+    "tova": {},
+    "h2o": {"recent_fraction": 0.25},
+    "expected_attention": {"n_future": 16, "n_sink": 2},
+    "infokv": {"window": 8, "kernel": 3, "early_layer": 0, "mix": 0.3, "norm": "max"},
+    "fi_oracle": None,
+}
+
+
+def make(name: str, budget: float):
+    if name == "fi_oracle":
+        return _fi_oracle(budget)
+    return get_compressor(name, budget=budget, **SETTINGS[name])
+
+
+def test_every_registered_method_is_in_the_matrix():
+    assert set(list_compressors()) == set(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {attn: tiny_model("llama", attn=attn) for attn in ATTN}
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    g = torch.Generator().manual_seed(2)
+    return torch.randint(0, 96, (T_PROMPT + N_FUTURE,), generator=g)
+
+
+def _no_hooks(model) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("attn", ATTN)
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_prefill_contract(name, budget, attn, models, prompt):
+    model = models[attn]
+    comp = make(name, budget)
+    cache, last = compress_prompt(model, prompt[:T_PROMPT], comp)
+    n_layers = plumbing.n_layers(model)
+    expected = [min(T_PROMPT, comp.layer_budget(l, n_layers, T_PROMPT, budget * T_PROMPT)) for l in range(n_layers)]
+    assert cache.sizes() == expected, "kept counts per layer == layer_budget"
+    for l, (pos, s) in enumerate(zip(cache.positions, cache.last_scores)):
+        assert bool((pos[:, 1:] > pos[:, :-1]).all()), "positions unique and ascending"
+        s = torch.nan_to_num(s.float(), nan=float("-inf"))
+        for h in range(pos.shape[0]):
+            dropped = torch.ones(T_PROMPT, dtype=torch.bool)
+            dropped[pos[h]] = False
+            if dropped.any():
+                assert float(s[h, pos[h]].min()) >= float(s[h, dropped].max()), f"layer {l} head {h}: kept = top scores"
+    if budget == 1.0:
+        assert all(torch.equal(p, torch.arange(T_PROMPT).expand_as(p)) for p in cache.positions), "budget 1.0 keeps all"
+    assert _no_hooks(model) and model.config._attn_implementation == attn, "hooks removed, attention restored"
+    out = cache.extend(prompt[T_PROMPT:], all_logits=True)
+    assert out.shape == (N_FUTURE, model.config.vocab_size) and bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize("attn", ATTN)
+def test_budget_one_continuation_equals_full_forward(attn, models, prompt):
+    model = models[attn]
+    full = model(prompt[None]).logits[0].float()  # (T + F, V) one plain forward
+    for name in SETTINGS:
+        cache, last = compress_prompt(model, prompt[:T_PROMPT], make(name, 1.0))
+        out = cache.extend(prompt[T_PROMPT:], all_logits=True)
+        torch.testing.assert_close(out, full[T_PROMPT:], rtol=REL_TOL_LOGITS, atol=REL_TOL_LOGITS, msg=name)
+        torch.testing.assert_close(last, full[T_PROMPT - 1], rtol=REL_TOL_LOGITS, atol=REL_TOL_LOGITS)
+
+
+@torch.no_grad()
+def _masked_reference(model, ids, dropped: list[int], n: int) -> torch.Tensor:
+    """Independent check: one forward with a 4-D mask hiding ``dropped`` columns
+    from the rows ``>= n`` (the same entries dropped at every layer and head)."""
+    t = ids.shape[0]
+    neg = torch.finfo(torch.float32).min
+    mask = torch.zeros(1, 1, t, t).masked_fill_(torch.ones(t, t, dtype=torch.bool).triu_(1), neg)
+    mask[0, 0, n:, dropped] = neg
+    return model(ids[None], attention_mask=mask).logits[0, n:].float()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["streaming_llm", "fi_oracle"])  # the same kept set at every layer and head
+def test_positions_preserved_and_wrong_position_caught(name, models, prompt):
+    model = models["eager"]
+    cache, _ = compress_prompt(model, prompt[:T_PROMPT], make(name, 0.4))
+    kept = set(cache.positions[0][0].tolist())
+    assert all(set(p[h].tolist()) == kept for p in cache.positions for h in range(p.shape[0]))
+    ref = _masked_reference(model, prompt, sorted(set(range(T_PROMPT)) - kept), T_PROMPT)
+    kv = [(k.clone(), v.clone()) for k, v in cache.kv]
+    out = cache.extend(prompt[T_PROMPT:], all_logits=True)
+    torch.testing.assert_close(out, ref, rtol=REL_TOL_LOGITS, atol=REL_TOL_LOGITS)
+    # the kept entries are not touched by continuing
+    assert all(torch.equal(k, k2[:, :, : k.shape[2]]) and torch.equal(v, v2[:, :, : v.shape[2]])
+               for (k, v), (k2, v2) in zip(kv, cache.kv))
+    wrong = plumbing.continue_forward(model, kv, prompt[T_PROMPT:], T_PROMPT - len(kept) if len(kept) != T_PROMPT else 1)
+    wrong_logits = plumbing.logits_from_hidden(model, wrong.hidden)
+    assert float((wrong_logits - ref).abs().max()) > WRONG_POS_MIN_DIFF, "a cache-index position is caught"
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_decoding_cache_never_exceeds_budget_plus_interval(name, models, prompt):
+    model = models["sdpa"]
+    cfg = DecodingConfig(cache_budget=24, interval=4, max_new_tokens=30)
+    out = generate(model, prompt[:T_PROMPT], make(name, 1.0) if name != "fi_oracle" else _fi_oracle(1.0), cfg)
+    assert len(out.tokens) == cfg.max_new_tokens and all(0 <= t < model.config.vocab_size for t in out.tokens)
+    limit = 24 + 4 if name != "full" else math.inf
+    assert max(out.cache_sizes) <= limit, f"cache {max(out.cache_sizes)} > budget + interval"
+    if name != "full":
+        assert out.cuts >= cfg.max_new_tokens // cfg.interval - 1
+    assert _no_hooks(model)
+
+
+def test_decoding_full_equals_plain_greedy(models, prompt):
+    model = models["sdpa"]
+    cfg = DecodingConfig(cache_budget=10_000, interval=4, max_new_tokens=12)
+    out = generate(model, prompt[:T_PROMPT], get_compressor("full"), cfg)
+    ids = prompt[:T_PROMPT].clone()
+    for _ in range(12):  # reference: full forwards
+        ids = torch.cat([ids, model(ids[None]).logits[0, -1].argmax()[None]])
+    assert out.tokens == ids[T_PROMPT:].tolist()
+
+
+def test_fraction_cache_budget_tracks_length(models, prompt):
+    cfg = DecodingConfig(cache_budget=0.25, interval=4, max_new_tokens=20)
+    out = generate(models["sdpa"], prompt[:T_PROMPT], get_compressor("snapkv", window=8), cfg)
+    final_len = T_PROMPT + 20
+    assert out.cache_sizes[-1] <= 0.25 * final_len + cfg.interval
+
+
+def test_fi_oracle_keeps_the_measured_top_set(models, prompt):
+    comp = _fi_oracle(0.25)
+    cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
+    top = set(torch.topk(comp.fi, int(0.25 * T_PROMPT)).indices.tolist())
+    assert all(set(p[h].tolist()) == top for p in cache.positions for h in range(p.shape[0]))
+
+
+def test_fi_oracle_from_a_measure_summary():
+    summary = pd.DataFrame({
+        "doc_id": ["a"] * 4 + ["b"] * 2, "split_pos": pd.array([8] * 6, dtype="Int64"),
+        "source_pos": [0, 1, 2, 3, 0, 1], "layer": pd.array([None] * 6, dtype="Int64"),
+        "kv_head": pd.array([None] * 6, dtype="Int64"), "fi_total": [0.5, 0.1, 0.9, 0.2, 7.0, 7.0],
+    })
+    comp = FIOracle.from_result(summary, "a", budget=0.5)
+    assert comp.fi.tolist() == [0.5, 0.1, 0.9, 0.2]
+    with pytest.raises(ValueError, match="no position ablations"):
+        FIOracle.from_result(summary, "zzz")
+
+
+def test_pyramid_budgets_fall_and_average_to_the_global_budget():
+    comp = get_compressor("pyramidkv", budget=0.2, window=4, beta=4)
+    budgets = [comp.layer_budget(l, 10, 1000, 200.0) for l in range(10)]
+    assert budgets == sorted(budgets, reverse=True) and budgets[0] > budgets[-1]
+    assert abs(sum(budgets) / 10 - 200.0) <= 1.0
+    info = get_compressor("infokv", budget=0.2)
+    assert [info.layer_budget(l, 10, 1000, 200.0) for l in range(10)] == [200] * 10
+
+
+def test_infokv_mix_zero_is_snapkv(models, prompt):
+    model = models["sdpa"]
+    a, _ = compress_prompt(model, prompt[:T_PROMPT], SnapKV(budget=0.3, window=8, kernel=3))
+    b, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=0.3, window=8, kernel=3, mix=0.0, early_layer=0))
+    assert all(torch.equal(p, q) for p, q in zip(a.positions, b.positions))
+    c, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=0.3, window=8, kernel=3, mix=1.0, early_layer=0, norm="max"))
+    assert any(not torch.equal(p, q) for p, q in zip(a.positions, c.positions)), "the entropy term changes the selection"
+    window = set(range(T_PROMPT - 8, T_PROMPT))
+    assert all(window <= set(p[h].tolist()) for p in c.positions for h in range(p.shape[0])), "window protected"
+
+
+def test_infokv_entropy_features_match_the_logits(models, prompt):
+    from forward_influence.kl import entropy
+
+    model = models["sdpa"]
+    cache = CompressedCache(model, InfoKV(window=8, early_layer=0))
+    cache.extend(prompt[:T_PROMPT])
+    cache.extend(prompt[T_PROMPT : T_PROMPT + 1])
+    logits = model(prompt[None, : T_PROMPT + 1]).logits[0].float()
+    want = torch.cat([torch.zeros(1), entropy(logits[:-1], topk=10)])
+    torch.testing.assert_close(cache.entropy, want, rtol=1e-4, atol=1e-5)
+    assert cache.rep.shape == (3, T_PROMPT + 1) and bool((cache.rep[0] == 1).all()) and bool((cache.rep[1:] < 1).all())
+
+
+def test_expected_attention_statistics_merge_across_blocks(models, prompt):
+    model = models["sdpa"]
+    comp = ExpectedAttention(n_sink=2, n_future=8)
+    one = CompressedCache(model, comp)
+    one.extend(prompt[:40])
+    two = CompressedCache(model, comp)
+    two.extend(prompt[:25])
+    two.extend(prompt[25:40])
+    for a, b in zip(one.state, two.state):
+        assert a["count"] == b["count"] == 38
+        torch.testing.assert_close(a["mean"], b["mean"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a["cov"], b["cov"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+def test_budget_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"budget must be in \(0, 1\]"):
+        get_compressor("snapkv", budget=bad)
+
+
+def test_unknown_method_names_the_valid_ones():
+    with pytest.raises(ValueError, match="valid: full, random"):
+        get_compressor("snapkvv")
+
+
+def test_kvpress_integration_needs_kvpress():
+    try:
+        import kvpress  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="needs NVIDIA kvpress"):
+            import forward_influence.integrations.kvpress  # noqa: F401
+    else:
+        from forward_influence.integrations.kvpress import InfoKVPress
+
+        assert InfoKVPress(compression_ratio=0.5).method.budget == 0.5
+
+
+@pytest.mark.model
+def test_smollm_prefill_fidelity_end_to_end(smollm):
+    """On the real model: every method runs, full is exact, SnapKV beats random."""
+    from forward_influence import load_documents, tokenize
+    from forward_influence.kl import centred_kl
+
+    model, tok = smollm.model, smollm.tokenizer
+    ids = tokenize(tok, load_documents(None, max_docs=1)[0], max_tokens=640).input_ids
+    n = 512
+    ref_cache, _ = compress_prompt(model, ids[:n], get_compressor("full"))
+    ref = ref_cache.extend(ids[n:], all_logits=True)
+    kl = {}
+    for name in list_compressors():
+        if name == "fi_oracle":
+            continue
+        cache, _ = compress_prompt(model, ids[:n], get_compressor(name, budget=0.2))
+        kl[name] = float(centred_kl(ref, cache.extend(ids[n:], all_logits=True)).mean())
+    assert kl["full"] == 0.0
+    assert all(math.isfinite(v) and v >= 0 for v in kl.values())
+    assert kl["snapkv"] < kl["random"] and kl["infokv"] < kl["random"]
+    out = generate(model, ids[:n], get_compressor("infokv"), DecodingConfig(cache_budget=128, interval=8, max_new_tokens=16))
+    assert len(out.tokens) == 16 and max(out.cache_sizes[1:]) <= 128 + 8
