@@ -33,8 +33,29 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+class ConfigBase:
+    """Dict round trip shared by the run configs (``fi-measure``, ``fi-bench``)."""
+
+    #: fields that change how fast a run goes, not what it computes
+    non_semantic: frozenset[str] = NON_SEMANTIC
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def semantic(self) -> dict[str, Any]:
+        """The fields that determine the results (see :attr:`non_semantic`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.non_semantic}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**kw)
+
+
 @dataclass(frozen=True)
-class MeasureConfig:
+class MeasureConfig(ConfigBase):
     """Everything a Forward Influence measurement depends on."""
 
     model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
@@ -102,20 +123,6 @@ class MeasureConfig:
         if self.max_docs is not None and self.max_docs < 1:
             raise InputError(f"--max-docs must be >= 1; got {self.max_docs}")
         return self
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    def semantic(self) -> dict[str, Any]:
-        """The fields that determine the results (see :data:`NON_SEMANTIC`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MeasureConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
-        return cls(**kw)
 
     def tokens_needed(self) -> int:
         """Minimum document length in tokens."""

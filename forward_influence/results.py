@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from .config import NON_SEMANTIC, MeasureConfig
+from .config import MeasureConfig
 from .errors import InputError
 
 TABLES = ("tokens", "influence", "summary")
@@ -74,7 +74,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def check_out_dir(out: str | Path, config: MeasureConfig) -> Path:
+def check_out_dir(out: str | Path, config: Any) -> Path:
     """Refuse an unusable out dir before anything is computed or written."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -93,9 +93,9 @@ def check_out_dir(out: str | Path, config: MeasureConfig) -> Path:
     run_json = out / "run.json"
     if run_json.is_file():
         # Fields added after the run was written take their defaults.
-        old = MeasureConfig.from_dict(json.loads(run_json.read_text()).get("config", {})).to_dict()
+        old = type(config).from_dict(json.loads(run_json.read_text()).get("config", {})).to_dict()
         new = config.to_dict()
-        diff = [k for k in new if k not in NON_SEMANTIC and old.get(k) != new[k]]
+        diff = [k for k in new if k not in config.non_semantic and old.get(k) != new[k]]
         if diff:
             k = diff[0]
             raise InputError(

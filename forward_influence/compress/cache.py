@@ -20,6 +20,7 @@ logits; no ``T x T`` attention or ``T x V`` logits are held (both in chunks).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -66,18 +67,30 @@ class CompressedCache:
     def fork(self, compressor: Compressor | None = None) -> "CompressedCache":
         """A copy sharing every tensor (nothing is modified in place, so cutting
         or extending the copy leaves this cache as it is), optionally under
-        another compressor that needs the same inputs (e.g. InfoKV with another
-        ``mix``): one prefill, many cuts."""
+        another compressor whose inputs this cache recorded (:meth:`can_fork`):
+        one prefill, many cuts."""
+        if compressor is not None and not self.can_fork(compressor):
+            raise ValueError(f"cannot fork a {self.compressor.name} cache to {compressor.name}: it needs other inputs")
         new = object.__new__(CompressedCache)
         new.__dict__.update(self.__dict__)
         new.kv, new.positions, new.queries = list(self.kv), list(self.positions), list(self.queries)
         new.state = [dict(s) for s in self.state]
         if compressor is not None:
-            if compressor.features() != self.spec or type(compressor).observe is not type(self.compressor).observe \
-                    or compressor.recent_queries() > self.compressor.recent_queries():
-                raise ValueError(f"cannot fork a {self.compressor.name} cache to {compressor.name}: it needs other inputs")
             new.compressor = compressor
         return new
+
+    def can_fork(self, compressor: Compressor) -> bool:
+        """Whether this cache recorded everything ``compressor`` reads: its token
+        features (or none), as many recent queries, the attention inputs if it
+        wants them, and — for methods with state — the same method up to its
+        budget."""
+        mine = self.compressor
+        if type(compressor).observe is not Compressor.observe:
+            if type(compressor) is not type(mine) or dataclasses.replace(compressor, budget=mine.budget) != mine:
+                return False
+        return (compressor.features() in (None, self.spec)
+                and compressor.recent_queries() <= mine.recent_queries()
+                and (mine.needs_attn_inputs or not compressor.needs_attn_inputs))
 
     def sizes(self) -> list[int]:
         """Entries per layer."""
@@ -93,7 +106,7 @@ class CompressedCache:
         keep_q = max(1, self.compressor.recent_queries())
         old = self.queries[l]
         q = tap.query if old is None else torch.cat([old, tap.query], dim=1)  # (Hq, w + C, D)
-        self.queries[l] = q[:, -keep_q:]
+        self.queries[l] = q[:, -keep_q:].clone()  # a copy: a view would keep the prefill's (Hq, T, D) alive
         if self._observes:
             hkv = tap.key.shape[0]
             new_pos = torch.arange(tap.start, tap.start + c, device=tap.key.device)[None].expand(hkv, c)  # (Hkv, C)

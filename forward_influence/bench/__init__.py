@@ -1,0 +1,11 @@
+"""``fi-bench``: compressors side by side, and validated against Forward Influence (DESIGN §7).
+
+>>> from forward_influence.bench import BenchConfig, run_bench            # doctest: +SKIP
+>>> results = run_bench(BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=4, out="runs/bench"))  # doctest: +SKIP
+"""
+
+from .config import BenchConfig
+from .runner import run_bench
+from .tasks import Fidelity, ReadingQA, Retrieval, Sample
+
+__all__ = ["BenchConfig", "Fidelity", "ReadingQA", "Retrieval", "Sample", "run_bench"]

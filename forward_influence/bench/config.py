@@ -1,0 +1,89 @@
+"""``fi-bench`` configuration, declared once (the CLI flags come from these fields).
+
+>>> BenchConfig(task="fidelity", budgets=(0.2, 0.4)).validate().task
+'fidelity'
+>>> BenchConfig(task="fidelity", budgets=(1.5,)).validate()
+Traceback (most recent call last):
+...
+forward_influence.errors.InputError: --budgets for fidelity are fractions of the cache kept, in (0, 1]; got 1.5
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ..config import ConfigBase, _f
+from ..errors import InputError
+
+TASKS = ("fidelity", "retrieval", "qa", "ifeval")
+DEFAULT_BUDGETS = {"prefill": (0.2, 0.4), "decoding": (128.0, 256.0, 512.0)}
+
+
+@dataclass(frozen=True)
+class BenchConfig(ConfigBase):
+    """Everything a compressor benchmark depends on."""
+
+    model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
+    task: str = _f("fidelity", "fidelity, retrieval, qa or ifeval")
+    doc: str | None = _f(None, "fidelity: documents (any fi-measure source; default built-in SQuAD articles); qa: a SQuAD-format file")
+    ifeval_data: str | None = _f(None, "ifeval: IFEval's input_data.jsonl")
+    methods: tuple[str, ...] | None = _f(None, "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run)", type="strs")
+    budgets: tuple[float, ...] | None = _f(None, "prefill tasks: fractions kept (default 0.2,0.4); ifeval: cache sizes in tokens (default 128,256,512)", type="floats")
+    n_samples: int | None = _f(None, "use the first M samples (documents, generated examples, questions or prompts)")
+    out: str | None = _f(None, "output directory")
+    n_prefix: int = _f(1024, "fidelity: tokens compressed (split position N)")
+    n_future: int = _f(128, "fidelity: tokens teacher-forced after the split")
+    lengths: tuple[int, ...] = _f((1024, 2048, 4096), "retrieval: context lengths in tokens", type="ints")
+    depths: tuple[float, ...] = _f((0.1, 0.5, 0.9), "retrieval: needle depths (fraction of the context)", type="floats")
+    kinds: tuple[str, ...] = _f(("passkey", "multikey", "vartrack"), "retrieval: example kinds", type="strs")
+    max_context: int = _f(1536, "qa: article tokens kept as context")
+    max_new_tokens: int = _f(256, "ifeval: tokens generated per prompt")
+    interval: int = _f(16, "ifeval: decoding steps between cuts")
+    fi_run: str | None = _f(None, "an fi-measure output dir on the same documents (split mode): FI kept per method, the FI oracle, additivity")
+    bootstrap: int = _f(2000, "bootstrap resamples for the paired intervals")
+    device: str = _f("auto", "auto, cpu or cuda")
+    dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
+    seed: int = _f(0, "random seed (generators, random method, bootstrap)")
+    progress: bool = _f(True, "show progress bars")
+    report: bool = _f(True, "write figures and report.html")
+
+    non_semantic = frozenset({"out", "progress", "report", "bootstrap"})
+
+    @property
+    def setting(self) -> str:
+        return "decoding" if self.task == "ifeval" else "prefill"
+
+    def resolved_budgets(self) -> tuple[float, ...]:
+        return tuple(self.budgets) if self.budgets else DEFAULT_BUDGETS[self.setting]
+
+    def validate(self) -> "BenchConfig":
+        if self.task not in TASKS:
+            raise InputError(f"--task must be one of {', '.join(TASKS)}; got {self.task!r}")
+        for b in self.resolved_budgets():
+            if self.setting == "prefill" and not 0 < b <= 1:
+                raise InputError(f"--budgets for {self.task} are fractions of the cache kept, in (0, 1]; got {b}")
+            if self.setting == "decoding" and not (b >= 1 and float(b).is_integer()):
+                raise InputError(f"--budgets for ifeval are cache sizes in tokens (integers >= 1); got {b}")
+        for name in ("n_prefix", "n_future", "max_context", "max_new_tokens", "interval", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if self.n_samples is not None and self.n_samples < 1:
+            raise InputError(f"--n-samples must be >= 1; got {self.n_samples}")
+        if any(not 0 <= d <= 1 for d in self.depths):
+            raise InputError(f"--depths are fractions in [0, 1]; got {self.depths}")
+        if self.task == "ifeval" and not self.ifeval_data:
+            raise InputError("--task ifeval needs --ifeval-data PATH (IFEval's input_data.jsonl)")
+        if self.fi_run and self.task != "fidelity":
+            raise InputError("--fi-run validates document fidelity: use it with --task fidelity")
+        return self
+
+    def method_names(self) -> list[str]:
+        from ..compress import list_compressors
+
+        valid = list_compressors()
+        names = list(self.methods) if self.methods else [m for m in valid if m != "fi_oracle" or self.fi_run]
+        bad = [m for m in names if m not in valid]
+        if bad:
+            raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
+        if "fi_oracle" in names and not self.fi_run:
+            raise InputError("method fi_oracle needs --fi-run DIR (an fi-measure run on the same documents)")
+        return names

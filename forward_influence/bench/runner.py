@@ -1,0 +1,224 @@
+"""Run every method x budget on the same samples; checkpoint per sample.
+
+For a prefill task each sample's context is prefilled once per group of
+methods that read the same inputs (:meth:`CompressedCache.can_fork`: InfoKV's
+prefill serves every method but H2O and Expected Attention), the full-cache
+reference is computed once, and every (method, budget) is a fork of that
+prefill, cut and scored. ``full`` does not depend on the budget: it is scored
+once and repeated per budget. With ``--fi-run`` every cut is also scored
+against the measured single-token FI of its document (share of FI kept; FI of
+what it dropped, for the additivity check), and ``fi_oracle`` keeps the
+measured top set.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..compress import CompressedCache, FIOracle, Full, get_compressor
+from ..errors import InputError
+from ..models import LoadedModel, load_model
+from ..results import PartStore, check_out_dir, git_sha, library_versions, write_json_atomic, write_parquet_atomic
+from .config import BenchConfig
+from .ifeval import IFEval
+from .tasks import Fidelity, ReadingQA, Retrieval, Sample
+
+
+def build_task(cfg: BenchConfig) -> Any:
+    if cfg.task == "fidelity":
+        return Fidelity(doc=cfg.doc, n_prefix=cfg.n_prefix, n_future=cfg.n_future, n_samples=cfg.n_samples)
+    if cfg.task == "retrieval":
+        return Retrieval(kinds=cfg.kinds, lengths=cfg.lengths, depths=cfg.depths)
+    if cfg.task == "qa":
+        return ReadingQA(path=cfg.doc, max_context=cfg.max_context, n_samples=cfg.n_samples)
+    return IFEval(path=cfg.ifeval_data, n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens, interval=cfg.interval)
+
+
+class FITable:
+    """Measured single-token FI per document (from an ``fi-measure`` run)."""
+
+    def __init__(self, run_dir: str | Path, cfg: BenchConfig):
+        from ..results import MeasureResult
+
+        res = MeasureResult.load_if_complete(run_dir)
+        if res is None:
+            raise InputError(f"--fi-run {run_dir} is not a finished fi-measure output dir; run fi-measure there first")
+        mc = res.config
+        if mc.mode != "split" or mc.method != "exact":
+            raise InputError(f"--fi-run {run_dir} must be an exact split-mode run (it is {mc.method} {mc.mode})")
+        if tuple(mc.n_prefix) != (cfg.n_prefix,) or mc.n_future != cfg.n_future:
+            raise InputError(f"--fi-run {run_dir} measured N={list(mc.n_prefix)}, F={mc.n_future}: use "
+                             f"--n-prefix {mc.n_prefix[0]} --n-future {mc.n_future}")
+        s = res.summary
+        self.summary = s[s["layer"].isna()]
+        self.stride = mc.stride if mc.positions is None else None
+
+    def oracle(self, doc_id: str, budget: float) -> FIOracle | None:
+        if not (self.summary["doc_id"] == doc_id).any():
+            return None
+        return FIOracle.from_result(self.summary, doc_id, budget=budget)
+
+    def kept_metrics(self, cache: CompressedCache, fi: torch.Tensor, n: int) -> dict[str, float]:
+        """Share of the measured FI kept and FI of what was dropped, averaged over (layer, KV head)."""
+        fi = torch.cat([fi.double(), torch.full((max(0, n - fi.shape[0]),), float("nan"), dtype=torch.float64)])[:n]
+        measured = torch.isfinite(fi)
+        fi = torch.nan_to_num(fi, nan=0.0)
+        total = float(fi.sum())
+        kept = []
+        for pos in cache.positions:
+            for h in range(pos.shape[0]):
+                kept.append(float(fi[pos[h].cpu()].sum()))
+        kept_mean = float(np.mean(kept))
+        scale = self.stride or 1
+        return {"fi_kept_share": kept_mean / total if total > 0 else float("nan"),
+                "fi_dropped": (total - kept_mean) * scale, "fi_measured": float(measured.sum())}
+
+
+def _rows(s: Sample, method: str, budget: float, metrics: dict[str, float], seconds: float, task: str) -> dict[str, Any]:
+    meta = {k: v for k, v in s.meta.items() if isinstance(v, (int, float, str))}
+    return {"task": task, "sample_id": s.sample_id, "method": method, "budget": float(budget), **meta, **metrics,
+            "seconds": seconds}
+
+
+def run_prefill_sample(lm: LoadedModel, task: Any, s: Sample, methods: list[str], budgets: tuple[float, ...],
+                       seed: int, fi: FITable | None) -> list[dict[str, Any]]:
+    model, tok = lm.model, lm.tokenizer
+    n = int(s.context.shape[0])
+    order = sorted(methods, key=lambda m: m != "infokv")  # InfoKV's prefill records the most
+    bases: list[CompressedCache] = []
+
+    def base_for(comp: Any) -> CompressedCache:
+        for b in bases:
+            if b.can_fork(comp):
+                return b
+        b = CompressedCache(model, comp)
+        b.extend(s.context.to(model.device))
+        bases.append(b)
+        return b
+
+    oracle_fi = fi.oracle(s.meta.get("doc_id", s.sample_id), 1.0) if fi is not None else None
+    t0 = time.perf_counter()
+    ref = task.reference(base_for(get_compressor(order[0], **_extra(order[0], seed, oracle_fi))).fork(Full()), s, tok)
+    ref_seconds = time.perf_counter() - t0
+    rows = []
+    for method in order:
+        if method == "fi_oracle" and oracle_fi is None:
+            continue
+        full_metrics = None
+        for budget in budgets:
+            t0 = time.perf_counter()
+            if method == "full" and full_metrics is not None:
+                rows.append(_rows(s, method, budget, full_metrics, 0.0, task.name))
+                continue
+            comp = get_compressor(method, budget=budget, **_extra(method, seed, oracle_fi))
+            cache = base_for(comp).fork(comp)
+            cache.cut(budget * n)
+            metrics = task.score(cache, s, ref, tok)
+            if oracle_fi is not None:
+                metrics.update(fi.kept_metrics(cache, oracle_fi.fi, n))
+            if method == "full":
+                full_metrics = metrics
+            rows.append(_rows(s, method, budget, metrics, time.perf_counter() - t0 + (ref_seconds if method == "full" else 0), task.name))
+    return rows
+
+
+def _extra(method: str, seed: int, oracle: FIOracle | None) -> dict[str, Any]:
+    if method == "random":
+        return {"seed": seed}
+    if method == "fi_oracle":
+        return {"fi": None if oracle is None else oracle.fi}
+    return {}
+
+
+def run_decoding_sample(lm: LoadedModel, task: IFEval, s: Sample, methods: list[str], budgets: tuple[float, ...],
+                        seed: int) -> list[dict[str, Any]]:
+    model, tok = lm.model, lm.tokenizer
+    t0 = time.perf_counter()
+    ref = task.reference(model, s, Full(), tok)
+    ref_seconds = time.perf_counter() - t0
+    rows = []
+    for method in methods:
+        if method == "fi_oracle":
+            continue
+        full_metrics = None
+        for budget in budgets:
+            t0 = time.perf_counter()
+            if method == "full":
+                full_metrics = full_metrics or task.score(model, s, Full(), 1e9, ref, tok)
+                rows.append(_rows(s, method, budget, full_metrics, ref_seconds, task.name))
+                continue
+            comp = get_compressor(method, **_extra(method, seed, None))
+            rows.append(_rows(s, method, budget, task.score(model, s, comp, budget, ref, tok),
+                              time.perf_counter() - t0, task.name))
+    return rows
+
+
+def run_bench(cfg: BenchConfig, model: LoadedModel | None = None) -> pd.DataFrame:
+    """Run ``cfg``; with ``cfg.out`` checkpoint per sample (a rerun resumes)
+    and write ``results.parquet``, ``summary.parquet`` and ``run.json``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (sample, method, budget) with the task's metrics.
+    """
+    cfg = cfg.validate()
+    methods = cfg.method_names()
+    budgets = cfg.resolved_budgets()
+    out = check_out_dir(cfg.out, cfg) if cfg.out else None
+    if out is not None and (out / "results.parquet").is_file() and (out / "run.json").is_file():
+        import json
+
+        if json.loads((out / "run.json").read_text()).get("status") == "complete":
+            return pd.read_parquet(out / "results.parquet")
+    fi = FITable(cfg.fi_run, cfg) if cfg.fi_run else None
+    torch.manual_seed(cfg.seed)
+    lm = model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    task = build_task(cfg)
+    samples = task.prepare(lm.tokenizer, cfg.seed)
+    if cfg.n_samples is not None:
+        samples = samples[: cfg.n_samples]
+    if not samples:
+        raise InputError(f"--task {cfg.task} produced no samples; check --doc / --n-samples")
+    meta = {"run_id": uuid.uuid4().hex[:12], "status": "running", "config": cfg.to_dict(), "model": lm.provenance(),
+            "versions": library_versions(), "git_sha": git_sha(), "seed": cfg.seed, "methods": methods,
+            "budgets": list(budgets), "samples": [s.sample_id for s in samples],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    store = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        store = PartStore(out)
+        write_json_atomic(out / "run.json", meta)
+    t0 = time.perf_counter()
+    parts = []
+    for k, s in enumerate(tqdm(samples, desc=f"fi-bench {cfg.task}", disable=not cfg.progress)):
+        if store is not None and store.done(k, s.sample_id):
+            parts.append(store.read(k)[0]["results"])
+            continue
+        if cfg.setting == "prefill":
+            rows = run_prefill_sample(lm, task, s, methods, budgets, cfg.seed, fi)
+        else:
+            rows = run_decoding_sample(lm, task, s, methods, budgets, cfg.seed)
+        df = pd.DataFrame(rows)
+        if store is not None:
+            store.write(k, {"results": df}, {"doc_id": s.sample_id})
+        parts.append(df)
+    results = pd.concat(parts, ignore_index=True)
+    if out is not None:
+        from .summary import summarize
+
+        write_parquet_atomic(results, out / "results.parquet")
+        write_parquet_atomic(summarize(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
+        meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    seconds_total=round(time.perf_counter() - t0, 3))
+        write_json_atomic(out / "run.json", meta)
+        store.clear()
+    return results

@@ -1,0 +1,57 @@
+"""Summaries of ``fi-bench`` results: means with paired bootstrap intervals.
+
+Every method is scored on the same samples, so differences are paired: the
+interval of ``mean(x_method - x_ref)`` resamples samples (not rows) with
+replacement, ``n_resamples`` times (percentile interval, 95%).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+#: metrics summarised per task, in display order; lower is better for the first two
+METRICS = {
+    "fidelity": ("kl", "delta_nll"),
+    "retrieval": ("exact_match", "nll"),
+    "qa": ("contains", "nll", "exact_match"),
+    "ifeval": ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose", "agree_tokens", "agree_prefix"),
+}
+EXTRA = ("fi_kept_share",)
+
+
+def paired_interval(x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """Mean of ``x - y`` (or of ``x``) and its 95% percentile bootstrap interval.
+
+    >>> m, lo, hi = paired_interval(np.array([1.0, 2, 3, 4]), np.array([0.0, 1, 2, 3]), 200, np.random.default_rng(0))
+    >>> (m, lo, hi)
+    (1.0, 1.0, 1.0)
+    """
+    d = x if y is None else x - y
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return (float("nan"),) * 3
+    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
+    means = d[idx].mean(axis=1)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarize(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per (task, metric, method, budget): mean with interval, and the
+    paired difference to ``full`` and to ``snapkv`` (where present)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for task, df in results.groupby("task", sort=False):
+        metrics = [m for m in METRICS.get(task, ()) + EXTRA if m in df.columns]
+        for metric in metrics:
+            wide = df.pivot_table(index="sample_id", columns=["method", "budget"], values=metric, aggfunc="mean")
+            for (method, budget) in wide.columns:
+                x = wide[(method, budget)].to_numpy(dtype=float)
+                row = {"task": task, "metric": metric, "method": method, "budget": budget, "n": int(np.isfinite(x).sum())}
+                row["mean"], row["lo"], row["hi"] = paired_interval(x, None, n_resamples, rng)
+                for ref in ("full", "snapkv"):
+                    if (ref, budget) in wide.columns and ref != method:
+                        y = wide[(ref, budget)].to_numpy(dtype=float)
+                        row[f"vs_{ref}"], row[f"vs_{ref}_lo"], row[f"vs_{ref}_hi"] = paired_interval(x, y, n_resamples, rng)
+                rows.append(row)
+    return pd.DataFrame(rows)

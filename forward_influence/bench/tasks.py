@@ -1,0 +1,238 @@
+"""Benchmark tasks (DESIGN §7): each a small class with ``prepare`` and ``score``.
+
+Prefill tasks compress a context once and then run a query and a
+teacher-forced target over the cut cache at their true positions:
+
+:class:`Fidelity`
+    A document split at ``N``: the prefix is compressed, the next ``F`` tokens
+    teacher-forced; mean KL to the full-cache predictions, the change in NLL,
+    and the summed KL (for the additivity check against FI).
+:class:`Retrieval`
+    Synthetic passkey / multi-key / variable tracking (:mod:`.synthetic`):
+    exact match of a short greedy answer and the gold answer's NLL.
+:class:`ReadingQA`
+    SQuAD-format articles (the article is the context; answerable questions):
+    the gold answer's NLL and whether the greedy answer contains it.
+
+The decoding task (:class:`~forward_influence.bench.ifeval.IFEval`) lives in
+its own module. ``reference`` runs once per sample on the full cache;
+``score`` once per method and budget on a cut cache.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as Fn
+
+from ..compress import CompressedCache
+from ..documents import load_documents, tokenize
+from ..errors import InputError
+from ..kl import centred_kl
+from . import synthetic
+
+
+@dataclass
+class Sample:
+    """One benchmark item.
+
+    Attributes
+    ----------
+    sample_id : str
+    context : torch.Tensor
+        ``(T,)`` token ids whose cache is compressed.
+    query : torch.Tensor
+        ``(Q,)`` ids run after the cut (may be empty).
+    target : torch.Tensor
+        ``(A,)`` gold ids teacher-forced after the query.
+    answer : str or None
+        Gold answer text (greedy answers are compared with it).
+    meta : dict
+        Columns copied into the results (length, depth, kind, doc_id, ...).
+    """
+
+    sample_id: str
+    context: torch.Tensor
+    query: torch.Tensor
+    target: torch.Tensor
+    answer: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, no punctuation or articles, single spaces (SQuAD's rule).
+
+    >>> normalise_answer("  The Eiffel-Tower!")
+    'eiffeltower'
+    """
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+class PrefillTask:
+    """Base of the prefill tasks: teacher-forced NLL of the target and,
+    where there is an answer, a greedy answer of ``answer_tokens`` tokens."""
+
+    name: ClassVar[str] = "base"
+    setting: ClassVar[str] = "prefill"
+    answer_tokens: int = 16
+
+    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+        raise NotImplementedError
+
+    def _forced(self, cache: CompressedCache, s: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(Q + A, V)`` of query + target over ``cache`` (forked, not
+        modified), and the gold target's per-token NLL ``(A',)``."""
+        c = cache.fork()
+        ids = torch.cat([s.query, s.target]).to(c.model.device)
+        logits = c.extend(ids, all_logits=True)  # (Q + A, V)
+        q = s.query.shape[0]
+        pred = logits[q - 1 : -1] if q > 0 else logits[:-1]  # rows predicting target tokens
+        gold = s.target if q > 0 else s.target[1:]
+        nll = Fn.cross_entropy(pred.float(), gold.to(pred.device), reduction="none")
+        return logits, nll
+
+    def _greedy(self, cache: CompressedCache, s: Sample, tokenizer: Any) -> str:
+        c = cache.fork()
+        logits = c.extend(s.query.to(c.model.device))[-1] if s.query.numel() else None
+        out: list[int] = []
+        for _ in range(self.answer_tokens):
+            if logits is None:
+                break
+            tok = int(logits.argmax())
+            out.append(tok)
+            text = tokenizer.decode(out, skip_special_tokens=True)
+            if "\n" in text.strip() or tok == tokenizer.eos_token_id:
+                break
+            logits = c.extend(torch.tensor([tok], device=c.model.device))[-1]
+        return tokenizer.decode(out, skip_special_tokens=True).strip().split("\n")[0]
+
+    def reference(self, cache: CompressedCache, s: Sample, tokenizer: Any) -> dict[str, Any]:
+        logits, nll = self._forced(cache, s)
+        ref = {"logits": logits, "nll": float(nll.mean())}
+        if s.answer is not None:
+            ref["greedy"] = self._greedy(cache, s, tokenizer)
+        return ref
+
+    def score(self, cache: CompressedCache, s: Sample, ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
+        logits, nll = self._forced(cache, s)
+        kl = centred_kl(ref["logits"], logits)  # (Q + A,) per position
+        out = {"kl": float(kl.mean()), "kl_sum": float(kl.sum()), "nll": float(nll.mean()),
+               "delta_nll": float(nll.mean()) - ref["nll"]}
+        if s.answer is not None:
+            greedy = self._greedy(cache, s, tokenizer)
+            gold = normalise_answer(s.answer)
+            out["exact_match"] = float(normalise_answer(greedy).startswith(gold) and gold != "")
+            out["contains"] = float(gold in normalise_answer(greedy))
+            out["agrees_full"] = float(greedy == ref["greedy"])
+        return out
+
+
+@dataclass
+class Fidelity(PrefillTask):
+    """Document fidelity: prefix ``n_prefix`` compressed, the next ``n_future``
+    tokens teacher-forced. Documents: any source ``fi-measure`` reads."""
+
+    doc: str | None = None
+    n_prefix: int = 1024
+    n_future: int = 128
+    n_samples: int | None = None
+    name: ClassVar[str] = "fidelity"
+
+    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+        need = self.n_prefix + self.n_future
+        out = []
+        for d in load_documents(self.doc, max_docs=None):
+            ids = tokenize(tokenizer, d, max_tokens=need).input_ids
+            if ids.shape[0] < need:
+                continue
+            out.append(Sample(d.doc_id, ids[: self.n_prefix], ids[:0], ids[self.n_prefix : need],
+                              meta={"doc_id": d.doc_id, "length": self.n_prefix}))
+            if self.n_samples is not None and len(out) >= self.n_samples:
+                break
+        if not out:
+            raise InputError(f"no document has the {need} tokens fidelity needs (--n-prefix + --n-future); lower them")
+        return out
+
+
+@dataclass
+class Retrieval(PrefillTask):
+    """Synthetic retrieval at ``lengths`` tokens and needle ``depths``,
+    ``per_cell`` examples per (kind, length, depth)."""
+
+    kinds: tuple[str, ...] = synthetic.KINDS
+    lengths: tuple[int, ...] = (1024, 2048, 4096)
+    depths: tuple[float, ...] = (0.1, 0.5, 0.9)
+    per_cell: int = 1
+    name: ClassVar[str] = "retrieval"
+
+    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+        out = []
+        for kind in self.kinds:
+            for length in self.lengths:
+                for depth in self.depths:
+                    for i in range(self.per_cell):
+                        ex = synthetic.make_example(kind, length, depth, seed * 1000 + i, tokenizer)
+                        ctx = tokenizer(ex.context, add_special_tokens=True, return_tensors="pt")["input_ids"][0]
+                        q = tokenizer(ex.question, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                        a = tokenizer(ex.answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                        out.append(Sample(f"{kind}-{length}-{depth}-{i}", ctx, q, a, ex.answer,
+                                          {"kind": kind, "length": length, "depth": depth}))
+        return out
+
+
+@dataclass
+class ReadingQA(PrefillTask):
+    """Answerable SQuAD questions over their article (paragraphs joined),
+    truncated to ``max_context`` tokens; only questions whose answer lies in
+    the kept text."""
+
+    path: str | None = None
+    max_context: int = 1536
+    questions_per_article: int = 2
+    n_samples: int | None = None
+    name: ClassVar[str] = "qa"
+
+    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+        import json
+        import random
+
+        from ..documents import builtin_squad_path
+
+        path = Path(self.path) if self.path else builtin_squad_path()
+        if not path.is_file():
+            raise InputError(f"--doc {path} not found; give a SQuAD-format .json file")
+        try:
+            data = json.loads(path.read_text())["data"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputError(f"{path} is not a SQuAD-format file (a JSON object with 'data' articles)") from None
+        rng = random.Random(seed)
+        out = []
+        for art in data:
+            text, qas = "", []
+            for para in art["paragraphs"]:
+                offset = len(text)
+                text += para["context"] + "\n\n"
+                for qa in para["qas"]:
+                    if not qa.get("is_impossible") and qa.get("answers"):
+                        ans = qa["answers"][0]
+                        qas.append((qa["question"], ans["text"], offset + ans["answer_start"], qa["id"]))
+            enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, truncation=True,
+                            max_length=self.max_context)
+            end_char = enc["offset_mapping"][-1][1]
+            ok = [q for q in qas if q[2] + len(q[1]) <= end_char]
+            ctx = torch.tensor(enc["input_ids"])
+            for question, answer, _, qid in rng.sample(ok, min(self.questions_per_article, len(ok))):
+                q = tokenizer(f"\nQuestion: {question}\nAnswer:", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                a = tokenizer(" " + answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                out.append(Sample(qid, ctx, q, a, answer, {"doc_id": art.get("title", ""), "length": int(ctx.shape[0])}))
+            if self.n_samples is not None and len(out) >= self.n_samples:
+                break
+        return out[: self.n_samples] if self.n_samples else out

@@ -1,0 +1,111 @@
+"""The README's compressor table: every method on four fi-bench runs, one command.
+
+Runs (resumable; each into ``runs/bench/<name>``):
+
+1. fidelity on the 11 shared CC BY papers (N = 1,024 compressed, F = 128 teacher-forced), budgets 20%, 40%;
+2. fidelity on the built-in SQuAD articles (first 8 with >= 1,152 tokens), same settings;
+3. synthetic retrieval (passkey, multi-key, variable tracking) at 2k and 4k tokens, depths 0.1 / 0.5 / 0.9;
+4. IFEval decoding on the first 3 prompts of ``../shared/benchmarks/ifeval/input_data.jsonl``, 96 new
+   tokens, cache budgets 48 and 96 tokens (batch-1 decoding on this CPU is memory-bound at ~140 ms a
+   token, so the study's 128/256/512 budgets with long generations are a GPU-scale run:
+   ``fi-bench --task ifeval --budgets 128,256,512 --max-new-tokens 1024``).
+
+then prints the markdown tables (mean and 95% paired-bootstrap interval over samples) and writes them to
+``runs/bench/headline.md``. Wall time on this 2-core CPU: see the README.
+
+    python scripts/bench_headline.py
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forward_influence.bench import BenchConfig, run_bench
+from forward_influence.bench.summary import paired_interval
+from forward_influence.models import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+OUT = ROOT / "runs" / "bench"
+ORDER = ["full", "infokv", "snapkv", "pyramidkv", "expected_attention", "h2o", "tova", "streaming_llm", "knorm", "random"]
+
+
+def runs() -> dict[str, BenchConfig]:
+    common = dict(progress=False, report=True)
+    out = {
+        "papers": BenchConfig(task="fidelity", doc=str(SHARED / "corpus" / "papers_cc_by.jsonl"), budgets=(0.2, 0.4),
+                              out=str(OUT / "papers"), **common),
+        "squad": BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=8, out=str(OUT / "squad"), **common),
+        "retrieval": BenchConfig(task="retrieval", budgets=(0.2, 0.4), lengths=(2048, 4096), out=str(OUT / "retrieval"), **common),
+        "ifeval": BenchConfig(task="ifeval", ifeval_data=str(SHARED / "benchmarks" / "ifeval" / "input_data.jsonl"),
+                              budgets=(48.0, 96.0), n_samples=3, max_new_tokens=96, out=str(OUT / "ifeval"), **common),
+    }
+    return out
+
+
+def cell(df: pd.DataFrame, metric: str, method: str, budget: float, rng: np.random.Generator, fmt: str = "{:.3f}") -> str:
+    x = df[(df.method == method) & (df.budget == budget)].sort_values("sample_id")[metric].to_numpy(dtype=float)
+    if x.size == 0:
+        return "–"
+    m, lo, hi = paired_interval(x, None, 2000, rng)
+    return f"{fmt.format(m)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def main() -> None:
+    lm = load_model("smollm2-135m")
+    res = {}
+    for name, cfg in runs().items():
+        t = time.time()
+        res[name] = run_bench(cfg, model=lm)
+        from forward_influence.bench.report import write_report
+
+        write_report(cfg.out)
+        print(f"{name}: {time.time() - t:.0f} s", flush=True)
+    rng = np.random.default_rng(0)
+    md = []
+    rows = []
+    for m in ORDER:
+        r = [m]
+        for corpus in ("papers", "squad"):
+            for b in (0.2, 0.4):
+                r += [cell(res[corpus], "kl", m, b, rng), cell(res[corpus], "delta_nll", m, b, rng, "{:+.3f}")]
+        rows.append(r)
+    md.append("Document fidelity (mean KL to the full cache / change in NLL, nats; 95% intervals over documents)\n")
+    md.append(table(["method", "papers KL 20%", "papers ΔNLL 20%", "papers KL 40%", "papers ΔNLL 40%",
+                     "SQuAD KL 20%", "SQuAD ΔNLL 20%", "SQuAD KL 40%", "SQuAD ΔNLL 40%"], rows))
+    r_df = res["retrieval"]
+    rows = []
+    for m in ORDER:
+        r = [m]
+        for length in (2048, 4096):
+            sub = r_df[r_df.length == length]
+            r += [cell(sub, "exact_match", m, b, rng, "{:.2f}") for b in (0.2, 0.4)]
+        rows.append(r)
+    md.append(f"\nSynthetic retrieval exact match ({r_df.sample_id.nunique()} examples: 3 kinds x 2 lengths x 3 depths)\n")
+    md.append(table(["method", "2k @ 20%", "2k @ 40%", "4k @ 20%", "4k @ 40%"], rows))
+    i_df = res["ifeval"]
+    rows = [[m] + [cell(i_df, met, m, b, rng, "{:.2f}") for b in (48.0, 96.0) for met in ("inst_loose", "agree_tokens")]
+            for m in ORDER]
+    md.append(f"\nIFEval ({i_df.sample_id.nunique()} prompts, 96 new tokens; instruction-level loose accuracy and token agreement with the full cache)\n")
+    md.append(table(["method", "inst. loose @48", "agree @48", "inst. loose @96", "agree @96"], rows))
+    import json
+
+    secs = {n: json.loads((Path(c.out) / "run.json").read_text())["seconds_total"] for n, c in runs().items()}
+    text = "\n".join(md) + "\n\nWall time (run.json seconds_total): " + ", ".join(f"{n} {v:.0f} s" for n, v in secs.items()) \
+        + f"; total {sum(secs.values()) / 60:.1f} min\n"
+    (OUT / "headline.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

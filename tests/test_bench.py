@@ -1,0 +1,244 @@
+"""fi-bench: task generators, scoring, loaders, the runner (resume, FI validation), the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forward_influence.bench import BenchConfig, run_bench, synthetic
+from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
+from forward_influence.bench.summary import paired_interval, summarize
+from forward_influence.errors import InputError
+
+DEPTH_TOL = 0.1  # needle position (fraction of the context) vs the asked depth
+LENGTH_TOL = 0.15  # generated context length vs the target, relative
+ABS_TOL_KL = 1e-9
+
+
+# ----------------------------------------------------------------- generators
+@pytest.mark.parametrize("kind", synthetic.KINDS)
+def test_generators_are_deterministic_and_hold_their_answer(kind):
+    a = synthetic.make_example(kind, 800, 0.3, seed=7)
+    b = synthetic.make_example(kind, 800, 0.3, seed=7)
+    c = synthetic.make_example(kind, 800, 0.3, seed=8)
+    assert a == b
+    assert a.answer != c.answer or a.context != c.context
+    assert a.answer.strip() in a.context
+    assert a.answer.strip() not in a.question
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.9])
+def test_passkey_depth(depth):
+    ex = synthetic.make_example("passkey", 2000, depth, seed=1)
+    where = ex.context.index("The pass key is") / len(ex.context)
+    assert abs(where - depth) <= DEPTH_TOL
+
+
+def test_multikey_distractors_and_uuids():
+    ex = synthetic.make_example("multikey", 1500, 0.5, seed=3, n_keys=5, value_type="uuid")
+    assert ex.context.count("special magic uuids for") == 5
+    assert len(ex.answer.strip()) == 36 and ex.meta["key"] in ex.question
+
+
+def test_vartrack_chain_resolves_to_the_answer():
+    ex = synthetic.make_example("vartrack", 1500, 0.2, seed=4, hops=3)
+    chain = ex.meta["chain"]
+    assert f"VAR {chain[0]} ={ex.answer}." in ex.context
+    for a, b in zip(chain, chain[1:]):
+        assert f"VAR {b} = VAR {a}." in ex.context
+
+
+def test_generator_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="valid: passkey, multikey, vartrack"):
+        synthetic.make_example("needle", 100, 0.5, seed=0)
+    with pytest.raises(ValueError, match="depth"):
+        synthetic.make_example("passkey", 100, 1.5, seed=0)
+
+
+@pytest.mark.model
+def test_generated_lengths_in_tokens(smollm):
+    for length in (1024, 2048):
+        ex = synthetic.make_example("passkey", length, 0.5, seed=0, tokenizer=smollm.tokenizer)
+        n = len(smollm.tokenizer(ex.context)["input_ids"])
+        assert abs(n - length) / length <= LENGTH_TOL
+
+
+# ----------------------------------------------------------------- scoring
+def test_paired_interval_and_summary_on_hand_made_results():
+    rows = []
+    for i in range(6):
+        rows += [
+            {"task": "fidelity", "sample_id": str(i), "method": "full", "budget": 0.2, "kl": 0.0, "delta_nll": 0.0},
+            {"task": "fidelity", "sample_id": str(i), "method": "snapkv", "budget": 0.2, "kl": 0.1 + i, "delta_nll": 0.2},
+            {"task": "fidelity", "sample_id": str(i), "method": "infokv", "budget": 0.2, "kl": 0.05 + i, "delta_nll": 0.1},
+        ]
+    s = summarize(pd.DataFrame(rows), 500, 0)
+    r = s[(s.metric == "kl") & (s.method == "infokv")].iloc[0]
+    assert r["mean"] == pytest.approx(2.55) and r["vs_snapkv"] == pytest.approx(-0.05)
+    assert r["vs_snapkv_lo"] == pytest.approx(-0.05) and r["vs_snapkv_hi"] == pytest.approx(-0.05)  # constant difference
+    assert r["vs_full"] == pytest.approx(2.55) and r["vs_full_lo"] < r["vs_full"] < r["vs_full_hi"]
+    m, lo, hi = paired_interval(np.array([np.nan, 1.0, 3.0]), None, 200, np.random.default_rng(0))
+    assert m == 2.0 and 1.0 <= lo <= hi <= 3.0
+
+
+def test_ifeval_checkers_on_hand_made_responses():
+    pytest.importorskip("lm_eval")
+    from forward_influence.bench.ifeval import check_following
+
+    row = {"key": 1, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    assert check_following(row, "Hi there my friend")["prompt_strict"] == 1.0
+    assert check_following(row, "Hi, there")["prompt_strict"] == 0.0
+    row = {"key": 2, "prompt": "Answer in at least 5 sentences.", "instruction_id_list": ["length_constraints:number_sentences"],
+           "kwargs": [{"relation": "at least", "num_sentences": 5}]}
+    assert check_following(row, "One. Two. Three. Four. Five. Six.")["prompt_strict"] == 1.0  # needs punkt_tab
+    assert check_following(row, "Just one sentence.")["prompt_strict"] == 0.0
+
+
+# ----------------------------------------------------------------- loaders
+def test_loaders_on_small_files(tmp_path):
+    lr = tmp_path / "longreason.jsonl"
+    lr.write_text(json.dumps({"example_idx": 3, "background_story": "Ann has two cats.", "final_inquiry": "How many cats? (A) 1 (B) 2", "answer": "B"}) + "\n")
+    (p,) = load_longreason(lr)
+    assert p.problem_id == "3" and "two cats" in p.prompt and "How many" in p.prompt and p.answer == "B"
+    aime = tmp_path / "aime.json"
+    aime.write_text(json.dumps([{"ID": "2024-I-1", "Problem": "Find x.", "Answer": 204}]))
+    (p,) = load_aime2024(aime)
+    assert (p.problem_id, p.prompt, p.answer) == ("2024-I-1", "Find x.", "204")
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text(json.dumps({"question_id": "abc1", "question_content": "Print 1.", "starter_code": "def f():",
+                               "public_test_cases": json.dumps([{"input": "", "output": "1"}]), "difficulty": "easy"}) + "\n")
+    (p,) = load_livecodebench(lcb)
+    assert p.extra["tests"] == [{"input": "", "output": "1"}] and "Starter code" in p.prompt
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(InputError, match="malformed JSON"):
+        load_aime2024(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_aime2024(tmp_path / "missing.json")
+    (tmp_path / "noq.jsonl").write_text(json.dumps({"answer": "A"}) + "\n")
+    with pytest.raises(InputError, match="no question"):
+        load_longreason(tmp_path / "noq.jsonl")
+
+
+# ----------------------------------------------------------------- config
+@pytest.mark.parametrize("kw,msg", [
+    ({"task": "nope"}, "--task must be one of"),
+    ({"budgets": (0.0,)}, "fractions of the cache kept"),
+    ({"task": "ifeval", "ifeval_data": "x", "budgets": (0.5,)}, "cache sizes in tokens"),
+    ({"task": "ifeval"}, "needs --ifeval-data"),
+    ({"fi_run": "x", "task": "qa"}, "use it with --task fidelity"),
+])
+def test_config_errors(kw, msg):
+    with pytest.raises(InputError, match=msg):
+        BenchConfig(**kw).validate()
+
+
+def test_method_names():
+    assert "fi_oracle" not in BenchConfig().method_names()
+    with pytest.raises(InputError, match="valid: full"):
+        BenchConfig(methods=("snap",)).method_names()
+    with pytest.raises(InputError, match="needs --fi-run"):
+        BenchConfig(methods=("fi_oracle",)).method_names()
+
+
+# ----------------------------------------------------------------- end to end
+@pytest.mark.model
+def test_fidelity_run_full_is_exact_and_resumes(smollm, tmp_path, monkeypatch):
+    from forward_influence.bench import runner
+
+    cfg = BenchConfig(task="fidelity", methods=("full", "snapkv", "infokv", "h2o"), budgets=(0.25, 0.5),
+                      n_prefix=96, n_future=16, n_samples=2, out=str(tmp_path / "b"), progress=False, bootstrap=200)
+    calls = []
+    real = runner.run_prefill_sample
+
+    def failing(*a, **k):
+        calls.append(a[2].sample_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_prefill_sample", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(cfg, model=smollm)
+    assert not (tmp_path / "b" / "results.parquet").exists(), "no results before the run completes"
+    monkeypatch.setattr(runner, "run_prefill_sample", lambda *a, **k: (calls.append(a[2].sample_id), real(*a, **k))[1])
+    res = run_bench(cfg, model=smollm)
+    assert calls[2:] == [calls[1]], "the finished sample is read back, the interrupted one rerun"
+    assert len(res) == 2 * 4 * 2
+    full = res[res.method == "full"]
+    assert (full.kl.abs() <= ABS_TOL_KL).all() and (full.delta_nll.abs() <= ABS_TOL_KL).all()
+    assert (res[res.method != "full"].kl > 0).all()
+    fresh = run_bench(BenchConfig(**{**cfg.to_dict(), "out": None, "methods": tuple(cfg.methods), "budgets": tuple(cfg.budgets)}), model=smollm)
+    pd.testing.assert_frame_equal(res.drop(columns="seconds"), fresh.drop(columns="seconds"))
+    meta = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert meta["status"] == "complete" and meta["model"] and meta["versions"]["torch"]
+    from forward_influence.bench.report import write_report
+
+    html = write_report(tmp_path / "b").read_text()
+    assert html.count("data:image/png;base64,") >= 2
+
+
+@pytest.mark.model
+def test_validation_against_a_measured_run(smollm, tmp_path):
+    from forward_influence import MeasureConfig, measure
+
+    fi_dir = tmp_path / "fi"
+    measure(MeasureConfig(n_prefix=(64,), n_future=16, max_docs=2, out=str(fi_dir), words=False, progress=False,
+                          report=False), model=smollm)
+    cfg = BenchConfig(task="fidelity", methods=("full", "snapkv", "random", "fi_oracle"), budgets=(0.25,),
+                      n_prefix=64, n_future=16, n_samples=2, fi_run=str(fi_dir), progress=False, bootstrap=200)
+    res = run_bench(cfg, model=smollm)
+    share = res.groupby("method").fi_kept_share.mean()
+    assert share["fi_oracle"] >= share["snapkv"] and share["fi_oracle"] >= share["random"]
+    assert share["full"] == pytest.approx(1.0)
+    from forward_influence.bench.report import additivity
+
+    d, fit = additivity(res)
+    assert fit["n"] == len(d) >= 4 and -1 <= fit["spearman"] <= 1
+    with pytest.raises(InputError, match="--n-prefix 64 --n-future 16"):
+        run_bench(BenchConfig(task="fidelity", n_prefix=128, fi_run=str(fi_dir)), model=smollm)
+
+
+@pytest.mark.model
+def test_retrieval_and_qa_end_to_end(smollm):
+    cfg = BenchConfig(task="retrieval", methods=("full", "streaming_llm"), budgets=(0.5,), lengths=(256,),
+                      depths=(0.5,), kinds=("passkey", "vartrack"), progress=False, bootstrap=100)
+    res = run_bench(cfg, model=smollm)
+    assert set(res.kind) == {"passkey", "vartrack"} and {"exact_match", "nll", "agrees_full"} <= set(res.columns)
+    assert (res[res.method == "full"].agrees_full == 1.0).all()
+    qa = run_bench(BenchConfig(task="qa", methods=("full", "snapkv"), budgets=(0.3,), n_samples=2, max_context=256,
+                               progress=False, bootstrap=100), model=smollm)
+    assert len(qa) == 4 and qa.contains.isin([0.0, 1.0]).all()
+
+
+@pytest.mark.slow
+def test_cli_bad_input_one_line(tmp_path):
+    for args, msg in [(["--task", "fidelity", "--methods", "nope"], "unknown method"),
+                      (["--task", "fidelity", "--budgets", "2"], "fractions of the cache kept"),
+                      (["--task", "ifeval"], "needs --ifeval-data")]:
+        p = subprocess.run([sys.executable, "-m", "forward_influence.cli.bench", "--out", str(tmp_path / "o"), *args],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.model
+def test_ifeval_decoding_end_to_end(smollm, tmp_path):
+    data = tmp_path / "ifeval.jsonl"
+    rows = [{"key": 1, "prompt": "Write two sentences about the sea. Do not use any commas.",
+             "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
+            {"key": 2, "prompt": "Describe a cat in all lowercase letters.",
+             "instruction_id_list": ["change_case:english_lowercase"], "kwargs": [{}]}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = BenchConfig(task="ifeval", ifeval_data=str(data), methods=("full", "snapkv", "infokv"), budgets=(24.0,),
+                      max_new_tokens=40, interval=8, progress=False, bootstrap=100)
+    res = run_bench(cfg, model=smollm)
+    assert len(res) == 2 * 3
+    full = res[res.method == "full"]
+    assert (full.agree_tokens == 1.0).all() and (full.agree_prefix == 1.0).all()
+    assert res.prompt_strict.isin([0.0, 1.0]).all() and res.new_tokens.between(1, 40).all()
