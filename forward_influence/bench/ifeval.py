@@ -140,7 +140,10 @@ class IFEval:
         return {"tokens": self._generate(model, s, full, 1e9, tokenizer)}
 
     def score(self, model: Any, s: Sample, comp: Compressor, budget: float, ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
-        tokens = self._generate(model, s, comp, budget, tokenizer)
+        return self.score_tokens(s, self._generate(model, s, comp, budget, tokenizer), ref, tokenizer)
+
+    def score_tokens(self, s: Sample, tokens: list[int], ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
+        """Metrics of a finished generation (the full cache's is the reference itself)."""
         text = tokenizer.decode(tokens, skip_special_tokens=True)
         return {**check_following(s.meta["row"], text), **token_agreement(tokens, ref["tokens"]),
                 "new_tokens": float(len(tokens))}

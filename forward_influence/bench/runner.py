@@ -152,7 +152,7 @@ def run_decoding_sample(lm: LoadedModel, task: IFEval, s: Sample, methods: list[
         for budget in budgets:
             t0 = time.perf_counter()
             if method == "full":
-                full_metrics = full_metrics or task.score(model, s, Full(), 1e9, ref, tok)
+                full_metrics = full_metrics or task.score_tokens(s, ref["tokens"], ref, tok)  # no second generation
                 rows.append(_rows(s, method, budget, full_metrics, ref_seconds, task.name))
                 continue
             comp = get_compressor(method, **_extra(method, seed, None))
