@@ -8,7 +8,7 @@ before ``tau`` keep what they read. For a future query position ``t``::
     KL_i(t) = KL( p(. | t) || p_ablated_i(. | t) )
 
 over the full vocabulary, computed by :func:`forward_influence.kl.centred_kl`
-(float64 accumulation; accurate to ~1e-12). Distance is ``d = t - i``.
+(float32 elementwise, sums that do not cancel; accurate to ~1e-12). Distance is ``d = t - i``.
 
 Two modes share one mechanism (:func:`forward_influence.plumbing.ablated_forward`):
 
@@ -25,6 +25,11 @@ Each forward batch carries one *null* row (nothing hidden) first; the
 ablated rows are compared with it, so reference and ablation go through the
 same arithmetic. The noise floor is the KL between that batched null row and
 a null row run alone (different batch composition): report it with results.
+In ``split`` mode every batch of a split has the same reference; when the
+lone and the batched null rows agree bitwise (the arithmetic of a row does
+not depend on the batch it is in: so on CPU, rarely on CUDA) later batches
+reuse the first batch's reference instead of carrying their own row
+(``SplitResult.shared_reference``).
 
 Examples
 --------
@@ -44,6 +49,7 @@ import torch
 
 from . import plumbing
 from .kl import centred_kl_delta
+from .runtime import retain_freed_memory
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,21 @@ def _available_bytes(device: torch.device) -> int:
     return 8 << 30
 
 
+# Working-set bounds by device (see ForwardInfluenceEngine).
+WORKSPACE = {
+    "cpu": {"scores": 8 << 20, "logits": 128 << 20, "kl": 4 << 20},
+    "cuda": {"scores": 1 << 30, "logits": 2 << 30, "kl": 2 << 30},
+}
+
+
+def _workspace(device: torch.device, key: str, given: int | None) -> int:
+    if given is not None:
+        return given
+    if device.type != "cuda":
+        return WORKSPACE["cpu"][key]
+    return max(1 << 20, min(WORKSPACE["cuda"][key], _available_bytes(device) // 8))
+
+
 @dataclass
 class SplitResult:
     """FI of one split: ``kl[a, f]`` for ablation ``a`` and future position ``N + f``.
@@ -111,12 +132,15 @@ class SplitResult:
         ``(A, F)`` float64.
     noise_floor : numpy.ndarray
         ``(F,)`` float64 KL between a batched and a lone null row.
+    shared_reference : bool
+        Batches after the first reused its null row (bitwise batch invariance seen).
     """
 
     split: int
     ablations: list[Ablation]
     kl: np.ndarray
     noise_floor: np.ndarray
+    shared_reference: bool = False
 
 
 @dataclass
@@ -146,27 +170,35 @@ class ForwardInfluenceEngine:
         A Llama/Qwen2/Mistral-style causal LM in eval mode.
     batch_size : int, optional
         Ablations per forward (plus the null row). Default: from free memory.
-    max_score_bytes : int
-        Bound on the float32 attention scores held at once (query chunking).
-    logit_bytes : int
-        Bound on the logits held at once (position chunking of the LM head).
-    kl_bytes : int
-        Bound on one cache-resident KL pass.
+    max_score_bytes, logit_bytes, kl_bytes : int, optional
+        Bounds on the float32 attention scores held at once (query chunking),
+        the logits held at once (position chunking of the LM head) and one
+        KL pass over the vocabulary. Default (:data:`WORKSPACE`): on CPU small
+        enough to stay in cache (8 MiB, 128 MiB, 4 MiB); on CUDA large enough
+        that kernels, not launches, set the pace (1 GiB, 2 GiB, 2 GiB), at
+        most an eighth of the free memory each.
     kernel : {"auto", "flash", "matmul"}
         Attention kernel for the shared prefix (see :func:`plumbing.ablated_forward`).
+    share_reference : bool
+        In ``split`` mode let later batches reuse the first batch's null row
+        when the noise-floor check finds the arithmetic batch-invariant
+        (bitwise); False: every batch carries its own.
     """
 
-    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int = 8 << 20, logit_bytes: int = 128 << 20, kl_bytes: int = 4 << 20, kernel: str = "auto"):
+    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int | None = None, logit_bytes: int | None = None, kl_bytes: int | None = None, kernel: str = "auto", share_reference: bool = True):
         self.model = model
         self.batch_size = batch_size
-        self.max_score_bytes = max_score_bytes
-        self.logit_bytes = logit_bytes
-        self.kl_bytes = kl_bytes
+        self.share_reference = share_reference
+        self.max_score_bytes = _workspace(model.device, "scores", max_score_bytes)
+        self.logit_bytes = _workspace(model.device, "logits", logit_bytes)
+        self.kl_bytes = _workspace(model.device, "kl", kl_bytes)
         if kernel not in ("auto", "flash", "matmul"):
             raise ValueError(f"kernel must be auto, flash or matmul; got {kernel!r}")
         self.kernel = kernel
         self.n_layers = plumbing.n_layers(model)
         self.n_kv = plumbing.n_kv_heads(model)
+        if model.device.type == "cpu":
+            retain_freed_memory()  # temporaries reused, not page-faulted afresh (forward_influence.runtime)
 
     # ----------------------------------------------------------------- sizing
     def auto_batch_size(self, prefix_len: int, block_len: int) -> int:
@@ -205,31 +237,32 @@ class ForwardInfluenceEngine:
         for c0 in range(lo, hi, chunk):
             c1 = min(hi, c0 + chunk)
             h = hidden[:, c0:c1]  # (B+1, n, Dm)
-            ref_logits = plumbing.logits_from_hidden(self.model, h[:1])  # (1, n, V)
-            ref_logp = torch.log_softmax(ref_logits, dim=-1)
             if linear:  # logit shifts straight from the hidden-state shifts: no large logits cancel
-                delta = plumbing.logits_from_hidden(self.model, h[1:] - h[:1])  # (B, n, V)
-            else:
-                delta = plumbing.logits_from_hidden(self.model, h[1:]) - ref_logits
+                h = torch.cat([h[:1], h[1:] - h[:1]])  # reference and shifts through one LM-head GEMM
+            out = plumbing.logits_from_hidden(self.model, h)  # (B+1, n, V)
+            ref_logp = torch.log_softmax(out[:1], dim=-1)  # (1, n, V)
+            delta = out[1:] if linear else out[1:].sub_(out[:1])  # (B, n, V)
             for s0 in range(0, c1 - c0, sub):
                 kl = centred_kl_delta(ref_logp[:, s0 : s0 + sub], delta[:, s0 : s0 + sub])  # (B, m) float64
                 full[:, c0 + s0 : c0 + s0 + kl.shape[1]] = kl.cpu().numpy()
         return [full[b, p] for b, p in enumerate(row_pos)]
 
     @torch.no_grad()
-    def _null_floor(self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray) -> np.ndarray:
-        """KL between the batched null row and a null row run alone."""
+    def _null_floor(self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray) -> tuple[np.ndarray, bool]:
+        """KL between the batched null row and a null row run alone, and
+        whether their hidden states are bitwise identical."""
         one = plumbing.AblationBatch(positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start]))
         alone = plumbing.ablated_forward(self.model, prefix, block, one, self.max_score_bytes, self.kernel)  # (1, C, Dm)
+        same = bool(torch.equal(alone, hidden_batched[:1]))
         both = torch.cat([alone, hidden_batched[:1]], dim=0)  # (2, C, Dm)
-        return self._kl_rows(both, [positions])[0]
+        return self._kl_rows(both, [positions])[0], same
 
-    def _batch(self, ablations: Sequence[Ablation], taus: Sequence[int]) -> plumbing.AblationBatch:
-        rows = [NULL, *ablations]
+    def _batch(self, ablations: Sequence[Ablation], taus: Sequence[int], null: bool = True) -> plumbing.AblationBatch:
+        rows = [NULL, *ablations] if null else list(ablations)
         return plumbing.AblationBatch(
             positions=[tuple(a.positions) for a in rows],
             select=_select(rows, self.n_layers, self.n_kv),
-            tau=torch.tensor([taus[0], *taus], dtype=torch.long),
+            tau=torch.tensor([taus[0], *taus] if null else list(taus), dtype=torch.long),
         )
 
     def _check(self, ablations: Sequence[Ablation], limit: int) -> None:
@@ -287,21 +320,26 @@ class ForwardInfluenceEngine:
         kl = np.zeros((len(ablations), n_future), dtype=np.float64)
         scored = np.arange(n_future)
         floor = None
+        ref = None  # (1, F, Dm) the first batch's null row, once batch invariance is seen
         for s0 in range(0, len(ablations), bs):
             chunk = list(ablations[s0 : s0 + bs])
-            batch = self._batch(chunk, [n_prefix] * len(chunk))
-            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (B+1, F, Dm)
+            batch = self._batch(chunk, [n_prefix] * len(chunk), null=ref is None)
+            hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (B+1 or B, F, Dm)
+            if ref is not None:
+                hidden = torch.cat([ref, hidden])  # (B+1, F, Dm)
             for b, row in enumerate(self._kl_rows(hidden, [scored] * len(chunk))):
                 kl[s0 + b] = row
             if floor is None:
-                floor = self._null_floor(prefix, block, hidden, n_prefix, scored)
+                floor, same = self._null_floor(prefix, block, hidden, n_prefix, scored)
+                if same and self.share_reference:
+                    ref = hidden[:1].clone()
             if progress is not None:
                 progress(len(chunk))
         if floor is None:  # no ablations: still report the floor
             batch = self._batch([NULL], [n_prefix])
             hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)
-            floor = self._null_floor(prefix, block, hidden, n_prefix, scored)
-        return SplitResult(split=n_prefix, ablations=list(ablations), kl=kl, noise_floor=floor)
+            floor, _ = self._null_floor(prefix, block, hidden, n_prefix, scored)
+        return SplitResult(split=n_prefix, ablations=list(ablations), kl=kl, noise_floor=floor, shared_reference=ref is not None)
 
     @torch.no_grad()
     def sliding(
@@ -370,7 +408,7 @@ class ForwardInfluenceEngine:
             for g, row in zip(group, self._kl_rows(hidden, pos)):
                 kl[g] = row
             if floor is None:
-                floor = self._null_floor(prefix, block, hidden, a, pos[0])
+                floor, _ = self._null_floor(prefix, block, hidden, a, pos[0])
             if progress is not None:
                 progress(len(group))
         if floor is None:  # no sources

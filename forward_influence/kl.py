@@ -2,18 +2,21 @@
 
 A plain float32 ``sum(p * (log p - log q))`` loses KLs below ~1e-6: the
 terms are differences of numbers near ``log p ~ -10`` whose rounding errors do
-not cancel. We use the centred form. With logits ``z`` (reference) and ``z'``
-(ablated) and ``delta = z' - z``::
+not cancel. We use a centred form whose sums have no cancellation. With
+logits ``z`` (reference) and ``z'`` (ablated), ``delta = z' - z`` and any
+shift ``y = delta - c``::
 
-    KL(p || q) = log E_p[exp(delta)] - E_p[delta]
-               = log1p( E_p[ expm1(delta - mu) ] ),   mu = E_p[delta]
+    KL(p || q) = log E_p[exp(y)] - E_p[y]
+               = log1p(A + e) - e,   A = E_p[expm1(y) - y] >= 0,   e = E_p[y]
 
-``mu`` is removed in two steps (the second takes out what the float32
-subtraction of the first left over), so the centred ``delta`` sums to zero
-under ``p`` far below float32 resolution; ``expm1``/``log1p`` keep full
-relative precision for tiny arguments, and every sum is accumulated in
-float64. The elementwise work stays in float32 (fast, cache-friendly);
-measured relative error: 6e-5 at KL = 2e-7, 1.4e-3 at 6e-10, 6e-3 at 2e-11.
+Every term of ``A`` is non-negative (``exp(y) >= 1 + y``), so its float32
+sum is accurate to a few ulps relative (no cancellation), and ``e`` enters
+only at second order: an error ``eta`` in ``e`` moves the KL by
+``eta * (A + e)``. With ``c = E_p[delta]`` (float32) ``e`` is tiny and the
+final ``log1p(A + e) - e`` is taken in float64. The elementwise work is five
+float32 passes over the vocabulary (cache-friendly, no float64 conversion);
+measured relative error on random logits: 4e-5 at KL = 4e-7, 5e-4 at
+4e-9, 6e-3 at 4e-11 (the float32 rounding of ``expm1(y)`` itself).
 
 >>> import torch
 >>> z = torch.tensor([[0.0, 1.0, 2.0]])
@@ -57,24 +60,23 @@ def centred_kl(ref_logits: torch.Tensor, logits: torch.Tensor, ref_logp: torch.T
 def centred_kl_delta(ref_logp: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """KL from the reference log-probs and the logit shift ``delta = z' - z``.
 
-    ``delta`` ``(..., V)`` float32 is overwritten (it is the work buffer).
-    When the LM head is linear, ``delta = W (h' - h)`` is best computed from
-    the hidden-state difference: no large logits cancel.
+    ``ref_logp`` broadcasts against ``delta`` ``(..., V)`` float32, which is
+    overwritten (it is the work buffer). When the LM head is linear,
+    ``delta = W (h' - h)`` is best computed from the hidden-state difference:
+    no large logits cancel.
 
     Returns
     -------
     torch.Tensor
         ``(...)`` float64, ``>= 0``.
     """
-    p = ref_logp.float().exp()  # (..., V)
-    psum = p.sum(-1, keepdim=True, dtype=torch.float64)  # (..., 1) ~1; dividing by it makes the centring exact
-    x = delta
-    mu = (p * x).sum(-1, keepdim=True, dtype=torch.float64) / psum  # (..., 1)
-    x.sub_(mu.float())
-    r = (p * x).sum(-1, keepdim=True, dtype=torch.float64) / psum  # what the float32 subtraction left over
-    x.sub_(r.float()).expm1_()
-    inner = ((p * x).sum(-1, keepdim=True, dtype=torch.float64) / psum)[..., 0]  # (...)
-    return torch.log1p(inner).clamp_min(0.0)
+    p = ref_logp.float().exp().expand_as(delta)  # (..., V)
+    psum = p.sum(-1, dtype=torch.float64)  # (...) ~1; dividing by it normalises p exactly
+    y = delta.sub_(torch.linalg.vecdot(delta, p)[..., None])  # centred (to float32 precision; enough)
+    e = torch.linalg.vecdot(y, p).double() / psum  # (...) E_p[y], tiny
+    phi = torch.expm1(y).sub_(y)  # (..., V) >= 0
+    a = torch.linalg.vecdot(phi, p).double() / psum  # (...) sum of non-negative terms
+    return (torch.log1p(a + e) - e).clamp_min(0.0)
 
 
 def entropy(logits: torch.Tensor, topk: int | None = None) -> torch.Tensor:

@@ -25,6 +25,7 @@ from .errors import InputError
 from .fisher import FisherEstimator
 from .models import LoadedModel, load_model
 from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
+from .runtime import runtime_info
 
 INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]
 
@@ -142,7 +143,7 @@ def measure_document(
     t_prefill = time.perf_counter() - t0
     layers = (cfg.layer,) if cfg.layer is not None else None
     heads = (cfg.kv_head,) if cfg.kv_head is not None else None
-    frames, floors = [], []
+    frames, floors, shared = [], [], []
     t1 = time.perf_counter()
     if cfg.method == "fisher":
         est = FisherEstimator(engine.model, samples=cfg.samples, targets=cfg.fisher_targets, blocks=cfg.fisher_blocks, seed=cfg.seed)
@@ -162,6 +163,7 @@ def measure_document(
             targets = np.broadcast_to(np.arange(n, n + cfg.n_future), res.kl.shape)
             frames.append(_influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head))
             floors.append(res.noise_floor)
+            shared.append(res.shared_reference)
     else:
         sources = [s for s in _sources(cfg, len(tdoc)) if s + cfg.horizon < len(tdoc)]
         bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
@@ -183,6 +185,7 @@ def measure_document(
         "noise_floor_mean": (float(floor.mean()) if floor.size else 0.0) if floor is not None else None,
         "seconds_prefill_signals": round(t_prefill, 3),
         "seconds_ablation": round(time.perf_counter() - t1, 3),
+        "shared_reference": bool(shared) and all(shared),  # split batches reused the first null row
         "n_ablations": int(influence.groupby(["split_pos", "source_pos"], dropna=False).ngroups),
     }
     return tables, meta
@@ -195,6 +198,7 @@ def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]
         "config": cfg.to_dict(),
         "model": lm.provenance(),
         "versions": library_versions(),
+        "runtime": runtime_info(),
         "git_sha": git_sha(),
         "seed": cfg.seed,
         "documents": [{"doc_id": d.doc.doc_id, "n_tokens": len(d)} for d in docs],

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
+from .runtime import retain_freed_memory
 
 EMBEDDED = "smollm2-135m"
 
@@ -207,6 +208,8 @@ def load_model(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if dev.type == "cpu":
+        retain_freed_memory()  # see forward_influence.runtime
     if attn_implementation not in ("sdpa", "eager"):
         raise InputError(f"unknown attention implementation {attn_implementation!r}; use sdpa or eager")
     source = ALIASES.get(name, name)

@@ -233,10 +233,12 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
     """CPU fast path: the shared prefix through the fused flash kernel, merged
     with each row's own block by log-sum-exp.
 
-    The prefix K/V enter as ``expand``-ed views (stride 0 over rows, never
-    copied); the query heads of a KV group are folded into the query axis
-    (every prefix key is visible to every block query), and the hidden prefix
-    entries are a ``(B, Hkv, 1, P)`` additive mask broadcast over queries.
+    The query heads of a KV group are folded into the query axis (``g*C``
+    queries per KV head: no key or value is repeated per query head). The
+    prefix K/V enter as ``expand``-ed views (stride 0 over rows, never
+    copied) and the hidden prefix entries are a ``(B, Hkv, 1, P)`` additive
+    mask broadcast over queries; the block's causal (and, in sliding mode,
+    eviction) mask is ``(B|1, Hkv|1, g*C, C)``.
     """
     layer = module.layer_idx
     pk, pv = mode.prefix[layer]  # (1, Hkv, P, D)
@@ -245,38 +247,35 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
     g = hq // hkv
     p = pk.shape[2]
     dev = query.device
-    q = query.view(b, hkv, g, c, d).reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D) copy of the queries only
+    q = query.view(b, hkv, g, c, d).reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D) folded queries
     sel = mode.batch.select[:, layer].to(dev)  # (B, Hkv)
-    # own block: query heads unfolded, keys repeated per head (a copy of C keys, not of the prefix)
-    kb = key[:, :, None].expand(b, hkv, g, c, d).reshape(b, hq, c, d)  # (B, Hq, C, D)
-    vb = value[:, :, None].expand(b, hkv, g, c, d).reshape(b, hq, c, d)  # (B, Hq, C, D)
-    qh = q.view(b, hq, c, d)  # (B, Hq, C, D) same memory, heads unfolded
+    hide = torch.ones(c, c, dtype=torch.bool, device=dev).triu_(1).repeat(g, 1)  # (g*C, C) causal, folded
     if mode._block_hidden.any():
         qpos = mode.start + torch.arange(c, device=dev)  # (C,)
-        after = qpos[None, :] >= mode.batch.tau.to(dev)[:, None]  # (B, C)
+        after = (qpos[None, :] >= mode.batch.tau.to(dev)[:, None]).repeat(1, g)  # (B, g*C) folded
         per_head = bool((sel.any(1) != sel.all(1)).any())  # some row hides at some heads only
-        hs = sel.repeat_interleave(g, dim=1) if per_head else sel.any(1, keepdim=True)  # (B, Hq or 1)
-        hide = hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :]  # (B, Hq|1, C, C)
-        causal = torch.ones(c, c, dtype=torch.bool, device=dev).triu_(1)  # (C, C)
-        bmask = torch.zeros(hide.shape, dtype=query.dtype, device=dev).masked_fill_(hide | causal, float("-inf"))
-        out, lse_b = _flash_cpu()(qh, kb, vb, 0.0, False, attn_mask=bmask, scale=scaling)  # (B, Hq, C, D), (B, Hq, C)
-    else:
-        out, lse_b = _flash_cpu()(qh, kb, vb, 0.0, True, scale=scaling)  # causal
-    out = out.reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D)
-    lse_b = lse_b.reshape(b, hkv, g * c)  # (B, Hkv, g*C)
+        hs = sel if per_head else sel.any(1, keepdim=True)  # (B, Hkv or 1)
+        hide = hide | (hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :])  # (B, Hkv|1, g*C, C)
+    bmask = torch.zeros(hide.shape, dtype=query.dtype, device=dev).masked_fill_(hide, float("-inf"))
+    out, lse_b = _flash_cpu()(q, key, value, 0.0, False, attn_mask=bmask.expand(b, hkv, g * c, c), scale=scaling)  # (B, Hkv, g*C, D), (B, Hkv, g*C)
     if p > 0:
         pmask = torch.zeros(b, hkv, 1, p, dtype=query.dtype, device=dev)  # (B, Hkv, 1, P) additive
+        dead = None
         if mode._prefix_valid.any():
             rows = torch.zeros(b, p, dtype=torch.bool, device=dev)  # (B, P) hidden prefix positions
             rows.scatter_(1, mode._prefix_idx, mode._prefix_valid)
-            pmask.masked_fill_((sel[:, :, None] & rows[:, None, :])[:, :, None], float("-inf"))
+            gone = sel[:, :, None] & rows[:, None, :]  # (B, Hkv, P)
+            pmask.masked_fill_(gone[:, :, None], float("-inf"))
+            dead = gone.all(-1)  # (B, Hkv) every prefix entry hidden
         out_p, lse_p = _flash_cpu()(
             q, pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1), 0.0, False, attn_mask=pmask, scale=scaling
         )  # (B, Hkv, g*C, D), (B, Hkv, g*C)
+        if dead is not None and bool(dead.any()):  # the kernel returns out 0, lse 0 for fully masked rows
+            lse_p = lse_p.masked_fill(dead[:, :, None], float("-inf"))
         lse = torch.logaddexp(lse_p, lse_b)  # (B, Hkv, g*C)
-        w_p = torch.exp(lse_p - lse)[..., None]
-        out_p = torch.where(torch.isfinite(lse_p)[..., None], out_p, torch.zeros((), dtype=out_p.dtype))
-        out = out_p * w_p + out * torch.exp(lse_b - lse)[..., None]
+        w_p = torch.exp(lse_p - lse).unsqueeze_(-1)  # (B, Hkv, g*C, 1)
+        w_b = torch.exp(lse_b - lse).unsqueeze_(-1)
+        out = torch.addcmul(out.mul_(w_b), out_p, w_p)  # (B, Hkv, g*C, D)
     return out.view(b, hkv, g, c, d).permute(0, 3, 1, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
 
 
@@ -685,15 +684,16 @@ def forward_with_cache(model: Any, cache: Any, block_ids: torch.Tensor, start: i
 
 
 @torch.no_grad()
-def full_forward_hiding(model: Any, input_ids: torch.Tensor, hide: int | None, from_row: int) -> torch.Tensor:
-    """Independent check: one full forward with a 4-D mask hiding column ``hide``
-    from rows ``>= from_row`` at every layer. Float32 logits ``(T, V)``."""
+def full_forward_hiding(model: Any, input_ids: torch.Tensor, hide: int | Sequence[int] | None, from_row: int) -> torch.Tensor:
+    """Independent check: one full forward with a 4-D mask hiding column(s)
+    ``hide`` from rows ``>= from_row`` at every layer. Float32 logits ``(T, V)``."""
     t = input_ids.shape[0]
     dtype = model.dtype
     neg = torch.finfo(dtype).min
     mask = torch.zeros(1, 1, t, t, dtype=dtype, device=model.device)  # (1, 1, T, T) additive
     mask.masked_fill_(torch.ones(t, t, dtype=torch.bool, device=model.device).triu_(1), neg)
     if hide is not None:
-        mask[0, 0, from_row:, hide] = neg
+        cols = [hide] if isinstance(hide, int) else list(hide)
+        mask[0, 0, from_row:, cols] = neg
     out = model(input_ids=input_ids.to(model.device)[None], attention_mask=mask, use_cache=False)
     return out.logits[0].float()

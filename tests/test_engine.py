@@ -180,3 +180,36 @@ def test_kl_from_logits_equals_kl_from_hidden_differences(ids, monkeypatch):
     monkeypatch.setattr(plumbing, "lm_head_is_linear", lambda m: False)
     plain = ForwardInfluenceEngine(model, batch_size=4).split(ids, N, F, abl).kl
     np.testing.assert_allclose(fast, plain, rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
+
+
+@pytest.mark.parametrize("kernel", ["flash", "matmul"])
+def test_ablation_hiding_the_whole_prefix(kernel, ids):
+    """Every prefix entry hidden: the future sees only its own tokens (the fused
+    kernel returns lse 0, not -inf, for a fully masked row)."""
+    model = tiny_model()
+    n = 3
+    res = ForwardInfluenceEngine(model, batch_size=2, kernel=kernel).split(ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))])
+    ref = plumbing.full_forward_hiding(model, ids[: n + F], None, n)
+    for k, cols in enumerate([range(n), [1]]):
+        abl = plumbing.full_forward_hiding(model, ids[: n + F], cols, n)
+        assert rel_err(res.kl[k], centred_kl(ref[n:], abl[n:]).numpy()) < REL_TOL_ENGINE
+
+
+@pytest.mark.parametrize("invariant", [True, False])
+def test_shared_reference_only_when_batch_invariant(invariant, ids, monkeypatch):
+    """Later batches reuse the first batch's null row exactly when the noise-floor
+    check finds the lone and batched null rows bitwise equal (forced both ways
+    here: on the tiny model they differ by ~1e-12); the KLs match a null row per
+    batch and the independent forward either way."""
+    model = tiny_model()
+    abl = [Ablation((i,)) for i in range(N)]
+    own = ForwardInfluenceEngine(model, batch_size=4, share_reference=False).split(ids, N, F, abl)
+    assert not own.shared_reference
+    eng = ForwardInfluenceEngine(model, batch_size=4)
+    real = eng._null_floor
+    monkeypatch.setattr(eng, "_null_floor", lambda *a: (real(*a)[0], invariant))
+    res = eng.split(ids, N, F, abl)
+    assert res.shared_reference is invariant
+    np.testing.assert_allclose(res.kl, own.kl, rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
+    for i in (0, 13, N - 1):  # in the first, a middle and the last batch
+        assert rel_err(res.kl[i], reference_split(model, ids, N, F, i)) < REL_TOL_ENGINE

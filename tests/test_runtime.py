@@ -1,0 +1,51 @@
+"""Process settings: glibc keeps freed memory; heap accounting (tier 1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from forward_influence.runtime import heap_in_use, retain_freed_memory, runtime_info
+
+glibc = pytest.mark.skipif(heap_in_use() is None, reason="needs glibc (mallinfo2)")
+MB = 1 << 20
+BLOCK = 64 * MB  # above glibc's default mmap threshold (<= 32 MiB), like a layer's activations
+ALLOC_TOL = 1 * MB  # allocator bookkeeping around one block
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@glibc
+def test_freed_blocks_stay_in_the_process():
+    """With glibc's defaults a freed 64 MiB block is unmapped at once (the
+    resident set drops by 64 MiB and the next one is page-faulted afresh)."""
+    assert retain_freed_memory() is True
+    assert runtime_info()["heap_retained"] is True
+    x = torch.empty(BLOCK // 4).fill_(1.0)
+    held = rss()
+    del x
+    assert held - rss() < ALLOC_TOL
+
+
+@glibc
+def test_heap_in_use_follows_live_tensors():
+    retain_freed_memory()
+    base = heap_in_use()
+    x = torch.empty(BLOCK // 4)
+    assert abs(heap_in_use() - base - BLOCK) < ALLOC_TOL
+    del x
+    assert abs(heap_in_use() - base) < ALLOC_TOL
+
+
+def test_opt_out_keeps_glibc_defaults():
+    code = "from forward_influence.runtime import retain_freed_memory as r; print(r())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FI_RETAIN_HEAP": "0"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
