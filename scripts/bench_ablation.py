@@ -9,20 +9,34 @@ F = 256, on the same source positions:
 * engine — :class:`forward_influence.engine.ForwardInfluenceEngine.split`.
 
 Prints ablations/s of both and their ratio, the model FLOPs of one ablation
-(linear layers, attention, LM head), this machine's measured matmul peak
+(linear layers, attention, LM head), this machine's measured matmul rate
 (fp32 on CPU, bf16 on CUDA) and the engine's fraction of it, the agreement of
 the KL row totals, and peak memory against batch size (it must grow only by
 the future-window activations per row, not by a prefix cache per row).
 The last line is ``speedup_vs_naive=X.XX fraction_of_peak=0.YY`` for N=1024.
 
+Shared machines change speed by tens of percent within seconds (on the
+2-core reference VM sustained 2048^3 fp32 matmuls ranged 77-137 GFLOP/s over
+one half-minute, single bursts up to 158), so a peak taken once at the start
+and loops timed one after the other compare different machines. Here the
+three are interleaved: after each engine batch of B ablations the naive loop
+does its next B ablations, then a matmul probe runs for ``--probe-s``
+seconds (one probe also runs before the first batch). Each is timed on its
+own; the peak is the probes' sustained mean (matmuls back to back, the same
+sustained conditions as the loops), and the best single matmul (burst) is
+printed beside it.
+
 Usage: ``python scripts/bench_ablation.py [--device cuda] [--n-positions 24]``
 (``--random-init`` measures a randomly initialised model of the same shape:
-FLOPs do not depend on the weights; used on machines without the GGUF).
+FLOPs do not depend on the weights; ``--shape llama3.1-8b`` builds one of the
+study's shapes from its config, with no weights or tokenizer to load, for a
+GPU machine that holds neither).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import threading
 import time
 
@@ -33,6 +47,7 @@ from forward_influence.documents import load_documents, tokenize
 from forward_influence.engine import Ablation, ForwardInfluenceEngine, float32_kl, naive_split_logits
 from forward_influence.kl import centred_kl
 from forward_influence.models import load_model
+from forward_influence.runtime import heap_in_use, retain_freed_memory, runtime_info
 
 AGREE_TOL = 1e-3  # max relative difference of KL row totals
 
@@ -42,19 +57,37 @@ def sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_peak(dev: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
-    """Best-of-``reps`` GFLOP/s of an n x n x n matmul in ``dtype``."""
-    a = torch.randn(n, n, device=dev, dtype=dtype)
-    b = torch.randn(n, n, device=dev, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps):
-        sync(dev)
-        t = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, b)
-        sync(dev)
-        best = min(best, (time.perf_counter() - t) / 4)
-    return 2 * n**3 / best / 1e9
+class MatmulProbe:
+    """Sustained n x n x n matmul rate in ``dtype``, sampled in short probes."""
+
+    def __init__(self, dev: torch.device, dtype: torch.dtype, seconds: float, n: int = 2048):
+        self.dev, self.seconds, self.n = dev, seconds, n
+        self.a = torch.randn(n, n, device=dev, dtype=dtype)
+        self.b = torch.randn(n, n, device=dev, dtype=dtype)
+        self.work = 0.0  # FLOPs done
+        self.time = 0.0  # seconds spent
+        self.best = float("inf")  # fastest single matmul
+        for _ in range(2):
+            torch.mm(self.a, self.b)  # warm-up
+
+    def __call__(self) -> None:
+        sync(self.dev)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < self.seconds:
+            t = time.perf_counter()
+            torch.mm(self.a, self.b)
+            sync(self.dev)
+            self.best = min(self.best, time.perf_counter() - t)
+            self.work += 2 * self.n**3
+        self.time += time.perf_counter() - t0
+
+    @property
+    def sustained(self) -> float:
+        return self.work / self.time / 1e9
+
+    @property
+    def burst(self) -> float:
+        return 2 * self.n**3 / self.best / 1e9
 
 
 def flops_per_ablation(cfg, n: int, f: int) -> dict[str, float]:
@@ -70,34 +103,43 @@ def flops_per_ablation(cfg, n: int, f: int) -> dict[str, float]:
     return {"linear": linear, "attention": attention, "lm_head": head, "total": linear + attention + head}
 
 
-class PeakRSS:
-    """Samples this process's resident memory (CPU) or CUDA peak allocation."""
+class PeakMemory:
+    """Peak working memory over a block: CUDA peak allocation, or on CPU the
+    peak of glibc's in-use heap bytes (the resident set size stays at its
+    high-water mark once freed memory is retained, see
+    forward_influence.runtime; RSS is the fallback off glibc), read after
+    every module's forward and by a sampling thread."""
 
     def __init__(self, dev: torch.device):
         self.dev = dev
         self.peak = 0
         self._stop = threading.Event()
+        self.source = "cuda" if dev.type == "cuda" else ("heap" if heap_in_use() is not None else "rss")
 
     @staticmethod
     def rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * 4096
 
+    def sample(self, *_args) -> None:
+        self.peak = max(self.peak, heap_in_use() if self.source == "heap" else self.rss())
+
     def __enter__(self):
         if self.dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
             self.base = torch.cuda.memory_allocated()
         else:
-            self.base = self.rss()
-            self.peak = self.base
+            self.sample()
+            self.base = self.peak
+            self._hook = torch.nn.modules.module.register_module_forward_hook(self.sample)
             self._t = threading.Thread(target=self._loop, daemon=True)
             self._t.start()
         return self
 
     def _loop(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            time.sleep(0.005)
+            self.sample()
+            time.sleep(0.002)
 
     def __exit__(self, *exc):
         if self.dev.type == "cuda":
@@ -105,75 +147,129 @@ class PeakRSS:
         else:
             self._stop.set()
             self._t.join()
+            self._hook.remove()
         self.delta_mb = (self.peak - self.base) / 2**20
+
+
+# Shapes of the study's models (public configs), for --shape: random weights, no files.
+SHAPES = {
+    "llama3.1-8b": dict(arch="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
+    "llama3.2-3b": dict(arch="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
+                        num_attention_heads=24, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
+                        tie_word_embeddings=True),
+    "r1-distill-qwen-7b": dict(arch="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rope_theta=10000.0),
+}
+
+
+def shaped_model(shape: str, device: str, dtype: str):
+    """A randomly initialised model of one of SHAPES (FLOPs do not depend on weights)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from forward_influence.models import resolve_device, resolve_dtype
+
+    kw = dict(SHAPES[shape])
+    arch = kw.pop("arch")
+    cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    cfg = cfg_cls(max_position_embeddings=8192, attn_implementation="sdpa", **kw)
+    dev, dt = resolve_device(device), resolve_dtype(dtype, resolve_device(device))
+    torch.manual_seed(0)
+    with torch.device(dev):
+        model = model_cls(cfg).to(dt).eval()
+    return model, dev, dt
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None, help="random model of a study shape instead of --model")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--n-prefix", default="512,1024")
     ap.add_argument("--n-future", type=int, default=256)
     ap.add_argument("--n-positions", type=int, default=32, help="ablated positions per N (same for both)")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--probe-s", type=float, default=1.5, help="seconds of each matmul probe")
     ap.add_argument("--random-init", action="store_true", help="random weights of the model's shape")
     args = ap.parse_args()
 
-    lm = load_model(args.model, device=args.device)
-    model, dev = lm.model, lm.device
-    if args.random_init:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.02)
-    dtype = lm.dtype
-    print(f"model {lm.name} {lm.provenance()['architecture']} dtype={dtype} device={dev} threads={torch.get_num_threads()}")
-    peak = matmul_peak(dev, dtype)
-    print(f"measured matmul peak: {peak:.1f} GFLOP/s ({dtype})")
-    doc = load_documents(None)[0]
     ns = [int(x) for x in args.n_prefix.split(",")]
     f = args.n_future
-    ids = tokenize(lm.tokenizer, doc, max_tokens=max(ns) + f).input_ids
+    if args.shape:
+        model, dev, dtype = shaped_model(args.shape, args.device, args.dtype)
+        name = args.shape + " (random init)"
+        ids = torch.randint(0, model.config.vocab_size, (max(ns) + f,), generator=torch.Generator().manual_seed(0))
+    else:
+        lm = load_model(args.model, device=args.device, dtype=args.dtype)
+        model, dev, dtype, name = lm.model, lm.device, lm.dtype, lm.name
+        if args.random_init:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.normal_(0, 0.02)
+        ids = tokenize(lm.tokenizer, load_documents(None)[0], max_tokens=max(ns) + f).input_ids
+    if dev.type == "cpu":
+        retain_freed_memory()  # as load_model does (forward_influence.runtime)
+    rt = runtime_info()
+    print(f"model {name} {type(model).__name__} dtype={dtype} device={dev} threads={rt['threads']} heap_retained={rt['heap_retained']}")
     last = None
     for n in ns:
         fl = flops_per_ablation(model.config, n, f)
         pos = np.linspace(0, n - 1, args.n_positions).round().astype(int).tolist()
         eng = ForwardInfluenceEngine(model, batch_size=args.batch_size)
-        eng.split(ids, n, f, [Ablation((0,))])  # warm-up
+        bs = eng.auto_batch_size(n, f)
+        pre = eng.prefill(ids[:n])
+        eng.split(ids, n, f, [Ablation((0,))], prefill=pre)  # warm-up
+        probe = MatmulProbe(dev, dtype, args.probe_s)
+        naive = naive_split_logits(model, ids, n, f, pos)  # reference first, then one per position
+        kept, naive32 = [], []
+        clock = {"naive": 0.0, "aside": 0.0}
+
+        def naive_step(k: int) -> None:
+            sync(dev)
+            t = time.perf_counter()
+            for lg in itertools.islice(naive, k):
+                if kept:
+                    naive32.append(float32_kl(kept[0], lg).double().cpu().numpy())
+                kept.append(lg.cpu())
+            sync(dev)
+            clock["naive"] += time.perf_counter() - t
+
+        def between_batches(done: int) -> None:  # the engine's progress callback: not engine time
+            t = time.perf_counter()
+            naive_step(done + (0 if kept else 1))
+            probe()
+            clock["aside"] += time.perf_counter() - t
+
+        probe()
         sync(dev)
         t = time.perf_counter()
-        kept, naive32 = [], []
-        for lg in naive_split_logits(model, ids, n, f, pos):  # reference first
-            if kept:
-                naive32.append(float32_kl(kept[0], lg).double().cpu().numpy())
-            kept.append(lg.cpu())
+        res = eng.split(ids, n, f, [Ablation((p,)) for p in pos], prefill=pre, progress=between_batches)
         sync(dev)
-        t_naive = time.perf_counter() - t
+        t_eng = time.perf_counter() - t - clock["aside"]
+        t_naive = clock["naive"]
         naive32 = np.stack(naive32)
         naive_c = np.stack([centred_kl(kept[0], lg).numpy() for lg in kept[1:]])  # same logits, exact KL
-        del kept
-        pre = eng.prefill(ids[:n])
-        sync(dev)
-        t = time.perf_counter()
-        res = eng.split(ids, n, f, [Ablation((p,)) for p in pos], prefill=pre)
-        sync(dev)
-        t_eng = time.perf_counter() - t
+        kept.clear()  # ~F x V floats per ablation
         tot_e = res.kl.sum(1)
         rel = np.abs(naive_c.sum(1) - tot_e) / np.maximum(np.abs(tot_e), 1e-30)
         rel32 = np.abs(naive32.sum(1) - tot_e) / np.maximum(np.abs(tot_e), 1e-30)
         a_naive, a_eng = len(pos) / t_naive, len(pos) / t_eng
+        peak = probe.sustained
         frac = a_eng * fl["total"] / 1e9 / peak
         frac_naive = a_naive * fl["total"] / 1e9 / peak
-        bs = eng.auto_batch_size(n, f)
         print(
-            f"N={n} F={f}: {len(pos)} ablations, batch={bs}\n"
+            f"N={n} F={f}: {len(pos)} ablations, batch={bs}, interleaved with the naive loop and {args.probe_s:g} s matmul probes\n"
             f"  FLOPs/ablation {fl['total'] / 1e9:.1f} G (linear {fl['linear'] / 1e9:.1f}, attention {fl['attention'] / 1e9:.1f}, lm_head {fl['lm_head'] / 1e9:.1f})\n"
-            f"  naive  {a_naive:8.3f} abl/s  {frac_naive:.2f} of peak\n"
-            f"  engine {a_eng:8.3f} abl/s  {frac:.2f} of peak   speedup {a_eng / a_naive:.2f}x\n"
+            f"  matmul {probe.n}^3 {str(dtype).removeprefix('torch.')}: sustained {peak:.1f} GFLOP/s over {probe.time:.0f} s of probes (best single {probe.burst:.1f})\n"
+            f"  naive  {a_naive:8.3f} abl/s  {frac_naive:.2f} of peak ({frac_naive * peak / probe.burst:.2f} of best single)\n"
+            f"  engine {a_eng:8.3f} abl/s  {frac:.2f} of peak ({frac * peak / probe.burst:.2f} of best single)   speedup {a_eng / a_naive:.2f}x\n"
             f"  KL row totals, engine vs naive logits with the centred KL: max rel diff {rel.max():.2e} "
             f"(tol {AGREE_TOL:g}) {'OK' if rel.max() <= AGREE_TOL else 'MISMATCH'}\n"
             f"  KL row totals, engine vs naive float32 KL: max rel diff {rel32.max():.2e} (the float32 sum's own error; "
             f"smallest row total {tot_e.min():.1e})\n"
-            f"  noise floor (batched vs lone null row): max {res.noise_floor.max():.1e}"
+            f"  noise floor (batched vs lone null row): max {res.noise_floor.max():.1e}; "
+            f"{'later batches reused the first null row (bitwise batch-invariant)' if res.shared_reference else 'a null row in every batch'}"
         )
         last = (a_eng / a_naive, frac)
         # memory against batch size, on a few ablations
@@ -181,12 +277,12 @@ def main() -> None:
         mems = []
         for b in (1, 8, 32):
             e = ForwardInfluenceEngine(model, batch_size=b)
-            with PeakRSS(dev) as m:
+            with PeakMemory(dev) as m:
                 e.split(ids, n, f, [Ablation((p,)) for p in pos[:b]], prefill=pre)
             mems.append((b, m.delta_mb))
         slope = (mems[-1][1] - mems[0][1]) / (mems[-1][0] - mems[0][0])
         print(
-            "  peak memory over baseline: " + ", ".join(f"B={b}: {mb:.0f} MB" for b, mb in mems)
+            f"  peak memory over baseline ({m.source}): " + ", ".join(f"B={b}: {mb:.0f} MB" for b, mb in mems)
             + f"; {slope:.1f} MB per extra row vs prefix cache {prefix_mb:.0f} MB"
         )
     print(f"speedup_vs_naive={last[0]:.2f} fraction_of_peak={last[1]:.2f}")
