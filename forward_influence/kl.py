@@ -10,11 +10,11 @@ shift ``y = delta - c``::
                = log1p(A + e) - e,   A = E_p[expm1(y) - y] >= 0,   e = E_p[y]
 
 Every term of ``A`` is non-negative (``exp(y) >= 1 + y``), so its float32
-sum is accurate to a few ulps relative (no cancellation), and ``e`` enters
+sum is accurate to ~1e-6 relative (no cancellation), and ``e`` enters
 only at second order: an error ``eta`` in ``e`` moves the KL by
 ``eta * (A + e)``. With ``c = E_p[delta]`` (float32) ``e`` is tiny and the
-final ``log1p(A + e) - e`` is taken in float64. The elementwise work is five
-float32 passes over the vocabulary (cache-friendly, no float64 conversion);
+final ``log1p(A + e) - e`` is taken in float64. All the work over the
+vocabulary is float32, sums included (no float64 conversion pass);
 measured relative error on random logits: 4e-5 at KL = 4e-7, 5e-4 at
 4e-9, 6e-3 at 4e-11 (the float32 rounding of ``expm1(y)`` itself).
 
