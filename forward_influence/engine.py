@@ -253,9 +253,10 @@ class ForwardInfluenceEngine:
         whether their hidden states are bitwise identical."""
         one = plumbing.AblationBatch(positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start]))
         alone = plumbing.ablated_forward(self.model, prefix, block, one, self.max_score_bytes, self.kernel)  # (1, C, Dm)
-        same = bool(torch.equal(alone, hidden_batched[:1]))
+        if torch.equal(alone, hidden_batched[:1]):
+            return np.zeros(len(positions)), True  # the KL of identical states is exactly 0
         both = torch.cat([alone, hidden_batched[:1]], dim=0)  # (2, C, Dm)
-        return self._kl_rows(both, [positions])[0], same
+        return self._kl_rows(both, [positions])[0], False
 
     def _batch(self, ablations: Sequence[Ablation], taus: Sequence[int], null: bool = True) -> plumbing.AblationBatch:
         rows = [NULL, *ablations] if null else list(ablations)

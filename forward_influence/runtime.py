@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from typing import Any
@@ -37,6 +38,19 @@ import torch
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _RETAINED: bool | None = None
+
+
+@functools.lru_cache(maxsize=None)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (musl's mallopt is a stub, and it has no mallinfo2)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def retain_freed_memory() -> bool:
@@ -50,14 +64,10 @@ def retain_freed_memory() -> bool:
     if _RETAINED is not None:
         return _RETAINED
     _RETAINED = False
-    if os.environ.get("FI_RETAIN_HEAP", "1") == "0" or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if os.environ.get("FI_RETAIN_HEAP", "1") == "0" or libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt is a stub
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mmap_ok = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) or bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20))
     trim_ok = bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
@@ -70,7 +80,13 @@ class _MallInfo2(ctypes.Structure):
         "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-_MALLINFO2: Any = False  # unresolved
+@functools.lru_cache(maxsize=None)
+def _mallinfo2() -> Any:
+    libc = _glibc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None  # glibc >= 2.33
+    if fn is not None:
+        fn.restype = _MallInfo2
+    return fn
 
 
 def heap_in_use() -> int | None:
@@ -81,19 +97,10 @@ def heap_in_use() -> int | None:
     :func:`retain_freed_memory` keeps the pages, so it measures peak working
     memory.
     """
-    global _MALLINFO2
-    if _MALLINFO2 is False:
-        _MALLINFO2 = None
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
-                fn.restype = _MallInfo2
-                _MALLINFO2 = fn
-            except (OSError, AttributeError):
-                pass
-    if _MALLINFO2 is None:
+    fn = _mallinfo2()
+    if fn is None:
         return None
-    info = _MALLINFO2()
+    info = fn()
     return int(info.uordblks + info.hblkhd)
 
 

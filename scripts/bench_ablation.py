@@ -173,7 +173,8 @@ def shaped_model(shape: str, device: str, dtype: str):
     arch = kw.pop("arch")
     cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
     cfg = cfg_cls(max_position_embeddings=8192, attn_implementation="sdpa", **kw)
-    dev, dt = resolve_device(device), resolve_dtype(dtype, resolve_device(device))
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
     torch.manual_seed(0)
     with torch.device(dev):
         model = model_cls(cfg).to(dt).eval()
