@@ -367,5 +367,5 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     )
     tables["claims"] = claims(sel, words, bias, cfg, run.mode)
     near, far = buckets(result, cfg)
-    meta = {"analyze_config": cfg.to_dict(), "near": near, "far": far, "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "seconds_total")}}
+    meta = {"analyze_config": cfg.to_dict(), "near": near, "far": far, "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total")}}
     return Analysis(meta=meta, **tables)

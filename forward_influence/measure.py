@@ -24,7 +24,7 @@ from .engine import Ablation, ForwardInfluenceEngine
 from .errors import InputError
 from .fisher import FisherEstimator
 from .models import LoadedModel, load_model
-from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
+from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, precision_warning, write_json_atomic
 from .runtime import runtime_info
 
 INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]
@@ -143,7 +143,7 @@ def measure_document(
     t_prefill = time.perf_counter() - t0
     layers = (cfg.layer,) if cfg.layer is not None else None
     heads = (cfg.kv_head,) if cfg.kv_head is not None else None
-    frames, floors, shared = [], [], []
+    frames, floors, shared, below, precision = [], [], [], [], []
     t1 = time.perf_counter()
     if cfg.method == "fisher":
         est = FisherEstimator(engine.model, samples=cfg.samples, targets=cfg.fisher_targets, blocks=cfg.fisher_blocks, seed=cfg.seed)
@@ -164,6 +164,9 @@ def measure_document(
             frames.append(_influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head))
             floors.append(res.noise_floor)
             shared.append(res.shared_reference)
+            if res.precision_floor is not None:
+                precision.append(res.precision_floor)
+                below.append(res.kl < res.precision_floor[None, :])
     else:
         sources = [s for s in _sources(cfg, len(tdoc)) if s + cfg.horizon < len(tdoc)]
         bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
@@ -172,6 +175,9 @@ def measure_document(
         targets = np.asarray(sources)[:, None] + np.arange(1, cfg.horizon + 1)[None, :]
         frames.append(_influence_frame(doc_id, "sliding", None, sources, targets, res.kl, cfg.layer, cfg.kv_head))
         floors.append(res.noise_floor)
+        if res.precision_floor is not None:
+            precision.append(res.precision_floor)
+            below.append(res.kl < res.precision_floor[None, :])
     influence = pd.concat(frames, ignore_index=True)
     floor = np.concatenate(floors) if floors else None
     summary = summarize(influence, cfg.near, cfg.far).assign(method=cfg.method)
@@ -186,9 +192,25 @@ def measure_document(
         "seconds_prefill_signals": round(t_prefill, 3),
         "seconds_ablation": round(time.perf_counter() - t1, 3),
         "shared_reference": bool(shared) and all(shared),  # split batches reused the first null row
+        **_precision_meta(precision, below),
         "n_ablations": int(influence.groupby(["split_pos", "source_pos"], dropna=False).ngroups),
     }
     return tables, meta
+
+
+def _precision_meta(precision: list[np.ndarray], below: list[np.ndarray]) -> dict[str, Any]:
+    """Per-document precision floor (the dithered null row's KL per scored
+    position, :class:`forward_influence.engine.SplitResult`) and the share of
+    measured KLs below it."""
+    if not precision:
+        return {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
+    pf = np.concatenate(precision)
+    cells = sum(b.size for b in below)
+    return {
+        "precision_floor_median": float(np.median(pf)),
+        "precision_floor_max": float(pf.max()),
+        "share_below_precision_floor": float(sum(int(b.sum()) for b in below) / cells) if cells else 0.0,
+    }
 
 
 def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]) -> dict[str, Any]:
@@ -277,6 +299,7 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         method=cfg.method,
         noise_floor_max=None if cfg.method == "fisher" else max(m["noise_floor_max"] for m in doc_meta),
         noise_floor_mean=None if cfg.method == "fisher" else float(np.mean([m["noise_floor_mean"] for m in doc_meta])),
+        **_precision_summary(doc_meta),
         per_document=doc_meta,
     )
     result = MeasureResult(meta=meta, **cat)
@@ -284,6 +307,19 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         result.save(out)
         store.clear()
     return result
+
+
+def _precision_summary(doc_meta: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run-level precision floor: median over documents' medians, max of maxima,
+    share of KLs below their position's floor (mean over documents)."""
+    ms = [m for m in doc_meta if m.get("precision_floor_median") is not None]
+    if not ms:
+        return {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
+    return {
+        "precision_floor_median": float(np.median([m["precision_floor_median"] for m in ms])),
+        "precision_floor_max": max(m["precision_floor_max"] for m in ms),
+        "share_below_precision_floor": float(np.mean([m["share_below_precision_floor"] for m in ms])),
+    }
 
 
 def load_result(out: str | Path) -> MeasureResult:

@@ -97,11 +97,15 @@ class AblationBatch:
     tau : torch.Tensor
         ``(B,)`` int64; queries at absolute position ``>= tau`` cannot see the
         hidden entries (earlier queries are unaffected).
+    dither : tuple of int
+        Rows whose input embeddings are moved by one rounding step (see
+        :func:`dither_embeddings`): null rows that measure the precision floor.
     """
 
     positions: list[tuple[int, ...]]
     select: torch.Tensor
     tau: torch.Tensor
+    dither: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -532,16 +536,42 @@ def ablated_forward(
     """
     p = prefix[0][0].shape[2]
     mode = _Mode(kind="ablate", prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes, kernel=kernel)
-    return _block_forward(model, block_ids, len(batch), mode)
+    return _block_forward(model, block_ids, len(batch), mode, dither=batch.dither)
 
 
-def _block_forward(model: Any, block_ids: torch.Tensor, rows: int, mode: _Mode) -> torch.Tensor:
+DITHER_SEED = 0x5EED
+
+
+def dither_embeddings(embeds: torch.Tensor, seed: int = DITHER_SEED) -> torch.Tensor:
+    """Move every element of ``embeds`` ``(C, Dm)`` by one rounding step of its dtype.
+
+    ``x * (1 ± eps)`` with a fixed pseudo-random sign per element: the
+    smallest change the arithmetic can represent, so the forward that follows
+    is exact-arithmetic identical up to that one step, while every rounding
+    after it is decorrelated from the undithered row's — as the roundings of
+    an ablated row are. The KL of such a row against the reference is the
+    *precision floor*: the KL that rounding alone produces when two rows
+    differ (float32: ~1e-11; bfloat16: ~1e-3 per position on SmolLM2).
+    """
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, embeds.shape, generator=g).to(device=embeds.device, dtype=embeds.dtype).mul_(2).sub_(1)
+    return embeds * (1 + torch.finfo(embeds.dtype).eps * sign)
+
+
+def _block_forward(model: Any, block_ids: torch.Tensor, rows: int, mode: _Mode, dither: Sequence[int] = ()) -> torch.Tensor:
     """``rows`` copies of ``block_ids`` ``(C,)`` at their true positions after
-    ``mode.prefix``, attention routed through ``mode`` → ``(rows, C, Dm)``."""
+    ``mode.prefix``, attention routed through ``mode`` → ``(rows, C, Dm)``;
+    the ``dither`` rows start from :func:`dither_embeddings`."""
     ids = block_ids.to(model.device)[None].expand(rows, -1)  # (rows, C)
     pos = position_ids(mode.start, ids.shape[1], rows, model.device)  # (rows, C)
+    inputs: dict[str, torch.Tensor] = {"input_ids": ids}
+    if dither:
+        embeds = model.get_input_embeddings()(ids)  # (rows, C, Dm)
+        for r in dither:
+            embeds[r] = dither_embeddings(embeds[r])
+        inputs = {"inputs_embeds": embeds}
     with attention_mode(model, mode):
-        out = base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
+        out = base_model(model)(position_ids=pos, use_cache=False, **inputs)
     return out.last_hidden_state
 
 

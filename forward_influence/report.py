@@ -29,7 +29,7 @@ import pandas as pd
 from . import figures as F
 from .analysis import Analysis, AnalyzeConfig, analyze
 from .errors import InputError
-from .results import MeasureResult, library_versions
+from .results import MeasureResult, library_versions, precision_warning
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -127,8 +127,11 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         f"<p>Model <code>{html.escape(str(result.meta.get('model', {}).get('name', '?')))}</code>, mode <b>{html.escape(str(cfg.get('mode')))}</b>, "
         f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']}; "
         + (f"noise floor max {result.meta['noise_floor_max']:.2e}" if result.meta.get("noise_floor_max") is not None else f"method {html.escape(str(result.meta.get('method')))} (an estimate)")
+        + (f", precision floor median {result.meta['precision_floor_median']:.1e} ({result.meta['share_below_precision_floor']:.0%} of KLs below it)"
+           if result.meta.get("precision_floor_median") is not None else "")
         + f". Intervals: {a.meta['analyze_config']['confidence']:.0%} percentile bootstrap "
         f"({a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
+        *([f"<p><b>Warning:</b> {html.escape(w)}.</p>"] if (w := precision_warning(result.meta)) else []),
         "<h2>The study's claims</h2>",
         "<p>Verdict: <i>supported</i> when the interval excludes 0 on the claimed side, <i>not supported</i> when it excludes 0 on the other side, "
         "<i>inconclusive</i> otherwise. Claims 1 use the smallest budget and exclude the first "
@@ -161,7 +164,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         parts += ["<h2>Content vs function words (Mann–Whitney U; rank-biserial &gt; 0: content higher)</h2>",
                   html_table(a.word_tests, left=("level", "column"))]
     parts += ["<h2>Forward Influence over the text</h2>", strip]
-    prov = {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "seconds_total", "started", "finished")}
+    prov = {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total", "started", "finished")}
     parts += [
         "<h2>Provenance</h2>",
         f"<pre>{html.escape(json.dumps({'measure': prov, 'analyze': a.meta}, indent=2, default=str))}</pre>",

@@ -212,3 +212,16 @@ class PartStore:
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def precision_warning(meta: dict[str, Any], limit: float = 0.25) -> str | None:
+    """One line when more than ``limit`` of a run's KLs sit below the precision
+    floor (typical of bfloat16 weights), naming the fix; else None."""
+    share = meta.get("share_below_precision_floor")
+    if share is None or share <= limit:
+        return None
+    dtype = (meta.get("model") or {}).get("dtype", "this dtype")
+    return (
+        f"{share:.0%} of the KL values are below the precision floor (median {meta['precision_floor_median']:.1e} "
+        f"with {dtype}): they are rounding noise; rerun with --dtype float32 for exact values"
+    )

@@ -270,7 +270,9 @@ def main() -> None:
             f"  KL row totals, engine vs naive float32 KL: max rel diff {rel32.max():.2e} (the float32 sum's own error; "
             f"smallest row total {tot_e.min():.1e})\n"
             f"  noise floor (batched vs lone null row): max {res.noise_floor.max():.1e}; "
-            f"{'later batches reused the first null row (bitwise batch-invariant)' if res.shared_reference else 'a null row in every batch'}"
+            f"{'later batches reused the first null row (bitwise batch-invariant)' if res.shared_reference else 'a null row in every batch'}\n"
+            f"  precision floor (dithered null row, one extra row per split): median {np.median(res.precision_floor):.1e}, "
+            f"max {res.precision_floor.max():.1e}; smallest KL cell {res.kl.min():.1e}"
         )
         last = (a_eng / a_naive, frac)
         # memory against batch size, on a few ablations

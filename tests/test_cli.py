@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import FP32_PRECISION_FLOOR
 from forward_influence.cli.measure import entry
 from forward_influence.results import MeasureResult
 
@@ -71,6 +72,9 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     assert meta["model"]["revision"].startswith("sha256:")
     assert {"torch", "transformers", "numpy"} <= set(meta["versions"])
     assert meta["noise_floor_max"] < 1e-9
+    assert 0 <= meta["precision_floor_median"] <= meta["precision_floor_max"] < FP32_PRECISION_FLOOR
+    assert meta["share_below_precision_floor"] < 0.25 and "precision floor" not in err  # fp32: no warning
+    assert {"precision_floor_median", "share_below_precision_floor"} <= set(meta["per_document"][0])
     assert meta["config"]["n_prefix"] == [48]
     tl = pd.read_parquet(out / "token_layers.parquet")
     assert len(tl) == len(res.tokens) * 30 * 3
@@ -156,3 +160,14 @@ def test_error_from_shell_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "forward_influence.cli.measure", "--doc", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_precision_warning_names_the_fix():
+    from forward_influence.results import precision_warning
+
+    meta = {"share_below_precision_floor": 0.47, "precision_floor_median": 6.1e-4, "model": {"dtype": "bfloat16"}}
+    line = precision_warning(meta)
+    assert "47%" in line and "6.1e-04" in line and "bfloat16" in line and "--dtype float32" in line and "\n" not in line
+    assert precision_warning({**meta, "share_below_precision_floor": 0.1}) is None
+    assert precision_warning({"share_below_precision_floor": None}) is None  # fisher runs, old runs
+    assert precision_warning({}) is None

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..engine import set_threads_from_env
     from ..measure import measure
+    from ..results import precision_warning
 
     transformers.utils.logging.disable_progress_bar()
     set_threads_from_env()
@@ -51,8 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fi-measure: {s.doc_id.nunique()} documents, {len(s)} ablations, "
         + (f"noise floor max {res.meta['noise_floor_max']:.2e}" if res.meta.get("noise_floor_max") is not None else f"{cfg.method} estimate")
+        + (f", precision floor median {res.meta['precision_floor_median']:.1e} ({res.meta['share_below_precision_floor']:.0%} of KLs below it)"
+           if res.meta.get("precision_floor_median") is not None else "")
         + f", {res.meta['seconds_total']:.1f} s -> {cfg.out}"
     )
+    warning = precision_warning(res.meta)
+    if warning:
+        print(f"fi-measure: warning: {warning}", file=sys.stderr)
     if cfg.report:
         os.environ.setdefault("MPLBACKEND", "Agg")
         from ..report import analyze_run
