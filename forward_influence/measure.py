@@ -24,7 +24,7 @@ from .engine import Ablation, ForwardInfluenceEngine
 from .errors import InputError
 from .fisher import FisherEstimator
 from .models import LoadedModel, load_model
-from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, precision_warning, write_json_atomic
+from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
 from .runtime import runtime_info
 
 INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]

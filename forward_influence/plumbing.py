@@ -551,7 +551,7 @@ def dither_embeddings(embeds: torch.Tensor, seed: int = DITHER_SEED) -> torch.Te
     after it is decorrelated from the undithered row's — as the roundings of
     an ablated row are. The KL of such a row against the reference is the
     *precision floor*: the KL that rounding alone produces when two rows
-    differ (float32: ~1e-11; bfloat16: ~1e-3 per position on SmolLM2).
+    differ (median per position on SmolLM2: float32 ~1e-12, bfloat16 ~6e-4).
     """
     g = torch.Generator().manual_seed(seed)
     sign = torch.randint(0, 2, embeds.shape, generator=g).to(device=embeds.device, dtype=embeds.dtype).mul_(2).sub_(1)
