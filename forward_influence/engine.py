@@ -363,9 +363,8 @@ class ForwardInfluenceEngine:
             if ref is not None:
                 hidden = torch.cat([ref, hidden])  # (B+1, F, Dm)
             rows = self._kl_rows(hidden, [scored] * (len(chunk) + dither))
-            if dither:
+            if dither:  # the dithered row's KL; below, only the reference row 0 of hidden is read
                 precision, rows = rows[0], rows[1:]
-                hidden = torch.cat([hidden[:1], hidden[2:]])  # (B+1, F, Dm) without the dithered row
             for b, row in enumerate(rows):
                 kl[s0 + b] = row
             if floor is None:
@@ -449,9 +448,8 @@ class ForwardInfluenceEngine:
             hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (1+D+B, C, Dm)
             pos = [np.arange(srcs[g] - a + 1, srcs[g] - a + 1 + horizon) for g in group]
             rows = self._kl_rows(hidden, pos[:1] * dither + pos)
-            if dither:
+            if dither:  # the dithered row's KL; below, only the reference row 0 of hidden is read
                 precision, rows = rows[0], rows[1:]
-                hidden = torch.cat([hidden[:1], hidden[2:]])
             for g, row in zip(group, rows):
                 kl[g] = row
             if floor is None:

@@ -198,12 +198,15 @@ def measure_document(
     return tables, meta
 
 
+_NO_PRECISION = {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
+
+
 def _precision_meta(precision: list[np.ndarray], below: list[np.ndarray]) -> dict[str, Any]:
     """Per-document precision floor (the dithered null row's KL per scored
     position, :class:`forward_influence.engine.SplitResult`) and the share of
     measured KLs below it."""
     if not precision:
-        return {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
+        return dict(_NO_PRECISION)
     pf = np.concatenate(precision)
     cells = sum(b.size for b in below)
     return {
@@ -314,7 +317,7 @@ def _precision_summary(doc_meta: list[dict[str, Any]]) -> dict[str, Any]:
     share of KLs below their position's floor (mean over documents)."""
     ms = [m for m in doc_meta if m.get("precision_floor_median") is not None]
     if not ms:
-        return {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
+        return dict(_NO_PRECISION)
     return {
         "precision_floor_median": float(np.median([m["precision_floor_median"] for m in ms])),
         "precision_floor_max": max(m["precision_floor_max"] for m in ms),

@@ -29,7 +29,7 @@ import pandas as pd
 from . import figures as F
 from .analysis import Analysis, AnalyzeConfig, analyze
 from .errors import InputError
-from .results import MeasureResult, library_versions, precision_warning
+from .results import MeasureResult, library_versions, precision_floor_text, precision_warning
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -127,8 +127,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         f"<p>Model <code>{html.escape(str(result.meta.get('model', {}).get('name', '?')))}</code>, mode <b>{html.escape(str(cfg.get('mode')))}</b>, "
         f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']}; "
         + (f"noise floor max {result.meta['noise_floor_max']:.2e}" if result.meta.get("noise_floor_max") is not None else f"method {html.escape(str(result.meta.get('method')))} (an estimate)")
-        + (f", precision floor median {result.meta['precision_floor_median']:.1e} ({result.meta['share_below_precision_floor']:.0%} of KLs below it)"
-           if result.meta.get("precision_floor_median") is not None else "")
+        + precision_floor_text(result.meta)
         + f". Intervals: {a.meta['analyze_config']['confidence']:.0%} percentile bootstrap "
         f"({a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
         *([f"<p><b>Warning:</b> {html.escape(w)}.</p>"] if (w := precision_warning(result.meta)) else []),

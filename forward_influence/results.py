@@ -214,6 +214,14 @@ class PartStore:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def precision_floor_text(meta: dict[str, Any]) -> str:
+    """``", precision floor median X (Y% of KLs below it)"`` for a run's summary
+    line, or ``""`` when the run has none (Fisher runs, older runs)."""
+    if meta.get("precision_floor_median") is None:
+        return ""
+    return f", precision floor median {meta['precision_floor_median']:.1e} ({meta['share_below_precision_floor']:.0%} of KLs below it)"
+
+
 def precision_warning(meta: dict[str, Any], limit: float = 0.25) -> str | None:
     """One line when more than ``limit`` of a run's KLs sit below the precision
     floor (typical of bfloat16 weights), naming the fix; else None."""

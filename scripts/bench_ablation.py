@@ -27,16 +27,16 @@ sustained conditions as the loops), and the best single matmul (burst) is
 printed beside it.
 
 Usage: ``python scripts/bench_ablation.py [--device cuda] [--n-positions 64]``
+(``--random-init`` measures a randomly initialised model of the same shape:
+FLOPs do not depend on the weights; ``--shape llama3.1-8b`` builds one of the
+study's shapes from its config, with no weights or tokenizer to load, for a
+GPU machine that holds neither).
 
 A split has fixed rows (the engine: the null reference, the dithered null row
 of the precision floor and the lone null row of the noise floor; the naive
 loop: its reference forward), all in the first batch; the rates after the
 first batch are printed too (what a split with many sources, e.g. fi-measure
 at stride 1, approaches).
-(``--random-init`` measures a randomly initialised model of the same shape:
-FLOPs do not depend on the weights; ``--shape llama3.1-8b`` builds one of the
-study's shapes from its config, with no weights or tokenizer to load, for a
-GPU machine that holds neither).
 """
 
 from __future__ import annotations

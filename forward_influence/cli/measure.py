@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..engine import set_threads_from_env
     from ..measure import measure
-    from ..results import precision_warning
+    from ..results import precision_floor_text, precision_warning
 
     transformers.utils.logging.disable_progress_bar()
     set_threads_from_env()
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"fi-measure: {s.doc_id.nunique()} documents, {len(s)} ablations, "
         + (f"noise floor max {res.meta['noise_floor_max']:.2e}" if res.meta.get("noise_floor_max") is not None else f"{cfg.method} estimate")
-        + (f", precision floor median {res.meta['precision_floor_median']:.1e} ({res.meta['share_below_precision_floor']:.0%} of KLs below it)"
-           if res.meta.get("precision_floor_median") is not None else "")
+        + precision_floor_text(res.meta)
         + f", {res.meta['seconds_total']:.1f} s -> {cfg.out}"
     )
     warning = precision_warning(res.meta)
