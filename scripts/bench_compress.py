@@ -1,7 +1,7 @@
 """Cost of compression: prefill + scoring + cut for every method, measured in one run.
 
 On the embedded model (or ``--model``) at N = 2,048 and 4,096 prompt tokens
-(a shared paper, or built-in articles joined, truncated to N), each method's
+(the longest paper of data/arxiv.json, truncated to N), each method's
 ``compress_prompt`` is timed (median of ``--repeats`` after one warm-up);
 ``full`` is the prefill alone. InfoKV's extra work over SnapKV is the
 chunked logits' top-k entropies and one cosine per token and layer; the
@@ -24,12 +24,12 @@ from forward_influence import load_documents, load_model, tokenize
 from forward_influence.compress import compress_prompt, get_compressor, list_compressors
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPERS = ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"
+PAPERS = ROOT / "data" / "arxiv.json"
 
 
 def prompt_ids(tok, n: int) -> torch.Tensor:
-    """``n`` tokens of real text: the longest shared paper, or built-in articles joined."""
-    docs = load_documents(PAPERS if PAPERS.exists() else None)
+    """``n`` tokens of real text: the longest paper of data/arxiv.json."""
+    docs = load_documents(PAPERS)
     toks = [tokenize(tok, d).input_ids for d in docs]
     toks.sort(key=len, reverse=True)
     ids = torch.cat(toks)[:n]

@@ -2,10 +2,10 @@
 
 Runs (resumable; each into ``runs/bench/<name>``):
 
-1. fidelity on the 11 shared CC BY papers (N = 1,024 compressed, F = 128 teacher-forced), budgets 20%, 40%;
+1. fidelity on the 11 CC BY papers of ``data/arxiv.json`` (N = 1,024 compressed, F = 128 teacher-forced), budgets 20%, 40%;
 2. fidelity on the built-in SQuAD articles (first 8 with >= 1,152 tokens), same settings;
 3. synthetic retrieval (passkey, multi-key, variable tracking) at 2k and 4k tokens, depths 0.1 / 0.5 / 0.9;
-4. IFEval decoding on the first 3 prompts of ``../shared/benchmarks/ifeval/input_data.jsonl``, 96 new
+4. IFEval decoding on the first 3 prompts of ``data/ifeval/input_data.jsonl``, 96 new
    tokens, cache budgets 48 and 96 tokens (batch-1 decoding on this CPU is memory-bound at ~140 ms a
    token, so the study's 128/256/512 budgets with long generations are a GPU-scale run:
    ``fi-bench --task ifeval --budgets 128,256,512 --max-new-tokens 1024``).
@@ -30,7 +30,7 @@ from forward_influence.bench.summary import paired_interval
 from forward_influence.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+DATA = ROOT / "data"
 OUT = ROOT / "runs" / "bench"
 ORDER = ["full", "infokv", "snapkv", "pyramidkv", "expected_attention", "h2o", "tova", "streaming_llm", "knorm", "random"]
 
@@ -38,11 +38,11 @@ ORDER = ["full", "infokv", "snapkv", "pyramidkv", "expected_attention", "h2o", "
 def runs() -> dict[str, BenchConfig]:
     common = dict(progress=False, report=True)
     out = {
-        "papers": BenchConfig(task="fidelity", doc=str(SHARED / "corpus" / "papers_cc_by.jsonl"), budgets=(0.2, 0.4),
+        "papers": BenchConfig(task="fidelity", doc=str(DATA / "arxiv.json"), budgets=(0.2, 0.4),
                               out=str(OUT / "papers"), **common),
         "squad": BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=8, out=str(OUT / "squad"), **common),
         "retrieval": BenchConfig(task="retrieval", budgets=(0.2, 0.4), lengths=(2048, 4096), out=str(OUT / "retrieval"), **common),
-        "ifeval": BenchConfig(task="ifeval", ifeval_data=str(SHARED / "benchmarks" / "ifeval" / "input_data.jsonl"),
+        "ifeval": BenchConfig(task="ifeval", ifeval_data=str(DATA / "ifeval" / "input_data.jsonl"),
                               budgets=(48.0, 96.0), n_samples=3, max_new_tokens=96, out=str(OUT / "ifeval"), **common),
     }
     return out

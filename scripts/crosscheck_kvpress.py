@@ -3,7 +3,7 @@
 Builds ``.venv-kvpress/`` (kvpress==0.5.5, which pins transformers 5.2.0; our
 package installed into it, so this also proves our code runs on 5.2) unless
 it exists, re-runs itself there, and for each method compresses the same
-1,500-token input (the first shared paper, or a built-in SQuAD article) with
+1,500-token input (the first paper of data/arxiv.json) with
 kvpress's press and with ours at budget 0.2. kvpress never stores which
 positions it kept: a wrapper around its ``score`` records the scores and
 redoes its top-k. Prints, per method, the fraction of (layer, KV head) kept
@@ -65,8 +65,7 @@ def main() -> None:
     torch.manual_seed(0)
     lm = load_model("smollm2-135m", dtype="float32", device="cpu")
     model, tok = lm.model, lm.tokenizer
-    paper = ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"
-    docs = load_documents(paper if paper.exists() else None, max_docs=1)
+    docs = load_documents(ROOT / "data" / "arxiv.json", max_docs=1)
     ids = tokenize(tok, docs[0], max_tokens=N_TOKENS).input_ids
     t = int(ids.shape[0])
     n = n_kept(BUDGET * t, t)

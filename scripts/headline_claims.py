@@ -8,8 +8,7 @@ to continue), analyses each like ``fi-analyze``, and writes
     docs/figures/claims_fi_vs_distance.png    the README figure (SQuAD, sliding)
 
 Usage: .venv/bin/python scripts/headline_claims.py [--out runs/claims] [--n-boot 999]
-Corpora: ../shared/corpus/papers_cc_by.jsonl (11 CC BY papers; pass --papers to
-point elsewhere) and the built-in SQuAD 2.0 dev Wikipedia articles (first 8).
+Corpora: data/arxiv.json (11 CC BY papers; pass --papers to point elsewhere) and the built-in SQuAD 2.0 dev Wikipedia articles (first 8).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ SLIDING = dict(mode="sliding", max_tokens=1024, horizon=256, stride=16)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/claims")
-    ap.add_argument("--papers", default="../shared/corpus/papers_cc_by.jsonl", help="relative to the repository root")
+    ap.add_argument("--papers", default="data/arxiv.json", help="relative to the repository root")
     ap.add_argument("--squad-docs", type=int, default=8)
     ap.add_argument("--n-boot", type=int, default=999)
     args = ap.parse_args()

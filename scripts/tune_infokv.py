@@ -1,7 +1,6 @@
 """Choose InfoKV's normalisation and mixing weight by prefill fidelity.
 
-The study publishes neither. On the shared CC BY papers (or the built-in
-SQuAD articles where ``../shared`` is absent): prefix ``N`` compressed to each
+The study publishes neither. On the 11 CC BY papers of ``data/arxiv.json``: prefix ``N`` compressed to each
 budget, the next ``F`` tokens teacher-forced; mean KL to the full-cache
 predictions and the change in NLL, per configuration, averaged over
 documents (± the standard error over documents). One prefill per document
@@ -29,12 +28,12 @@ from forward_influence.compress import CompressedCache, InfoKV
 from forward_influence.kl import centred_kl
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPERS = ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"
+PAPERS = ROOT / "data" / "arxiv.json"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--doc", default=str(PAPERS) if PAPERS.exists() else None)
+    ap.add_argument("--doc", default=str(PAPERS), help="documents (default data/arxiv.json; none: the built-in SQuAD articles)")
     ap.add_argument("--n-prefix", type=int, default=1024)
     ap.add_argument("--n-future", type=int, default=128)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.4])

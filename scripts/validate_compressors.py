@@ -1,6 +1,6 @@
 """Do the compressors keep what matters? Validation against measured Forward Influence.
 
-1. ``fi-measure``: exact single-token FI of every token (stride 1) of the first 3 shared papers,
+1. ``fi-measure``: exact single-token FI of every token (stride 1) of the first 3 papers of data/arxiv.json,
    split at N = 512, F = 128 future tokens (``runs/bench/fi512``);
 2. ``fi-bench --task fidelity --fi-run``: every method and the FI oracle at budgets 20% and 40% on the
    same documents (``runs/bench/validation``): the share of measured FI each cut keeps, its fidelity,
@@ -24,14 +24,14 @@ from forward_influence.bench.report import additivity, write_report
 from forward_influence.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPERS = ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"
+PAPERS = ROOT / "data" / "arxiv.json"
 OUT = ROOT / "runs" / "bench"
 N, F, DOCS = 512, 128, 3
 
 
 def main() -> None:
     lm = load_model("smollm2-135m")
-    doc = str(PAPERS) if PAPERS.exists() else None
+    doc = str(PAPERS)
     t0 = time.time()
     measure(MeasureConfig(doc=doc, n_prefix=(N,), n_future=F, max_docs=DOCS, out=str(OUT / "fi512"), words=False,
                           progress=False, report=False), model=lm)

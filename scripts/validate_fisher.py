@@ -1,6 +1,6 @@
 """Validate the Fisher estimate of Forward Influence against the exact engine.
 
-On the shared corpus (CC BY papers) with the embedded model, split mode,
+On the CC BY papers of ``data/arxiv.json`` with the embedded model, split mode,
 N=1,024 and F=256: the exact engine on every STRIDE-th prefix token and on
 the last 32 before the split (the only ones with near targets), and the
 Fisher estimate for every prefix token at once (S samples; once with one
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--doc", default=str(ROOT.parent / "shared" / "corpus" / "papers_cc_by.jsonl"))
+    ap.add_argument("--doc", default=str(ROOT / "data" / "arxiv.json"))
     ap.add_argument("--docs", type=int, default=3)
     ap.add_argument("--n-prefix", type=int, default=1024)
     ap.add_argument("--n-future", type=int, default=256)

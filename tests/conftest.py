@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 # Tolerances, named once.
 REL_TOL_ENGINE = 1e-4  # engine vs independent 4-D-mask forward (fp32)

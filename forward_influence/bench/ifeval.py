@@ -1,7 +1,7 @@
 """Long decoding on IFEval prompts, scored with lm-eval's IFEval checkers.
 
 Each prompt (a JSONL line with ``key``, ``prompt``, ``instruction_id_list``,
-``kwargs``: ``--ifeval-data``, e.g. ``../shared/benchmarks/ifeval/input_data.jsonl``)
+``kwargs``: ``--ifeval-data``, e.g. ``data/ifeval/input_data.jsonl`` of the repository)
 is wrapped in the model's chat template and answered greedily with the cache
 kept at a budget of tokens (:func:`forward_influence.compress.generate`;
 the prompt itself is not cut first). Metrics: lm-eval's prompt- and
