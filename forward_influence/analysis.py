@@ -11,27 +11,28 @@ Influence is extremely heavy-tailed and its scale differs between documents,
 so correlations are rank statistics computed *within* each unit; the pooled
 coefficient is their weighted mean over units (tokens for Spearman ρ, pairs
 for Kendall τ), so tokens of different documents are never ranked against
-each other. Per-document intervals resample tokens (paired);
-pooled intervals resample whole documents (``scipy.stats.bootstrap``,
-percentile method), never tokens, since tokens of a document are not
-independent.
+each other. Per-document intervals resample tokens (paired, percentile);
+pooled intervals resample whole documents (``scipy.stats.bootstrap``, BCa),
+never tokens, since tokens of a document are not independent.
 
 *Position control.* In ``split`` mode early tokens are only ever seen from far
 away, so position confounds FI (DESIGN §5). ``control="position"`` gives the
 partial rank correlation given the token's position (ranks residualised on the
 position's rank; Kendall: the partial-τ formula).
 
-*Sinks.* The first ``sinks`` positions (attention sinks) carry most of the FI
-and are kept by every practical compressor; every table is computed with
-``subset="all"`` and ``subset="no_sinks"``, and the claim verdicts use
-``no_sinks``.
+*Candidates.* The first ``sinks`` positions (attention sinks) carry most of
+the FI and are kept by every practical compressor; in split mode the last
+``window`` positions before ``N`` are kept whole by every attention method.
+Neither competes for a budget: every table is computed with ``subset="all"``
+and ``subset="candidates"`` (the rest), and the claims use the candidates.
 
-*Verdicts* (95% intervals unless configured): *supported* when the interval
-excludes the null on the side the study claims, *not supported* when it
-excludes it on the other side, *inconclusive* when it covers the null or the
-run has fewer than :data:`MIN_DOCS_VERDICT` documents — a percentile bootstrap over
-two or three documents has too few distinct resamples to mean anything
-(:func:`forward_influence.stats.verdict`).
+*Signals* obey the causality rule of :mod:`forward_influence.signals`: the
+attention signals of a source are those read before its eviction time
+(``source_signals``), per split.
+
+*Claims* and their verdicts: :mod:`forward_influence.claims` (statistics:
+:mod:`forward_influence.inference`). The word-class table tests one value per
+word (its first subword), since a word's subword pieces are not independent.
 
 >>> AnalyzeConfig(budgets=(0.2,)).validate().budgets
 (0.2,)
@@ -47,8 +48,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .claims import MIN_DOCS_VERDICT, claims  # noqa: F401  (re-exported)
 from .errors import InputError
-from .measure import summarize
+from .inference import word_level
+from .tables import summarize
 from .results import MeasureResult
 from .selection import (  # noqa: F401  (re-exported: the analysis API in one place)
     RULES,
@@ -62,6 +65,7 @@ from .selection import (  # noqa: F401  (re-exported: the analysis API in one pl
     selection_draws,
     selection_summary,
     subsets,
+    with_source_signals,
 )
 from .stats import (  # noqa: F401
     CORRELATIONS,
@@ -89,12 +93,10 @@ SIGNALS = (
     "attn_h2o",
     "key_norm",
     "rep_change",
+    "rep_change_layers",
+    "entropy_rep",
     "pos",
 )
-
-
-#: Documents needed before a claim gets a verdict other than inconclusive.
-MIN_DOCS_VERDICT = 5
 
 
 @dataclass(frozen=True)
@@ -141,18 +143,16 @@ def buckets(result: MeasureResult, cfg: AnalyzeConfig) -> tuple[int, int]:
 
 def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.DataFrame:
     """One row per ablated source (whole-model ablations): FI buckets joined with
-    the token's signals and word tags; ``unit`` names the competing set."""
+    the token's signals, the source's attention signals at its eviction time
+    and word tags; ``unit`` names the competing set, ``is_candidate`` whether
+    it competes (not a sink; in split mode not in the window before N)."""
     cfg = (cfg or AnalyzeConfig()).validate()
     run = result.config
     near, far = buckets(result, cfg)
     inf = ablation_rows(result.influence)
     summ = summarize(inf, near, far) if (near, far) != (run.near, run.far) else ablation_rows(result.summary)
-    tok = result.tokens.rename(columns={"pos": "source_pos"})
-    df = summ.merge(tok, on=["doc_id", "source_pos"], how="left", validate="many_to_one")
-    df["pos"] = df["source_pos"]
-    split = df["split_pos"].astype("string").fillna("-")
-    df["unit"] = (df["doc_id"].astype(str) + "@" + split.astype(str)).astype("string")
-    df["is_sink"] = df["pos"] < cfg.sinks
+    df = summ.assign(pos=summ["source_pos"])
+    df = with_source_signals(df, result, cfg)
     return df.reset_index(drop=True)
 
 
@@ -165,7 +165,7 @@ def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: S
     are never ranked against each other; its interval resamples documents.
     *Document* rows resample that document's tokens.
 
-    Columns: scope (pooled / document), doc_id, subset (all / no_sinks),
+    Columns: scope (pooled / document), doc_id, subset (all / candidates),
     control (none / position), signal, target, method, estimate, ci_low,
     ci_high, n_tokens, n_docs.
     """
@@ -201,7 +201,7 @@ def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: S
                         rows.append(dict(scope="pooled", doc_id=None, subset=subset, control=control, signal=signal,
                                          target=target, method=method, estimate=est, ci_low=lo, ci_high=hi,
                                          n_tokens=int(ok.sum()), n_docs=len(docs)))
-                if subset != "no_sinks":
+                if subset != "candidates":
                     continue
                 for d in docs:
                     ix = doc_of == d
@@ -216,13 +216,15 @@ def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: S
 
 
 # ---------------------------------------------------------------- word classes
-def word_class_tests(tokens: pd.DataFrame, cfg: AnalyzeConfig | None = None, columns: Sequence[str] = ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far"), level: str = "token") -> pd.DataFrame:
+def word_class_tests(tokens: pd.DataFrame, cfg: AnalyzeConfig | None = None, columns: Sequence[str] = ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far"), level: str = "word") -> pd.DataFrame:
     """Content vs. function words: Mann–Whitney U, its p-value, and the
     rank-biserial effect (positive: content higher) with an interval from
-    resampling documents. ``level="word_start"`` uses only each word's first token."""
+    resampling documents. ``level="word"``: one value per word, its first
+    subword (:func:`forward_influence.inference.word_level`), so the p-value
+    does not count a word's pieces as independent; ``"token"``: every token."""
     cfg = (cfg or AnalyzeConfig()).validate()
     rng = np.random.default_rng(cfg.seed)
-    df = tokens[tokens["is_word_start"].fillna(False).astype(bool)] if level == "word_start" else tokens
+    df = word_level(tokens) if level == "word" else tokens
     docs = list(pd.unique(df["doc_id"]))
     cls = df["word_class"].astype("string").fillna("other").to_numpy()
     doc = df["doc_id"].to_numpy()
@@ -266,58 +268,6 @@ def by_group(df: pd.DataFrame, group: str, columns: Sequence[str]) -> pd.DataFra
     return out.reset_index().rename(columns={group: "group"}).assign(grouping=group)
 
 
-# ---------------------------------------------------------------------- claims
-def claims(sel: pd.DataFrame, words: pd.DataFrame, bias: pd.DataFrame, cfg: AnalyzeConfig, mode: str) -> pd.DataFrame:
-    """The study's claims 1-3 (DESIGN §1): statistic, interval, verdict
-    (claims 2-3 are left out when ``words`` / ``bias`` are empty: a run without words).
-
-    1a  entropy-selected tokens hold more far FI than attention-selected:
-        kept far-FI share (entropy − attention), mean over units.
-    1b  attention-selected tokens' FI is concentrated nearby: near fraction of
-        the kept tokens' FI (attention − entropy).
-    2   content words sit at higher entropy than function words: rank-biserial.
-    3   attention selection is biased toward function words: function share of
-        the attention-kept tokens minus the candidates' share.
-    Claims 1 use the smallest budget and ``no_sinks``.
-    """
-    rng = np.random.default_rng(cfg.seed)
-    budget = min(cfg.budgets)
-    s = sel[(sel["subset"] == "no_sinks") & (sel["budget"] == budget)]
-    ent = s[s["rule"] == cfg.entropy].set_index("unit")
-    att = s[s["rule"] == cfg.attention].set_index("unit")
-    rows = []
-    n_docs = s["doc_id"].nunique()
-
-    def add(claim: str, text: str, statistic: str, est: float, lo: float, hi: float, direction: int = 1, note: str = "") -> None:
-        v = verdict(lo, hi, direction) if n_docs >= MIN_DOCS_VERDICT else INCONCLUSIVE
-        if n_docs < MIN_DOCS_VERDICT:
-            note = (note + "; " if note else "") + f"fewer than {MIN_DOCS_VERDICT} documents: no verdict"
-        rows.append(dict(claim=claim, mode=mode, statement=text, statistic=statistic, estimate=est, ci_low=lo, ci_high=hi,
-                         verdict=v, n_docs=n_docs, note=note))
-
-    diff = (ent["kept_share_far"] - att["kept_share_far"]).dropna()
-    add("1a", "Entropy-selected tokens have larger FI at long distances than attention-selected ones",
-        f"far-FI share kept, {cfg.entropy} − {cfg.attention}, budget {budget:g}",
-        *group_mean_ci(diff, ent.loc[diff.index, "doc_id"], cfg, rng))
-    diff = (att["near_frac"] - ent["near_frac"]).dropna()
-    note = "split mode: only sources within `near` of N have near targets" if mode == "split" else ""
-    if len(diff):
-        add("1b", "Attention-selected tokens' influence is concentrated at short distances",
-            f"near fraction of kept FI, {cfg.attention} − {cfg.entropy}, budget {budget:g}",
-            *group_mean_ci(diff, att.loc[diff.index, "doc_id"], cfg, rng), note=note)
-    w = words[(words["column"] == cfg.entropy) & (words["level"] == "token")] if len(words) else words
-    if len(w):
-        r = w.iloc[0]
-        add("2", "Content words sit at high entropy, function words low",
-            f"rank-biserial of {cfg.entropy}, content vs function (p={r.p_value:.1e})", r.rank_biserial, r.ci_low, r.ci_high)
-    b = bias[(bias["rule"] == cfg.attention) & (bias["budget"] == budget)] if len(bias) else bias
-    if len(b):
-        add("3", "Attention-based selection is biased toward function words",
-            f"function share of {cfg.attention} top-{budget:g} minus candidates' share",
-            *group_mean_ci(b["excess"], b["doc_id"], cfg, rng))
-    return pd.DataFrame(rows)
-
-
 # ---------------------------------------------------------------------- driver
 @dataclass
 class Analysis:
@@ -351,7 +301,8 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     keys = ["doc_id", "split_pos", "pos"] if run.mode == "split" else ["doc_id", "pos"]
     tok_fi = cand.merge(src[keys + ["fi_total", "fi_far"]], on=keys, how="left")  # src["pos"] is the source
     has_words = "word_class" in cand.columns
-    words = pd.concat([word_class_tests(tok_fi, cfg, level=lv) for lv in ("token", "word_start")], ignore_index=True) if has_words else pd.DataFrame()
+    # one value per word (its first subword): subword pieces of a word are not independent
+    words = word_class_tests(tok_fi, cfg) if has_words else pd.DataFrame()
     groups = pd.concat([by_group(tok_fi, g, ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far")) for g in ("word_class", "upos")], ignore_index=True) if has_words else pd.DataFrame()
     bias = function_bias(cand, cfg, [r for r in rules if r != "fi_oracle"]) if has_words else pd.DataFrame()
     tables = dict(
@@ -365,7 +316,10 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
         word_groups=groups,
         function_bias=bias,
     )
-    tables["claims"] = claims(sel, words, bias, cfg, run.mode)
+    estimate = run.method != "exact"
+    distance_ok = not estimate or run.fisher_blocks > 1
+    note = f"{run.method} estimate" + ("" if distance_ok else "; one future block: no distance-based claim") if estimate else ""
+    tables["claims"] = claims(sel, result.tokens if has_words else pd.DataFrame(), bias, cfg, run.mode, distance_claims=distance_ok, note=note)
     near, far = buckets(result, cfg)
     meta = {"analyze_config": cfg.to_dict(), "near": near, "far": far, "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total")}}
     return Analysis(meta=meta, **tables)

@@ -64,7 +64,8 @@ class MeasureConfig(ConfigBase):
     mode: str = _f("split", "split: prefill N, score the next F; sliding: evict each token right after it")
     n_prefix: tuple[int, ...] = _f((512,), "split position(s) N, comma-separated", type="ints")
     n_future: int = _f(256, "future tokens F scored after each split")
-    horizon: int = _f(128, "sliding mode: queries scored after each source (distances 1..H)")
+    horizon: int = _f(128, "sliding mode: queries scored after each source's eviction (distances 0..H-1 from it)")
+    delay: int | None = _f(None, "sliding mode: D, the queries that see a token before it is evicted (tau = i + D; default: --window)")
     stride: int = _f(1, "ablate every K-th source position")
     positions: tuple[int, ...] | None = _f(None, "explicit source positions, comma-separated (overrides --stride)", type="ints")
     method: str = _f("exact", "exact: the ablation engine; fisher: a fast second-order estimate for all tokens at once (split mode)")
@@ -90,13 +91,23 @@ class MeasureConfig(ConfigBase):
     progress: bool = _f(True, "show progress bars")
     report: bool = _f(True, "fi-measure: run fi-analyze on the result (RUN_DIR/analysis/report.html)")
 
+    def __post_init__(self) -> None:
+        if self.delay is None:  # resolved once, so run.json records the number
+            object.__setattr__(self, "delay", self.window)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MeasureConfig":
+        """A stored config; one written before ``delay`` existed measured
+        sliding mode with the source evicted right after it (delay 1)."""
+        return super().from_dict({"delay": 1, **d})
+
     def validate(self) -> "MeasureConfig":
         """Check values; raise :class:`InputError` naming the valid choices."""
         if self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if not self.n_prefix or any(n < 1 for n in self.n_prefix):
             raise InputError(f"--n-prefix must be positive integers; got {self.n_prefix}")
-        for name in ("n_future", "horizon", "stride", "near", "far", "topk", "window"):
+        for name in ("n_future", "horizon", "delay", "stride", "near", "far", "topk", "window"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if self.method not in METHODS:
@@ -128,4 +139,4 @@ class MeasureConfig(ConfigBase):
         """Minimum document length in tokens."""
         if self.mode == "split":
             return max(self.n_prefix) + self.n_future
-        return self.horizon + 2
+        return self.delay + self.horizon + 1

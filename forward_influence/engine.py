@@ -15,11 +15,13 @@ Two modes share one mechanism (:func:`forward_influence.plumbing.ablated_forward
 ``split`` (``tau = N``)
     Prefill ``x[0:N]``; teacher-force ``x[N:N+F]`` at positions ``N..N+F-1``
     with entry ``i`` removed. All ablations of a split share the prefix K/V.
-``sliding`` (``tau = i + 1``)
-    Token ``i`` is evicted right after it is processed; the next ``H`` queries
+``sliding`` (``tau = i + D``, delay ``D >= 1``)
+    Token ``i`` is seen by the queries ``i .. i+D-1`` (the window a compressor
+    observes before deciding), then evicted; the ``H`` queries from ``tau`` on
     run without it, recomputing their own entries. Sources ``a..a+B-1`` are
-    batched over the shared cache ``[0, a)``; each row re-runs ``B + H``
-    tokens. Every source gets the distance profile ``d = 1..H``.
+    batched over the shared cache ``[0, a)``; each row re-runs the block plus
+    ``D + H`` tokens. Every source gets the same distance profile: ``d = D ..
+    D+H-1`` from the source, ``0 .. H-1`` from its eviction.
 
 Each forward batch carries one *null* row (nothing hidden) first; the
 ablated rows are compared with it, so reference and ablation go through the
@@ -163,7 +165,8 @@ class SplitResult:
 
 @dataclass
 class SlidingResult:
-    """FI in sliding mode: ``kl[s, d-1]`` for source ``sources[s]`` at distance ``d``.
+    """FI in sliding mode: ``kl[s, e]`` for source ``sources[s]`` at the query
+    ``tau + e = sources[s] + delay + e`` (distance ``e`` from the eviction).
 
     Attributes
     ----------
@@ -174,6 +177,8 @@ class SlidingResult:
     precision_floor : numpy.ndarray or None
         ``(H,)`` float64, the dithered null row of the first block (see
         :class:`SplitResult`).
+    delay : int
+        ``D``: source ``i`` is hidden from the queries at or after ``i + D``.
     """
 
     sources: list[int]
@@ -181,6 +186,7 @@ class SlidingResult:
     kl: np.ndarray
     noise_floor: np.ndarray
     precision_floor: np.ndarray | None = None
+    delay: int = 1
 
 
 class ForwardInfluenceEngine:
@@ -391,17 +397,21 @@ class ForwardInfluenceEngine:
         kv_heads: tuple[int, ...] | None = None,
         prefill: plumbing.Prefill | None = None,
         progress: Callable[[int], None] | None = None,
+        delay: int = 1,
     ) -> SlidingResult:
-        """FI in ``sliding`` mode: each source evicted right after it is processed.
+        """FI in ``sliding`` mode: each source evicted ``delay`` queries after it.
 
         Parameters
         ----------
         input_ids : torch.Tensor
             ``(T,)``.
         sources : sequence of int
-            Source positions with ``s + horizon < T``.
+            Source positions with ``s + delay + horizon <= T``.
         horizon : int
-            ``H``: queries ``s+1 .. s+H`` are scored (distances ``1..H``).
+            ``H``: the queries ``s+D .. s+D+H-1`` are scored.
+        delay : int
+            ``D >= 1``: the queries ``s .. s+D-1`` still see the source
+            (``delay=1``: evicted right after it is processed).
 
         Returns
         -------
@@ -410,16 +420,17 @@ class ForwardInfluenceEngine:
         """
         t = int(input_ids.shape[0])
         srcs = [int(s) for s in sources]
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}")
-        bad = [s for s in srcs if not 0 <= s or s + horizon >= t]
+        if horizon < 1 or delay < 1:
+            raise ValueError(f"horizon and delay must be >= 1, got {horizon} and {delay}")
+        bad = [s for s in srcs if not 0 <= s or s + delay + horizon > t]
         if bad:
-            raise ValueError(f"sources {bad[:5]} need 0 <= s and s + horizon < {t}")
+            raise ValueError(f"sources {bad[:5]} need 0 <= s and s + delay + horizon <= {t}")
         self._check([Ablation((s,), layers, kv_heads) for s in srcs], t)
         if prefill is None:
             prefill = self.prefill(input_ids)
         order = sorted(range(len(srcs)), key=lambda k: srcs[k])
-        bs = self.auto_batch_size(max(srcs, default=0), horizon + 16)
+        bs = self.auto_batch_size(max(srcs, default=0), delay + horizon + 16)
+        tail = delay + horizon  # tokens each row runs after its last source
         kl = np.zeros((len(srcs), horizon), dtype=np.float64)
         floor = None
         precision = None
@@ -428,25 +439,25 @@ class ForwardInfluenceEngine:
             a = srcs[order[k]]
             group = [order[k]]
             k += 1
-            # Each row reruns the whole block (span + H + 1 tokens) and every
+            # Each row reruns the whole block (span + D + H tokens) and every
             # block carries one null row, so a source joins the group while the
             # cost per source, (rows) * (block) / (sources), does not grow.
             while k < len(order) and len(group) < bs:
                 span_now = srcs[group[-1]] - a
                 span_next = srcs[order[k]] - a
                 g = len(group)
-                if (g + 2) * (span_next + horizon + 1) * g > (g + 1) * (span_now + horizon + 1) * (g + 1):
+                if (g + 2) * (span_next + tail) * g > (g + 1) * (span_now + tail) * (g + 1):
                     break
                 group.append(order[k])
                 k += 1
             last = srcs[group[-1]]
-            block = input_ids[a : last + horizon + 1]  # (C,) with C = last - a + H + 1
+            block = input_ids[a : last + tail]  # (C,) with C = last - a + D + H
             prefix = prefill.prefix(a)
             abls = [Ablation((srcs[g],), layers, kv_heads) for g in group]
             dither = self.precision_floor and floor is None
-            batch = self._batch(abls, [srcs[g] + 1 for g in group], dither=dither)
+            batch = self._batch(abls, [srcs[g] + delay for g in group], dither=dither)
             hidden = plumbing.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (1+D+B, C, Dm)
-            pos = [np.arange(srcs[g] - a + 1, srcs[g] - a + 1 + horizon) for g in group]
+            pos = [np.arange(srcs[g] - a + delay, srcs[g] - a + tail) for g in group]
             rows = self._kl_rows(hidden, pos[:1] * dither + pos)
             if dither:  # the dithered row's KL; below, only the reference row 0 of hidden is read
                 precision, rows = rows[0], rows[1:]
@@ -458,7 +469,7 @@ class ForwardInfluenceEngine:
                 progress(len(group))
         if floor is None:  # no sources
             floor = np.zeros(horizon)
-        return SlidingResult(sources=srcs, horizon=horizon, kl=kl, noise_floor=floor, precision_floor=precision)
+        return SlidingResult(sources=srcs, horizon=horizon, kl=kl, noise_floor=floor, precision_floor=precision, delay=delay)
 
 
 def naive_split_logits(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> Iterator[torch.Tensor]:

@@ -93,7 +93,7 @@ def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str =
     return g.figure
 
 
-def fi_vs_distance(curves: pd.DataFrame, subset: str = "no_sinks", rules: Sequence[str] | None = None, title: str | None = None) -> Figure:
+def fi_vs_distance(curves: pd.DataFrame, subset: str = "candidates", rules: Sequence[str] | None = None, title: str | None = None) -> Figure:
     """Mean KL of the kept tokens against distance, one line per selection rule,
     one panel per budget; bands are 95% bootstrap intervals over documents."""
     df = curves[curves["subset"] == subset].copy()
@@ -109,7 +109,8 @@ def fi_vs_distance(curves: pd.DataFrame, subset: str = "no_sinks", rules: Sequen
                      errorbar=("ci", 95), n_boot=500, seed=0, marker="o", ax=ax)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("distance d = t − i (tokens)")
+        tau = "distance_from" in d and (d["distance_from"] == "tau").any()
+        ax.set_xlabel("distance from eviction t − τ (tokens)" if tau else "distance d = t − i (tokens)")
         ax.set_ylabel("mean KL of kept tokens")
         ax.set_title(f"budget {b:.0%}")
         handles, labels = ax.get_legend_handles_labels()
@@ -147,7 +148,7 @@ def word_class_bars(tokens: pd.DataFrame, value: str = "entropy_in_topk", min_co
     return fig
 
 
-def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "no_sinks", title: str | None = None) -> Figure:
+def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidates", title: str | None = None) -> Figure:
     """Word-class mix of the tokens each rule keeps, per budget (stacked shares)."""
     df = selection_summary[(selection_summary["subset"] == subset) & selection_summary["quantity"].isin(["share_content", "share_function"])]
     wide = df.pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()

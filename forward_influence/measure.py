@@ -26,8 +26,9 @@ from .fisher import FisherEstimator
 from .models import LoadedModel, load_model
 from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
 from .runtime import runtime_info
+from .tables import summarize
 
-INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]
+INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
 
 
 def _sources(cfg: MeasureConfig, limit: int) -> list[int]:
@@ -40,18 +41,23 @@ def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
     t = len(tdoc)
     need = cfg.tokens_needed()
     if t < need:
-        what = "--n-prefix + --n-future" if cfg.mode == "split" else "--horizon + 2"
+        what = "--n-prefix + --n-future" if cfg.mode == "split" else "--delay + --horizon + 1"
         raise InputError(
             f"document {tdoc.doc.doc_id!r} has {t} tokens, fewer than {what} = {need}; lower them or drop it with --doc-ids"
         )
     if cfg.positions is not None:
-        limit = max(cfg.n_prefix) if cfg.mode == "split" else t - cfg.horizon
+        limit = max(cfg.n_prefix) if cfg.mode == "split" else _sliding_limit(cfg, t)
         bad = [p for p in cfg.positions if p >= limit]
         if len(bad) == len(cfg.positions):
             raise InputError(
                 f"--positions {list(cfg.positions)[:5]} are all out of range for document {tdoc.doc.doc_id!r}: "
                 f"sources must be < {limit}"
             )
+
+
+def _sliding_limit(cfg: MeasureConfig, n_tokens: int) -> int:
+    """Sliding-mode sources must be below this: ``s + D + H <= T``."""
+    return n_tokens - cfg.delay - cfg.horizon + 1
 
 
 def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
@@ -76,11 +82,13 @@ def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
     )
 
 
-def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequence[int], targets: np.ndarray, kl: np.ndarray, layer: int | None, kv_head: int | None) -> pd.DataFrame:
-    """Long table from ``kl`` ``(S, n)`` with ``targets`` ``(S, n)`` absolute query positions."""
+def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequence[int], targets: np.ndarray, kl: np.ndarray, layer: int | None, kv_head: int | None, taus: np.ndarray) -> pd.DataFrame:
+    """Long table from ``kl`` ``(S, n)`` with ``targets`` ``(S, n)`` absolute
+    query positions and ``taus`` ``(S,)`` each source's eviction time."""
     s, n = kl.shape
     src = np.repeat(np.asarray(sources, dtype=np.int64), n)
     tgt = targets.reshape(-1).astype(np.int64)
+    tau = np.repeat(np.asarray(taus, dtype=np.int64), n)
     na = pd.array([pd.NA] * (s * n), dtype="Int64")
     return pd.DataFrame(
         {
@@ -92,38 +100,10 @@ def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Seq
             "kv_head": pd.array([kv_head] * (s * n), dtype="Int64") if kv_head is not None else na,
             "target_pos": tgt,
             "distance": tgt - src,
+            "distance_tau": tgt - tau,
             "kl": kl.reshape(-1),
         }
     )
-
-
-def summarize(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.DataFrame:
-    """Per (doc, mode, split, source, layer, head): FI total, near (d <= near),
-    mid, far (d > far), max and the number of scored targets; with a ``kl_se``
-    column (an estimate), also ``fi_total_se`` (independent blocks)."""
-    keys = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head"]
-    d = influence["distance"].to_numpy()
-    df = influence.assign(
-        _near=np.where(d <= near, influence["kl"], 0.0),
-        _mid=np.where((d > near) & (d <= far), influence["kl"], 0.0),
-        _far=np.where(d > far, influence["kl"], 0.0),
-    )
-    aggs = dict(
-        fi_total=("kl", "sum"),
-        fi_near=("_near", "sum"),
-        fi_mid=("_mid", "sum"),
-        fi_far=("_far", "sum"),
-        fi_max=("kl", "max"),
-        n_targets=("kl", "size"),
-    )
-    if "kl_se" in influence:
-        df["_var"] = influence["kl_se"] ** 2
-        aggs["fi_total_se"] = ("_var", "sum")
-    out = df.groupby(keys, dropna=False, sort=False).agg(**aggs).reset_index()
-    if "fi_total_se" in out:
-        out["fi_total_se"] = np.sqrt(out["fi_total_se"])
-    out["n_targets"] = out["n_targets"].astype(np.int64)
-    return out
 
 
 def measure_document(
@@ -139,7 +119,7 @@ def measure_document(
     collector = sig.SignalCollector(engine.model, len(tdoc), sig.SignalConfig.from_measure(cfg))
     prefill = engine.prefill(ids, on_attention=collector.on_attention, layer_hooks=collector.on_layer)
     tokens = tokens_table(tdoc)
-    tokens, token_layers = collector.finish(prefill, tokens, tdoc)
+    tokens, source_signals, token_layers = collector.finish(prefill, tokens, tdoc)
     t_prefill = time.perf_counter() - t0
     layers = (cfg.layer,) if cfg.layer is not None else None
     heads = (cfg.kv_head,) if cfg.kv_head is not None else None
@@ -152,7 +132,7 @@ def measure_document(
             r = est.split(ids, n, cfg.n_future, sources, layers, heads, prefill=prefill)
             centres = np.array([n + (a + b - 1) // 2 for a, b in r.block_bounds])
             targets = np.broadcast_to(centres, r.kl.shape)
-            fr = _influence_frame(doc_id, "split", n, sources, targets, r.kl, cfg.layer, cfg.kv_head)
+            fr = _influence_frame(doc_id, "split", n, sources, targets, r.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n))
             frames.append(fr.assign(kl_se=r.stderr.reshape(-1)))
     elif cfg.mode == "split":
         for n in cfg.n_prefix:
@@ -161,19 +141,20 @@ def measure_document(
             res = engine.split(ids, n, cfg.n_future, [Ablation((s,), layers, heads) for s in sources], prefill=prefill, progress=bar.update)
             bar.close()
             targets = np.broadcast_to(np.arange(n, n + cfg.n_future), res.kl.shape)
-            frames.append(_influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head))
+            frames.append(_influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n)))
             floors.append(res.noise_floor)
             shared.append(res.shared_reference)
             if res.precision_floor is not None:
                 precision.append(res.precision_floor)
                 below.append(res.kl < res.precision_floor[None, :])
     else:
-        sources = [s for s in _sources(cfg, len(tdoc)) if s + cfg.horizon < len(tdoc)]
+        sources = _sources(cfg, _sliding_limit(cfg, len(tdoc)))
         bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
-        res = engine.sliding(ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update)
+        res = engine.sliding(ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update, delay=cfg.delay)
         bar.close()
-        targets = np.asarray(sources)[:, None] + np.arange(1, cfg.horizon + 1)[None, :]
-        frames.append(_influence_frame(doc_id, "sliding", None, sources, targets, res.kl, cfg.layer, cfg.kv_head))
+        taus = np.asarray(sources, dtype=np.int64) + cfg.delay
+        targets = taus[:, None] + np.arange(cfg.horizon)[None, :]
+        frames.append(_influence_frame(doc_id, "sliding", None, sources, targets, res.kl, cfg.layer, cfg.kv_head, taus))
         floors.append(res.noise_floor)
         if res.precision_floor is not None:
             precision.append(res.precision_floor)
@@ -181,7 +162,7 @@ def measure_document(
     influence = pd.concat(frames, ignore_index=True)
     floor = np.concatenate(floors) if floors else None
     summary = summarize(influence, cfg.near, cfg.far).assign(method=cfg.method)
-    tables = {"tokens": tokens, "influence": influence, "summary": summary}
+    tables = {"tokens": tokens, "influence": influence, "summary": summary, "source_signals": source_signals}
     if token_layers is not None:
         tables["token_layers"] = token_layers
     meta = {

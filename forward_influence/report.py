@@ -73,12 +73,12 @@ def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
 def claims_markdown(claims: pd.DataFrame) -> str:
     """The claims table as Markdown (for the README); a ``corpus`` column is kept when present."""
     lead = ["corpus"] if "corpus" in claims else []
-    head = "| " + " | ".join(lead + ["mode", "claim", "statistic", "estimate", "95% CI", "verdict"]) + " |"
-    sep = "|" + "---|" * len(lead) + "---|---|---|---:|---|---|"
+    head = "| " + " | ".join(lead + ["mode", "claim", "statistic", "estimate", "95% CI", "p", "p (Holm)", "verdict"]) + " |"
+    sep = "|" + "---|" * len(lead) + "---|---|---|---:|---|---:|---:|---|"
     lines = [head, sep]
     for _, r in claims.iterrows():
         cells = [str(r[c]) for c in lead] + [str(r["mode"]), str(r["claim"]), str(r["statistic"]), f"{r.estimate:+.3f}",
-                                              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"**{r.verdict}**"]
+                                              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.p_value:.3g}", f"{r.p_adjusted:.3g}", f"**{r.verdict}**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -93,9 +93,9 @@ def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     figs = {
-        "entropy_vs_influence_far": lambda: F.entropy_vs_influence(a.sources[~a.sources["is_sink"]], y="fi_far", title="Entropy vs far influence (sinks excluded)"),
-        "entropy_vs_influence_total": lambda: F.entropy_vs_influence(a.sources[~a.sources["is_sink"]], y="fi_total", title="Entropy vs total influence (sinks excluded)"),
-        "fi_vs_distance": lambda: F.fi_vs_distance(a.distance_curves, title="Influence of the kept tokens by distance (sinks excluded)"),
+        "entropy_vs_influence_far": lambda: F.entropy_vs_influence(a.sources[a.sources["is_candidate"]], y="fi_far", title="Entropy vs far influence (candidates)"),
+        "entropy_vs_influence_total": lambda: F.entropy_vs_influence(a.sources[a.sources["is_candidate"]], y="fi_total", title="Entropy vs total influence (candidates)"),
+        "fi_vs_distance": lambda: F.fi_vs_distance(a.distance_curves, title="Influence of the kept tokens by distance (candidates)"),
         "word_class_entropy": lambda: F.word_class_bars(a.tokens, title="Top-k entropy of the token's prediction by word class / UPOS"),
         "selection_word_mix": lambda: F.selection_word_mix(a.selection_summary, title="Word classes of the kept tokens"),
     }
@@ -113,11 +113,14 @@ def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
 
 def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip: str, title: str) -> str:
     cfg = result.meta.get("config", {})
-    claims = a.claims[["claim", "statement", "statistic", "estimate", "ci_low", "ci_high", "verdict", "n_docs", "note"]]
+    claims = a.claims[["claim", "statement", "statistic", "against", "estimate", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict", "n_docs", "note"]]
+    estimate = result.meta.get("method", "exact") != "exact"
+    mode = cfg.get("mode")
+    dist = "from the eviction time τ = i + D" if mode == "sliding" else "from the source"
     sel = a.selection_summary
-    sel = sel[sel["subset"] == "no_sinks"].pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()
+    sel = sel[sel["subset"] == "candidates"].pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()
     corr = a.correlations
-    corr = corr[(corr["scope"] == "pooled") & (corr["subset"] == "no_sinks") & (corr["method"] == "spearman")]
+    corr = corr[(corr["scope"] == "pooled") & (corr["subset"] == "candidates") & (corr["method"] == "spearman")]
     corr = corr[["target", "signal", "control", "estimate", "ci_low", "ci_high", "n_tokens", "n_docs"]].sort_values(["target", "control", "estimate"], ascending=[True, True, False])
     corr_all = a.correlations
     corr_all = corr_all[(corr_all["scope"] == "pooled") & (corr_all["control"] == "none") & (corr_all["target"] == "fi_total")]
@@ -125,21 +128,25 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
     parts = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Model <code>{html.escape(str(result.meta.get('model', {}).get('name', '?')))}</code>, mode <b>{html.escape(str(cfg.get('mode')))}</b>, "
-        f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']}; "
+        f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']} ({dist}); "
         + (f"noise floor max {result.meta['noise_floor_max']:.2e}" if result.meta.get("noise_floor_max") is not None else f"method {html.escape(str(result.meta.get('method')))} (an estimate)")
         + precision_floor_text(result.meta)
-        + f". Intervals: {a.meta['analyze_config']['confidence']:.0%} percentile bootstrap "
-        f"({a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
+        + f". Intervals: {a.meta['analyze_config']['confidence']:.0%} bootstrap (BCa for the claims and summaries, "
+        f"{a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
+        *([f"<p><b>Every FI value in this report is an estimate</b> ({html.escape(str(result.meta.get('method')))}), not an exact ablation.</p>"] if estimate else []),
         *([f"<p><b>Warning:</b> {html.escape(w)}.</p>"] if (w := precision_warning(result.meta)) else []),
         "<h2>The study's claims</h2>",
-        "<p>Verdict: <i>supported</i> when the interval excludes 0 on the claimed side, <i>not supported</i> when it excludes 0 on the other side, "
-        "<i>inconclusive</i> otherwise. Claims 1 use the smallest budget and exclude the first "
-        f"{a.meta['analyze_config']['sinks']} positions (attention sinks, kept by every practical compressor). Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
+        "<p>Each claim is one value per document; <i>against</i> says how it would come out against the study. p: two-sided document-level "
+        "sign-flip permutation test; p_adjusted: Holm over this table. Verdict: <i>supported</i> / <i>not supported</i> when the adjusted p is "
+        "below 1 − confidence and the estimate is on the claimed / the other side, <i>inconclusive</i> otherwise and with fewer than 5 documents. "
+        f"Candidates exclude the first {a.meta['analyze_config']['sinks']} positions (attention sinks)"
+        + (" and, in split mode, the window before N that every attention method keeps (claim 1b, which would hold there by construction, is not tested)" if mode == "split" else "")
+        + ". Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
         html_table(claims, left=("claim", "statement", "statistic", "verdict", "note")),
     ]
     captions = {
         "entropy_vs_influence_far": "Top-k entropy of each ablated token against its far Forward Influence (log10); X = word-class medians.",
-        "fi_vs_distance": "Mean KL caused by removing the tokens each rule keeps, against distance; bands: 95% CI over documents.",
+        "fi_vs_distance": f"Mean KL caused by removing the tokens each rule keeps, against distance {dist}; bands: 95% CI over documents.",
         "selection_word_mix": "Word-class mix of the tokens each rule keeps.",
         "word_class_entropy": "Median top-k entropy by word class and UPOS over every token of the candidates.",
         "entropy_vs_influence_total": "Top-k entropy against total Forward Influence (log10).",
@@ -149,18 +156,18 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         if name in figs:
             parts.append(_img(figs[name], captions[name]))
     parts += [
-        "<h2>Selection rules (sinks excluded; mean over units)</h2>",
+        "<h2>Selection rules (candidates; mean over units)</h2>",
         "<p>kept_share_*: share of the unit's FI (total / near / far) held by the kept tokens; near_frac: their FI at near distances over their total; "
         "jaccard: overlap with the FI top set of the same size.</p>",
         html_table(sel, left=("rule",)),
-        "<h2>Rank correlations with FI (pooled, sinks excluded, Spearman)</h2>",
+        "<h2>Rank correlations with FI (pooled, candidates, Spearman)</h2>",
         "<p>control=position: partial correlation given the token's position (recency).</p>",
         html_table(corr, left=("target", "signal", "control")),
-        "<h2>Correlations with total FI, with and without sinks, Spearman and Kendall</h2>",
+        "<h2>Correlations with total FI, all sources and candidates, Spearman and Kendall</h2>",
         html_table(corr_all, left=("subset", "method", "signal")),
     ]
     if len(a.word_tests):
-        parts += ["<h2>Content vs function words (Mann–Whitney U; rank-biserial &gt; 0: content higher)</h2>",
+        parts += ["<h2>Content vs function words, one value per word (Mann–Whitney U; rank-biserial &gt; 0: content higher)</h2>",
                   html_table(a.word_tests, left=("level", "column"))]
     parts += ["<h2>Forward Influence over the text</h2>", strip]
     prov = {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total", "started", "finished")}

@@ -5,6 +5,7 @@ An output directory holds::
     run.json            config, model provenance, versions, seed, git sha,
                         noise floor, timings, status
     tokens.parquet      one row per document token
+    source_signals.parquet  per split (or sliding source): signals read before eviction
     influence.parquet   long: doc_id, mode, split_pos, source_pos, layer,
                         kv_head, target_pos, distance, kl
     summary.parquet     per document and source: FI total and per bucket
@@ -32,7 +33,7 @@ import pandas as pd
 from .config import MeasureConfig
 from .errors import InputError
 
-TABLES = ("tokens", "influence", "summary")
+TABLES = ("tokens", "influence", "summary", "source_signals")
 OPTIONAL_TABLES = ("token_layers",)
 
 
@@ -97,10 +98,8 @@ def check_out_dir(out: str | Path, config: Any) -> Path:
         new = config.to_dict()
         diff = [k for k in new if k not in config.non_semantic and old.get(k) != new[k]]
         if diff:
-            k = diff[0]
-            raise InputError(
-                f"--out {out} holds a run with a different config ({k}: {old.get(k)!r} -> {new[k]!r}); use a new --out or delete it"
-            )
+            what = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in diff)
+            raise InputError(f"--out {out} holds a run with a different config ({what}); use a new --out or delete it")
     return out
 
 
@@ -111,6 +110,9 @@ class MeasureResult:
     Attributes
     ----------
     tokens, influence, summary : pandas.DataFrame
+    source_signals : pandas.DataFrame
+        Signals that depend on the eviction time, one row per (document,
+        split, source) (:mod:`forward_influence.signals`).
     token_layers : pandas.DataFrame or None
         Per-layer / per-KV-head signals, when computed.
     meta : dict
@@ -122,10 +124,22 @@ class MeasureResult:
     summary: pd.DataFrame
     meta: dict[str, Any] = field(default_factory=dict)
     token_layers: pd.DataFrame | None = None
+    source_signals: pd.DataFrame | None = None
 
     @property
     def config(self) -> MeasureConfig:
         return MeasureConfig.from_dict(self.meta["config"])
+
+    def with_signals(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """Join ``rows`` keyed ``doc_id, split_pos, pos`` with each token's
+        signals and words (``tokens``) and the source's attention signals at
+        its eviction time (``source_signals``, per split).
+
+        >>> res.with_signals(res.summary.assign(pos=res.summary.source_pos))  # doctest: +SKIP
+        """
+        tok = self.tokens.drop(columns=[c for c in ("split_pos",) if c in self.tokens])
+        df = rows.merge(tok, on=["doc_id", "pos"], how="left", validate="many_to_one")
+        return df.merge(self.source_signals, on=["doc_id", "split_pos", "pos"], how="left", validate="many_to_one")
 
     def save(self, out: str | Path) -> Path:
         """Write all tables and ``run.json`` atomically into ``out``."""
@@ -157,28 +171,6 @@ class MeasureResult:
         """The finished run in ``out``, or None if it has not finished."""
         meta = json.loads((Path(out) / "run.json").read_text())
         return cls.load(out) if meta.get("status") == "complete" else None
-
-    def merge(self, other: "MeasureResult") -> "MeasureResult":
-        """Concatenate two runs of the same model and config on different documents."""
-        for key in ("model",):
-            if self.meta.get(key) != other.meta.get(key):
-                raise ValueError(f"cannot merge runs with different {key}: {self.meta.get(key)} vs {other.meta.get(key)}")
-        if MeasureConfig.from_dict(self.meta["config"]).semantic() | {"doc": None, "max_docs": None, "doc_ids": None} != MeasureConfig.from_dict(other.meta["config"]).semantic() | {"doc": None, "max_docs": None, "doc_ids": None}:
-            raise ValueError("cannot merge runs with different measurement configs")
-        overlap = set(self.tokens.doc_id) & set(other.tokens.doc_id)
-        if overlap:
-            raise ValueError(f"cannot merge runs that share documents: {sorted(overlap)[:3]}")
-        cat = lambda a, b: None if a is None or b is None else pd.concat([a, b], ignore_index=True)  # noqa: E731
-        meta = dict(self.meta)
-        meta["documents"] = self.meta.get("documents", []) + other.meta.get("documents", [])
-        meta["merged_from"] = [self.meta.get("run_id"), other.meta.get("run_id")]
-        return MeasureResult(
-            tokens=cat(self.tokens, other.tokens),
-            influence=cat(self.influence, other.influence),
-            summary=cat(self.summary, other.summary),
-            token_layers=cat(self.token_layers, other.token_layers),
-            meta=meta,
-        )
 
 
 class PartStore:

@@ -17,6 +17,7 @@ import pandas as pd
 from .errors import InputError
 from .results import MeasureResult
 from .stats import group_mean_ci
+from .tables import bucket_distance
 
 TARGETS = ("fi_total", "fi_near", "fi_far")
 #: Selection rules: top tokens by a signal, a random draw, and the FI oracle.
@@ -37,7 +38,27 @@ def ablation_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def subsets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    return {"all": df, "no_sinks": df[~df["is_sink"]]}
+    """``all`` sources, and the ``candidates`` that compete for a budget."""
+    return {"all": df, "candidates": df[df["is_candidate"]]}
+
+
+def with_source_signals(df: pd.DataFrame, result: MeasureResult, cfg: Any) -> pd.DataFrame:
+    """Join rows keyed ``doc_id, split_pos, pos`` with the token's signals
+    (``tokens``) and its attention signals at its eviction time
+    (``source_signals``, per split); add ``unit``, ``is_sink``, ``in_window``
+    (split mode: the last ``window`` positions before N, kept whole by every
+    attention method) and ``is_candidate`` (neither)."""
+    run = result.config
+    df = result.with_signals(df)
+    split = df["split_pos"].astype("string").fillna("-")
+    df["unit"] = (df["doc_id"].astype(str) + "@" + split.astype(str)).astype("string")
+    df["is_sink"] = df["pos"] < cfg.sinks
+    if run.mode == "split":
+        df["in_window"] = (df["pos"] >= df["split_pos"].astype("float64") - run.window).to_numpy(bool)
+    else:
+        df["in_window"] = False
+    df["is_candidate"] = ~df["is_sink"] & ~df["in_window"]
+    return df
 
 
 def selection_draws(df: pd.DataFrame, rule: str, budget: float, n_random: int = 32, seed: int = 0) -> np.ndarray:
@@ -138,13 +159,15 @@ def selection_summary(sel: pd.DataFrame, cfg: Any, columns: Sequence[str] = ("ke
 def distance_curves(result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES) -> pd.DataFrame:
     """Mean KL of the kept tokens as a function of distance, per document.
 
-    Distances are binned in powers of two (1, 2-3, 4-7, ...). Columns: subset,
-    rule, budget, doc_id, d_lo, d_hi, d_mid (geometric), mean_kl, n.
+    Distances (:func:`~forward_influence.tables.bucket_distance`: from the
+    eviction time in sliding mode, where 0 joins the first bin) are binned in
+    powers of two (0-1, 2-3, 4-7, ...). Columns: subset, rule, budget, doc_id,
+    d_lo, d_hi, d_mid (geometric), mean_kl, n, distance_from (tau / source).
     Plot with bands over documents (:func:`forward_influence.figures.fi_vs_distance`).
     """
     inf = ablation_rows(result.influence)
     key = ["doc_id", "split_pos", "source_pos"]
-    d = inf["distance"].to_numpy()
+    d = bucket_distance(inf)
     b = np.floor(np.log2(np.maximum(d, 1))).astype(np.int64)
     base = inf[key].assign(bin=b, kl=inf["kl"].to_numpy(float))
     frames = []
@@ -166,30 +189,25 @@ def distance_curves(result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: S
     out["d_hi"] = 2 ** (out["bin"] + 1) - 1
     out["d_mid"] = np.sqrt(out["d_lo"] * out["d_hi"])
     out["doc_id"] = out["doc_id"].astype("string")
-    return out[["subset", "rule", "budget", "doc_id", "d_lo", "d_hi", "d_mid", "mean_kl", "n"]]
+    out["distance_from"] = "tau" if result.config.mode == "sliding" else "source"
+    return out[["subset", "rule", "budget", "doc_id", "d_lo", "d_hi", "d_mid", "mean_kl", "n", "distance_from"]]
 
 
 def candidate_tokens(result: MeasureResult, cfg: Any) -> pd.DataFrame:
-    """Tokens a compressor chooses from: the prefix ``[0, N)`` of each split
-    (split mode) or the whole document (sliding), one unit per split/document."""
-    tok = result.tokens
-    run = result.config
-    if run.mode == "split":
-        parts = [tok[tok["pos"] < n].assign(split_pos=n) for n in run.n_prefix]
-        df = pd.concat(parts, ignore_index=True)
-    else:
-        df = tok.assign(split_pos=pd.NA)
-    split = df["split_pos"].astype("string").fillna("-")
-    df["unit"] = (df["doc_id"].astype(str) + "@" + split.astype(str)).astype("string")
-    df["is_sink"] = df["pos"] < cfg.sinks
-    return df.reset_index(drop=True)
+    """Tokens a compressor chooses from, one unit per split/document: the
+    prefix ``[0, N)`` of each split (split mode), every token evicted within
+    the document (sliding), with their signals at their eviction time
+    (:func:`with_source_signals`)."""
+    keys = result.source_signals[["doc_id", "split_pos", "pos"]]
+    return with_source_signals(keys, result, cfg).reset_index(drop=True)
 
 
 def function_bias(cand: pd.DataFrame, cfg: Any, rules: Sequence[str]) -> pd.DataFrame:
     """Per unit, rule and budget: function-word share of the kept tokens minus
-    the share among all candidates (claim 3), over every candidate token."""
+    the share among all candidates (claim 3), over every candidate token
+    (sinks and the split-mode window excluded)."""
     rows = []
-    df = cand[~cand["is_sink"]].reset_index(drop=True)
+    df = cand[cand["is_candidate"]].reset_index(drop=True)
     wc = df["word_class"].astype("string").fillna("other").to_numpy()
     units = df["unit"].to_numpy()
     for budget in cfg.budgets:

@@ -1,7 +1,26 @@
 """Per-token signals, computed in the engine's own prefill (DESIGN §3).
 
-Columns added to ``tokens.parquet`` (layer-averaged where per layer):
+The causality rule
+------------------
+A signal that ranks a token for eviction at time ``tau`` may use only what a
+compressor has then: the queries before ``tau`` and the token's own
+prediction — never the queries at or after ``tau``, whose predictions *are*
+the Forward Influence it is compared with. Here:
 
+* ``split`` mode: ``tau = N`` for each split separately; the attention
+  signals of split ``N`` read only the queries ``< N``.
+* ``sliding`` mode: ``tau = i + D`` for source ``i`` (``--delay D``); its
+  attention signals read only the queries ``[i, i + D)``, the only ones that
+  saw it before it was evicted.
+* the entropies, surprisal, key norm and representation change of token ``i``
+  read ``x[<=i]`` only (its own prediction and its own forward), so they are
+  the same for every ``tau > i``.
+
+``tests/test_causality.py`` changes the input from ``tau`` on and checks
+that every selection signal stays bitwise identical.
+
+Per-token columns (``tokens.parquet``; layer-averaged where per layer)
+----------------------------------------------------------------------
 ``entropy_in(i)``
     entropy (nats) of ``p(. | x[<i])``, the distribution that predicted token i
     (NaN for the first token).
@@ -11,27 +30,39 @@ Columns added to ``tokens.parquet`` (layer-averaged where per layer):
     the same over the renormalised top-k probabilities (``topk``, default 10).
 ``surprisal(i)``
     ``-log p(x_i | x[<i])``.
-``attn_snapkv(j)``
-    SnapKV: the attention that the last ``window`` queries before ``snap_end``
-    give key ``j`` (softmax over all causal keys, mean over the window's
-    queries and the query heads of a KV group), average-pooled over
-    ``kernel`` neighbouring keys, for keys ``j < snap_end - window``;
-    the window's own keys get the row maximum (SnapKV always keeps them);
-    keys ``>= snap_end`` are NaN. ``snap_end`` is the split ``N`` in split
-    mode (the largest, with several) and ``T`` in sliding mode.
-``attn_h2o(j)``
-    H2O: ``sum_{q >= j} a[q, j] / (T - j)``, the cumulative attention from
-    every later query divided by the number of queries that could see j.
 ``key_norm(j)``
     ``||K_l[j]||`` (RoPE keeps the norm).
 ``rep_change(i)``
-    ``1 - cos(h_{l0}(i), h_L(i))`` with ``h_l`` the output of decoder layer
-    ``l`` (``output_hidden_states[l + 1]``), ``l0 = rep_layer`` and ``L`` the
-    last layer (before the final norm).
+    ``1 - cos(h_{l0}(i), h_L(i))``, early layer ``l0 = rep_layer`` to the last
+    layer ``L`` (before the final norm): the study's words.
+``rep_change_layers(i)``
+    the mean over layers of the per-layer term InfoKV multiplies into its
+    entropy score, ``r_l(i) = 1 - cos(h_{l0}(i), h_l(i))`` for ``l > l0`` and 1
+    for ``l <= l0`` (our reading of an unpublished formula; see
+    :mod:`forward_influence.compress.infokv`).
+``entropy_rep(i)``
+    ``entropy_in_topk(i) * rep_change_layers(i)``: the layer mean of InfoKV's
+    entropy term before normalisation (same reading).
+
+Per-source columns (``source_signals.parquet``, keyed doc_id, split_pos, pos)
+-----------------------------------------------------------------------------
+``tau``
+    the eviction time: ``N`` (split), ``pos + D`` (sliding).
+``attn_snapkv(j)``
+    SnapKV: the mean attention that the observation window's queries give key
+    ``j`` (softmax over all causal keys, mean over the window's queries and the
+    query heads of a KV group), average-pooled over ``kernel`` neighbouring
+    keys (zero padding). Window: the last ``window`` queries before ``N``
+    (split); ``[j, j + D)`` (sliding). Keys inside the split-mode window are
+    scored like the rest (no "always kept" maximum: the analysis leaves them
+    out of the competition instead). NaN where ``tau > T``.
+``attn_h2o(j)``
+    H2O: the cumulative attention from every query before ``tau`` that can see
+    ``j``, divided by their number (``N - j`` in split mode, ``D`` in sliding).
 
 ``token_layers.parquet`` holds the per-layer, per-KV-head values
-(``attn_snapkv``, ``attn_h2o``, ``key_norm``; ``rep_change`` per layer,
-repeated across heads).
+(``attn_snapkv``, ``attn_h2o`` per split, ``key_norm``, ``rep_change`` =
+InfoKV's per-layer term ``r_l``, repeated across heads).
 
 Nothing of size ``T x T x heads x layers`` or ``T x vocab`` is held: attention
 is reduced per layer and per query chunk inside the prefill, logits per row
@@ -51,6 +82,14 @@ import torch.nn.functional as Fn
 from . import plumbing, scores
 from .kl import entropy
 
+#: The signals a selection rule or claim may rank by (all obey the causality rule).
+SELECTION_SIGNALS = (
+    "entropy_in_topk", "entropy_in", "entropy_out_topk", "entropy_out", "surprisal",
+    "attn_snapkv", "attn_h2o", "key_norm", "rep_change", "rep_change_layers", "entropy_rep",
+)
+#: Signals that depend on the eviction time (stored per split / source).
+SOURCE_SIGNALS = ("attn_snapkv", "attn_h2o")
+
 
 @dataclass(frozen=True)
 class SignalConfig:
@@ -61,13 +100,17 @@ class SignalConfig:
     topk : int
         k of the top-k entropies.
     window : int
-        SnapKV observation window (queries).
+        SnapKV observation window in split mode (queries before ``N``).
     kernel : int
         SnapKV pooling width (odd).
     rep_layer : int
         Early layer ``l0`` of ``rep_change``.
-    snap_end : int or None
-        Position that ends SnapKV's window (None: the document end).
+    splits : tuple of int or None
+        Split mode: the eviction times ``N``. None with ``delay`` None: one
+        split at the document end.
+    delay : int or None
+        Sliding mode: ``D``, the queries ``[i, i + D)`` that see token ``i``
+        before it is evicted.
     words : bool
         Tag words with spaCy (see :mod:`forward_influence.words`).
     chunk_bytes : int
@@ -78,14 +121,24 @@ class SignalConfig:
     window: int = 32
     kernel: int = 5
     rep_layer: int = 2
-    snap_end: int | None = None
+    splits: tuple[int, ...] | None = None
+    delay: int | None = None
     words: bool = True
     chunk_bytes: int = 128 << 20
 
+    def __post_init__(self) -> None:
+        if self.splits is not None and self.delay is not None:
+            raise ValueError("give splits (split mode) or delay (sliding mode), not both")
+        if self.delay is not None and self.delay < 1:
+            raise ValueError(f"delay must be >= 1, got {self.delay}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 1, got {self.kernel}")
+
     @classmethod
     def from_measure(cls, cfg: Any) -> "SignalConfig":
-        snap_end = max(cfg.n_prefix) if cfg.mode == "split" else None
-        return cls(topk=cfg.topk, window=cfg.window, rep_layer=cfg.rep_layer, snap_end=snap_end, words=cfg.words)
+        if cfg.mode == "split":
+            return cls(topk=cfg.topk, window=cfg.window, rep_layer=cfg.rep_layer, splits=tuple(cfg.n_prefix), words=cfg.words)
+        return cls(topk=cfg.topk, window=cfg.window, rep_layer=cfg.rep_layer, delay=cfg.delay, words=cfg.words)
 
     def check_ready(self) -> None:
         """Fail early (before any output) if the spaCy model is missing."""
@@ -93,6 +146,25 @@ class SignalConfig:
             from .words import load_spacy
 
             load_spacy()
+
+
+def _band(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float, width: int, chunk_bytes: int) -> torch.Tensor:
+    """``B[h, q, d] = a[q, q - d]`` for ``d < width`` (0 where ``q - d < 0``):
+    the attention of each query head to the ``width`` most recent keys,
+    ``(Hq, T, width)`` float64, computed in query chunks."""
+    hq, t, _ = q.shape
+    out = torch.zeros(hq, t, width, dtype=torch.float64, device=q.device)
+    chunk = max(1, chunk_bytes // (4 * hq * max(t, 1) * 2))
+    lag = torch.arange(width, device=q.device)
+    for c0 in range(0, t, chunk):
+        c1 = min(t, c0 + chunk)
+        probs = scores.attention_probs(q[:, c0:c1], k[:, :c1], pos[c0:c1], pos[:c1], scaling)  # (Hkv, g, c, c1)
+        probs = probs.reshape(hq, c1 - c0, c1)
+        key = pos[c0:c1, None] - lag[None, :]  # (c, width) key index q - d
+        ok = key >= 0
+        band = probs.gather(2, key.clamp_min(0)[None].expand(hq, -1, -1))  # (Hq, c, width)
+        out[:, c0:c1] = band.double() * ok[None]
+    return out
 
 
 class SignalCollector:
@@ -108,14 +180,17 @@ class SignalCollector:
         self.t = n_tokens
         self.n_layers = plumbing.n_layers(model)
         self.n_kv = plumbing.n_kv_heads(model)
-        snap_end = cfg.snap_end if cfg.snap_end is not None else n_tokens
-        self.snap_end = min(snap_end, n_tokens)
-        self.h2o = torch.zeros(self.n_layers, self.n_kv, n_tokens, dtype=torch.float64)  # (L, Hkv, T)
-        self.snap = torch.full((self.n_layers, self.n_kv, n_tokens), float("nan"), dtype=torch.float64)  # (L, Hkv, T)
+        if cfg.delay is not None:
+            self.taus: list[int | None] = [None]  # one set of per-source eviction times
+        else:
+            self.taus = [min(n, n_tokens) for n in (cfg.splits or (n_tokens,))]
+        shape = (len(self.taus), self.n_layers, self.n_kv, n_tokens)  # (S, L, Hkv, T)
+        self.h2o = torch.full(shape, float("nan"), dtype=torch.float64)
+        self.snap = torch.full(shape, float("nan"), dtype=torch.float64)
         self.knorm = torch.zeros(self.n_layers, self.n_kv, n_tokens, dtype=torch.float64)  # (L, Hkv, T)
-        self.rep = torch.full((self.n_layers, n_tokens), float("nan"), dtype=torch.float64)  # (L, T)
+        self.rep = torch.ones(self.n_layers, n_tokens, dtype=torch.float64)  # (L, T) InfoKV's r_l
+        self.rep_final = torch.full((n_tokens,), float("nan"), dtype=torch.float64)  # (T,) early -> last layer
         self._early: torch.Tensor | None = None
-        self._pending: dict[int, torch.Tensor] = {}
 
     # ----------------------------------------------------------- attention
     @torch.no_grad()
@@ -123,48 +198,66 @@ class SignalCollector:
         """query ``(1, Hq, T, D)``, key ``(1, Hkv, T, D)`` of one layer."""
         q = query[0]  # (Hq, T, D)
         k = key[0]  # (Hkv, T, D)
-        hq, t, _ = q.shape
-        g = hq // self.n_kv
-        pos = torch.arange(t, device=q.device)
         self.knorm[layer] = k.float().norm(dim=-1).double().cpu()
-        acc = scores.cumulative_attention(q, k, pos, pos, scaling, self.cfg.chunk_bytes)  # (Hq, T)
-        seen = torch.arange(t, 0, -1, device=q.device, dtype=torch.float64)  # T - j queries see key j
-        self.h2o[layer] = (acc / seen).view(self.n_kv, g, t).mean(1).cpu()
-        self.snap[layer] = self._snapkv(q, k, pos, scaling).cpu()
-
-    def _snapkv(self, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float) -> torch.Tensor:
-        """SnapKV scores ``(Hkv, T)`` (NaN for keys at or after ``snap_end``)."""
-        t = q.shape[1]
-        e = self.snap_end
-        w = min(self.cfg.window, e)
-        out = torch.full((self.n_kv, t), float("nan"), dtype=torch.float64, device=q.device)
-        mean = scores.window_attention(q[:, e - w : e], k[:, :e], pos[e - w : e], pos[:e], scaling)  # (Hq, e)
-        body = e - w
-        if body > 0:
-            per_kv = scores.pooled_group_mean(mean[:, :body], self.n_kv, self.cfg.kernel).double()  # (Hkv, body)
-            out[:, :body] = per_kv
-            out[:, body:e] = per_kv.max(dim=1, keepdim=True).values
+        pos = torch.arange(q.shape[1], device=q.device)
+        if self.cfg.delay is not None:
+            self._sliding(layer, q, k, pos, scaling)
         else:
-            out[:, :e] = scores.pooled_group_mean(mean, self.n_kv, 1).double()
-        return out
+            self._splits(layer, q, k, pos, scaling)
+
+    def _group_mean(self, per_head: torch.Tensor) -> torch.Tensor:
+        """``(Hq, n)`` → ``(Hkv, n)``: mean over the query heads of each KV group."""
+        hq, n = per_head.shape
+        return per_head.view(self.n_kv, hq // self.n_kv, n).mean(1)
+
+    def _splits(self, layer: int, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float) -> None:
+        """Per split ``N``: H2O over the queries ``< N``; SnapKV over the last
+        ``window`` queries before ``N``. Queries are taken in split order, so
+        the accumulated attention is snapshotted at each ``N``."""
+        acc = torch.zeros(q.shape[0], self.t, dtype=torch.float64, device=q.device)  # (Hq, T)
+        done = 0
+        for s in sorted(range(len(self.taus)), key=lambda s: self.taus[s]):
+            n = self.taus[s]
+            if n > done:
+                acc[:, :n] += scores.cumulative_attention(q[:, done:n], k[:, :n], pos[done:n], pos[:n], scaling, self.cfg.chunk_bytes)
+                done = n
+            seen = torch.arange(n, 0, -1, device=q.device, dtype=torch.float64)  # N - j queries before N see key j
+            self.h2o[s, layer, :, :n] = self._group_mean(acc[:, :n] / seen).cpu()
+            w = min(self.cfg.window, n)
+            mean = scores.window_attention(q[:, n - w : n], k[:, :n], pos[n - w : n], pos[:n], scaling)  # (Hq, N)
+            self.snap[s, layer, :, :n] = scores.pooled_group_mean(mean, self.n_kv, self.cfg.kernel).double().cpu()
+
+    def _sliding(self, layer: int, q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float) -> None:
+        """Per source ``i``: the queries ``[i, i + D)`` only. SnapKV pools the
+        window's mean attention over keys ``i - h .. i + h`` (``h = kernel // 2``);
+        query ``i + l`` gives key ``i + o`` the band entry at lag ``l - o``."""
+        d, h, t = self.cfg.delay, self.cfg.kernel // 2, self.t
+        n = t - d + 1  # sources with tau = i + D <= T
+        if n <= 0:
+            return
+        band = _band(q, k, pos, scaling, d + h, self.cfg.chunk_bytes)  # (Hq, T, D + h)
+        snap = torch.zeros(q.shape[0], n, dtype=torch.float64, device=q.device)  # (Hq, n)
+        h2o = torch.zeros_like(snap)
+        for lag in range(d):
+            rows = band[:, lag : lag + n]  # (Hq, n, D + h): queries i + lag for i < n
+            h2o += rows[:, :, lag]
+            for o in range(-h, h + 1):
+                if lag - o >= 0:
+                    snap += rows[:, :, lag - o]
+        self.h2o[0, layer, :, :n] = self._group_mean(h2o / d).cpu()
+        self.snap[0, layer, :, :n] = self._group_mean(snap / (d * self.cfg.kernel)).cpu()
 
     # ----------------------------------------------------- representations
     @torch.no_grad()
     def on_layer(self, layer: int, hidden: torch.Tensor) -> None:
-        """hidden ``(T, Dm)``: the output of decoder layer ``layer``."""
+        """hidden ``(T, Dm)``: the output of decoder layer ``layer`` (layers come in order)."""
         l0 = self.cfg.rep_layer
         if layer == l0:
             self._early = hidden.float().clone()
-            for l, h in self._pending.items():
-                self.rep[l] = self._cos_change(h)
-            self._pending.clear()
-        if self._early is None:
-            self._pending[layer] = hidden.float().clone()
-        else:
-            self.rep[layer] = self._cos_change(hidden.float())
-
-    def _cos_change(self, h: torch.Tensor) -> torch.Tensor:
-        return (1.0 - Fn.cosine_similarity(self._early, h, dim=-1)).double().cpu()
+        elif layer > l0 and self._early is not None:
+            self.rep[layer] = (1.0 - Fn.cosine_similarity(self._early, hidden.float(), dim=-1)).double().cpu()
+        if layer == self.n_layers - 1:
+            self.rep_final = self.rep[layer].clone() if layer > l0 else torch.zeros(self.t, dtype=torch.float64)
 
     # ------------------------------------------------------------ logits
     @torch.no_grad()
@@ -196,33 +289,58 @@ class SignalCollector:
         }
 
     # ------------------------------------------------------------- tables
-    def finish(self, prefill: plumbing.Prefill, tokens: pd.DataFrame, tdoc: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Add signal (and word) columns to ``tokens``; build ``token_layers``."""
+    def split_positions(self) -> list[int | None]:
+        """The ``split_pos`` key of each set of source signals (None: sliding)."""
+        return list(self.taus)
+
+    def source_signals(self, doc_id: str) -> pd.DataFrame:
+        """One row per (split, source) whose eviction time is within the document."""
+        frames = []
+        with np.errstate(all="ignore"):
+            snap = self.snap.mean(dim=(1, 2)).numpy()  # (S, T)
+            h2o = self.h2o.mean(dim=(1, 2)).numpy()
+        for s, n in enumerate(self.taus):
+            pos = np.arange(n if n is not None else self.t - self.cfg.delay + 1, dtype=np.int64)
+            tau = np.full(len(pos), n, dtype=np.int64) if n is not None else pos + self.cfg.delay
+            frames.append(pd.DataFrame({
+                "doc_id": pd.Series([doc_id] * len(pos), dtype="string"),
+                "split_pos": pd.array([n] * len(pos), dtype="Int64"),
+                "pos": pos,
+                "tau": tau,
+                "attn_snapkv": snap[s, : len(pos)],
+                "attn_h2o": h2o[s, : len(pos)],
+            }))
+        return pd.concat(frames, ignore_index=True)
+
+    def finish(self, prefill: plumbing.Prefill, tokens: pd.DataFrame, tdoc: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Add signal (and word) columns to ``tokens``; build ``source_signals`` and ``token_layers``."""
         cols = self.logit_signals(prefill.hidden, tdoc.input_ids)
         tokens = tokens.assign(**cols)
-        with np.errstate(all="ignore"):
-            tokens["attn_snapkv"] = self.snap.mean(dim=(0, 1)).numpy()
-            tokens["attn_h2o"] = self.h2o.mean(dim=(0, 1)).numpy()
-            tokens["key_norm"] = self.knorm.mean(dim=(0, 1)).numpy()
-        tokens["rep_change"] = self.rep[-1].numpy()
+        tokens["key_norm"] = self.knorm.mean(dim=(0, 1)).numpy()
+        tokens["rep_change"] = self.rep_final.numpy()
+        tokens["rep_change_layers"] = self.rep.mean(dim=0).numpy()
+        tokens["entropy_rep"] = tokens["entropy_in_topk"] * tokens["rep_change_layers"]
         if self.cfg.words:
             from .words import tag_tokens
 
             tokens = pd.concat([tokens, tag_tokens(tdoc.doc.text, tdoc.offsets)], axis=1)
+        return tokens, self.source_signals(tdoc.doc.doc_id), self.token_layers(tdoc.doc.doc_id)
+
+    def token_layers(self, doc_id: str) -> pd.DataFrame:
+        """Token × layer × KV head (× split): attention per split, key norm, ``r_l``."""
         t, nl, nkv = self.t, self.n_layers, self.n_kv
-        layer_idx = np.repeat(np.arange(nl), nkv * t)
-        head_idx = np.tile(np.repeat(np.arange(nkv), t), nl)
-        pos = np.tile(np.arange(t), nl * nkv)
-        token_layers = pd.DataFrame(
-            {
-                "doc_id": pd.Series([tdoc.doc.doc_id] * (t * nl * nkv), dtype="string"),
-                "pos": pos.astype(np.int64),
-                "layer": layer_idx.astype(np.int16),
-                "kv_head": head_idx.astype(np.int16),
-                "attn_snapkv": self.snap.numpy().reshape(-1).astype(np.float32),
-                "attn_h2o": self.h2o.numpy().reshape(-1).astype(np.float32),
+        cells = t * nl * nkv
+        frames = []
+        for s, n in enumerate(self.taus):
+            frames.append(pd.DataFrame({
+                "doc_id": pd.Series([doc_id] * cells, dtype="string"),
+                "split_pos": pd.array([n] * cells, dtype="Int64"),
+                "pos": np.tile(np.arange(t), nl * nkv).astype(np.int64),
+                "layer": np.repeat(np.arange(nl), nkv * t).astype(np.int16),
+                "kv_head": np.tile(np.repeat(np.arange(nkv), t), nl).astype(np.int16),
+                "attn_snapkv": self.snap[s].numpy().reshape(-1).astype(np.float32),
+                "attn_h2o": self.h2o[s].numpy().reshape(-1).astype(np.float32),
                 "key_norm": self.knorm.numpy().reshape(-1).astype(np.float32),
                 "rep_change": np.repeat(self.rep.numpy()[:, None, :], nkv, axis=1).reshape(-1).astype(np.float32),
-            }
-        )
-        return tokens, token_layers
+            }))
+        return pd.concat(frames, ignore_index=True)

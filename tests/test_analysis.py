@@ -44,7 +44,7 @@ def planted_sources(r: float = 0.6, n_docs: int = 10, n: int = 120, seed: int = 
         x = rng.normal(size=n)
         y = r * x + np.sqrt(1 - r * r) * rng.normal(size=n)
         frames.append(pd.DataFrame({
-            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": np.arange(n), "is_sink": np.arange(n) < 1,
+            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": np.arange(n), "is_sink": np.arange(n) < 1, "is_candidate": np.arange(n) >= 1,
             "signal": x, "fi_total": np.exp(y) * 10.0 ** (-d),  # monotone in y, scale differs by doc
         }))
     return pd.concat(frames, ignore_index=True)
@@ -86,7 +86,7 @@ def test_position_control_removes_a_confounded_correlation():
     for d in range(8):
         pos = np.arange(150)
         frames.append(pd.DataFrame({
-            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": pos, "is_sink": pos < 1,
+            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": pos, "is_sink": pos < 1, "is_candidate": pos >= 1,
             "signal": pos + rng.normal(scale=30, size=150), "fi_total": pos + rng.normal(scale=30, size=150),
         }))
     c = correlations(pd.concat(frames, ignore_index=True), CFG, signals=("signal",), targets=("fi_total",))
@@ -132,7 +132,7 @@ def hand_table() -> pd.DataFrame:
         "doc_id": ["a"] * 5 + ["b"] * 5,
         "unit": ["a@-"] * 5 + ["b@-"] * 5,
         "pos": list(range(5)) * 2,
-        "is_sink": [False] * 10,
+        "is_sink": [False] * 10, "is_candidate": [True] * 10,
         "fi_total": [5.0, 1.0, 3.0, 0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 10.0],
         "fi_near": [0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0],
         "fi_far": [5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 10.0],
@@ -178,18 +178,21 @@ def test_verdict_rules():
     assert verdict(np.nan, 0.3) == INCONCLUSIVE
 
 
-def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 6):
-    """Selection/word/bias tables whose claim-1a statistic is ent_far - att_far ± spread."""
+def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 8):
+    """Selection/token/bias tables whose claim-1a statistic is ent_far - att_far ± spread per document."""
     rng = np.random.default_rng(0)
-    rows = []
+    rows, toks = [], []
     for d in range(n_docs):
         e = spread * rng.normal()
         for rule, far, near in (("entropy_in_topk", ent_far + e, 0.1), ("attn_snapkv", att_far, 0.4)):
-            rows.append(dict(subset="no_sinks", unit=f"d{d}@-", doc_id=f"d{d}", rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
+            rows.append(dict(subset="candidates", unit=f"d{d}@-", doc_id=f"d{d}", rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
+        for w in range(40):  # content words at higher entropy in every document
+            cls = "content" if w % 2 else "function"
+            toks.append(dict(doc_id=f"d{d}", pos=w, word_idx=w, is_word_start=True, word_class=cls,
+                             entropy_in_topk=rng.normal() + (1.5 if cls == "content" else 0.0)))
     sel = pd.DataFrame(rows)
-    words = pd.DataFrame([dict(level="token", column="entropy_in_topk", rank_biserial=0.2, ci_low=0.1, ci_high=0.3, p_value=1e-5)])
-    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.02 * d) for d in range(n_docs)])
-    return sel, words, bias
+    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.0125 * d + 0.001) for d in range(n_docs)])
+    return sel, pd.DataFrame(toks), bias
 
 
 @pytest.mark.parametrize(
@@ -197,19 +200,35 @@ def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 6):
     [(0.6, 0.3, 0.02, SUPPORTED), (0.2, 0.5, 0.02, NOT_SUPPORTED), (0.4, 0.4, 0.3, INCONCLUSIVE)],
 )
 def test_claims_verdicts_on_constructed_cases(ent, att, spread, expect):
-    sel, words, bias = constructed(ent, att, spread)
-    c = claims(sel, words, bias, CFG, "sliding").set_index("claim")
+    sel, tokens, bias = constructed(ent, att, spread)
+    c = claims(sel, tokens, bias, CFG, "sliding").set_index("claim")
     assert c.loc["1a", "verdict"] == expect
-    assert c.loc["1b", "verdict"] == SUPPORTED  # attention near fraction 0.4 > 0.1 everywhere
+    assert c.loc["1b", "verdict"] == SUPPORTED  # attention near fraction 0.4 > 0.1 in every document
     assert c.loc["2", "verdict"] == SUPPORTED
-    assert c.loc["3", "verdict"] == INCONCLUSIVE  # excess spans -0.05 .. +0.05
+    assert c.loc["3", "verdict"] == INCONCLUSIVE  # excess spans -0.05 .. +0.04 across documents
     assert abs(c.loc["1a", "estimate"] - (sel[sel.rule == "entropy_in_topk"].kept_share_far.mean() - att)) < TOL_EXACT
+    # 8 documents all of one sign: the smallest sign-flip p, 2 / 2^8, times 4 claims (Holm's first step)
+    assert c.loc["1b", "p_value"] == pytest.approx(2 / 2**8) and c.loc["1b", "p_adjusted"] <= 4 * 2 / 2**8 + 1e-12
+    assert (c.p_adjusted >= c.p_value).all()
+
+
+def test_split_mode_has_no_claim_1b():
+    """Near FI exists in split mode only for the window's sources, which every attention method keeps."""
+    sel, tokens, bias = constructed(0.6, 0.3, 0.02)
+    c = claims(sel, tokens, bias, CFG, "split")
+    assert list(c.claim) == ["1a", "2", "3"]
+
+
+def test_no_distance_claims_from_an_estimate_without_distance_blocks():
+    sel, tokens, bias = constructed(0.6, 0.3, 0.02)
+    c = claims(sel, tokens, bias, CFG, "split", distance_claims=False, note="fisher estimate")
+    assert list(c.claim) == ["2", "3"] and c.note.str.contains("fisher estimate").all()
 
 
 @pytest.mark.parametrize("n_docs", [1, 4])
 def test_too_few_documents_are_never_conclusive(n_docs):
-    sel, words, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
-    c = claims(sel, words, bias, CFG, "split")
+    sel, tokens, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
+    c = claims(sel, tokens, bias, CFG, "split")
     assert (c.verdict == INCONCLUSIVE).all() and c.note.str.contains("fewer than 5 documents").all()
 
 
@@ -238,8 +257,8 @@ def analyzed(tmp_path_factory, smollm):
 def test_analyze_real_run_and_report(analyzed, tmp_path):
     a, path = analyzed
     assert path.name == "analysis" and (path.parent / "run.json").is_file()
-    assert set(a.claims.claim) == {"1a", "1b", "2", "3"}
-    assert a.claims.verdict.isin([SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE]).all()
+    assert list(a.claims.claim) == ["1a", "2", "3"]  # split mode: no 1b
+    assert (a.claims.verdict == INCONCLUSIVE).all() and (a.claims.n_docs == 3).all()  # 3 documents: estimates only
     assert (a.claims.ci_low <= a.claims.estimate + 1e-12).all() and (a.claims.estimate <= a.claims.ci_high + 1e-12).all()
     for name in ("fi_vs_distance", "entropy_vs_influence_far", "word_class_entropy", "selection_word_mix"):
         assert (path / "figures" / f"{name}.png").stat().st_size > 5000

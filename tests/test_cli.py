@@ -24,10 +24,11 @@ SMALL = ["--n-prefix", "48", "--n-future", "24", "--stride", "6", "--window", "8
 TOKENS_COLUMNS = {
     "doc_id", "pos", "token_id", "token", "char_start", "char_end",
     "entropy_in", "entropy_out", "entropy_in_topk", "entropy_out_topk", "surprisal",
-    "attn_snapkv", "attn_h2o", "key_norm", "rep_change",
+    "key_norm", "rep_change", "rep_change_layers", "entropy_rep",
     "word_idx", "word", "upos", "tag", "word_class", "finite_verb", "is_word_start",
 }
-INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "kl"]
+INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
+SOURCE_SIGNAL_COLUMNS = ["doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"]
 SUMMARY_COLUMNS = {"doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "fi_total", "fi_near", "fi_mid", "fi_far", "fi_max", "n_targets"}
 
 
@@ -64,6 +65,10 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     assert (res.influence.kl >= 0).all()
     assert (res.influence.distance == res.influence.target_pos - res.influence.source_pos).all()
     assert res.influence.target_pos.between(48, 48 + 24 - 1).all()
+    assert (res.influence.distance_tau == res.influence.target_pos - 48).all()
+    assert list(res.source_signals.columns) == SOURCE_SIGNAL_COLUMNS
+    assert len(res.source_signals) == 2 * 48 and (res.source_signals.tau == 48).all()  # every prefix token, per split
+    assert np.isfinite(res.source_signals[["attn_snapkv", "attn_h2o"]].to_numpy()).all()
     np.testing.assert_allclose(
         res.summary.fi_total, res.summary.fi_near + res.summary.fi_mid + res.summary.fi_far, rtol=1e-9
     )
@@ -77,19 +82,22 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     assert {"precision_floor_median", "share_below_precision_floor"} <= set(meta["per_document"][0])
     assert meta["config"]["n_prefix"] == [48]
     tl = pd.read_parquet(out / "token_layers.parquet")
-    assert len(tl) == len(res.tokens) * 30 * 3
+    assert len(tl) == len(res.tokens) * 30 * 3 and (tl.split_pos == 48).all()
     assert not (out / ".parts").exists()
     assert "fi-measure: the study's claims on this run" in stdout and (out / "analysis" / "report.html").is_file()
 
 
 def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     out = tmp_path / "sl"
-    code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
+    code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--delay", "4", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
     assert code == 0, err
     assert "no report (the run has fewer than 4 measured sources" in err and not (out / "analysis").exists()
     res = MeasureResult.load(out)
     assert sorted(res.summary.source_pos) == [0, 5, 20]
-    assert res.influence.distance.between(1, 16).all()
+    assert res.influence.distance.between(4, 4 + 16 - 1).all() and res.influence.distance_tau.between(0, 15).all()
+    assert res.meta["config"]["delay"] == 4
+    src = res.source_signals
+    assert (src.tau == src.pos + 4).all() and src.split_pos.isna().all() and len(src) == len(res.tokens) - 4 + 1
     assert res.influence.split_pos.isna().all() and (res.influence.layer == 3).all()
 
 
@@ -110,7 +118,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     r = subprocess.run([*cmd, "--out", str(killed)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     a, b = MeasureResult.load(full), MeasureResult.load(killed)
-    for name in ("tokens", "influence", "summary", "token_layers"):
+    for name in ("tokens", "influence", "summary", "source_signals", "token_layers"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     assert any(d.get("resumed") for d in b.meta["per_document"])
 

@@ -34,16 +34,29 @@ def test_split_matches_full_forward_with_4d_mask(arch, ids):
         assert rel_err(res.kl[i], reference_split(model, ids, N, F, i)) < REL_TOL_ENGINE, f"position {i}"
 
 
-def test_sliding_matches_full_forward_with_4d_mask(arch, ids):
+@pytest.mark.parametrize("delay", [1, 6])
+def test_sliding_matches_full_forward_with_4d_mask(arch, ids, delay):
     model = tiny_model(arch)
     H = 9
-    sources = list(range(0, 30, 3)) + [31]
-    res = ForwardInfluenceEngine(model, batch_size=4).sliding(ids, sources, H)
+    sources = list(range(0, 30, 3)) + [48 - delay - H]
+    res = ForwardInfluenceEngine(model, batch_size=4).sliding(ids, sources, H, delay=delay)
+    assert res.delay == delay
     full = plumbing.full_forward_hiding(model, ids, None, 0)
     for k, s in enumerate(sources):
-        abl = plumbing.full_forward_hiding(model, ids, s, s + 1)  # queries after s cannot see s
-        exact = centred_kl(full[s + 1 : s + 1 + H], abl[s + 1 : s + 1 + H]).numpy()
+        tau = s + delay
+        abl = plumbing.full_forward_hiding(model, ids, s, tau)  # queries from tau on cannot see s
+        exact = centred_kl(full[tau : tau + H], abl[tau : tau + H]).numpy()
         assert rel_err(res.kl[k], exact) < REL_TOL_ENGINE, f"source {s}"
+
+
+def test_sliding_delay_is_the_eviction_time(ids):
+    """A wrong eviction time is caught: delay 6 is not delay 1 shifted."""
+    model = tiny_model()
+    eng = ForwardInfluenceEngine(model, batch_size=4)
+    late, early = eng.sliding(ids, [5], 9, delay=6).kl[0], eng.sliding(ids, [5], 14, delay=1).kl[0, 5:]
+    assert rel_err(late, early) > 1e-3  # same queries scored; the source seen by 5 more of them
+    with pytest.raises(ValueError, match="delay"):
+        eng.sliding(ids, [40], 9, delay=6)  # 40 + 6 + 9 > 48
 
 
 def test_null_ablation_is_zero_and_floor_reported(ids):

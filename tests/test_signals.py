@@ -35,36 +35,57 @@ def eager_outputs(arch, ids):
     return model, out
 
 
-def test_h2o_and_snapkv_equal_sums_over_eager_attention(arch, ids):
+@pytest.mark.parametrize("splits", [(30,), (20, 30)])
+def test_split_signals_equal_sums_over_eager_attention(arch, ids, splits):
+    """Per split N: H2O = mean attention from the queries < N; SnapKV = the
+    last ``window`` queries before N, pooled; nothing at or after N."""
     model, out = eager_outputs(arch, ids)
-    w, snap_end, kernel = 6, 30, 5
-    col, _ = collect(model, ids, window=w, snap_end=snap_end, kernel=kernel)
+    w, kernel = 6, 5
+    col, _ = collect(model, ids, window=w, splits=splits, kernel=kernel)
     g = model.config.num_attention_heads // model.config.num_key_value_heads
+    for s, n in enumerate(splits):
+        for layer, att in enumerate(out.attentions):
+            a = att[0].double()  # (Hq, T, T) eager attention probabilities
+            seen = torch.arange(n, 0, -1, dtype=torch.float64)
+            h2o = (a[:, :n, :n].sum(1) / seen).view(-1, g, n).mean(1)  # (Hkv, N)
+            np.testing.assert_allclose(col.h2o[s, layer, :, :n].numpy(), h2o.numpy(), rtol=REL_TOL, atol=1e-9)
+            mean = a[:, n - w : n, :n].mean(1)  # (Hq, N): causal rows, keys < N
+            pooled = Fn.avg_pool1d(mean[None].float(), kernel, padding=kernel // 2, stride=1)[0].double()
+            snap = pooled.view(-1, g, n).mean(1)  # (Hkv, N), the window's own keys scored like the rest
+            np.testing.assert_allclose(col.snap[s, layer, :, :n].numpy(), snap.numpy(), rtol=REL_TOL, atol=1e-9)
+            assert torch.isnan(col.snap[s, layer, :, n:]).all() and torch.isnan(col.h2o[s, layer, :, n:]).all()
+
+
+def test_sliding_signals_read_only_the_observation_window(arch, ids):
+    """Source i, delay D: H2O = mean attention from queries [i, i + D); SnapKV =
+    their mean attention over keys i - h .. i + h (zero outside), / kernel."""
+    model, out = eager_outputs(arch, ids)
+    d, kernel = 7, 5
+    h = kernel // 2
+    col, _ = collect(model, ids, delay=d, kernel=kernel)
+    g = model.config.num_attention_heads // model.config.num_key_value_heads
+    n = T - d + 1
     for layer, att in enumerate(out.attentions):
-        a = att[0].double()  # (Hq, T, T) eager attention probabilities
-        seen = torch.arange(T, 0, -1, dtype=torch.float64)
-        h2o = (a.sum(1) / seen).view(-1, g, T).mean(1)  # (Hkv, T)
-        np.testing.assert_allclose(col.h2o[layer].numpy(), h2o.numpy(), rtol=REL_TOL, atol=1e-9)
-        # SnapKV: window queries attend over keys < snap_end, causal
-        q0 = snap_end - w
-        sub = torch.softmax(torch.log(a[:, q0:snap_end, :snap_end].clamp_min(1e-300)), -1)  # renormalise over keys < snap_end
-        mean = sub.mean(1)  # (Hq, snap_end)
-        pooled = Fn.avg_pool1d(mean[None, :, :q0].float(), kernel, padding=kernel // 2, stride=1)[0].double()
-        snap = pooled.view(-1, g, q0).mean(1)  # (Hkv, q0)
-        np.testing.assert_allclose(col.snap[layer, :, :q0].numpy(), snap.numpy(), rtol=REL_TOL, atol=1e-9)
-        assert torch.isnan(col.snap[layer, :, snap_end:]).all()
-        np.testing.assert_allclose(col.snap[layer, :, q0:snap_end].numpy(), snap.max(1, keepdim=True).values.expand(-1, w).numpy(), rtol=REL_TOL)
+        a = att[0].double()  # (Hq, T, T)
+        padded = Fn.pad(a, (h, h))  # keys -h .. T-1+h
+        h2o = torch.stack([a[:, i : i + d, i].mean(1) for i in range(n)], 1)  # (Hq, n)
+        snap = torch.stack([padded[:, i : i + d, i : i + kernel].sum((1, 2)) / (d * kernel) for i in range(n)], 1)
+        np.testing.assert_allclose(col.h2o[0, layer, :, :n].numpy(), h2o.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9)
+        np.testing.assert_allclose(col.snap[0, layer, :, :n].numpy(), snap.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9)
+        assert torch.isnan(col.snap[0, layer, :, n:]).all()
 
 
 def test_rep_change_equals_one_minus_cos_of_hidden_states(ids):
+    """Per layer: InfoKV's term (1 at and below l0); rep_change: l0 -> last layer."""
     model, out = eager_outputs("llama", ids)
     l0 = 1
     col, _ = collect(model, ids, rep_layer=l0)
     hs = out.hidden_states  # embeddings, then layer outputs
     for layer in range(model.config.num_hidden_layers - 1):  # HF's last entry has the final norm applied
-        want = 1 - Fn.cosine_similarity(hs[l0 + 1][0], hs[layer + 1][0], dim=-1)
+        want = 1 - Fn.cosine_similarity(hs[l0 + 1][0], hs[layer + 1][0], dim=-1) if layer > l0 else torch.ones(T)
         np.testing.assert_allclose(col.rep[layer].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-6)
-    assert np.allclose(col.rep[l0].numpy(), 0, atol=1e-6)
+    np.testing.assert_array_equal(col.rep_final.numpy(), col.rep[-1].numpy())
+    assert (col.rep_final.numpy() > 1e-4).all()  # the last layer moved every token
 
 
 def test_logit_signals_match_full_logits(ids):
@@ -84,11 +105,12 @@ def test_logit_signals_match_full_logits(ids):
     assert np.isnan(sig["entropy_in"][0]) and np.isnan(sig["surprisal"][0])
 
 
-def test_streaming_equals_unchunked(ids):
+@pytest.mark.parametrize("mode", [{"splits": (17, 33)}, {"delay": 5}], ids=["split", "sliding"])
+def test_streaming_equals_unchunked(ids, mode):
     model = tiny_model()
-    small, pre_s = collect(model, ids, chunk_bytes=4096)  # forces many query / row chunks
-    big, pre_b = collect(model, ids, chunk_bytes=1 << 30)
-    for name in ("h2o", "snap", "knorm", "rep"):
+    small, pre_s = collect(model, ids, chunk_bytes=4096, **mode)  # forces many query / row chunks
+    big, pre_b = collect(model, ids, chunk_bytes=1 << 30, **mode)
+    for name in ("h2o", "snap", "knorm", "rep", "rep_final"):
         np.testing.assert_allclose(getattr(small, name).numpy(), getattr(big, name).numpy(), rtol=1e-6, atol=1e-12, equal_nan=True)
     a = small.logit_signals(pre_s.hidden, ids)
     b = big.logit_signals(pre_b.hidden, ids)

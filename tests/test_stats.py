@@ -12,22 +12,17 @@ import pytest
 from scipy import stats
 
 from forward_influence.analysis import AnalyzeConfig
-from forward_influence.stats import (
-    INCONCLUSIVE,
+from forward_influence.inference import (
     MIN_DOCS,
-    NOT_SUPPORTED,
-    SUPPORTED,
     adjust_claims,
     claim_test,
     claim_verdict,
-    cluster_bootstrap,
     holm,
     per_document_rank_biserial,
-    rank_biserial,
-    ratio_statistic,
     sign_flip_test,
     word_level,
 )
+from forward_influence.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, cluster_bootstrap, rank_biserial, ratio_statistic
 
 CFG = AnalyzeConfig(n_boot=999, seed=0)
 TOL_EXACT = 1e-12  # closed forms / identical resamples, float rounding only

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     res = measure(cfg)
     s = res.summary
     top = (
-        s.join(res.tokens.set_index(["doc_id", "pos"])[["token", "entropy_in_topk", "attn_snapkv"]], on=["doc_id", "source_pos"])
+        res.with_signals(s.assign(pos=s["source_pos"]))
         .sort_values("fi_total", ascending=False)
         .groupby("doc_id", sort=False)
         .head(5)
