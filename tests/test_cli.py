@@ -15,7 +15,7 @@ import pytest
 
 from conftest import FP32_PRECISION_FLOOR
 from forward_influence.cli.measure import entry
-from forward_influence.results import MeasureResult
+from forward_influence.results import SCHEMA_VERSION, MeasureResult
 
 pytestmark = pytest.mark.model
 
@@ -68,7 +68,7 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
         res.summary.fi_total, res.summary.fi_near + res.summary.fi_mid + res.summary.fi_far, rtol=1e-9
     )
     meta = json.loads((out / "run.json").read_text())
-    assert meta["status"] == "complete"
+    assert meta["status"] == "complete" and meta["schema_version"] == SCHEMA_VERSION
     assert meta["model"]["revision"].startswith("sha256:")
     assert {"torch", "transformers", "numpy"} <= set(meta["versions"])
     assert meta["noise_floor_max"] < 1e-9
