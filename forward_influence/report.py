@@ -19,7 +19,6 @@ import html
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import pandas as pd
 from . import figures as F
 from .analysis import Analysis, AnalyzeConfig, analyze
 from .errors import InputError
-from .results import MeasureResult, library_versions, precision_floor_text, precision_warning
+from .results import MeasureResult, fresh_dir, library_versions, precision_floor_text, precision_warning
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -177,8 +176,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
 def write_analysis(a: Analysis, result: MeasureResult, out: str | Path, title: str | None = None) -> Path:
     """Write tables, figures, token strip, ``report.html`` and ``analysis.json`` to ``out`` atomically."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = fresh_dir(out.parent, f".{out.name}-")  # the user's umask, not mkdtemp's 0700
     try:
         for name in Analysis.TABLES:
             getattr(a, name).to_parquet(tmp / f"{name}.parquet", index=False)

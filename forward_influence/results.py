@@ -12,7 +12,8 @@ An output directory holds::
 
 Every file is written to a temporary name and renamed, so a killed run never
 leaves a half-written table; rerunning the same command skips finished
-documents. A different configuration is refused.
+documents. A different configuration is refused. Directories are created
+with the user's umask (no 0700 temporary directories renamed into place).
 
 ``run.json`` carries ``schema_version`` (:data:`SCHEMA_VERSION`; ``fi-bench``
 writes the same field), checked whenever a run directory is read
@@ -34,6 +35,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,20 @@ def read_tables(out: str | Path, required: dict[str, tuple[str, ...]], meta: dic
         if (out / f"{name}.parquet").exists():
             tables[name] = read_parquet(out / f"{name}.parquet", fix)
     return tables
+
+
+def fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new empty directory ``parent/<prefix><random>``, made with the user's
+    umask (``tempfile.mkdtemp`` would make it 0700)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        path = parent / f"{prefix}{uuid.uuid4().hex[:10]}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a fresh directory under {parent}")
 
 
 def library_versions() -> dict[str, str]:
@@ -308,7 +324,7 @@ class PartStore:
 
     def write(self, index: int, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = fresh_dir(self.root, ".tmp-")
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))

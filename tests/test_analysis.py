@@ -289,3 +289,20 @@ def test_report_renders_in_headless_chromium(analyzed):
     assert m, "the page's load handler did not run"
     total, loaded = map(int, m.groups())
     assert total >= 4 and loaded == total
+
+
+@pytest.mark.model
+def test_analysis_dir_follows_the_umask(analyzed, tmp_path):
+    import os
+    import stat
+
+    from forward_influence.report import write_analysis
+    from forward_influence.results import MeasureResult
+
+    a, path = analyzed
+    old = os.umask(0o022)
+    try:
+        out = write_analysis(a, MeasureResult.load(path.parent), tmp_path / "run" / "analysis")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "figures").stat().st_mode) == 0o755

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -53,8 +54,13 @@ def run(argv, capsys):
 
 def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run(["--doc", str(docs), "--out", str(out), *SMALL], capsys)
+    umask = os.umask(0o022)
+    try:
+        code, stdout, err = run(["--doc", str(docs), "--out", str(out), *SMALL], capsys)
+    finally:
+        os.umask(umask)
     assert code == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE((out / "analysis").stat().st_mode) == 0o755
     assert "2 documents" in stdout and "Top sources by Forward Influence" in stdout
     res = MeasureResult.load(out)
     assert TOKENS_COLUMNS <= set(res.tokens.columns)

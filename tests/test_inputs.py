@@ -9,6 +9,8 @@ import errno
 import importlib
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +21,7 @@ from forward_influence.bench.ifeval import load_ifeval
 from forward_influence.config import MeasureConfig
 from forward_influence.documents import load_documents
 from forward_influence.errors import InputError
-from forward_influence.results import SCHEMA_VERSION, MeasureResult
+from forward_influence.results import SCHEMA_VERSION, MeasureResult, PartStore, fresh_dir
 
 TEXT = "The quick brown fox jumps over the naïve dog."
 GOOD_LINE = json.dumps({"id": "a", "text": TEXT}, ensure_ascii=False) + "\n"  # 'ï' is two bytes in UTF-8
@@ -328,3 +330,25 @@ def test_fi_bench_reads_its_run_dir_checked(case, tmp_path, capsys):
     assert all(n in str(e.value) for n in needles), str(e.value)
     code, err = cli("fi-bench", ["--out", str(out)], capsys)  # a rerun resumes from the directory
     assert_one_line("fi-bench", code, err, needles)
+
+
+# --------------------------------------------------------------- permissions
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_output_dirs_follow_the_umask(tmp_path, umask_022):
+    run = tiny_run(tmp_path / "new" / "run")
+    assert mode(run) == mode(run.parent) == 0o755
+    store = PartStore(run)
+    store.write(0, {"t": pd.DataFrame({"a": [1]})}, {"doc_id": "d0"})
+    assert mode(store.root) == mode(store.path(0)) == 0o755
+    os.umask(0o077)
+    assert mode(fresh_dir(tmp_path, ".x-")) == 0o700  # the umask decides, not a fixed mode
