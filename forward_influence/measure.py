@@ -24,7 +24,7 @@ from .engine import Ablation, ForwardInfluenceEngine
 from .errors import InputError
 from .fisher import FisherEstimator
 from .models import LoadedModel, load_model
-from .results import MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
+from .results import SCHEMA_VERSION, MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
 from .runtime import runtime_info
 from .tables import summarize
 
@@ -200,6 +200,7 @@ def _precision_meta(precision: list[np.ndarray], below: list[np.ndarray]) -> dic
 def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]) -> dict[str, Any]:
     return {
         "run_id": uuid.uuid4().hex[:12],
+        "schema_version": SCHEMA_VERSION,
         "status": "running",
         "config": cfg.to_dict(),
         "model": lm.provenance(),

@@ -19,7 +19,6 @@ import html
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import pandas as pd
 from . import figures as F
 from .analysis import Analysis, AnalyzeConfig, analyze
 from .errors import InputError
-from .results import MeasureResult, library_versions, precision_floor_text, precision_warning
+from .results import MeasureResult, fresh_dir, library_versions, precision_floor_text, precision_warning
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -41,10 +40,13 @@ img{max-width:100%;border:1px solid #eee}.strip p{font-family:ui-monospace,monos
 .strip .m{border-radius:2px}.legend{font-size:.8em;margin:.3em 0}pre{background:#f7f7f7;padding:.6em;font-size:.75em;overflow:auto}
 """
 
-# Marks the page once every image has decoded (read by the headless-browser test).
+# Marks the page once loaded: images that decoded, rows of the claims table
+# (read by the headless-browser test).
 CHECK_JS = """
 window.addEventListener('load',function(){var im=document.images,ok=0;for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;}
-document.body.setAttribute('data-images-total',im.length);document.body.setAttribute('data-images-loaded',ok);});
+var c=document.getElementById('claims');
+document.body.setAttribute('data-images-total',im.length);document.body.setAttribute('data-images-loaded',ok);
+document.body.setAttribute('data-claims-rows',c?c.tBodies[0].rows.length:0);});
 """
 
 
@@ -54,7 +56,7 @@ def _fmt(x: Any) -> str:
     return html.escape(str(x))
 
 
-def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
+def html_table(df: pd.DataFrame, left: tuple[str, ...] = (), table_id: str | None = None) -> str:
     """A plain HTML table (numbers to 3 significant digits; verdict cells coloured)."""
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(str(c))}</th>' for c in df.columns)
     body = []
@@ -67,7 +69,8 @@ def html_table(df: pd.DataFrame, left: tuple[str, ...] = ()) -> str:
                 cls.append(str(v).replace(" ", "-"))
             cells.append(f'<td class="{" ".join(cls)}">{_fmt(v)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    ident = f' id="{html.escape(table_id)}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
@@ -142,7 +145,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         f"Candidates exclude the first {a.meta['analyze_config']['sinks']} positions (attention sinks)"
         + (" and, in split mode, the window before N that every attention method keeps (claim 1b, which would hold there by construction, is not tested)" if mode == "split" else "")
         + ". Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
-        html_table(claims, left=("claim", "statement", "statistic", "verdict", "note")),
+        html_table(claims, left=("claim", "statement", "statistic", "against", "verdict", "note"), table_id="claims"),
     ]
     captions = {
         "entropy_vs_influence_far": "Top-k entropy of each ablated token against its far Forward Influence (log10); X = word-class medians.",
@@ -184,8 +187,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
 def write_analysis(a: Analysis, result: MeasureResult, out: str | Path, title: str | None = None) -> Path:
     """Write tables, figures, token strip, ``report.html`` and ``analysis.json`` to ``out`` atomically."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = fresh_dir(out.parent, f".{out.name}-")  # the user's umask, not mkdtemp's 0700
     try:
         for name in Analysis.TABLES:
             getattr(a, name).to_parquet(tmp / f"{name}.parquet", index=False)

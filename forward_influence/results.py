@@ -13,7 +13,17 @@ An output directory holds::
 
 Every file is written to a temporary name and renamed, so a killed run never
 leaves a half-written table; rerunning the same command skips finished
-documents. A different configuration is refused.
+documents. A different configuration is refused. Directories are created
+with the user's umask (no 0700 temporary directories renamed into place).
+
+``run.json`` carries ``schema_version`` (:data:`SCHEMA_VERSION`; ``fi-bench``
+writes the same field), checked whenever a run directory is read
+(:func:`read_run_json`). A different version is refused with the version
+found, the version expected and the fix (re-run with this version). A
+``run.json`` without the field predates versioning (version 1 or older): it
+is read as the current version only if its tables have the expected columns (:data:`REQUIRED_COLUMNS`), else refused
+the same way. A table that is missing, truncated or not Parquet is one
+line naming the file.
 """
 
 from __future__ import annotations
@@ -21,9 +31,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +47,129 @@ from .errors import InputError
 
 TABLES = ("tokens", "influence", "summary", "source_signals")
 OPTIONAL_TABLES = ("token_layers",)
+
+#: Layout version of an output directory (``run.json`` and its tables). Bump it
+#: when a table's columns or meaning change; readers refuse other versions.
+SCHEMA_VERSION = 2
+#: 1: before the causality rule (attention signals in tokens.parquet, read over the whole document);
+#: 2: source_signals.parquet (attention read before each source's eviction time), influence.distance_tau.
+
+#: Columns every ``fi-measure`` run has, whatever its options.
+REQUIRED_COLUMNS = {
+    "tokens": ("doc_id", "pos", "token_id", "token", "char_start", "char_end"),
+    "influence": ("doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"),
+    "summary": ("doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "fi_total", "fi_near", "fi_mid", "fi_far", "fi_max", "n_targets"),
+    "source_signals": ("doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"),
+}
+
+
+def _rerun(producer: str) -> str:
+    return f"re-run {producer} with this version into a new --out"
+
+
+def _damaged(producer: str) -> str:
+    return f"the run directory is damaged; re-run {producer} into a new --out"
+
+
+def _own_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("forward_influence")
+    except md.PackageNotFoundError:
+        return "?"
+
+
+def read_run_json(out: str | Path, producer: str = "fi-measure") -> dict[str, Any]:
+    """``out/run.json``, checked: present, a JSON object, and of :data:`SCHEMA_VERSION`
+    (or without a version, which the caller settles with :func:`check_columns`).
+
+    Parameters
+    ----------
+    out : str or Path
+        A run directory.
+    producer : str
+        The command that writes such directories (named in the fix).
+
+    Raises
+    ------
+    InputError
+        No ``run.json``, unreadable or malformed JSON, another schema version.
+    """
+    path = Path(out) / "run.json"
+    if not path.is_file():
+        raise InputError(f"{out} has no run.json; give the --out directory of an {producer} run")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {_damaged(producer)}") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{path} is not a JSON object; {_damaged(producer)}")
+    found = meta.get("schema_version")
+    if found is not None and (type(found) is not int or found != SCHEMA_VERSION):
+        raise InputError(f"{path} has schema_version {found!r}, but forward_influence {_own_version()} reads "
+                         f"schema_version {SCHEMA_VERSION}; {_rerun(producer)}")
+    return meta
+
+
+def check_columns(df: pd.DataFrame, path: Path, required: tuple[str, ...], meta: dict[str, Any], producer: str = "fi-measure") -> None:
+    """Refuse a table without the ``required`` columns (and so an unversioned run of another layout)."""
+    missing = [c for c in required if c not in df.columns]
+    if not missing:
+        return
+    if meta.get("schema_version") is None:
+        raise InputError(f"{path.parent}/run.json has no schema_version and {path.name} lacks columns {missing}: "
+                         f"written by an older, incompatible version; {_rerun(producer)}")
+    raise InputError(f"{path} lacks columns {missing}; {_damaged(producer)}")
+
+
+def read_parquet(path: str | Path, fix: str) -> pd.DataFrame:
+    """A Parquet table, or one :class:`InputError` line naming the file and ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} is missing; {fix}")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSError
+        reason = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise InputError(f"{path} is not a readable Parquet table ({reason}); {fix}") from None
+
+
+def read_tables(out: str | Path, required: dict[str, tuple[str, ...]], meta: dict[str, Any], producer: str = "fi-measure",
+                optional: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+    """The tables ``out/<name>.parquet`` of a run whose ``run.json`` is ``meta``:
+    every name in ``required`` (checked for its columns), and those of
+    ``optional`` that exist.
+
+    Raises
+    ------
+    InputError
+        A table missing, unreadable or without its columns.
+    """
+    out = Path(out)
+    fix = _damaged(producer)
+    tables = {}
+    for name, columns in required.items():
+        tables[name] = read_parquet(out / f"{name}.parquet", fix)
+        check_columns(tables[name], out / f"{name}.parquet", columns, meta, producer)
+    for name in optional:
+        if (out / f"{name}.parquet").exists():
+            tables[name] = read_parquet(out / f"{name}.parquet", fix)
+    return tables
+
+
+def fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new empty directory ``parent/<prefix><random>``, made with the user's
+    umask (``tempfile.mkdtemp`` would make it 0700)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        path = parent / f"{prefix}{uuid.uuid4().hex[:10]}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a fresh directory under {parent}")
 
 
 def library_versions() -> dict[str, str]:
@@ -75,8 +210,9 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def check_out_dir(out: str | Path, config: Any) -> Path:
-    """Refuse an unusable out dir before anything is computed or written."""
+def check_out_dir(out: str | Path, config: Any, producer: str = "fi-measure") -> Path:
+    """Refuse an unusable out dir before anything is computed or written: not
+    a writable directory, or holding a run of another config or schema version."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory; choose another path")
@@ -91,10 +227,9 @@ def check_out_dir(out: str | Path, config: Any) -> Path:
         os.unlink(probe)
     except OSError:
         raise InputError(f"--out {out} is not writable (no write access to {anc}); choose another directory") from None
-    run_json = out / "run.json"
-    if run_json.is_file():
+    if (out / "run.json").is_file():
         # Fields added after the run was written take their defaults.
-        old = type(config).from_dict(json.loads(run_json.read_text()).get("config", {})).to_dict()
+        old = type(config).from_dict(read_run_json(out, producer).get("config", {})).to_dict()
         new = config.to_dict()
         diff = [k for k in new if k not in config.non_semantic and old.get(k) != new[k]]
         if diff:
@@ -149,27 +284,22 @@ class MeasureResult:
             df = getattr(self, name)
             if df is not None:
                 write_parquet_atomic(df, out / f"{name}.parquet")
-        write_json_atomic(out / "run.json", self.meta)
+        write_json_atomic(out / "run.json", {**self.meta, "schema_version": SCHEMA_VERSION})
         return out
 
     @classmethod
     def load(cls, out: str | Path) -> "MeasureResult":
         """Read a finished output directory."""
         out = Path(out)
-        run_json = out / "run.json"
-        if not run_json.is_file():
-            raise InputError(f"{out} has no run.json; give the --out directory of an fi-measure run")
-        meta = json.loads(run_json.read_text())
+        meta = read_run_json(out)
         if meta.get("status") != "complete":
             raise InputError(f"{out}: the run did not finish (status {meta.get('status')!r}); rerun the same command to resume it")
-        tables = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
-        extra = {n: pd.read_parquet(out / f"{n}.parquet") for n in OPTIONAL_TABLES if (out / f"{n}.parquet").is_file()}
-        return cls(meta=meta, **tables, **extra)
+        return cls(meta=meta, **read_tables(out, REQUIRED_COLUMNS, meta, optional=OPTIONAL_TABLES))
 
     @classmethod
     def load_if_complete(cls, out: str | Path) -> "MeasureResult | None":
-        """The finished run in ``out``, or None if it has not finished."""
-        meta = json.loads((Path(out) / "run.json").read_text())
+        """The finished run in ``out``, or None if it has not finished (see :meth:`load`)."""
+        meta = read_run_json(out)
         return cls.load(out) if meta.get("status") == "complete" else None
 
 
@@ -188,7 +318,7 @@ class PartStore:
 
     def write(self, index: int, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
+        tmp = fresh_dir(self.root, ".tmp-")
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
@@ -199,7 +329,8 @@ class PartStore:
 
     def read(self, index: int) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
         p = self.path(index)
-        tables = {f.stem: pd.read_parquet(f) for f in sorted(p.glob("*.parquet"))}
+        fix = f"delete {p} and rerun the same command"
+        tables = {f.stem: read_parquet(f, fix) for f in sorted(p.glob("*.parquet"))}
         return tables, json.loads((p / "meta.json").read_text())
 
     def clear(self) -> None:

@@ -296,15 +296,37 @@ def test_fi_analyze_cli_bad_input_and_rerun(analyzed, tmp_path, capsys):
 
 @pytest.mark.model
 def test_report_renders_in_headless_chromium(analyzed):
+    """`make test` installs Debian's chromium where it can (.ci/ensure-chromium); a skip here means it could not."""
     exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if exe is None:
-        pytest.skip("no headless browser: install Debian's `chromium` to check that report.html renders")
-    _, path = analyzed
+        pytest.skip("no headless browser on PATH (chromium, chromium-browser, google-chrome): `make test` installs "
+                    "Debian's chromium when run as root with apt-get; elsewhere install it to check that report.html renders")
+    a, path = analyzed
     dom = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", (path / "report.html").as_uri()],
+        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000",
+         "--dump-dom", (path / "report.html").as_uri()],
         capture_output=True, text=True, timeout=120,
     ).stdout
-    m = re.search(r'data-images-total="(\d+)" data-images-loaded="(\d+)"', dom)
-    assert m, "the page's load handler did not run"
-    total, loaded = map(int, m.groups())
-    assert total >= 4 and loaded == total
+    marks = dict(re.findall(r'data-(images-total|images-loaded|claims-rows)="(\d+)"', dom))
+    assert len(marks) == 3, "the page's load handler did not run"
+    assert int(marks["images-total"]) >= 4 and marks["images-loaded"] == marks["images-total"], marks
+    assert int(marks["claims-rows"]) == len(a.claims) == 3, marks  # split mode: 1a, 2, 3
+    table = re.search(r'<table id="claims">.*?</table>', dom, re.S)
+    assert table and all(f">{c}<" in table.group() for c in ("1a", "2", "3"))
+
+
+@pytest.mark.model
+def test_analysis_dir_follows_the_umask(analyzed, tmp_path):
+    import os
+    import stat
+
+    from forward_influence.report import write_analysis
+    from forward_influence.results import MeasureResult
+
+    a, path = analyzed
+    old = os.umask(0o022)
+    try:
+        out = write_analysis(a, MeasureResult.load(path.parent), tmp_path / "run" / "analysis")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "figures").stat().st_mode) == 0o755

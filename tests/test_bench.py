@@ -14,6 +14,7 @@ from forward_influence.bench import BenchConfig, run_bench, synthetic
 from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
 from forward_influence.bench.summary import paired_interval, summarize
 from forward_influence.errors import InputError
+from forward_influence.results import SCHEMA_VERSION
 
 DEPTH_TOL = 0.1  # needle position (fraction of the context) vs the asked depth
 LENGTH_TOL = 0.15  # generated context length vs the target, relative
@@ -116,7 +117,7 @@ def test_loaders_on_small_files(tmp_path):
     assert p.extra["tests"] == [{"input": "", "output": "1"}] and "Starter code" in p.prompt
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
-    with pytest.raises(InputError, match="malformed JSON"):
+    with pytest.raises(InputError, match="not valid JSON"):
         load_aime2024(bad)
     with pytest.raises(InputError, match="not found"):
         load_aime2024(tmp_path / "missing.json")
@@ -176,7 +177,7 @@ def test_fidelity_run_full_is_exact_and_resumes(smollm, tmp_path, monkeypatch):
     fresh = run_bench(BenchConfig(**{**cfg.to_dict(), "out": None, "methods": tuple(cfg.methods), "budgets": tuple(cfg.budgets)}), model=smollm)
     pd.testing.assert_frame_equal(res.drop(columns="seconds"), fresh.drop(columns="seconds"))
     meta = json.loads((tmp_path / "b" / "run.json").read_text())
-    assert meta["status"] == "complete" and meta["model"] and meta["versions"]["torch"]
+    assert meta["status"] == "complete" and meta["model"] and meta["versions"]["torch"] and meta["schema_version"] == SCHEMA_VERSION
     from forward_influence.bench.report import write_report
 
     html = write_report(tmp_path / "b").read_text()

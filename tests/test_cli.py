@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 
 from conftest import FP32_PRECISION_FLOOR
 from forward_influence.cli.measure import entry
-from forward_influence.results import MeasureResult
+from forward_influence.results import SCHEMA_VERSION, MeasureResult
 
 pytestmark = pytest.mark.model
 
@@ -54,8 +55,13 @@ def run(argv, capsys):
 
 def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run(["--doc", str(docs), "--out", str(out), *SMALL], capsys)
+    umask = os.umask(0o022)
+    try:
+        code, stdout, err = run(["--doc", str(docs), "--out", str(out), *SMALL], capsys)
+    finally:
+        os.umask(umask)
     assert code == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE((out / "analysis").stat().st_mode) == 0o755
     assert "2 documents" in stdout and "Top sources by Forward Influence" in stdout
     res = MeasureResult.load(out)
     assert TOKENS_COLUMNS <= set(res.tokens.columns)
@@ -73,7 +79,7 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
         res.summary.fi_total, res.summary.fi_near + res.summary.fi_mid + res.summary.fi_far, rtol=1e-9
     )
     meta = json.loads((out / "run.json").read_text())
-    assert meta["status"] == "complete"
+    assert meta["status"] == "complete" and meta["schema_version"] == SCHEMA_VERSION
     assert meta["model"]["revision"].startswith("sha256:")
     assert {"torch", "transformers", "numpy"} <= set(meta["versions"])
     assert meta["noise_floor_max"] < 1e-9

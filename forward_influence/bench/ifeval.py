@@ -17,9 +17,8 @@ looks first.
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +26,7 @@ import torch
 
 from ..compress import Compressor, DecodingConfig, generate
 from ..errors import InputError
+from ..textfiles import iter_jsonl
 from .tasks import Sample
 
 
@@ -55,20 +55,15 @@ def ensure_punkt_tab(root: str | Path | None = None) -> Path:
 
 
 def load_ifeval(path: str | Path, n_samples: int | None = None) -> list[dict[str, Any]]:
-    """IFEval prompts from a JSONL file (one object per line)."""
+    """IFEval prompts from a JSONL file (one object per line), read only as
+    far as the first ``n_samples`` prompts (see :mod:`forward_influence.textfiles`)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--ifeval-data {p} not found; give IFEval's input_data.jsonl")
     rows = []
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{i + 1}: malformed JSON ({e.msg}); fix the line") from None
-        if not {"prompt", "instruction_id_list", "kwargs"} <= set(row):
-            raise InputError(f"{p}:{i + 1}: an IFEval line needs prompt, instruction_id_list and kwargs")
+    for lineno, row in iter_jsonl(p):
+        if not isinstance(row, dict) or not {"prompt", "instruction_id_list", "kwargs"} <= set(row):
+            raise InputError(f"{p}:{lineno}: an IFEval line needs prompt, instruction_id_list and kwargs")
         rows.append(row)
         if n_samples is not None and len(rows) >= n_samples:
             break
@@ -114,12 +109,19 @@ class IFEval:
     interval: int = 16
     name: ClassVar[str] = "ifeval"
     setting: ClassVar[str] = "decoding"
+    _rows: list[dict[str, Any]] | None = field(default=None, init=False, repr=False)
 
-    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+    def read(self) -> None:
+        """Read the prompts, before the model is loaded (bad input fails fast)."""
         if self.path is None:
             raise InputError("--task ifeval needs --ifeval-data PATH (IFEval's input_data.jsonl)")
+        if self._rows is None:
+            self._rows = load_ifeval(self.path, self.n_samples)
+
+    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+        self.read()
         out = []
-        for row in load_ifeval(self.path, self.n_samples):
+        for row in self._rows:
             msgs = [{"role": "user", "content": row["prompt"]}]
             if getattr(tokenizer, "chat_template", None):
                 ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")

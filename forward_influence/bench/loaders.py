@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..textfiles import iter_jsonl, read_json
 
 
 @dataclass
@@ -43,21 +44,18 @@ class Problem:
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``.json`` (array or ``{"data": [...]}``), ``.jsonl`` or ``.parquet`` file."""
+    """Rows of a ``.json`` (array or ``{"data": [...]}``), ``.jsonl`` or ``.parquet`` file
+    (text read as :mod:`forward_influence.textfiles` describes)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p} not found; give a local .json, .jsonl or .parquet export of the dataset")
     if p.suffix == ".parquet":
-        import pandas as pd
+        from ..results import read_parquet
 
-        return pd.read_parquet(p).to_dict("records")
-    text = p.read_text()
-    try:
-        if p.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{p}: malformed JSON at line {e.lineno} ({e.msg}); fix or re-export the file") from None
+        return read_parquet(p, "re-export the dataset").to_dict("records")
+    if p.suffix == ".jsonl":
+        return [row for _, row in iter_jsonl(p)]
+    obj = read_json(p)
     rows = obj.get("data", obj) if isinstance(obj, dict) else obj
     if not isinstance(rows, list):
         raise InputError(f"{p}: expected a list of records")

@@ -14,7 +14,7 @@ from scipy import stats
 
 from ..figures import save_figure
 from ..report import _img, html_table
-from .summary import METRICS
+from .summary import METRICS, load_run
 
 LOWER_IS_BETTER = {"kl", "delta_nll", "nll"}
 
@@ -75,9 +75,7 @@ def additivity_figure(d: pd.DataFrame, fit: dict[str, float]) -> Figure:
 def write_report(out: str | Path) -> Path:
     """Figures and ``report.html`` for the finished run in ``out``."""
     out = Path(out)
-    results = pd.read_parquet(out / "results.parquet")
-    summary = pd.read_parquet(out / "summary.parquet")
-    meta = json.loads((out / "run.json").read_text())
+    meta, results, summary = load_run(out)
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)
     figs = []

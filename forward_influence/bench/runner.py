@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 from ..compress import CompressedCache, FIOracle, Full, get_compressor
 from ..errors import InputError
 from ..models import LoadedModel, load_model
-from ..results import PartStore, check_out_dir, git_sha, library_versions, write_json_atomic, write_parquet_atomic
+from ..results import (SCHEMA_VERSION, PartStore, check_out_dir, git_sha, library_versions, read_run_json,
+                       write_json_atomic, write_parquet_atomic)
 from .config import BenchConfig
 from .ifeval import IFEval
+from .summary import load_run, summarize
 from .tasks import Fidelity, ReadingQA, Retrieval, Sample
 
 
@@ -48,6 +50,8 @@ class FITable:
     def __init__(self, run_dir: str | Path, cfg: BenchConfig):
         from ..results import MeasureResult
 
+        if not Path(run_dir).is_dir():
+            raise InputError(f"--fi-run {run_dir} is not a directory; give the --out directory of an fi-measure run")
         res = MeasureResult.load_if_complete(run_dir)
         if res is None:
             raise InputError(f"--fi-run {run_dir} is not a finished fi-measure output dir; run fi-measure there first")
@@ -173,22 +177,20 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None) -> pd.DataFram
     cfg = cfg.validate()
     methods = cfg.method_names()
     budgets = cfg.resolved_budgets()
-    out = check_out_dir(cfg.out, cfg) if cfg.out else None
-    if out is not None and (out / "results.parquet").is_file() and (out / "run.json").is_file():
-        import json
-
-        if json.loads((out / "run.json").read_text()).get("status") == "complete":
-            return pd.read_parquet(out / "results.parquet")
+    out = check_out_dir(cfg.out, cfg, "fi-bench") if cfg.out else None
+    if out is not None and (out / "run.json").is_file() and read_run_json(out, "fi-bench").get("status") == "complete":
+        return load_run(out)[1]
     fi = FITable(cfg.fi_run, cfg) if cfg.fi_run else None
+    task = build_task(cfg)
+    task.read()  # input files before the model: bad input fails fast
     torch.manual_seed(cfg.seed)
     lm = model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    task = build_task(cfg)
     samples = task.prepare(lm.tokenizer, cfg.seed)
     if cfg.n_samples is not None:
         samples = samples[: cfg.n_samples]
     if not samples:
         raise InputError(f"--task {cfg.task} produced no samples; check --doc / --n-samples")
-    meta = {"run_id": uuid.uuid4().hex[:12], "status": "running", "config": cfg.to_dict(), "model": lm.provenance(),
+    meta = {"run_id": uuid.uuid4().hex[:12], "schema_version": SCHEMA_VERSION, "status": "running", "config": cfg.to_dict(), "model": lm.provenance(),
             "versions": library_versions(), "git_sha": git_sha(), "seed": cfg.seed, "methods": methods,
             "budgets": list(budgets), "samples": [s.sample_id for s in samples],
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -213,8 +215,6 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None) -> pd.DataFram
         parts.append(df)
     results = pd.concat(parts, ignore_index=True)
     if out is not None:
-        from .summary import summarize
-
         write_parquet_atomic(results, out / "results.parquet")
         write_parquet_atomic(summarize(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
         meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -7,8 +7,13 @@ replacement, ``n_resamples`` times (percentile interval, 95%).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
+
+from ..errors import InputError
 
 #: metrics summarised per task, in display order; lower is better for the first two
 METRICS = {
@@ -18,6 +23,12 @@ METRICS = {
     "ifeval": ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose", "agree_tokens", "agree_prefix"),
 }
 EXTRA = ("fi_kept_share",)
+
+#: Columns every ``fi-bench`` run's tables have (checked when a run directory is read).
+REQUIRED_COLUMNS = {
+    "results": ("task", "sample_id", "method", "budget", "seconds"),
+    "summary": ("task", "metric", "method", "budget", "n", "mean", "lo", "hi"),
+}
 
 
 def paired_interval(x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
@@ -55,3 +66,22 @@ def summarize(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> 
                         row[f"vs_{ref}"], row[f"vs_{ref}_lo"], row[f"vs_{ref}_hi"] = paired_interval(x, y, n_resamples, rng)
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def load_run(out: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """``run.json``, ``results.parquet`` and ``summary.parquet`` of a finished
+    ``fi-bench`` run, checked (schema version, readable tables, columns).
+
+    Raises
+    ------
+    InputError
+        As :func:`forward_influence.results.read_run_json` and
+        :func:`~forward_influence.results.read_tables`; also an unfinished run.
+    """
+    from ..results import read_run_json, read_tables
+
+    meta = read_run_json(out, "fi-bench")
+    if meta.get("status") != "complete":
+        raise InputError(f"{out}: the fi-bench run did not finish (status {meta.get('status')!r}); rerun the same command to resume it")
+    tables = read_tables(out, REQUIRED_COLUMNS, meta, "fi-bench")
+    return meta, tables["results"], tables["summary"]

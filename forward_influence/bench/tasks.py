@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as Fn
 
 from ..compress import CompressedCache
-from ..documents import load_documents, tokenize
+from ..documents import Document, builtin_squad_path, is_squad, load_documents, tokenize
 from ..errors import InputError
 from ..kl import centred_kl
+from ..textfiles import control_message, find_control, read_json
 from . import synthetic
 
 
@@ -83,6 +84,9 @@ class PrefillTask:
     name: ClassVar[str] = "base"
     setting: ClassVar[str] = "prefill"
     answer_tokens: int = 16
+
+    def read(self) -> None:
+        """Read the task's input files, before the model is loaded (bad input fails fast)."""
 
     def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
         raise NotImplementedError
@@ -145,11 +149,17 @@ class Fidelity(PrefillTask):
     n_future: int = 128
     n_samples: int | None = None
     name: ClassVar[str] = "fidelity"
+    _docs: list[Document] | None = field(default=None, init=False, repr=False)
+
+    def read(self) -> None:
+        if self._docs is None:  # every document: those too short for N + F are skipped later
+            self._docs = load_documents(self.doc)
 
     def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
         need = self.n_prefix + self.n_future
         out = []
-        for d in load_documents(self.doc, max_docs=None):
+        self.read()
+        for d in self._docs:
             ids = tokenize(tokenizer, d, max_tokens=need).input_ids
             if ids.shape[0] < need:
                 continue
@@ -199,31 +209,44 @@ class ReadingQA(PrefillTask):
     questions_per_article: int = 2
     n_samples: int | None = None
     name: ClassVar[str] = "qa"
+    #: per article: (title, text, [(question, answer, answer char start, question id)])
+    _articles: list[tuple[str, str, list[tuple[str, str, int, str]]]] | None = field(default=None, init=False, repr=False)
 
-    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
-        import json
-        import random
-
-        from ..documents import builtin_squad_path
-
+    def read(self) -> None:
+        if self._articles is not None:
+            return
         path = Path(self.path) if self.path else builtin_squad_path()
         if not path.is_file():
             raise InputError(f"--doc {path} not found; give a SQuAD-format .json file")
-        try:
-            data = json.loads(path.read_text())["data"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise InputError(f"{path} is not a SQuAD-format file (a JSON object with 'data' articles)") from None
+        obj = read_json(path)
+        if not is_squad(obj):
+            raise InputError(f"{path} is not a SQuAD-format file (a JSON object with 'data' articles); give one")
+        self._articles = []
+        for k, art in enumerate(obj["data"]):
+            text, qas = "", []
+            try:
+                for para in art["paragraphs"]:
+                    offset = len(text)
+                    text += para["context"] + "\n\n"
+                    for qa in para.get("qas", []):
+                        if not qa.get("is_impossible") and qa.get("answers"):
+                            ans = qa["answers"][0]
+                            qas.append((qa["question"], ans["text"], offset + int(ans["answer_start"]), str(qa["id"])))
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise InputError(f"{path}: SQuAD article {k} is malformed ({type(e).__name__}: {e}); "
+                                 "each paragraph needs a context and qas with question, id and answers") from None
+            found = find_control(text)
+            if found is not None:
+                raise InputError(f"{path}: SQuAD article {k}: {control_message(found[1], f'at character {found[0]}')}")
+            self._articles.append((str(art.get("title", "")), text, qas))
+
+    def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
+        import random
+
+        self.read()
         rng = random.Random(seed)
         out = []
-        for art in data:
-            text, qas = "", []
-            for para in art["paragraphs"]:
-                offset = len(text)
-                text += para["context"] + "\n\n"
-                for qa in para["qas"]:
-                    if not qa.get("is_impossible") and qa.get("answers"):
-                        ans = qa["answers"][0]
-                        qas.append((qa["question"], ans["text"], offset + ans["answer_start"], qa["id"]))
+        for title, text, qas in self._articles:
             enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, truncation=True,
                             max_length=self.max_context)
             end_char = enc["offset_mapping"][-1][1]
@@ -232,7 +255,7 @@ class ReadingQA(PrefillTask):
             for question, answer, _, qid in rng.sample(ok, min(self.questions_per_article, len(ok))):
                 q = tokenizer(f"\nQuestion: {question}\nAnswer:", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
                 a = tokenizer(" " + answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                out.append(Sample(qid, ctx, q, a, answer, {"doc_id": art.get("title", ""), "length": int(ctx.shape[0])}))
+                out.append(Sample(qid, ctx, q, a, answer, {"doc_id": title, "length": int(ctx.shape[0])}))
             if self.n_samples is not None and len(out) >= self.n_samples:
                 break
         return out[: self.n_samples] if self.n_samples else out

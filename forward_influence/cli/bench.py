@@ -39,11 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     set_threads_from_env()
     run_bench(cfg)
-    import pandas as pd
+    from ..bench.summary import METRICS, load_run
 
-    summary = pd.read_parquet(os.path.join(cfg.out, "summary.parquet"))
-    from ..bench.summary import METRICS
-
+    summary = load_run(cfg.out)[2]
     main_metric = METRICS[cfg.task][0]
     s = summary[summary.metric == main_metric].pivot_table(index="method", columns="budget", values="mean")
     print(f"fi-bench {cfg.task}: mean {main_metric} per method and budget")
