@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from . import plumbing
+from .device_defaults import defaults_for
 from .kl import centred_kl_delta
 from .runtime import retain_freed_memory
 
@@ -120,19 +121,20 @@ def _available_bytes(device: torch.device) -> int:
     return 8 << 30
 
 
-# Working-set bounds by device (see ForwardInfluenceEngine).
-WORKSPACE = {
-    "cpu": {"scores": 8 << 20, "logits": 128 << 20, "kl": 4 << 20},
-    "cuda": {"scores": 1 << 30, "logits": 2 << 30, "kl": 2 << 30},
-}
+_WORKSPACE_FIELDS = {"scores": "score_bytes", "logits": "logit_bytes", "kl": "kl_bytes"}
 
 
 def _workspace(device: torch.device, key: str, given: int | None) -> int:
+    """A working-set bound (``scores``, ``logits`` or ``kl``): ``given``, else the
+    device's default (:mod:`forward_influence.device_defaults`), capped at its
+    share of the free memory where the table sets one."""
     if given is not None:
         return given
-    if device.type != "cuda":
-        return WORKSPACE["cpu"][key]
-    return max(1 << 20, min(WORKSPACE["cuda"][key], _available_bytes(device) // 8))
+    row = defaults_for(device)
+    size = getattr(row, _WORKSPACE_FIELDS[key])
+    if row.workspace_free_fraction is None:
+        return size
+    return max(1 << 20, min(size, int(_available_bytes(device) * row.workspace_free_fraction)))
 
 
 @dataclass
@@ -201,12 +203,13 @@ class ForwardInfluenceEngine:
     max_score_bytes, logit_bytes, kl_bytes : int, optional
         Bounds on the float32 attention scores held at once (query chunking),
         the logits held at once (position chunking of the LM head) and one
-        KL pass over the vocabulary. Default (:data:`WORKSPACE`): on CPU small
-        enough to stay in cache (8 MiB, 128 MiB, 4 MiB); on CUDA large enough
-        that kernels, not launches, set the pace (1 GiB, 2 GiB, 2 GiB), at
-        most an eighth of the free memory each.
+        KL pass over the vocabulary. Default: the device's row of
+        :data:`forward_influence.device_defaults.DEFAULTS` (on CPU small
+        enough to stay in cache: 8 MiB, 128 MiB, 4 MiB; on CUDA 1 GiB, 2 GiB,
+        2 GiB, at most an eighth of the free memory each — not yet measured).
     kernel : {"auto", "flash", "matmul"}
-        Attention kernel for the shared prefix (see :func:`plumbing.ablated_forward`).
+        Attention kernel for the shared prefix (see :func:`plumbing.ablated_forward`;
+        ``auto``: the device's default where it applies).
     share_reference : bool
         In ``split`` mode let later batches reuse the first batch's null row
         when the noise-floor check finds the arithmetic batch-invariant
@@ -235,20 +238,19 @@ class ForwardInfluenceEngine:
 
     # ----------------------------------------------------------------- sizing
     def auto_batch_size(self, prefix_len: int, block_len: int) -> int:
-        """Rows per forward that fit in half the free memory (CPU capped at 16)."""
+        """Rows per forward that fit in the device's share of the free memory,
+        at most its ``batch_cap`` (:mod:`forward_influence.device_defaults`)."""
         if self.batch_size is not None:
             return self.batch_size
         cfg = self.model.config
         dev = self.model.device
+        row = defaults_for(dev)
         elt = torch.finfo(self.model.dtype).bits // 8
         inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
         per_row = block_len * (8 * cfg.hidden_size + 3 * inter) * elt  # transient layer activations
         per_row += block_len * cfg.num_attention_heads * (prefix_len + block_len) * 4 // 4  # score share
-        budget = _available_bytes(dev) // 2 - self.max_score_bytes - self.logit_bytes
-        # CPU: 16 rows keep each layer's activations near the caches; measured at
-        # N=1024, F=256 on 2 cores: 0.79 (B=8), 0.83 (16), 0.73 (32), 0.69 (64) abl/s.
-        cap = 256 if dev.type == "cuda" else 16
-        return int(max(1, min(cap, budget // max(1, per_row))))
+        budget = int(_available_bytes(dev) * row.batch_memory_fraction) - self.max_score_bytes - self.logit_bytes
+        return int(max(1, min(row.batch_cap, budget // max(1, per_row))))
 
     # ------------------------------------------------------------- internals
     @torch.no_grad()

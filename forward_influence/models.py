@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .device_defaults import defaults_for
 from .errors import InputError
 from .runtime import retain_freed_memory
 
@@ -61,9 +62,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` → bfloat16 on CUDA, float32 on CPU."""
+    """``auto`` → the device's default (:mod:`forward_influence.device_defaults`:
+    bfloat16 on CUDA, float32 on CPU)."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return DTYPES[defaults_for(device).dtype]
     if dtype not in DTYPES:
         raise InputError(f"unknown --dtype {dtype!r}; use auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]

@@ -27,6 +27,13 @@ query, and the key/value states *after* RoPE. We register one function under
     in ``AblationBatch.positions[b]`` at the ``(layer, kv_head)`` pairs where
     ``AblationBatch.select[b]`` is true, from queries at positions
     ``>= AblationBatch.tau[b]``. Scores are float32 whatever the weights are.
+    Two kernels (``kernel=``): ``matmul``, the explicit chunked path above,
+    any device and dtype; ``flash``, PyTorch's fused attention that returns
+    the log-sum-exp (CPU: the flash kernel, float32; CUDA: the
+    memory-efficient kernel, 16/32-bit) over stride-0 views of the prefix
+    and an additive mask, merged with each row's block by log-sum-exp.
+    ``auto`` takes the device's default kernel where it applies
+    (:mod:`forward_influence.device_defaults`).
 
 Nothing else in the package imports transformers' cache or attention modules;
 the naive reference loop (:func:`prefill_cache`, :func:`cache_without`,
@@ -46,6 +53,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as Fn
+
+from .device_defaults import defaults_for
 
 ATTN_NAME = "forward_influence"
 
@@ -222,27 +231,81 @@ def _flash_cpu() -> Callable | None:
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
+def _lse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention and its log-sum-exp through the fused CPU flash kernel.
+
+    q ``(B, H, M, D)``, k/v ``(B, H, N, D)``, additive ``mask`` broadcastable
+    to ``(B, H, M, N)`` → out ``(B, H, M, D)``, lse ``(B, H, M)`` float32.
+    A row with every key masked comes back as out 0, lse 0.
+    """
+    b, h = q.shape[:2]
+    out, lse = _flash_cpu()(q, k, v, 0.0, False, attn_mask=mask.expand(b, h, *mask.shape[2:]), scale=scale)[:2]
+    return out, lse
+
+
+BIAS_ALIGN = 16  # elements; the memory-efficient kernel wants the bias' B/H/M strides in multiples of 8 (16-bit) / 4 (fp32)
+
+
+def _aligned_bias(mask: torch.Tensor, shape: tuple[int, int, int, int], dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` ``(B|1, H|1, M|1, N)`` as a ``(B, H, M, N)`` view whose rows start
+    on :data:`BIAS_ALIGN`-element boundaries (the last dim padded, broadcast
+    dims stride 0), the layout the memory-efficient kernel checks for."""
+    n = mask.shape[-1]
+    padded = -(-n // BIAS_ALIGN) * BIAS_ALIGN
+    buf = torch.zeros(*mask.shape[:-1], padded, dtype=dtype, device=mask.device)  # (B|1, H|1, M|1, N') aligned rows
+    buf[..., :n] = mask
+    return buf[..., :n].expand(shape)
+
+
+def _lse_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, op: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`_lse_attention_cpu`, through PyTorch's memory-efficient CUDA
+    kernel (the one that takes an arbitrary additive bias and returns the
+    log-sum-exp, padded to a multiple of 32 queries). A row with every key
+    masked may come back as NaN; the caller overwrites such rows. ``op``
+    replaces the aten op (tests emulate it on CPU)."""
+    b, h, m, _ = q.shape
+    n = k.shape[2]
+    op = torch.ops.aten._scaled_dot_product_efficient_attention if op is None else op
+    bias = _aligned_bias(mask, (b, h, m, n), q.dtype)  # (B, H, M, N) view, aligned strides
+    out, lse = op(q, k, v, bias, True, 0.0, False, scale=scale)[:2]  # (B, H, M, D), (B, H, M')
+    return out, lse[..., :m]
+
+
+def _lse_kernel(query: torch.Tensor) -> Callable | None:
+    """The fused attention-with-log-sum-exp for ``query``'s device and dtype, or None."""
+    if query.device.type == "cpu":
+        return _lse_attention_cpu if query.dtype == torch.float32 and _flash_cpu() is not None else None
+    if query.device.type == "cuda":
+        return _lse_attention_cuda if query.dtype in (torch.float16, torch.bfloat16, torch.float32) else None
+    return None
+
+
 def _use_flash(mode: _Mode, query: torch.Tensor) -> bool:
+    """Whether this forward's prefix attention goes through the fused kernel:
+    ``kernel="flash"`` (an error where it cannot), ``"auto"`` (where it can and
+    the device's default kernel is ``flash``, :mod:`forward_influence.device_defaults`)."""
     if mode.kernel == "matmul":
         return False
-    ok = query.device.type == "cpu" and query.dtype == torch.float32 and _flash_cpu() is not None
+    ok = _lse_kernel(query) is not None
     # the fused path hides prefix entries from every query of a row: needs tau <= start
     ok = ok and bool((mode.batch.tau[mode._prefix_valid.any(1).cpu()] <= mode.start).all())
     if mode.kernel == "flash" and not ok:
-        raise RuntimeError("kernel='flash' needs float32 on CPU, torch's flash op, and prefix hiding from tau <= start")
-    return ok
+        raise RuntimeError("kernel='flash' needs a fused kernel for this device and dtype (CPU: float32; CUDA: "
+                           "float16/bfloat16/float32) and prefix hiding from tau <= start")
+    return ok and (mode.kernel == "flash" or defaults_for(query.device).kernel == "flash")
 
 
 def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
-    """CPU fast path: the shared prefix through the fused flash kernel, merged
-    with each row's own block by log-sum-exp.
+    """Fused path: the shared prefix through a fused attention kernel that
+    returns the log-sum-exp (:func:`_lse_kernel`), merged with each row's own
+    block by log-sum-exp.
 
     The query heads of a KV group are folded into the query axis (``g*C``
     queries per KV head: no key or value is repeated per query head). The
     prefix K/V enter as ``expand``-ed views (stride 0 over rows, never
     copied) and the hidden prefix entries are a ``(B, Hkv, 1, P)`` additive
     mask broadcast over queries; the block's causal (and, in sliding mode,
-    eviction) mask is ``(B|1, Hkv|1, g*C, C)``.
+    eviction) mask is ``(B|1, Hkv|1, g*C, C)``. The merge is float32.
     """
     layer = module.layer_idx
     pk, pv = mode.prefix[layer]  # (1, Hkv, P, D)
@@ -251,6 +314,7 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
     g = hq // hkv
     p = pk.shape[2]
     dev = query.device
+    attend = _lse_kernel(query)
     q = query.view(b, hkv, g, c, d).reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D) folded queries
     sel = mode.batch.select[:, layer].to(dev)  # (B, Hkv)
     hide = torch.ones(c, c, dtype=torch.bool, device=dev).triu_(1).repeat(g, 1)  # (g*C, C) causal, folded
@@ -260,8 +324,10 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
         per_head = bool((sel.any(1) != sel.all(1)).any())  # some row hides at some heads only
         hs = sel if per_head else sel.any(1, keepdim=True)  # (B, Hkv or 1)
         hide = hide | (hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :])  # (B, Hkv|1, g*C, C)
+    if hide.dim() == 2:
+        hide = hide[None, None]  # (1, 1, g*C, C)
     bmask = torch.zeros(hide.shape, dtype=query.dtype, device=dev).masked_fill_(hide, float("-inf"))
-    out, lse_b = _flash_cpu()(q, key, value, 0.0, False, attn_mask=bmask.expand(b, hkv, g * c, c), scale=scaling)  # (B, Hkv, g*C, D), (B, Hkv, g*C)
+    out, lse_b = attend(q, key, value, bmask, scaling)  # (B, Hkv, g*C, D), (B, Hkv, g*C)
     if p > 0:
         pmask = torch.zeros(b, hkv, 1, p, dtype=query.dtype, device=dev)  # (B, Hkv, 1, P) additive
         dead = None
@@ -271,16 +337,18 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
             gone = sel[:, :, None] & rows[:, None, :]  # (B, Hkv, P)
             pmask.masked_fill_(gone[:, :, None], float("-inf"))
             dead = gone.all(-1)  # (B, Hkv) every prefix entry hidden
-        out_p, lse_p = _flash_cpu()(
-            q, pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1), 0.0, False, attn_mask=pmask, scale=scaling
-        )  # (B, Hkv, g*C, D), (B, Hkv, g*C)
-        if dead is not None and bool(dead.any()):  # the kernel returns out 0, lse 0 for fully masked rows
+        out_p, lse_p = attend(q, pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1), pmask, scaling)  # (B, Hkv, g*C, D), (B, Hkv, g*C)
+        if dead is not None and bool(dead.any()):  # fully masked rows: CPU gives out 0, lse 0; CUDA may give NaN
             lse_p = lse_p.masked_fill(dead[:, :, None], float("-inf"))
+            out_p = out_p.masked_fill(dead[:, :, None, None], 0.0)
         lse = torch.logaddexp(lse_p, lse_b)  # (B, Hkv, g*C)
         w_p = torch.exp(lse_p - lse).unsqueeze_(-1)  # (B, Hkv, g*C, 1)
         w_b = torch.exp(lse_b - lse).unsqueeze_(-1)
-        out = torch.addcmul(out.mul_(w_b), out_p, w_p)  # (B, Hkv, g*C, D)
-    return out.view(b, hkv, g, c, d).permute(0, 3, 1, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
+        if out.dtype == torch.float32:
+            out = torch.addcmul(out.mul_(w_b), out_p, w_p)  # (B, Hkv, g*C, D)
+        else:
+            out = torch.addcmul(out.float() * w_b, out_p.float(), w_p).to(query.dtype)  # (B, Hkv, g*C, D)
+    return out.reshape(b, hkv, g, c, d).permute(0, 3, 1, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
 
 
 def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
@@ -526,8 +594,8 @@ def ablated_forward(
     """Run ``block_ids`` ``(C,)`` after the shared ``prefix`` once per row of ``batch``.
 
     ``kernel``: ``"matmul"`` (explicit, any device/dtype), ``"flash"`` (PyTorch's
-    fused CPU flash attention for the prefix, float32), ``"auto"`` (flash where
-    it applies).
+    fused attention for the prefix: CPU float32, CUDA 16/32-bit), ``"auto"`` (the
+    device's default kernel where it applies).
 
     Returns
     -------

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import threading
 import time
 
 import numpy as np
@@ -52,139 +51,11 @@ import torch
 from forward_influence.documents import load_documents, tokenize
 from forward_influence.engine import Ablation, ForwardInfluenceEngine, float32_kl, naive_split_logits
 from forward_influence.kl import centred_kl
-from forward_influence.models import load_model
-from forward_influence.runtime import heap_in_use, retain_freed_memory, runtime_info
+from forward_influence.models import load_model, resolve_device, resolve_dtype
+from forward_influence.perf import SHAPES, MatmulProbe, PeakMemory, flops_per_ablation, shaped_model, sync
+from forward_influence.runtime import retain_freed_memory, runtime_info
 
 AGREE_TOL = 1e-3  # max relative difference of KL row totals
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-class MatmulProbe:
-    """Sustained n x n x n matmul rate in ``dtype``, sampled in short probes."""
-
-    def __init__(self, dev: torch.device, dtype: torch.dtype, seconds: float, n: int = 2048):
-        self.dev, self.seconds, self.n = dev, seconds, n
-        self.a = torch.randn(n, n, device=dev, dtype=dtype)
-        self.b = torch.randn(n, n, device=dev, dtype=dtype)
-        self.work = 0.0  # FLOPs done
-        self.time = 0.0  # seconds spent
-        self.best = float("inf")  # fastest single matmul
-        for _ in range(2):
-            torch.mm(self.a, self.b)  # warm-up
-
-    def __call__(self) -> None:
-        sync(self.dev)
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < self.seconds:
-            t = time.perf_counter()
-            torch.mm(self.a, self.b)
-            sync(self.dev)
-            self.best = min(self.best, time.perf_counter() - t)
-            self.work += 2 * self.n**3
-        self.time += time.perf_counter() - t0
-
-    @property
-    def sustained(self) -> float:
-        return self.work / self.time / 1e9
-
-    @property
-    def burst(self) -> float:
-        return 2 * self.n**3 / self.best / 1e9
-
-
-def flops_per_ablation(cfg, n: int, f: int) -> dict[str, float]:
-    """Forward FLOPs of F tokens over a prefix of N (multiply-add = 2)."""
-    d, i, v, L = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
-    hq = cfg.num_attention_heads
-    hkv = getattr(cfg, "num_key_value_heads", hq)
-    hd = getattr(cfg, "head_dim", None) or d // hq
-    linear = 2 * f * L * (d * hq * hd * 2 + d * hkv * hd * 2 + 3 * d * i)
-    keys = f * n + f * (f + 1) / 2  # causal within the future block
-    attention = 2 * 2 * L * hq * hd * keys
-    head = 2 * f * d * v
-    return {"linear": linear, "attention": attention, "lm_head": head, "total": linear + attention + head}
-
-
-class PeakMemory:
-    """Peak working memory over a block: CUDA peak allocation, or on CPU the
-    peak of glibc's in-use heap bytes (the resident set size stays at its
-    high-water mark once freed memory is retained, see
-    forward_influence.runtime; RSS is the fallback off glibc), read after
-    every module's forward and by a sampling thread."""
-
-    def __init__(self, dev: torch.device):
-        self.dev = dev
-        self.peak = 0
-        self._stop = threading.Event()
-        self.source = "cuda" if dev.type == "cuda" else ("heap" if heap_in_use() is not None else "rss")
-
-    @staticmethod
-    def rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
-
-    def sample(self, *_args) -> None:
-        self.peak = max(self.peak, heap_in_use() if self.source == "heap" else self.rss())
-
-    def __enter__(self):
-        if self.dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.sample()
-            self.base = self.peak
-            self._hook = torch.nn.modules.module.register_module_forward_hook(self.sample)
-            self._t = threading.Thread(target=self._loop, daemon=True)
-            self._t.start()
-        return self
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.sample()
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        if self.dev.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._t.join()
-            self._hook.remove()
-        self.delta_mb = (self.peak - self.base) / 2**20
-
-
-# Shapes of the study's models (public configs), for --shape: random weights, no files.
-SHAPES = {
-    "llama3.1-8b": dict(arch="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                        num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0),
-    "llama3.2-3b": dict(arch="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                        num_attention_heads=24, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
-                        tie_word_embeddings=True),
-    "r1-distill-qwen-7b": dict(arch="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                               num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rope_theta=10000.0),
-}
-
-
-def shaped_model(shape: str, device: str, dtype: str):
-    """A randomly initialised model of one of SHAPES (FLOPs do not depend on weights)."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    from forward_influence.models import resolve_device, resolve_dtype
-
-    kw = dict(SHAPES[shape])
-    arch = kw.pop("arch")
-    cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
-    cfg = cfg_cls(max_position_embeddings=8192, attn_implementation="sdpa", **kw)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    torch.manual_seed(0)
-    with torch.device(dev):
-        model = model_cls(cfg).to(dt).eval()
-    return model, dev, dt
 
 
 def main() -> None:
@@ -204,7 +75,9 @@ def main() -> None:
     ns = [int(x) for x in args.n_prefix.split(",")]
     f = args.n_future
     if args.shape:
-        model, dev, dtype = shaped_model(args.shape, args.device, args.dtype)
+        dev = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, dev)
+        model = shaped_model(args.shape, dev, dtype)
         name = args.shape + " (random init)"
         ids = torch.randint(0, model.config.vocab_size, (max(ns) + f,), generator=torch.Generator().manual_seed(0))
     else:

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
+# Tolerances and tiny models live in forward_influence.checks (shared with scripts/gpu_check.py).
+from forward_influence.checks import (  # noqa: F401
+    ABS_TOL_KL, FP32_PRECISION_FLOOR, REL_TOL_ENGINE, REL_TOL_LOGITS, tiny_config, tiny_ids, tiny_model,
+)
+
 DATA = Path(__file__).resolve().parents[1] / "data"
 
-# Tolerances, named once.
-REL_TOL_ENGINE = 1e-4  # engine vs independent 4-D-mask forward (fp32)
-ABS_TOL_KL = 1e-9  # KL values that should be zero
-FP32_PRECISION_FLOOR = 1e-8  # a dithered null row's KL in float32 (measured ~1e-12 on SmolLM2, ~1e-14 tiny models)
 TORCH_THREADS = 2
 
 
@@ -27,35 +28,10 @@ def pytest_configure(config):
     torch.set_num_threads(TORCH_THREADS)
 
 
-def tiny_config(arch: str, attn: str = "sdpa"):
-    from transformers import LlamaConfig, Qwen2Config
-
-    common = dict(
-        vocab_size=96,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=2,  # grouped KV heads
-        max_position_embeddings=512,
-        attn_implementation=attn,
-    )
-    if arch == "llama":
-        return LlamaConfig(**common)
-    return Qwen2Config(**common)  # qkv bias
-
-
-def tiny_model(arch: str = "llama", attn: str = "sdpa", seed: int = 0):
-    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cls = LlamaForCausalLM if arch == "llama" else Qwen2ForCausalLM
-    m = cls(tiny_config(arch, attn)).eval()
-    # Random init gives near-uniform predictions; sharpen so KLs are not tiny.
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(3.0)
-    return m
+def assert_checks(checks):
+    """Every :class:`forward_influence.checks.Check` passed (the failing ones in the message)."""
+    failed = [str(c) for c in checks if not c.passed]
+    assert checks and not failed, failed
 
 
 @pytest.fixture(params=["llama", "qwen2"])
@@ -65,8 +41,7 @@ def arch(request):
 
 @pytest.fixture
 def ids():
-    g = torch.Generator().manual_seed(1)
-    return torch.randint(0, 96, (48,), generator=g)
+    return tiny_ids()
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import tiny_model
-from forward_influence import plumbing
+from conftest import REL_TOL_LOGITS, assert_checks, tiny_model
+from forward_influence import checks, plumbing
 from forward_influence.compress import (
     CompressedCache, DecodingConfig, ExpectedAttention, FIOracle, InfoKV, SnapKV, compress_prompt, generate,
     get_compressor, list_compressors,
@@ -18,8 +18,6 @@ from forward_influence.compress import (
 
 T_PROMPT = 64
 N_FUTURE = 12
-REL_TOL_LOGITS = 1e-4  # our continuation vs an independent 4-D-mask forward (fp32)
-WRONG_POS_MIN_DIFF = 1e-3  # a position off by one must move the logits at least this much
 BUDGETS = (1.0, 0.4, 0.2)
 ATTN = ("sdpa", "eager")
 
@@ -107,34 +105,11 @@ def test_budget_one_continuation_equals_full_forward(attn, models, prompt):
         torch.testing.assert_close(last, full[T_PROMPT - 1], rtol=REL_TOL_LOGITS, atol=REL_TOL_LOGITS)
 
 
-@torch.no_grad()
-def _masked_reference(model, ids, dropped: list[int], n: int) -> torch.Tensor:
-    """Independent check: one forward with a 4-D mask hiding ``dropped`` columns
-    from the rows ``>= n`` (the same entries dropped at every layer and head)."""
-    t = ids.shape[0]
-    neg = torch.finfo(torch.float32).min
-    mask = torch.zeros(1, 1, t, t).masked_fill_(torch.ones(t, t, dtype=torch.bool).triu_(1), neg)
-    mask[0, 0, n:, dropped] = neg
-    return model(ids[None], attention_mask=mask).logits[0, n:].float()
-
-
-@torch.no_grad()
 @pytest.mark.parametrize("name", ["streaming_llm", "fi_oracle"])  # the same kept set at every layer and head
 def test_positions_preserved_and_wrong_position_caught(name, models, prompt):
-    model = models["eager"]
-    cache, _ = compress_prompt(model, prompt[:T_PROMPT], make(name, 0.4))
-    kept = set(cache.positions[0][0].tolist())
-    assert all(set(p[h].tolist()) == kept for p in cache.positions for h in range(p.shape[0]))
-    ref = _masked_reference(model, prompt, sorted(set(range(T_PROMPT)) - kept), T_PROMPT)
-    kv = [(k.clone(), v.clone()) for k, v in cache.kv]
-    out = cache.extend(prompt[T_PROMPT:], all_logits=True)
-    torch.testing.assert_close(out, ref, rtol=REL_TOL_LOGITS, atol=REL_TOL_LOGITS)
-    # the kept entries are not touched by continuing
-    assert all(torch.equal(k, k2[:, :, : k.shape[2]]) and torch.equal(v, v2[:, :, : v.shape[2]])
-               for (k, v), (k2, v2) in zip(kv, cache.kv))
-    wrong = plumbing.continue_forward(model, kv, prompt[T_PROMPT:], T_PROMPT - len(kept) if len(kept) != T_PROMPT else 1)
-    wrong_logits = plumbing.logits_from_hidden(model, wrong.hidden)
-    assert float((wrong_logits - ref).abs().max()) > WRONG_POS_MIN_DIFF, "a cache-index position is caught"
+    """A cut cache continued at the true positions = one forward hiding the dropped
+    columns; the kept entries are not touched by continuing; a cache-index position is caught."""
+    assert_checks(checks.check_compressed_continuation(models["eager"], prompt, T_PROMPT, make(name, 0.4)))
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))

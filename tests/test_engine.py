@@ -6,117 +6,68 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ABS_TOL_KL, FP32_PRECISION_FLOOR, REL_TOL_ENGINE, tiny_model
-from forward_influence import plumbing
+from conftest import ABS_TOL_KL, FP32_PRECISION_FLOOR, REL_TOL_ENGINE, assert_checks, tiny_model
+from forward_influence import checks, plumbing
 from forward_influence.engine import Ablation, ForwardInfluenceEngine, naive_split_kl
 from forward_influence.kl import centred_kl
 
-N, F = 30, 14
+N, F = checks.SPLIT_N, checks.SPLIT_F
+rel_err = checks.rel_err
 
 
 def reference_split(model, ids, n, f, i):
     """Independent: full forward with a 4-D mask hiding column i from rows >= n."""
-    ref = plumbing.full_forward_hiding(model, ids[: n + f], None, n)
-    abl = plumbing.full_forward_hiding(model, ids[: n + f], i, n)
-    return centred_kl(ref[n : n + f], abl[n : n + f]).numpy()
-
-
-def rel_err(a, b):
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+    return checks.oracle_split_kl(model, ids, n, f, [i])[0]
 
 
 def test_split_matches_full_forward_with_4d_mask(arch, ids):
-    model = tiny_model(arch)
-    res = ForwardInfluenceEngine(model, batch_size=5).split(ids, N, F, [Ablation((i,)) for i in range(N)])
-    assert res.kl.shape == (N, F)
-    assert res.kl.min() >= 0
-    for i in range(N):
-        assert rel_err(res.kl[i], reference_split(model, ids, N, F, i)) < REL_TOL_ENGINE, f"position {i}"
+    """Every position of the split, the precision floor below float32's bound, the noise floor ~0."""
+    assert_checks(checks.check_split(tiny_model(arch), ids))
 
 
 @pytest.mark.parametrize("delay", [1, 6])
 def test_sliding_matches_full_forward_with_4d_mask(arch, ids, delay):
-    model = tiny_model(arch)
-    H = 9
-    sources = list(range(0, 30, 3)) + [48 - delay - H]
-    res = ForwardInfluenceEngine(model, batch_size=4).sliding(ids, sources, H, delay=delay)
-    assert res.delay == delay
-    full = plumbing.full_forward_hiding(model, ids, None, 0)
-    for k, s in enumerate(sources):
-        tau = s + delay
-        abl = plumbing.full_forward_hiding(model, ids, s, tau)  # queries from tau on cannot see s
-        exact = centred_kl(full[tau : tau + H], abl[tau : tau + H]).numpy()
-        assert rel_err(res.kl[k], exact) < REL_TOL_ENGINE, f"source {s}"
+    """Sources to the end of the document; the source hidden from the queries from s + delay on."""
+    sources = (*range(0, 30, 3), 48 - delay - checks.SLIDING_H)
+    assert_checks(checks.check_sliding(tiny_model(arch), ids, sources=sources, delay=delay))
 
 
 def test_sliding_delay_is_the_eviction_time(ids):
     """A wrong eviction time is caught: delay 6 is not delay 1 shifted."""
     model = tiny_model()
     eng = ForwardInfluenceEngine(model, batch_size=4)
-    late, early = eng.sliding(ids, [5], 9, delay=6).kl[0], eng.sliding(ids, [5], 14, delay=1).kl[0, 5:]
-    assert rel_err(late, early) > 1e-3  # same queries scored; the source seen by 5 more of them
+    late, early = eng.sliding(ids, [5], 9, delay=6), eng.sliding(ids, [5], 14, delay=1).kl[0, 5:]
+    assert late.delay == 6 and rel_err(late.kl[0], early) > 1e-3  # same queries scored; the source seen by 5 more of them
     with pytest.raises(ValueError, match="delay"):
         eng.sliding(ids, [40], 9, delay=6)  # 40 + 6 + 9 > 48
 
 
-def test_null_ablation_is_zero_and_floor_reported(ids):
-    model = tiny_model()
-    res = ForwardInfluenceEngine(model, batch_size=3).split(ids, N, F, [Ablation(()), Ablation((4,)), Ablation(())])
-    assert np.abs(res.kl[[0, 2]]).max() <= ABS_TOL_KL
-    assert res.kl[1].sum() > 1e-6
-    assert res.noise_floor.shape == (F,)
-    assert res.noise_floor.max() <= ABS_TOL_KL
+def test_null_ablation_is_zero(ids):
+    assert_checks(checks.check_null_rows(tiny_model(), ids))
 
 
 @pytest.mark.parametrize("bs", [1, 2, 7, 64])
 def test_batched_equals_one_at_a_time(bs, ids):
-    model = tiny_model()
-    abl = [Ablation((i,)) for i in range(0, N, 2)]
-    one = ForwardInfluenceEngine(model, batch_size=1).split(ids, N, F, abl).kl
-    many = ForwardInfluenceEngine(model, batch_size=bs).split(ids, N, F, abl).kl
-    np.testing.assert_allclose(many, one, rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
+    assert_checks(checks.check_batched_equals_single(tiny_model(), ids, batch_size=bs))
 
 
 def test_layer_and_head_ablation_match_masked_attention(ids):
-    """Hiding at one layer / one KV head equals doing it by hand in eager attention."""
-    model = tiny_model(attn="eager")
-    eng = ForwardInfluenceEngine(model, batch_size=4)
-    res = eng.split(ids, N, F, [Ablation((5,), layers=(1,)), Ablation((5,), layers=(1,), kv_heads=(0,)), Ablation((5,))])
-    every = res.kl[2].sum()
-    layer1 = res.kl[0].sum()
-    head0 = res.kl[1].sum()
+    """Hiding at one layer / one KV head equals doing it by hand (per query head) in eager attention."""
+    assert_checks(checks.check_layer_head(tiny_model(attn="eager"), ids))
+
+
+def test_layer_and_head_ablations_differ_from_hiding_everywhere(ids):
+    res = ForwardInfluenceEngine(tiny_model(), batch_size=4).split(
+        ids, N, F, [Ablation((5,), layers=(1,)), Ablation((5,), layers=(1,), kv_heads=(0,)), Ablation((5,))])
+    layer1, head0, every = res.kl.sum(1)
     assert 0 < head0 and 0 < layer1
-    assert not np.isclose(layer1, every)
-    assert not np.isclose(head0, layer1)
-    # Independent check for the layer-1 ablation: hook the eager mask of layer 1 only.
-    from transformers.models.llama import modeling_llama as ml
-
-    orig = ml.eager_attention_forward
-
-    def masked(module, q, k, v, mask, **kw):
-        if module.layer_idx == 1 and q.shape[2] == N + F:
-            mask = mask.clone()
-            mask[..., N:, 5] = torch.finfo(mask.dtype).min
-        return orig(module, q, k, v, mask, **kw)
-
-    ref = plumbing.full_forward_hiding(model, ids[: N + F], None, N)
-    ml.eager_attention_forward = masked
-    try:
-        abl = plumbing.full_forward_hiding(model, ids[: N + F], None, N)
-    finally:
-        ml.eager_attention_forward = orig
-    exact = centred_kl(ref[N:], abl[N:]).numpy()
-    assert rel_err(res.kl[0], exact) < REL_TOL_ENGINE
+    assert not np.isclose(layer1, every) and not np.isclose(head0, layer1)
 
 
-def test_wrong_positions_are_caught(ids, monkeypatch):
+def test_wrong_positions_are_caught(ids):
     """The 4-D-mask comparison detects an engine that uses the wrong RoPE positions."""
-    model = tiny_model()
-    good = plumbing.position_ids
-    monkeypatch.setattr(plumbing, "position_ids", lambda start, n, rows, device: good(start + 1, n, rows, device))
-    res = ForwardInfluenceEngine(model, batch_size=4).split(ids, N, F, [Ablation((3,))])
-    monkeypatch.setattr(plumbing, "position_ids", good)
-    assert rel_err(res.kl[0], reference_split(model, ids, N, F, 3)) > 100 * REL_TOL_ENGINE
+    assert_checks(checks.check_wrong_position_caught(tiny_model(), ids))
+    assert plumbing.position_ids(3, 2, 1, torch.device("cpu")).tolist() == [[3, 4]]  # restored
 
 
 def test_prefix_cache_unchanged_after_run(ids):
@@ -173,16 +124,8 @@ def test_bad_ablations_rejected(abl, match, ids):
 @pytest.mark.parametrize("mode", ["split", "sliding"])
 def test_flash_and_matmul_kernels_agree(mode, arch, ids):
     model = tiny_model(arch)
-    runs = {}
-    for kernel in ("flash", "matmul"):
-        eng = ForwardInfluenceEngine(model, batch_size=5, kernel=kernel)
-        if mode == "split":
-            runs[kernel] = eng.split(ids, N, F, [Ablation((i,)) for i in range(0, N, 3)] + [Ablation((2, 9), layers=(1,), kv_heads=(1,))]).kl
-        else:
-            runs[kernel] = np.concatenate(
-                [eng.sliding(ids, [0, 4, 5, 17, 30], 9, layers=(0, 2)).kl, eng.sliding(ids, [3, 11], 9, layers=(1,), kv_heads=(1,)).kl]
-            )
-    np.testing.assert_allclose(runs["flash"], runs["matmul"], rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
+    assert checks.kernels(model) == ["flash", "matmul"]
+    assert_checks(checks.check_kernels_agree(model, ids, mode))
 
 
 def test_kl_from_logits_equals_kl_from_hidden_differences(ids, monkeypatch):
@@ -294,3 +237,65 @@ def test_precision_floor_predicts_bfloat16_error(smollm):
     print(f"bf16 median error {err:.2e}, precision floor {floor:.2e}, noise floor {np.median(low.noise_floor):.2e}")
     assert floor / 10 < err < floor * 10, (err, floor)
     assert floor > 1e3 * np.median(exact.precision_floor)
+
+
+# --------------------------------------------------------------------------- #
+# The CUDA fused path (memory-efficient kernel), emulated on the CPU
+# --------------------------------------------------------------------------- #
+
+def _emulated_efficient_attention(q, k, v, bias, compute_log_sumexp, dropout_p=0.0, is_causal=False, scale=None):
+    """What ``aten._scaled_dot_product_efficient_attention`` computes, with the
+    checks its CUDA kernel makes on the bias (full ``(B, H, M, N)`` sizes, the
+    query's dtype, last dim contiguous, B/H/M strides in multiples of 8
+    elements for 16-bit types and 4 for float32), its log-sum-exp padded to a
+    multiple of 32 queries, and NaN for rows with every key masked."""
+    b, h, m, _ = q.shape
+    n = k.shape[2]
+    align = 4 if q.dtype == torch.float32 else 8
+    assert bias.shape == (b, h, m, n) and bias.dtype == q.dtype and bias.stride(-1) == 1
+    assert all(s % align == 0 for s in bias.stride()[:3]), bias.stride()
+    assert compute_log_sumexp and dropout_p == 0.0 and not is_causal
+    s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale + bias.float()  # (B, H, M, N)
+    out = torch.matmul(torch.softmax(s, dim=-1), v.float()).to(q.dtype)  # NaN where a row is all -inf
+    lse = torch.full((b, h, -(-m // 32) * 32), float("nan"))
+    lse[..., :m] = torch.logsumexp(s, dim=-1)
+    return out.transpose(1, 2).contiguous().transpose(1, 2), lse, torch.empty(()), torch.empty(())
+
+
+@pytest.fixture
+def emulated_cuda_kernel(monkeypatch):
+    """The engine's fused path dispatching to the CUDA wrapper, with the emulated op."""
+    import functools
+
+    fused = functools.partial(plumbing._lse_attention_cuda, op=_emulated_efficient_attention)
+    monkeypatch.setattr(plumbing, "_lse_kernel", lambda query: fused)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_cuda_fused_path_matches_the_oracles(dtype, arch, emulated_cuda_kernel, ids):
+    """Through the CUDA wrapper (aligned bias, sliced log-sum-exp): split and
+    sliding = the 4-D-mask forward, layer/head ablation = masked eager attention;
+    in bf16 within the measured precision floor of a float32 oracle."""
+    model = tiny_model(arch, dtype=dtype)
+    assert_checks(checks.check_split(model, ids, kernel="flash", positions=range(0, N, 4)))
+    assert_checks(checks.check_sliding(model, ids, kernel="flash", sources=(0, 7, 20, 31)))
+    assert_checks(checks.check_layer_head(tiny_model(arch, attn="eager", dtype=dtype), ids, kernel="flash"))
+
+
+def test_cuda_fused_path_hides_the_whole_prefix(emulated_cuda_kernel, ids):
+    """A row with every prefix entry hidden: the kernel's NaN row is replaced."""
+    model = tiny_model()
+    n = 3
+    res = ForwardInfluenceEngine(model, batch_size=2, kernel="flash").split(ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))])
+    ref = plumbing.full_forward_hiding(model, ids[: n + F], None, n)[n:]
+    every = centred_kl(ref, plumbing.full_forward_hiding(model, ids[: n + F], list(range(n)), n)[n:]).numpy()
+    assert np.isfinite(res.kl).all()
+    assert rel_err(res.kl[0], every) < REL_TOL_ENGINE
+    assert rel_err(res.kl[1], checks.oracle_split_kl(model, ids, n, F, [1])[0]) < REL_TOL_ENGINE
+
+
+def test_aligned_bias_layout():
+    mask = torch.zeros(3, 2, 1, 37)
+    bias = plumbing._aligned_bias(mask, (3, 2, 10, 37), torch.bfloat16)
+    assert bias.shape == (3, 2, 10, 37) and bias.dtype == torch.bfloat16 and bias.stride(-1) == 1
+    assert all(s % plumbing.BIAS_ALIGN == 0 for s in bias.stride()[:3])

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as Fn
 
 from .. import plumbing
+from ..device_defaults import defaults_for
 from ..kl import entropy
 from .base import Compressor, LayerView, TokenFeatures, top_entries
 
@@ -38,14 +39,15 @@ class CompressedCache:
     ----------
     model : a ``*ForCausalLM``
     compressor : Compressor
-    chunk_bytes : int
-        Bound on the logits held at once when entropies are needed.
+    chunk_bytes : int, optional
+        Bound on the logits held at once when entropies are needed (default:
+        the device's ``entropy_logit_bytes``, :mod:`forward_influence.device_defaults`).
     """
 
-    def __init__(self, model: Any, compressor: Compressor, chunk_bytes: int = 128 << 20):
+    def __init__(self, model: Any, compressor: Compressor, chunk_bytes: int | None = None):
         self.model = model
         self.compressor = compressor
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = defaults_for(model.device).entropy_logit_bytes if chunk_bytes is None else chunk_bytes
         self.n_layers = plumbing.n_layers(model)
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.positions: list[torch.Tensor] = []
