@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -12,13 +13,14 @@ import torch
 from conftest import REL_TOL_LOGITS, assert_checks, tiny_model
 from forward_influence import checks, plumbing
 from forward_influence.compress import (
-    CompressedCache, DecodingConfig, ExpectedAttention, FIOracle, InfoKV, SnapKV, compress_prompt, generate,
-    get_compressor, list_compressors,
+    CompressedCache, Compressor, DecodingConfig, ExpectedAttention, FIOracle, InfoKV, SnapKV, TokenFeatures,
+    compress_prompt, generate, get_compressor, list_compressors, top_entries,
 )
 
 T_PROMPT = 64
 N_FUTURE = 12
-BUDGETS = (1.0, 0.4, 0.2)
+BUDGETS = (1.0, 0.4, 0.2, 0.1)  # 0.1 keeps 6 entries: below SnapKV's / InfoKV's window of 8
+WINDOW = 8  # SnapKV's and InfoKV's window in SETTINGS
 ATTN = ("sdpa", "eager")
 
 
@@ -170,15 +172,186 @@ def test_pyramid_budgets_fall_and_average_to_the_global_budget():
     assert [info.layer_budget(l, 10, 1000, 200.0) for l in range(10)] == [200] * 10
 
 
-def test_infokv_mix_zero_is_snapkv(models, prompt):
+@pytest.mark.parametrize("budget", [0.3, 0.1], ids=["window-kept", "below-window"])
+def test_infokv_mix_zero_is_snapkv_and_mix_changes_it(budget, models, prompt):
     model = models["sdpa"]
-    a, _ = compress_prompt(model, prompt[:T_PROMPT], SnapKV(budget=0.3, window=8, kernel=3))
-    b, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=0.3, window=8, kernel=3, mix=0.0, early_layer=0))
+    a, _ = compress_prompt(model, prompt[:T_PROMPT], SnapKV(budget=budget, window=WINDOW, kernel=3))
+    b, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=budget, window=WINDOW, kernel=3, mix=0.0, early_layer=0))
     assert all(torch.equal(p, q) for p, q in zip(a.positions, b.positions))
-    c, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=0.3, window=8, kernel=3, mix=1.0, early_layer=0, norm="max"))
+    c, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=budget, window=WINDOW, kernel=3, mix=1.0, early_layer=0, norm="max"))
     assert any(not torch.equal(p, q) for p, q in zip(a.positions, c.positions)), "the entropy term changes the selection"
-    window = set(range(T_PROMPT - 8, T_PROMPT))
-    assert all(window <= set(p[h].tolist()) for p in c.positions for h in range(p.shape[0])), "window protected"
+    window = set(range(T_PROMPT - WINDOW, T_PROMPT))
+    whole = [window <= set(p[h].tolist()) for p in c.positions for h in range(p.shape[0])]
+    if budget * T_PROMPT >= WINDOW:
+        assert all(whole), "window protected"
+    else:
+        assert not any(whole) and all(bool(torch.isfinite(s).all()) for s in c.last_scores), "every entry competes"
+
+
+# --------------------------------------------------------------------------- #
+# Budgets below the window, sinks, ties (issue 14, item 4)
+# --------------------------------------------------------------------------- #
+
+
+@torch.no_grad()
+def _snapkv_by_hand(model, ids: torch.Tensor, window: int, kernel: int, n_keep: int) -> list[list[set[int]]]:
+    """Expected SnapKV kept positions per layer and KV head, from the eager
+    attention weights of one plain forward (``output_attentions``), pooled and
+    ranked with Python loops: the window kept whole when ``n_keep >= window``,
+    else every entry ranked by the mean attention of the window queries that
+    see it; ties to the higher position."""
+    t, hkv = ids.shape[0], model.config.num_key_value_heads
+    seen_by = torch.tensor([min(window, t - j) for j in range(t)], dtype=torch.float64)  # (T,) window queries at or after j
+    kept = []
+    for att in model(ids[None], output_attentions=True).attentions:  # (1, Hq, T, T)
+        a = att[0, :, -window:, :].double().sum(1) / seen_by  # (Hq, T)
+        m = t if n_keep < window else t - window  # the entries that compete
+        pooled = torch.stack([a[:, max(0, j - kernel // 2) : min(m, j + kernel // 2 + 1)].sum(1) / kernel for j in range(m)], 1)
+        s = pooled.view(hkv, -1, m).mean(1)  # (Hkv, m)
+        layer = []
+        for h in range(hkv):
+            ranked = sorted(range(m), key=lambda j: (float(s[h, j]), j), reverse=True)
+            layer.append(set(ranked[:n_keep]) if n_keep < window else set(ranked[: n_keep - window]) | set(range(m, t)))
+        kept.append(layer)
+    return kept
+
+
+@pytest.mark.parametrize("n_keep", [6, 20], ids=["below-window", "window-kept"])
+def test_snapkv_keeps_the_hand_computed_set(n_keep, models, prompt):
+    model = models["eager"]
+    want = _snapkv_by_hand(model, prompt[:T_PROMPT], WINDOW, 3, n_keep)
+    cache, _ = compress_prompt(model, prompt[:T_PROMPT], SnapKV(budget=n_keep / T_PROMPT, window=WINDOW, kernel=3))
+    got = [[set(p[h].tolist()) for h in range(p.shape[0])] for p in cache.positions]
+    assert got == want
+
+
+@pytest.mark.parametrize("name", ["snapkv", "infokv"])
+def test_decoding_below_then_above_the_window(name, models, prompt):
+    """Decoding: a cut below the window lets the heads keep different window
+    entries; a later cut at the window keeps, per head, every window entry it
+    still has, and the kept entries are the top scores."""
+    comp = make(name, 1.0)
+    cache = CompressedCache(models["sdpa"], comp)
+    cache.extend(prompt[:T_PROMPT])
+    cache.cut(WINDOW - 1)
+    assert all(bool(torch.isfinite(s).all()) for s in cache.last_scores), "below the window nothing is protected"
+    cache.extend(prompt[T_PROMPT : T_PROMPT + 2])  # two decoding steps: 9 entries, a window from T - 6
+    window_start = T_PROMPT + 2 - WINDOW
+    before = [[set(p[h].tolist()) for h in range(p.shape[0])] for p in cache.positions]
+    assert any(len({frozenset(x for x in hs if x >= window_start) for hs in layer}) > 1 for layer in before), \
+        "the heads hold different window entries (the per-head path is exercised)"
+    cache.cut(WINDOW)
+    for l, (pos, s) in enumerate(zip(cache.positions, cache.last_scores)):
+        for h in range(pos.shape[0]):
+            held = sorted(before[l][h])  # the entries this head had, in order: the rows of s
+            in_window = [x >= window_start for x in held]
+            assert bool(torch.isinf(s[h, in_window]).all()) and bool(torch.isfinite(s[h, [not w for w in in_window]]).all())
+            assert {x for x in held if x >= window_start} <= set(pos[h].tolist()), f"layer {l} head {h}: window kept"
+
+
+def test_infokv_differs_from_snapkv_below_the_window_in_decoding(models, prompt):
+    out = {}
+    for name in ("snapkv", "infokv"):
+        cache = CompressedCache(models["sdpa"], make(name, 1.0))
+        cache.extend(prompt[:T_PROMPT])
+        for tok in prompt[T_PROMPT : T_PROMPT + 4]:  # decoding steps: the query buffer rolls
+            cache.extend(tok[None])
+        cache.cut(6)
+        out[name] = cache.positions
+    assert any(not torch.equal(a, b) for a, b in zip(out["snapkv"], out["infokv"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flat(Compressor):
+    """Every entry scores the same (not registered): selection is the tie rule alone."""
+
+    def score(self, view):
+        return torch.zeros(view.positions.shape)
+
+
+@pytest.mark.parametrize("n_sink", [0, 2])
+def test_ties_go_to_the_most_recent_entries(n_sink, models, prompt):
+    cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], _Flat(budget=0.25, n_sink=n_sink))
+    want = list(range(n_sink)) + list(range(T_PROMPT - 16 + n_sink, T_PROMPT))
+    assert all(p[h].tolist() == want for p in cache.positions for h in range(p.shape[0]))
+
+
+@pytest.mark.parametrize("scores, n_keep, want", [
+    ([[0.5, 0.5, 0.5, 0.1]], 2, [[1, 2]]),
+    ([[1.0, 2.0, 2.0, 2.0]], 2, [[2, 3]]),
+    ([[float("inf")] * 5], 3, [[2, 3, 4]]),
+    ([[float("nan"), 0.0, float("nan")]], 2, [[1, 2]]),
+    ([[0.3, 0.1, 0.2]], 5, [[0, 1, 2]]),
+], ids=["tie-at-the-boundary", "tie-among-the-top", "all-protected", "nan-ties", "keep-more-than-n"])
+def test_top_entries_tie_rule(scores, n_keep, want):
+    assert top_entries(torch.tensor(scores), n_keep).tolist() == want
+
+
+def test_top_entries_is_deterministic_on_a_long_tie():
+    s = torch.zeros(3, 4096)
+    assert all(top_entries(s, 100).tolist() == [list(range(3996, 4096))] * 3 for _ in range(3))
+
+
+@pytest.mark.parametrize("name, budget", [(n, 0.4) for n in SETTINGS if n != "full"] + [("snapkv", 0.1), ("infokv", 0.1)])
+def test_n_sink_keeps_the_first_positions(name, budget, models, prompt):
+    comp = dataclasses.replace(make(name, budget), n_sink=3)
+    cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
+    assert all({0, 1, 2} <= set(p[h].tolist()) for p in cache.positions for h in range(p.shape[0]))
+
+
+def test_n_sink_defaults():
+    """Sinks only where the method asks for them (kvpress's defaults)."""
+    defaults = {name: get_compressor(name).n_sink for name in SETTINGS if name != "fi_oracle"}
+    assert defaults == {**{n: 0 for n in defaults}, "streaming_llm": 4, "expected_attention": 4}
+    assert _fi_oracle(1.0).n_sink == 0
+
+
+@pytest.mark.parametrize("name", ["snapkv", "tova", "h2o", "expected_attention", "knorm"])
+def test_no_implicit_sink(name, models, prompt):
+    """With ``n_sink=0`` position 0 is scored like any other entry."""
+    comp = dataclasses.replace(make(name, 0.2), n_sink=0)
+    cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
+    assert all(bool(torch.isfinite(s[:, 0]).all()) for s in cache.last_scores)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "4"])
+def test_n_sink_out_of_range(bad):
+    with pytest.raises(ValueError, match="n_sink must be an int >= 0"):
+        get_compressor("snapkv", n_sink=bad)
+
+
+# --------------------------------------------------------------------------- #
+# InfoKV's representation term (issue 14, item 6)
+# --------------------------------------------------------------------------- #
+
+
+def test_infokv_rep_readings_on_given_features():
+    g = torch.Generator().manual_seed(0)
+    feats = TokenFeatures(entropy=torch.rand(10, generator=g), rep_change=torch.rand(4, 10, generator=g))
+    pos = torch.arange(10)[None].expand(2, 10)
+    per_layer, early_final = InfoKV(rep="per_layer"), InfoKV(rep="early_final")
+    for l in range(4):
+        torch.testing.assert_close(per_layer.entropy_score(l, pos, feats), (feats.entropy * feats.rep_change[l]).expand(2, 10))
+        torch.testing.assert_close(early_final.entropy_score(l, pos, feats), (feats.entropy * feats.rep_change[-1]).expand(2, 10))
+
+
+def test_infokv_rep_readings_differ_on_a_model(models, prompt):
+    base = CompressedCache(models["sdpa"], InfoKV(window=WINDOW, kernel=3, early_layer=0, mix=0.5, norm="max"))
+    base.extend(prompt[:T_PROMPT])
+    assert not torch.allclose(base.rep[1], base.rep[2]), "the tiny model's representations change between layers"
+    scores = {}
+    for rep in ("per_layer", "early_final"):
+        cache = base.fork(InfoKV(budget=0.2, window=WINDOW, kernel=3, early_layer=0, mix=0.5, norm="max", rep=rep))
+        cache.cut(0.2 * T_PROMPT)
+        scores[rep] = cache.last_scores
+    last = len(scores["per_layer"]) - 1
+    assert torch.equal(scores["per_layer"][last], scores["early_final"][last]), "the readings agree at the last layer"
+    assert all(not torch.equal(a, b) for a, b in zip(scores["per_layer"][:last], scores["early_final"][:last]))
+
+
+def test_infokv_rep_invalid_names_the_choices():
+    with pytest.raises(ValueError, match="valid: per_layer, early_final"):
+        InfoKV(rep="final")
 
 
 def test_infokv_entropy_features_match_the_logits(models, prompt):

@@ -6,7 +6,7 @@ and the cache keeps, at every layer, the entries with the highest scores:
 
 ``score(view) -> (Hkv, n)``
     Higher keeps; ``+inf`` marks entries that are always kept (SnapKV's
-    observation window, sinks), ``NaN`` counts as ``-inf``.
+    observation window when the budget holds it), ``NaN`` counts as ``-inf``.
 ``layer_budget(layer, n_layers, n_tokens, keep) -> int``
     How many entries layer ``layer`` keeps when the average over layers is
     ``keep`` (a float: ``budget x n_tokens`` in prefill, the target size in
@@ -18,6 +18,18 @@ attention, Expected Attention's query statistics), and ``finish`` revises all
 layers' scores once the forward is complete (InfoKV needs the final logits).
 Selection, gathering and position bookkeeping live in
 :mod:`forward_influence.compress.cache`, never in a method.
+
+Two rules hold for every method:
+
+*Sinks* are kept only through the ``n_sink`` field: the first ``n_sink``
+positions score ``+inf`` (:meth:`Compressor.layer_scores`). The default is 0,
+as in kvpress's scorer presses; StreamingLLM and Expected Attention default
+to 4, as their papers and kvpress's presses do. No method protects a sink
+any other way.
+
+*Ties* are broken by recency: among equal scores (including the ``+inf`` of
+protected entries when more are protected than the budget holds), the more
+recent entry is kept (:func:`top_entries`), so a cut is deterministic.
 """
 
 from __future__ import annotations
@@ -46,11 +58,22 @@ def top_entries(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Indices ``(Hkv, n_keep)`` of the highest scores per row of ``scores``
     ``(Hkv, n)``, in ascending (position) order; NaN counts as ``-inf``.
 
+    The entries of a row are in ascending position order (as every cache
+    holds them), and ties are broken by recency: among equal scores the
+    higher index — the more recent entry — is kept. Deterministic, unlike
+    ``topk`` on ties.
+
     >>> top_entries(torch.tensor([[0.1, 0.9, float("nan"), 0.5]]), 2).tolist()
     [[1, 3]]
+    >>> top_entries(torch.tensor([[0.5, 0.5, 0.5, 0.1], [1.0, 2.0, 2.0, 2.0]]), 2).tolist()
+    [[1, 2], [2, 3]]
     """
-    s = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    return s.topk(min(n_keep, s.shape[1]), dim=-1).indices.sort(dim=-1).values
+    s = scores.to(torch.promote_types(scores.dtype, torch.float32))  # no float64 -> float32 rounding into ties
+    s = torch.nan_to_num(s, nan=float("-inf"))
+    n = s.shape[1]
+    # newest first, then a stable descending sort: among equal scores the newest comes first
+    order = s.flip(-1).sort(dim=-1, descending=True, stable=True).indices[:, : min(n_keep, n)]  # (Hkv, n_keep)
+    return (n - 1 - order).sort(dim=-1).values  # (Hkv, n_keep) back to position order
 
 
 @dataclass
@@ -124,9 +147,11 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class Compressor:
-    """Base of every method. ``budget``: fraction of the cache kept, in (0, 1]."""
+    """Base of every method. ``budget``: fraction of the cache kept, in (0, 1];
+    ``n_sink``: the first ``n_sink`` positions are always kept (0: none)."""
 
     budget: float = 1.0
+    n_sink: int = 0
 
     name: ClassVar[str] = "base"
     needs_attn_inputs: ClassVar[bool] = False  # observe() reads the attention's input hidden states
@@ -134,11 +159,21 @@ class Compressor:
     def __post_init__(self) -> None:
         if not (isinstance(self.budget, (int, float)) and 0.0 < float(self.budget) <= 1.0):
             raise ValueError(f"budget must be in (0, 1] (fraction of the cache kept), got {self.budget!r}")
+        if not (isinstance(self.n_sink, int) and self.n_sink >= 0):
+            raise ValueError(f"n_sink must be an int >= 0 (positions always kept), got {self.n_sink!r}")
 
     # ----------------------------------------------------------- hooks
     def score(self, view: LayerView) -> torch.Tensor:
         """Scores ``(Hkv, n)`` of the entries of ``view``; higher keeps."""
         raise NotImplementedError
+
+    def layer_scores(self, view: LayerView) -> torch.Tensor:
+        """What selection ranks: :meth:`score` with the first ``n_sink``
+        positions set to ``+inf`` ``(Hkv, n)``. The one place sinks are kept."""
+        s = self.score(view)
+        if self.n_sink == 0:
+            return s
+        return s.masked_fill(view.positions.to(s.device) < self.n_sink, float("inf"))
 
     def layer_budget(self, layer: int, n_layers: int, n_tokens: int, keep: float) -> int:
         """Entries kept at ``layer`` when the layers keep ``keep`` on average."""

@@ -191,7 +191,8 @@ class CompressedCache:
     @torch.no_grad()
     def cut(self, keep: float) -> None:
         """Keep, at every layer, ``compressor.layer_budget(..., keep)`` entries
-        per KV head: the top scores, in position order."""
+        per KV head: the top scores (ties to the more recent entry), in
+        position order."""
         comp = self.compressor
         views, scores = [], []
         for l in range(self.n_layers):
@@ -204,7 +205,7 @@ class CompressedCache:
                 module=self._modules[l], model=self.model, step=self.cuts,
             )
             views.append(view)
-            scores.append(comp.score(view))
+            scores.append(comp.layer_scores(view))  # (Hkv, n) with the sinks at +inf
         scores = comp.finish(scores, self.positions, self.features())
         self.last_scores = scores  # (Hkv, n) per layer, for inspection
         for l, (view, s) in enumerate(zip(views, scores)):

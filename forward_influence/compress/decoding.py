@@ -10,6 +10,12 @@ asked for (a rolling buffer). The cache therefore never holds more than
 cut. Generated tokens' entropies (InfoKV) come from the distribution each
 was drawn from, computed anyway.
 
+Each cut asks the method for ``layer_budget(target)`` entries per layer, the
+same rule as in prefill: a target below SnapKV's window (``cache_budget=48``
+with ``window=64``) means the window is not kept whole and every entry
+competes by its score (SnapKV, PyramidKV, InfoKV); ties go to the more recent
+entry; sinks are kept only by a method's ``n_sink``.
+
 >>> from forward_influence.compress import get_compressor, generate   # doctest: +SKIP
 >>> out = generate(model, prompt_ids, get_compressor("snapkv", window=16),
 ...                DecodingConfig(cache_budget=256, interval=16, max_new_tokens=512))  # doctest: +SKIP

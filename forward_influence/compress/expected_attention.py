@@ -21,8 +21,10 @@ class ExpectedAttention(Compressor):
     ``>= n_sink``), rotated by the average RoPE matrix ``R`` of the next
     ``n_future`` positions. Entry ``j`` scores
     ``softmax_j(mu' k_j / sqrt(D) + k_j' S' k_j / (2 D)) * ||v_j||`` (mean over
-    the query heads of a KV group), ``mu' = R mu``, ``S' = R S R'``; the first
-    ``n_sink`` positions are always kept.
+    the query heads of a KV group), ``mu' = R mu``, ``S' = R S R'``. The first
+    ``n_sink`` positions (the base class's field, 4 by default as in kvpress's
+    ExpectedAttentionPress) are left out of the statistics and the softmax and
+    always kept.
 
     State: the running count, mean ``(Hq, D)`` and covariance ``(Hq, D, D)``
     (merged across blocks with Chan's formula, so decoding uses every query
@@ -83,4 +85,4 @@ class ExpectedAttention(Compressor):
         probs = torch.softmax(logits, dim=-1).view(hkv, g, n).mean(1)  # (Hkv, n)
         if self.use_vnorm:
             probs = (probs + self.epsilon) * view.values.norm(dim=-1)
-        return probs.masked_fill(sink, float("inf"))
+        return probs  # the sinks (0 here) are kept by Compressor.layer_scores

@@ -7,13 +7,39 @@ Per layer ``l``, entry ``j`` at position ``i`` scores
 with ``a_l`` the SnapKV score of that layer and KV head, ``H_k(i)`` the top-k
 entropy of the distribution that predicted token ``i`` (prompt tokens: the
 prefill logits, computed in chunks; generated tokens: their own sampling
-distribution, at no cost), ``r_l(i) = 1 - cos(h_{l0}(i), h_l(i))`` the change
-of the token's representation from the early layer ``l0`` to layer ``l``
-(1 at ``l <= l0``), and ``N`` a normalisation over the entries of one KV head
-(``rank``: ranks scaled to [0, 1]; ``max``: divided by the maximum;
-``zscore``; ``sum``: divided by the sum). SnapKV's observation window stays
-protected. The study publishes neither ``N`` nor ``mix``: the defaults are the
-best fidelity of ``scripts/tune_infokv.py`` on the shared papers (README).
+distribution, at no cost), ``r_l(i)`` the change of the token's
+representation, and ``N`` a normalisation over the scored entries of one KV
+head (``rank``: ranks scaled to [0, 1]; ``max``: divided by the maximum;
+``zscore``; ``sum``: divided by the sum). Entries SnapKV keeps outright (its
+window, when the budget holds it) and the ``n_sink`` sinks stay ``+inf`` and
+are left out of ``N``.
+
+The representation term, two readings (field ``rep``):
+
+``per_layer`` (default)
+    ``r_l(i) = 1 - cos(h_{l0}(i), h_l(i))``, the change from the early layer
+    ``l0`` to layer ``l`` itself (1 at ``l <= l0``), so each layer's entropy
+    score differs — DESIGN §6's "weighted by its representation evolution at
+    that layer".
+``early_final``
+    ``r(i) = 1 - cos(h_{l0}(i), h_{L-1}(i))``, the change from ``l0`` to the
+    last layer's output, the same at every layer — the study's summary words
+    "how much the token's hidden representation changed from an early layer
+    to the final layer". Equal to ``per_layer`` at the last layer.
+
+What is the study's and what is ours. *From the study*: a per-layer score
+that combines an attention score with an entropy score; the entropy score is
+the token's top-k predictive entropy weighted by how much its representation
+changed; generated tokens' entropies come from their sampling distributions.
+*Our readings of a formula it does not publish*: the normalisation ``N``;
+the linear ``mix`` and its value; the representation term (which of the two
+readings above, the product with the entropy, ``l0 = 2``, cosine on the
+decoder layers' outputs); top-k's ``k = 10`` and taking the distribution that
+*predicted* the token; SnapKV (window 64, kernel 5) as the attention score,
+and protecting its window whenever the budget holds it (below that, every
+entry competes, as in :class:`~forward_influence.compress.SnapKV`). The
+defaults are the best fidelity of ``scripts/tune_infokv.py`` on the shared
+papers (README).
 
 Cost over SnapKV: the logits of every prompt position (chunked; only their
 top-k is kept), one cosine per token and layer, and — because the entropies
@@ -32,6 +58,7 @@ from .base import FeatureSpec, LayerView, TokenFeatures, register
 from .snapkv import SnapKV
 
 NORMS = ("rank", "max", "zscore", "sum")
+REPS = ("per_layer", "early_final")
 
 
 def normalise(x: torch.Tensor, how: str) -> torch.Tensor:
@@ -57,12 +84,15 @@ def normalise(x: torch.Tensor, how: str) -> torch.Tensor:
 @dataclass(frozen=True)
 class InfoKV(SnapKV):
     """InfoKV; fields beyond SnapKV's: ``mix`` (weight of the entropy score),
-    ``topk`` (k of the entropy), ``early_layer`` (``l0``), ``norm``."""
+    ``topk`` (k of the entropy), ``early_layer`` (``l0``), ``norm`` (``N``),
+    ``rep`` (the representation term's reading: ``per_layer`` or
+    ``early_final``; module docstring)."""
 
     mix: float = 0.05
     topk: int = 10
     early_layer: int = 2
     norm: str = "zscore"
+    rep: str = "per_layer"
     name = "infokv"
 
     def __post_init__(self) -> None:
@@ -71,25 +101,41 @@ class InfoKV(SnapKV):
             raise ValueError(f"mix must be in [0, 1], got {self.mix}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
+        if self.rep not in REPS:
+            raise ValueError(f"unknown rep {self.rep!r}; valid: {', '.join(REPS)}")
         if self.topk < 2:
             raise ValueError(f"topk must be >= 2, got {self.topk}")
 
     def features(self) -> FeatureSpec:
         return FeatureSpec(topk=self.topk, early_layer=self.early_layer)
 
+    def entropy_score(self, layer: int, positions: torch.Tensor, features: TokenFeatures) -> torch.Tensor:
+        """``H_k(i) * r_l(i)`` ``(Hkv, n)`` of the entries at ``positions`` ``(Hkv, n)``."""
+        rep = features.rep_change[layer if self.rep == "per_layer" else -1]  # (T,)
+        return features.entropy.to(positions.device)[positions] * rep.to(positions.device)[positions]
+
     def finish(self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None) -> list[torch.Tensor]:
-        assert features is not None
+        if features is None:
+            raise ValueError("InfoKV needs token features (entropy, representation change): build the cache with it")
         out = []
         for layer, (attn, pos) in enumerate(zip(scores, positions)):
-            protected = torch.isinf(attn[0])  # (n,) the window: the same entries in every head
-            body = int((~protected).sum())
-            ent = features.entropy.to(pos.device)[pos] * features.rep_change[layer].to(pos.device)[pos]  # (Hkv, n)
+            ent = self.entropy_score(layer, pos, features)  # (Hkv, n)
             s = attn.clone()
-            if body > 0:
-                a, e = attn[:, :body], ent[:, :body]
-                s[:, :body] = (1 - self.mix) * normalise(a, self.norm) + self.mix * normalise(e, self.norm)
+            scored = torch.isfinite(attn)  # (Hkv, n) not the kept window, not a sink
+            if bool((scored == scored[:1]).all()):  # the same entries in every head (prefill)
+                cols = scored[0]
+                s[:, cols] = self._mix(attn[:, cols], ent[:, cols])
+            else:  # heads kept different windows at earlier cuts (decoding)
+                for h, f in enumerate(scored):
+                    s[h, f] = self._mix(attn[h, f][None], ent[h, f][None])[0]
             out.append(s)
         return out
+
+    def _mix(self, attn: torch.Tensor, ent: torch.Tensor) -> torch.Tensor:
+        """``(1 - mix) N(attn) + mix N(ent)`` over rows ``(H, m)``."""
+        if attn.shape[1] == 0:
+            return attn
+        return (1 - self.mix) * normalise(attn, self.norm) + self.mix * normalise(ent, self.norm)
 
     def score(self, view: LayerView) -> torch.Tensor:
         """The attention part (SnapKV's score); :meth:`finish` mixes in the entropy."""

@@ -41,14 +41,15 @@ class Random(Compressor):
 @dataclass(frozen=True)
 class StreamingLLM(Compressor):
     """StreamingLLM (Xiao et al., 2023): the first ``n_sink`` positions and the
-    most recent entries."""
+    most recent entries. Scores are recency; the sinks are the base class's
+    ``n_sink``, here 4 by default — StreamingLLM without sinks is a sliding
+    window, and 4 is the paper's and kvpress's StreamingLLMPress's value."""
 
     n_sink: int = 4
     name = "streaming_llm"
 
     def score(self, view: LayerView) -> torch.Tensor:
-        pos = view.positions.double()  # (Hkv, n) recency
-        return torch.where(view.positions < self.n_sink, torch.full_like(pos, float("inf")), pos)
+        return view.positions.double()  # (Hkv, n) recency; sinks: Compressor.layer_scores
 
 
 @register

@@ -11,7 +11,10 @@ scores need (SnapKV's window attention and the layer's hidden states) and
 cuts every layer's cache from a hook on the final norm, i.e. once the
 prefill's last layer is done and before the model returns. The scores,
 budgets and selection are those of :class:`forward_influence.compress.InfoKV`
-(nothing here re-implements them).
+(nothing here re-implements them): the layer budget decides whether SnapKV's
+window is kept whole, ``n_sink`` sinks are kept, ties go to the more recent
+entry, and the representation term follows ``infokv.rep`` (``per_layer``:
+each layer's own change; ``early_final``: the last layer's, at every layer).
 """
 
 from __future__ import annotations
@@ -78,15 +81,18 @@ class InfoKVPress(BasePress):
         cos, sin = kwargs["position_embeddings"]  # (1, T, D)
         q = q * cos[0, -w:] + _rotate_half(q) * sin[0, -w:]  # (Hq, w, D) after RoPE
         pos = torch.arange(t, device=keys.device)
-        view = LayerView(layer=layer, n_layers=module.config.num_hidden_layers, keys=keys[0],
+        method, n_layers = self.method, module.config.num_hidden_layers
+        n_keep = method.layer_budget(layer, n_layers, t, method.budget * t)  # below the window, the window competes
+        view = LayerView(layer=layer, n_layers=n_layers, keys=keys[0],
                          values=cache.layers[layer].values[0], positions=pos[None].expand(keys.shape[1], t),
-                         queries=q, query_positions=pos[-w:], scaling=module.scaling, n_keep=0, module=module)
-        self._scores[layer] = self.method.score(view)
+                         queries=q, query_positions=pos[-w:], scaling=module.scaling, n_keep=n_keep, module=module)
+        self._scores[layer] = method.layer_scores(view)  # (Hkv, T) sinks at +inf
         self._layers[layer] = (cache, module)
         return output
 
     def _on_layer(self, layer: int, h: torch.Tensor) -> None:
-        """Decoder layer output ``(T, Dm)``: InfoKV's representation change."""
+        """Decoder layer output ``(T, Dm)``: InfoKV's representation change
+        (every layer's; :meth:`InfoKV.finish` reads the ones ``rep`` asks for)."""
         if not self._active:
             return
         l0 = self.infokv.early_layer
