@@ -67,12 +67,17 @@ class TokenizedDocument:
         ``(T, 2)`` int64 ``[char_start, char_end)``; special tokens ``(0, 0)``.
     tokens : list of str
         The token strings as the tokenizer names them.
+    n_prompt : int or None
+        For a model's own continuation (:mod:`forward_influence.generations`):
+        the first ``n_prompt`` tokens are the prompt, the rest were generated.
+        None for a document.
     """
 
     doc: Document
     input_ids: torch.Tensor
     offsets: np.ndarray
     tokens: list[str]
+    n_prompt: int | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -134,7 +139,15 @@ def _squad_documents(obj: dict, source: str) -> list[Document]:
     return docs
 
 
-def _parse_json(path: Path) -> list[Document]:
+def read_objects(path: Path) -> list[Any]:
+    """The JSON values of ``path``: the lines of a ``.jsonl`` file, the items
+    of a ``.json`` array, or a ``.json`` file's single value.
+
+    Raises
+    ------
+    InputError
+        Malformed JSON, naming the line (JSONL) or line and column.
+    """
     raw = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         items = []
@@ -147,7 +160,7 @@ def _parse_json(path: Path) -> list[Document]:
                 raise InputError(
                     f"{path}: line {lineno} is not valid JSON ({e.msg}); fix the file or give one JSON object per line"
                 ) from None
-        return [_object_to_document(o, i, str(path)) for i, o in enumerate(items)]
+        return items
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -155,11 +168,14 @@ def _parse_json(path: Path) -> list[Document]:
             f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
             "fix the file or save it as JSONL"
         ) from None
-    if _is_squad(obj):
-        return _squad_documents(obj, str(path))
-    if isinstance(obj, list):
-        return [_object_to_document(o, i, str(path)) for i, o in enumerate(obj)]
-    return [_object_to_document(obj, 0, str(path))]
+    return obj if isinstance(obj, list) else [obj]
+
+
+def _parse_json(path: Path) -> list[Document]:
+    items = read_objects(path)
+    if path.suffix == ".json" and len(items) == 1 and _is_squad(items[0]):
+        return _squad_documents(items[0], str(path))
+    return [_object_to_document(o, i, str(path)) for i, o in enumerate(items)]
 
 
 def builtin_squad_path() -> Path:
@@ -225,12 +241,24 @@ def load_documents(
             docs = _parse_json(path)
         else:
             raise InputError(f"{path}: unknown suffix {path.suffix!r}; use .json, .jsonl or .txt")
+    return select_documents(docs, path, max_docs=max_docs, doc_ids=doc_ids)
+
+
+def select_documents(docs: list[Any], source: Any, *, max_docs: int | None = None, doc_ids: Sequence[str] | None = None) -> list[Any]:
+    """Check ``docs`` (anything with a ``doc_id``) are non-empty with unique
+    ids, then keep ``doc_ids`` (in file order) and the first ``max_docs``.
+
+    Raises
+    ------
+    InputError
+        No items, a duplicate id, an unknown id in ``doc_ids``.
+    """
     if not docs:
-        raise InputError(f"{path}: contains no documents")
+        raise InputError(f"{source}: contains no documents")
     seen: set[str] = set()
     for d in docs:
         if d.doc_id in seen:
-            raise InputError(f"{path}: duplicate document id {d.doc_id!r}; ids must be unique")
+            raise InputError(f"{source}: duplicate document id {d.doc_id!r}; ids must be unique")
         seen.add(d.doc_id)
     if doc_ids:
         missing = [i for i in doc_ids if i not in seen]

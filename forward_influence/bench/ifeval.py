@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from ..compress import Compressor, DecodingConfig, generate
 from ..errors import InputError
+from ..generations import chat_prompt_ids
 from .tasks import Sample
 
 
@@ -120,13 +119,7 @@ class IFEval:
             raise InputError("--task ifeval needs --ifeval-data PATH (IFEval's input_data.jsonl)")
         out = []
         for row in load_ifeval(self.path, self.n_samples):
-            msgs = [{"role": "user", "content": row["prompt"]}]
-            if getattr(tokenizer, "chat_template", None):
-                ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
-                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-                ids = torch.as_tensor(ids).reshape(-1)
-            else:
-                ids = tokenizer(row["prompt"], return_tensors="pt")["input_ids"][0]
+            ids = chat_prompt_ids(tokenizer, row["prompt"])
             out.append(Sample(str(row.get("key", len(out))), ids, ids[:0], ids[:0], None,
                               {"length": int(ids.shape[0]), "row": row}))
         return out
