@@ -97,6 +97,8 @@ SIGNALS = (
     "entropy_rep",
     "pos",
 )
+#: Token segments of a run of ``fi-measure --generate`` (``all``: no restriction).
+SEGMENTS = ("all", "generated", "prompt")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class AnalyzeConfig:
     confidence: float = dataclasses.field(default=0.95, metadata={"help": "confidence level of the intervals"})
     n_random: int = dataclasses.field(default=32, metadata={"help": "draws of the random selection rule"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the bootstrap and the random rule"})
+    segment: str = dataclasses.field(default="all", metadata={"help": "runs of fi-measure --generate: restrict sources, candidates and claim 2's words to generated or prompt tokens (all, generated, prompt)"})
 
     def validate(self) -> "AnalyzeConfig":
         if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
@@ -128,6 +131,8 @@ class AnalyzeConfig:
                 raise InputError(f"--{name} must be one of {', '.join(SIGNALS)}; got {getattr(self, name)!r}")
         if self.near is not None and self.far is not None and self.far < self.near:
             raise InputError(f"--far ({self.far}) must be >= --near ({self.near})")
+        if self.segment not in SEGMENTS:
+            raise InputError(f"--segment must be one of {', '.join(SEGMENTS)}; got {self.segment!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,28 +288,82 @@ class Analysis:
     word_groups: pd.DataFrame
     function_bias: pd.DataFrame
     claims: pd.DataFrame
+    segment_claims: pd.DataFrame
     meta: dict[str, Any]
 
-    TABLES = ("correlations", "selection", "selection_summary", "distance_curves", "word_tests", "word_groups", "function_bias", "claims")
+    TABLES = ("correlations", "selection", "selection_summary", "distance_curves", "word_tests", "word_groups", "function_bias", "claims", "segment_claims")
+
+
+def in_segment(df: pd.DataFrame, segment: str) -> pd.DataFrame:
+    """Rows of ``df`` (with the token's ``segment`` column) in ``segment``; all for ``"all"``.
+
+    >>> t = pd.DataFrame({"pos": [0, 1, 2], "segment": ["prompt", "generated", "generated"]})
+    >>> in_segment(t, "generated").pos.tolist(), len(in_segment(t, "all"))
+    ([1, 2], 3)
+    """
+    if segment == "all":
+        return df
+    if "segment" not in df.columns:
+        raise InputError(f"--segment {segment} needs a run of fi-measure --generate (this run's tokens have no prompt/generated segment)")
+    return df[(df["segment"] == segment).fillna(False).to_numpy(bool)].reset_index(drop=True)
+
+
+def segments_of(result: MeasureResult) -> list[str]:
+    """The segments a run's tokens have (``[]`` for a run on documents)."""
+    if "segment" not in result.tokens.columns:
+        return []
+    return [s for s in ("prompt", "generated") if (result.tokens["segment"] == s).any()]
+
+
+def _claims_table(result: MeasureResult, cfg: AnalyzeConfig, sel: pd.DataFrame, cand: pd.DataFrame, rules: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The claims of one run restricted to ``cfg.segment`` (with a ``segment``
+    column), and the function-word bias table claim 3 reads."""
+    run = result.config
+    has_words = "word_class" in cand.columns
+    bias = function_bias(cand, cfg, [r for r in rules if r != "fi_oracle"]) if has_words and len(cand) else pd.DataFrame()
+    estimate = run.method != "exact"
+    distance_ok = not estimate or run.fisher_blocks > 1
+    note = f"{run.method} estimate" + ("" if distance_ok else "; one future block: no distance-based claim") if estimate else ""
+    words = in_segment(result.tokens, cfg.segment) if has_words else pd.DataFrame()
+    return claims(sel, words, bias, cfg, run.mode, distance_claims=distance_ok, note=note).assign(segment=cfg.segment), bias
+
+
+def segment_claims(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.DataFrame:
+    """The claims table once per segment of a ``--generate`` run (prompt,
+    generated); a segment without 4 measured sources gets the claims that need
+    no ablation (2 and 3). Empty for a run on documents."""
+    cfg = (cfg or AnalyzeConfig()).validate()
+    frames = []
+    for seg in segments_of(result):
+        sub = dataclasses.replace(cfg, segment=seg)
+        src = in_segment(source_table(result, sub), seg)
+        rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
+        sel = selection(src, sub, rules) if len(src) >= 4 else pd.DataFrame()
+        cand = in_segment(candidate_tokens(result, sub), seg)
+        frames.append(_claims_table(result, sub, sel, cand, rules)[0])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis:
-    """All tables for the report of one ``fi-measure`` run."""
+    """All tables for the report of one ``fi-measure`` run (restricted to
+    ``cfg.segment``; with ``"all"``, a ``--generate`` run also gets
+    :func:`segment_claims`)."""
     cfg = (cfg or AnalyzeConfig()).validate()
     run = result.config
-    src = source_table(result, cfg)
+    src = in_segment(source_table(result, cfg), cfg.segment)
+    where = "" if cfg.segment == "all" else f" in the {cfg.segment} segment"
     if src["doc_id"].nunique() < 1 or len(src) < 4:
-        raise InputError("the run has fewer than 4 measured sources; measure more (lower --stride or more documents)")
+        raise InputError(f"the run has fewer than 4 measured sources{where}; measure more (lower --stride or more documents)")
     rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
     sel = selection(src, cfg, rules)
-    cand = candidate_tokens(result, cfg)
+    cand = in_segment(candidate_tokens(result, cfg), cfg.segment)
     keys = ["doc_id", "split_pos", "pos"] if run.mode == "split" else ["doc_id", "pos"]
     tok_fi = cand.merge(src[keys + ["fi_total", "fi_far"]], on=keys, how="left")  # src["pos"] is the source
     has_words = "word_class" in cand.columns
     # one value per word (its first subword): subword pieces of a word are not independent
     words = word_class_tests(tok_fi, cfg) if has_words else pd.DataFrame()
     groups = pd.concat([by_group(tok_fi, g, ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far")) for g in ("word_class", "upos")], ignore_index=True) if has_words else pd.DataFrame()
-    bias = function_bias(cand, cfg, [r for r in rules if r != "fi_oracle"]) if has_words else pd.DataFrame()
+    claims_table, bias = _claims_table(result, cfg, sel, cand, rules)
     tables = dict(
         sources=src,
         tokens=tok_fi,
@@ -315,11 +374,10 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
         word_tests=words,
         word_groups=groups,
         function_bias=bias,
+        claims=claims_table,
+        segment_claims=segment_claims(result, cfg) if cfg.segment == "all" and len(segments_of(result)) else pd.DataFrame(),
     )
-    estimate = run.method != "exact"
-    distance_ok = not estimate or run.fisher_blocks > 1
-    note = f"{run.method} estimate" + ("" if distance_ok else "; one future block: no distance-based claim") if estimate else ""
-    tables["claims"] = claims(sel, result.tokens if has_words else pd.DataFrame(), bias, cfg, run.mode, distance_claims=distance_ok, note=note)
     near, far = buckets(result, cfg)
-    meta = {"analyze_config": cfg.to_dict(), "near": near, "far": far, "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total")}}
+    meta = {"analyze_config": cfg.to_dict(), "segment": cfg.segment, "segments": segments_of(result), "near": near, "far": far,
+            "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total", "generation", "skipped")}}
     return Analysis(meta=meta, **tables)

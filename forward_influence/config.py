@@ -60,6 +60,15 @@ class MeasureConfig(ConfigBase):
 
     model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
     doc: str | None = _f(None, "documents: .json/.jsonl/.txt/SQuAD file (default: built-in SQuAD Wikipedia articles)")
+    generate: str | None = _f(None, "instead of --doc, measure the model's own continuations of prompts: a .json/.jsonl file of objects "
+                              "with text or prompt (id or key names them; IFEval's input_data.jsonl works), a generations.jsonl of an "
+                              "earlier run (its ids are measured as they are), or synthetic:KIND (passkey, multikey, vartrack)")
+    max_new_tokens: int = _f(256, "--generate: most tokens generated per prompt")
+    min_new_tokens: int = _f(0, "--generate: end-of-sequence is suppressed before this many new tokens")
+    temperature: float = _f(0.0, "--generate: 0 = greedy; > 0 samples (seeded from --seed and the prompt id)")
+    top_p: float = _f(1.0, "--generate: nucleus sampling mass (needs --temperature > 0)")
+    synthetic_examples: int = _f(8, "--generate synthetic:KIND: examples generated (needle depths spread evenly)")
+    synthetic_length: int = _f(512, "--generate synthetic:KIND: context length in tokens")
     out: str | None = _f(None, "output directory")
     mode: str = _f("split", "split: prefill N, score the next F; sliding: evict each token right after it")
     n_prefix: tuple[int, ...] = _f((512,), "split position(s) N, comma-separated", type="ints")
@@ -103,6 +112,8 @@ class MeasureConfig(ConfigBase):
 
     def validate(self) -> "MeasureConfig":
         """Check values; raise :class:`InputError` naming the valid choices."""
+        if self.doc is not None and self.generate is not None:
+            raise InputError("give --doc (documents) or --generate (prompts to continue), not both")
         if self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if not self.n_prefix or any(n < 1 for n in self.n_prefix):
@@ -133,6 +144,17 @@ class MeasureConfig(ConfigBase):
             raise InputError(f"--max-tokens {self.max_tokens} is below the {self.tokens_needed()} tokens this mode needs; raise it")
         if self.max_docs is not None and self.max_docs < 1:
             raise InputError(f"--max-docs must be >= 1; got {self.max_docs}")
+        for name in ("max_new_tokens", "synthetic_examples", "synthetic_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InputError(f"--min-new-tokens must be in [0, --max-new-tokens = {self.max_new_tokens}]; got {self.min_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"--temperature must be >= 0 (0: greedy); got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"--top-p must be in (0, 1]; got {self.top_p}")
+        if self.top_p < 1 and self.temperature == 0:
+            raise InputError("--top-p samples; give --temperature > 0 with it (0 is greedy)")
         return self
 
     def tokens_needed(self) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,12 +74,17 @@ class TokenizedDocument:
         ``(T, 2)`` int64 ``[char_start, char_end)``; special tokens ``(0, 0)``.
     tokens : list of str
         The token strings as the tokenizer names them.
+    n_prompt : int or None
+        For a model's own continuation (:mod:`forward_influence.generations`):
+        the first ``n_prompt`` tokens are the prompt, the rest were generated.
+        None for a document.
     """
 
     doc: Document
     input_ids: torch.Tensor
     offsets: np.ndarray
     tokens: list[str]
+    n_prompt: int | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -245,10 +250,23 @@ def load_documents(
     if max_docs is not None and max_docs < 1:
         raise InputError(f"--max-docs must be >= 1, got {max_docs}")
     source = path if path is not None else builtin_squad_path()
+    return select_documents(iter_documents(source), source, max_docs=max_docs, doc_ids=doc_ids)
+
+
+def select_documents(items: Iterable[Any], source: Any, *, max_docs: int | None = None, doc_ids: Sequence[str] | None = None) -> list[Any]:
+    """Keep ``doc_ids`` (in file order) and the first ``max_docs`` of ``items``
+    (anything with a ``doc_id``), consuming the iterable only until they are
+    in hand; ids must be unique among the items read.
+
+    Raises
+    ------
+    InputError
+        No items, a duplicate id, an unknown id in ``doc_ids``.
+    """
     wanted = set(doc_ids) if doc_ids else None
-    docs: list[Document] = []
+    docs: list[Any] = []
     seen: set[str] = set()
-    for d in iter_documents(source):
+    for d in items:
         if d.doc_id in seen:
             raise InputError(f"{source}: duplicate document id {d.doc_id!r}; ids must be unique")
         seen.add(d.doc_id)
@@ -263,6 +281,19 @@ def load_documents(
         some = ", ".join(sorted(seen)[:5])
         raise InputError(f"unknown --doc-ids {missing}; the file has e.g. {some}")
     return docs
+
+
+def read_objects(path: str | Path) -> Iterator[Any]:
+    """The JSON values of ``path``, lazily where the format allows: the lines
+    of a ``.jsonl`` file, the items of a ``.json`` array, or a ``.json``
+    file's single value (read through :mod:`forward_influence.textfiles`, so
+    every encoding and size check of documents applies)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        yield from (obj for _, obj in iter_jsonl(path))
+        return
+    obj = read_json(path)
+    yield from (obj if isinstance(obj, list) else [obj])
 
 
 def tokenize(tokenizer: Any, doc: Document, max_tokens: int | None = None) -> TokenizedDocument:

@@ -1,4 +1,6 @@
-"""Run a Forward Influence measurement over documents: the library behind ``fi-measure``.
+"""Run a Forward Influence measurement over documents, or over the model's own
+continuations of prompts (``--generate``, :mod:`forward_influence.generations`):
+the library behind ``fi-measure``.
 
 >>> from forward_influence import MeasureConfig, measure       # doctest: +SKIP
 >>> res = measure(MeasureConfig(n_prefix=(128,), n_future=64, max_docs=1))  # doctest: +SKIP
@@ -7,6 +9,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +33,8 @@ from .results import SCHEMA_VERSION, MeasureResult, PartStore, check_out_dir, gi
 from .runtime import runtime_info
 from .tables import summarize
 
+log = logging.getLogger(__name__)
+
 INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
 
 
@@ -37,22 +44,47 @@ def _sources(cfg: MeasureConfig, limit: int) -> list[int]:
     return list(range(0, limit, cfg.stride))
 
 
-def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
-    t = len(tdoc)
-    need = cfg.tokens_needed()
-    if t < need:
-        what = "--n-prefix + --n-future" if cfg.mode == "split" else "--delay + --horizon + 1"
-        raise InputError(
-            f"document {tdoc.doc.doc_id!r} has {t} tokens, fewer than {what} = {need}; lower them or drop it with --doc-ids"
-        )
+def _sliding_sources(cfg: MeasureConfig, tdoc: TokenizedDocument) -> list[int]:
+    """Sliding-mode sources of a document; of a generation, only generated
+    tokens (``s >= n_prompt``), the stride counted from the first of them."""
+    start, limit = tdoc.n_prompt or 0, _sliding_limit(cfg, len(tdoc))
     if cfg.positions is not None:
-        limit = max(cfg.n_prefix) if cfg.mode == "split" else _sliding_limit(cfg, t)
-        bad = [p for p in cfg.positions if p >= limit]
-        if len(bad) == len(cfg.positions):
-            raise InputError(
-                f"--positions {list(cfg.positions)[:5]} are all out of range for document {tdoc.doc.doc_id!r}: "
-                f"sources must be < {limit}"
-            )
+        return [p for p in cfg.positions if start <= p < limit]
+    return list(range(start, limit, cfg.stride))
+
+
+def _generated_needed(cfg: MeasureConfig, n_prompt: int) -> int:
+    """Generated tokens a generation needs after an ``n_prompt``-token prompt:
+    one sliding source at ``s = n_prompt`` needs ``D + H``; split mode ``N + F`` in all."""
+    if cfg.mode == "sliding":
+        return cfg.delay + cfg.horizon
+    return max(0, cfg.tokens_needed() - n_prompt)
+
+
+def _problem(cfg: MeasureConfig, tdoc: TokenizedDocument) -> str | None:
+    """Why ``tdoc`` cannot be measured in this mode (one line naming the fix), or None."""
+    t, p, name = len(tdoc), tdoc.n_prompt, tdoc.doc.doc_id
+    if p is None and t < cfg.tokens_needed():
+        what = "--n-prefix + --n-future" if cfg.mode == "split" else "--delay + --horizon + 1"
+        return f"document {name!r} has {t} tokens, fewer than {what} = {cfg.tokens_needed()}; lower them or drop it with --doc-ids"
+    if p is not None and t - p < _generated_needed(cfg, p):
+        what = "--delay + --horizon" if cfg.mode == "sliding" else "--n-prefix + --n-future minus the prompt"
+        return (f"generation {name!r} has {t - p} new tokens after its {p}-token prompt, fewer than {what} = "
+                f"{_generated_needed(cfg, p)}; raise --min-new-tokens to {_generated_needed(cfg, p)}")
+    if cfg.positions is not None:
+        if cfg.mode == "split":
+            ok, where = _sources(cfg, max(cfg.n_prefix)), f"< {max(cfg.n_prefix)}"
+        else:
+            ok, where = _sliding_sources(cfg, tdoc), f"in [{p or 0}, {_sliding_limit(cfg, t)})"
+        if not ok:
+            return f"--positions {list(cfg.positions)[:5]} are all out of range for document {name!r}: sources must be {where}"
+    return None
+
+
+def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
+    why = _problem(cfg, tdoc)
+    if why is not None:
+        raise InputError(why)
 
 
 def _sliding_limit(cfg: MeasureConfig, n_tokens: int) -> int:
@@ -68,9 +100,10 @@ def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
 
 
 def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
-    """One row per token: doc_id, pos, token_id, token, char_start, char_end."""
+    """One row per token: doc_id, pos, token_id, token, char_start, char_end
+    (and, for a generation, ``segment``: prompt / generated)."""
     t = len(tdoc)
-    return pd.DataFrame(
+    df = pd.DataFrame(
         {
             "doc_id": pd.Series([tdoc.doc.doc_id] * t, dtype="string"),
             "pos": np.arange(t, dtype=np.int64),
@@ -80,6 +113,9 @@ def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
             "char_end": tdoc.offsets[:, 1],
         }
     )
+    if tdoc.n_prompt is not None:
+        df["segment"] = pd.Series(np.where(np.arange(t) < tdoc.n_prompt, "prompt", "generated"), dtype="string")
+    return df
 
 
 def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequence[int], targets: np.ndarray, kl: np.ndarray, layer: int | None, kv_head: int | None, taus: np.ndarray) -> pd.DataFrame:
@@ -148,7 +184,7 @@ def measure_document(
                 precision.append(res.precision_floor)
                 below.append(res.kl < res.precision_floor[None, :])
     else:
-        sources = _sources(cfg, _sliding_limit(cfg, len(tdoc)))
+        sources = _sliding_sources(cfg, tdoc)
         bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
         res = engine.sliding(ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update, delay=cfg.delay)
         bar.close()
@@ -208,13 +244,15 @@ def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]
         "runtime": runtime_info(),
         "git_sha": git_sha(),
         "seed": cfg.seed,
-        "documents": [{"doc_id": d.doc.doc_id, "n_tokens": len(d)} for d in docs],
+        "documents": [{"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})} for d in docs],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
 def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureResult:
-    """Measure Forward Influence (and per-token signals) for every document.
+    """Measure Forward Influence (and per-token signals) for every document, or
+    for every generation of ``config.generate`` long enough for the mode (the
+    others are skipped with a warning and listed in ``meta["skipped"]``).
 
     Parameters
     ----------
@@ -237,7 +275,13 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
     """
     cfg = config.validate()
     torch.manual_seed(cfg.seed)
-    docs = load_documents(cfg.doc, max_docs=cfg.max_docs, doc_ids=cfg.doc_ids)
+    if cfg.generate is None:
+        docs = load_documents(cfg.doc, max_docs=cfg.max_docs, doc_ids=cfg.doc_ids)
+    else:
+        from .generations import check_source
+
+        check_source(cfg.generate)  # before the model loads (the prompts themselves need its tokenizer)
+        docs = []
     lm = model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
     if cfg.rep_layer >= lm.model.config.num_hidden_layers:
         raise InputError(f"--rep-layer {cfg.rep_layer} out of range; the model has {lm.model.config.num_hidden_layers} layers")
@@ -256,14 +300,17 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         done = MeasureResult.load_if_complete(out)
         if done is not None:
             return done
-    meta = _run_meta(cfg, lm, tdocs)
+    extra: dict[str, Any] = {}
+    if cfg.generate is not None:
+        tdocs, extra = _generated_documents(cfg, lm, out)
+    meta = {**_run_meta(cfg, lm, tdocs), **extra}
     store = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         store = PartStore(out)
         write_json_atomic(out / "run.json", meta)
     engine = ForwardInfluenceEngine(lm.model, batch_size=cfg.batch_size)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     parts, doc_meta = [], []
     bar = tqdm(tdocs, desc="documents", disable=not cfg.progress)
     for k, td in enumerate(bar):
@@ -281,6 +328,7 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         status="complete",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         seconds_total=round(time.perf_counter() - t0, 3),
+        cpu_seconds_total=round(time.process_time() - c0, 3),  # all threads: the cost on a shared machine
         method=cfg.method,
         noise_floor_max=None if cfg.method == "fisher" else max(m["noise_floor_max"] for m in doc_meta),
         noise_floor_mean=None if cfg.method == "fisher" else float(np.mean([m["noise_floor_mean"] for m in doc_meta])),
@@ -292,6 +340,47 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         result.save(out)
         store.clear()
     return result
+
+
+def _generated_documents(cfg: MeasureConfig, lm: LoadedModel, out: Path | None) -> tuple[list[TokenizedDocument], dict[str, Any]]:
+    """The generations of ``cfg.generate`` that this mode can measure (cut to
+    the tokens it reads), and ``run.json``'s ``generation`` and ``skipped``.
+    A generation too short is skipped with a warning; none usable raises
+    :class:`InputError` and removes an ``out`` this call created."""
+    from . import generations
+
+    created = out is not None and not out.exists()
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        bar = tqdm(desc="generating", disable=not cfg.progress)
+        docs, info = generations.generate_all(cfg, lm, out, progress=bar.update)
+        bar.close()
+        limit = _document_tokens_limit(cfg)
+        usable, skipped = [], []
+        for td in docs:
+            if limit is not None and len(td) > limit:
+                td = dataclasses.replace(td, input_ids=td.input_ids[:limit], offsets=td.offsets[:limit], tokens=td.tokens[:limit],
+                                         n_prompt=min(td.n_prompt, limit))
+            why = _problem(cfg, td)
+            if why is None:
+                usable.append(td)
+                continue
+            skipped.append({"doc_id": td.doc.doc_id, "reason": why, "n_prompt": td.n_prompt, "n_generated": len(td) - td.n_prompt})
+        if not usable:
+            need = max(_generated_needed(cfg, td.n_prompt) for td in docs)
+            longest = max(len(td) - td.n_prompt for td in docs)
+            if longest >= need:  # long enough, but no source where --positions asks
+                raise InputError(f"none of the {len(docs)} generations can be measured: {skipped[0]['reason']}")
+            raise InputError(f"none of the {len(docs)} generations is long enough for {cfg.mode} mode (it needs {need} new tokens, "
+                             f"the longest has {longest}); raise --min-new-tokens to {need} (and --max-new-tokens with it)")
+        for sk in skipped:  # only when the run goes on; otherwise the error line says it all
+            log.warning("skipped %s", sk["reason"])
+    except InputError:
+        if created and out.exists():
+            shutil.rmtree(out)
+        raise
+    info.update(seconds=round(time.perf_counter() - t0, 3), cpu_seconds=round(time.process_time() - c0, 3))
+    return usable, {"generation": info, "skipped": skipped}
 
 
 def _precision_summary(doc_meta: list[dict[str, Any]]) -> dict[str, Any]:

@@ -114,6 +114,28 @@ def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
     return paths
 
 
+def _segment_parts(a: Analysis, result: MeasureResult) -> list[str]:
+    """Report paragraphs for a run of ``fi-measure --generate``: which segment
+    the page is restricted to, and the claims table of each segment."""
+    gen = result.meta.get("generation")
+    seg = a.meta.get("segment", "all")
+    parts = []
+    if gen:
+        parts.append(f"<p>The documents are the model's own continuations of {len(result.meta.get('documents', []))} prompts "
+                     f"(<code>{html.escape(str(gen.get('source')))}</code>, {html.escape(json.dumps(gen.get('settings') or gen.get('stored_settings')))}; "
+                     f"{len(result.meta.get('skipped') or [])} skipped as too short); "
+                     + ("this page covers every token." if seg == "all" else f"this page is restricted to the <b>{html.escape(seg)}</b> tokens "
+                        "(sources, candidates and claim 2's words).") + "</p>")
+    if len(a.segment_claims):
+        cols = ["segment", "claim", "statistic", "estimate", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict", "n_docs", "note"]
+        parts += ["<h2>The claims by segment</h2>",
+                  "<p>The same tests on the prompt tokens and on the generated tokens alone (each segment's sources, candidates "
+                  "and words; Holm within each segment). In sliding mode every measured source is generated, so the prompt "
+                  "segment has only the claims that need no ablation (2, 3).</p>",
+                  html_table(a.segment_claims[cols], left=("segment", "claim", "statistic", "verdict", "note"))]
+    return parts
+
+
 def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip: str, title: str) -> str:
     cfg = result.meta.get("config", {})
     claims = a.claims[["claim", "statement", "statistic", "against", "estimate", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict", "n_docs", "note"]]
@@ -146,6 +168,7 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         + (" and, in split mode, the window before N that every attention method keeps (claim 1b, which would hold there by construction, is not tested)" if mode == "split" else "")
         + ". Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
         html_table(claims, left=("claim", "statement", "statistic", "against", "verdict", "note"), table_id="claims"),
+        *_segment_parts(a, result),
     ]
     captions = {
         "entropy_vs_influence_far": "Top-k entropy of each ablated token against its far Forward Influence (log10); X = word-class medians.",

@@ -34,6 +34,47 @@ def assert_checks(checks):
     assert checks and not failed, failed
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_chat_tokenizer():
+    """A byte-level fast tokenizer built in code (3 special tokens + 256 bytes,
+    no merges) with a ChatML template: multi-byte characters span several
+    tokens, as in real byte-level BPE vocabularies."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+
+
+def tiny_chat_model(seed: int = 0):
+    """A tiny random Llama (as :func:`tiny_model`) over :func:`tiny_chat_tokenizer`'s vocabulary,
+    wrapped as a :class:`~forward_influence.models.LoadedModel`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from forward_influence.models import LoadedModel
+
+    tok = tiny_chat_tokenizer()
+    cfg = tiny_config("llama").to_dict()
+    cfg.update(vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    m = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3.0)
+    return LoadedModel(m, tok, "tiny-llama", "code", "none", torch.device("cpu"), torch.float32)
+
+
 @pytest.fixture(params=["llama", "qwen2"])
 def arch(request):
     return request.param

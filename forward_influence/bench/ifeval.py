@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-
 from ..compress import Compressor, DecodingConfig, generate
 from ..errors import InputError
+from ..generations import chat_prompt_ids
 from ..textfiles import iter_jsonl
 from .tasks import Sample
 
@@ -122,13 +121,7 @@ class IFEval:
         self.read()
         out = []
         for row in self._rows:
-            msgs = [{"role": "user", "content": row["prompt"]}]
-            if getattr(tokenizer, "chat_template", None):
-                ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
-                ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-                ids = torch.as_tensor(ids).reshape(-1)
-            else:
-                ids = tokenizer(row["prompt"], return_tensors="pt")["input_ids"][0]
+            ids = chat_prompt_ids(tokenizer, row["prompt"])
             out.append(Sample(str(row.get("key", len(out))), ids, ids[:0], ids[:0], None,
                               {"length": int(ids.shape[0]), "row": row}))
         return out

@@ -34,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..report import analyze_run
 
     a, path = analyze_run(args.run_dir, cfg, args.out)
-    print(f"fi-analyze: {a.sources['doc_id'].nunique()} documents, {len(a.sources)} sources; claims ({a.claims['mode'].iloc[0] if len(a.claims) else '?'} mode):")
+    seg = "" if cfg.segment == "all" else f", {cfg.segment} tokens"
+    print(f"fi-analyze: {a.sources['doc_id'].nunique()} documents, {len(a.sources)} sources; claims ({a.claims['mode'].iloc[0] if len(a.claims) else '?'} mode{seg}):")
     print_claims(a.claims)
+    for name, g in a.segment_claims.groupby("segment", sort=False) if len(a.segment_claims) else ():
+        print(f"fi-analyze: claims on the {name} tokens:")
+        print_claims(g)
     print(f"fi-analyze: report -> {path / 'report.html'}")
     return 0
 

@@ -15,8 +15,9 @@ from ._common import add_config_flags, run_cli
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fi-measure",
-        description="Measure the Forward Influence of document tokens: remove each token's KV-cache "
-        "entry and take the KL shift of the model's future next-token distributions.",
+        description="Measure the Forward Influence of document tokens (--doc) or of the model's own "
+        "continuations of prompts (--generate): remove each token's KV-cache entry and take the KL shift "
+        "of the model's future next-token distributions.",
     )
     add_config_flags(p, MeasureConfig)
     return p
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["doc_id", "source_pos", "token", "fi_total", "fi_near", "fi_far", "entropy_in_topk", "attn_snapkv"]
     print("Top sources by Forward Influence (token 0 is usually the attention sink):")
     print(top[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    skipped = len(res.meta.get("skipped") or [])
     print(
-        f"fi-measure: {s.doc_id.nunique()} documents, {len(s)} ablations, "
+        f"fi-measure: {s.doc_id.nunique()} " + ("documents" if cfg.generate is None else f"generations ({skipped} skipped)")
+        + f", {len(s)} ablations, "
         + (f"noise floor max {res.meta['noise_floor_max']:.2e}" if res.meta.get("noise_floor_max") is not None else f"{cfg.method} estimate")
         + precision_floor_text(res.meta)
         + f", {res.meta['seconds_total']:.1f} s -> {cfg.out}"
