@@ -235,10 +235,15 @@ class RayPool:
             self.n = gpus if self.gpu else 0
         default_threads = max(1, cpus // self.n) if (self.n_local is not None and not self.gpu) else 4
         self.threads = self.spec.threads or (int(env_threads) if env_threads else default_threads)
+        if not self.gpu:
+            self.threads = min(self.threads, cpus)
         if not self.n:
             self.n = max(1, cpus // self.threads)
         if self.gpu and self.n > gpus:
             raise InputError(f"--ray asks for {self.n} GPU workers but the cluster has {gpus} {self.spec.gpu_resource}; use local:{gpus}")
+        if not self.gpu and self.n * self.threads > cpus:
+            raise InputError(f"--ray asks for {self.n} CPU workers of {self.threads} threads but the cluster has {cpus} CPUs; "
+                             "ask for fewer workers or set FI_NUM_THREADS lower")
 
     def _new_actor(self, ray: Any) -> Any:
         opts: dict[str, Any] = {"max_restarts": self.spec.max_restarts, "max_task_retries": self.spec.max_task_retries}

@@ -12,16 +12,16 @@ One run on the embedded model (or ``--model``) on this machine:
 
 Start-up (loading the model; starting Ray and its actors) is timed apart from
 the run; the ratios compare run times only. The three are interleaved
-(``--repeats`` rounds of single, local:1, local:2; the median of each is
-used), because a shared machine's speed drifts by tens of percent within
+(after an untimed warm-up on one document, ``--repeats`` rounds of single,
+local:1, local:2; the median of each is used), because a shared machine's speed drifts by tens of percent within
 minutes; the Ray workers stay up between rounds. Tables are checked against
 the single-process run: exactly for ``local:1`` (same batch size and thread
 count), within 1e-9 relative for ``local:2`` (other thread count).
 
 Then the driver's side of a study-scale document: one split of N = 4096,
 F = 256 at every token (1,048,576 influence rows) assembled and checkpointed
-(:func:`forward_influence.units.assemble_document`, ``PartStore.write``), as
-rows per second: the ceiling on how many workers one driver can keep up with.
+(unpickled as Ray would, :func:`forward_influence.units.assemble_document`,
+``PartStore.write``), as rows per second: the ceiling on how many workers one driver can keep up with.
 
 The last line is ``ray_overhead=X.XX scaling_2=Y.YY`` (run time of local:1
 over single; of local:1 over local:2).
@@ -33,7 +33,9 @@ tiny check: ``--max-docs 2 --n-prefix 32 --n-future 16 --stride 8 --repeats 1 --
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import pickle
 import statistics
 import tempfile
 import time
@@ -82,14 +84,16 @@ def driver_rows_per_s(n: int, f: int) -> tuple[int, float, float]:
     t0 = time.perf_counter()
     frame = influence_frame("synthetic", "split", n, range(n), np.broadcast_to(np.arange(n, t), kl.shape), kl, None, None,
                             np.full(n, n))
-    unit = UnitResult(0, 0, frame, signals, np.zeros(f), True, np.zeros(f), 0, kl.size, 0.0, 0.0)
+    blob = pickle.dumps(UnitResult(0, 0, frame, signals, np.zeros(f), True, np.zeros(f), 0, kl.size, 0.0, 0.0),
+                        protocol=5)  # what a worker sends (Ray: pickle 5)
     t1 = time.perf_counter()
+    unit = pickle.loads(blob)
     tables, meta = assemble_document(cfg, doc, [unit])
     with tempfile.TemporaryDirectory() as d:
         PartStore(Path(d)).write(0, tables, meta)
         size = sum(p.stat().st_size for p in Path(d).rglob("influence.parquet"))
     t2 = time.perf_counter()
-    return n * f, (n * f) / (t2 - t1), size / (n * f)
+    return n * f, (n * f) / (t2 - t1), size / (n * f), len(blob) / (n * f)
 
 
 def main() -> None:
@@ -110,6 +114,8 @@ def main() -> None:
     import ray
 
     torch.set_num_threads(args.threads)
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a load above the core count "
+          "slows multi-threaded torch far more than one-thread workers)")
     cfg = MeasureConfig(model=args.model, doc=args.doc, max_docs=args.max_docs, n_prefix=(args.n_prefix,),
                         n_future=args.n_future, stride=args.stride, batch_size=args.batch_size, words=False,
                         progress=False, report=False, device="cpu")
@@ -133,6 +139,9 @@ def main() -> None:
         print("start-up s: " + ", ".join(f"{k} {v:.1f}" for k, v in start.items()))
         times: dict[str, list[float]] = {"single": [], "local:1": [], "local:2": []}
         results = {}
+        warm = dataclasses.replace(cfg, max_docs=1)  # first calls import and allocate: not timed
+        for name in times:
+            measure(warm, model=lm) if name == "single" else measure(warm, cluster=pools[name])
         for r in range(args.repeats):
             for name in times:
                 t0 = time.perf_counter()
@@ -151,9 +160,10 @@ def main() -> None:
         verdict = "exact" if exact else ("within 1e-9" if worst <= REL_TOL else "DIFFERENT")
         print(f"tables {name} vs single: {verdict} (max relative difference {worst:.1e})")
     med = {k: statistics.median(v) for k, v in times.items()}
-    print("median run s: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
-    rows, rate, per_row = driver_rows_per_s(args.driver_n, args.driver_f)
-    print(f"driver: {rows} influence rows assembled and checkpointed at {rate:,.0f} rows/s ({per_row:.1f} bytes/row in parquet)")
+    print("median run s: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()) + f"; load average at end {os.getloadavg()[0]:.1f}")
+    rows, rate, per_row, sent = driver_rows_per_s(args.driver_n, args.driver_f)
+    print(f"driver: {rows} influence rows received, assembled and checkpointed at {rate:,.0f} rows/s "
+          f"({sent:.0f} bytes/row sent by the worker, {per_row:.1f} bytes/row in parquet)")
     print(f"ray_overhead={med['local:1'] / med['single']:.2f} scaling_2={med['local:1'] / med['local:2']:.2f}")
 
 
