@@ -153,10 +153,15 @@ class _Worker:
         return self.job.run(unit), os.getpid()
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: message``: the exception a unit raised (not Ray's wrapper), its
+    last line, cut after the first sentence when long (Ray's actor errors)."""
     cause = getattr(e, "cause", None) or e
     text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[-1] if text else ''}".strip()
+    msg = text[-1] if text else ""
+    if len(msg) > limit and ". " in msg:
+        msg = msg.split(". ")[0] + "."
+    return f"{type(cause).__name__}: {msg}".strip()
 
 
 class RayPool:

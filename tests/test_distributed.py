@@ -184,6 +184,17 @@ class TestSharedPool:
         assert meta["status"] == "complete" and meta["execution"]["workers"] == 2 and len(got) == 3 * 3
 
 
+def test_unit_whose_worker_always_dies_is_reported_and_its_workers_replaced(cluster, tmp_path):
+    docs = write_docs(tmp_path / "die.jsonl", {"ok": text(0), "die": "~" + text(1), "ok2": text(2)})
+    cfg = small(docs, n_prefix=(48,), out=str(tmp_path / "d"))
+    res = measure(cfg, cluster=spec(max_restarts=0, max_task_retries=0), source=TinySource(fault="exit"))
+    assert res.meta["status"] == "partial" and set(res.summary.doc_id) == {"ok", "ok2"}
+    (failed,) = res.meta["failed_units"]
+    assert failed["unit"] == "die N=48" and failed["attempts"] == 2
+    assert failed["error"] == "ActorDiedError: The actor is dead because its worker process has died."
+    assert res.meta["execution"]["actors_replaced"] == 2 and res.meta["execution"]["units_requeued"] == 1
+
+
 def test_workers_that_disagree_are_refused(cluster):
     with pytest.raises(InputError, match=r"disagree on model.revision: 'pid\d+' on worker 0"):
         with RayPool(spec(), TinySource(revision="pid")):
