@@ -23,7 +23,10 @@ FISHER_TARGETS = ("sample", "topk")
 
 #: Fields that change how fast a run goes, not what it computes. A resumed run
 #: may change them; any other difference makes an out dir refuse the run.
-NON_SEMANTIC = frozenset({"out", "batch_size", "progress", "report"})
+NON_SEMANTIC = frozenset({"out", "batch_size", "progress", "report", "ray"})
+
+RAY_HELP = ("run on a Ray cluster: auto (join the running one), local:N (start N local workers) or HOST:PORT of a head; "
+            "needs pip install 'forward_influence[ray]'")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -31,6 +34,14 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     if isinstance(default, (list, tuple, dict)):
         return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def check_ray(address: str | None) -> None:
+    """Validate ``--ray`` (and that Ray is installed) without importing Ray."""
+    if address is not None:
+        from .distributed import check_address
+
+        check_address(address)
 
 
 class ConfigBase:
@@ -96,6 +107,7 @@ class MeasureConfig(ConfigBase):
     device: str = _f("auto", "auto, cpu or cuda")
     dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
     attn_implementation: str = _f("sdpa", "model attention used for prefills: sdpa or eager")
+    ray: str | None = _f(None, RAY_HELP)
     seed: int = _f(0, "random seed (recorded with the outputs)")
     progress: bool = _f(True, "show progress bars")
     report: bool = _f(True, "fi-measure: run fi-analyze on the result (RUN_DIR/analysis/report.html)")
@@ -155,6 +167,7 @@ class MeasureConfig(ConfigBase):
             raise InputError(f"--top-p must be in (0, 1]; got {self.top_p}")
         if self.top_p < 1 and self.temperature == 0:
             raise InputError("--top-p samples; give --temperature > 0 with it (0 is greedy)")
+        check_ray(self.ray)
         return self
 
     def tokens_needed(self) -> int:

@@ -1,6 +1,12 @@
-"""Run a Forward Influence measurement over documents, or over the model's own
-continuations of prompts (``--generate``, :mod:`forward_influence.generations`):
-the library behind ``fi-measure``.
+"""Run a Forward Influence measurement over documents: the library behind ``fi-measure``.
+
+The driver: it reads the documents, tokenises them with the model's
+tokenizer, cuts each into work units (:mod:`forward_influence.units`), has a
+pool run them (:mod:`forward_influence.execution`: this process, or Ray
+workers with ``--ray``), assembles each document from its units and
+checkpoints it, and writes the tables and ``run.json``. Units that keep
+failing (Ray only) leave the run ``partial``, named in ``run.json``; a rerun
+of the same command resumes from the checkpoints and retries them.
 
 >>> from forward_influence import MeasureConfig, measure       # doctest: +SKIP
 >>> res = measure(MeasureConfig(n_prefix=(128,), n_future=64, max_docs=1))  # doctest: +SKIP
@@ -15,7 +21,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,32 +31,15 @@ from tqdm.auto import tqdm
 from . import signals as sig
 from .config import MeasureConfig
 from .documents import TokenizedDocument, load_documents, tokenize
-from .engine import Ablation, ForwardInfluenceEngine
 from .errors import InputError
-from .fisher import FisherEstimator
-from .models import LoadedModel, load_model
+from .execution import ModelSource, open_pool
+from .models import LoadedModel
 from .results import SCHEMA_VERSION, MeasureResult, PartStore, check_out_dir, git_sha, library_versions, write_json_atomic
-from .runtime import runtime_info
-from .tables import summarize
+from .units import (  # noqa: F401
+    INFLUENCE_COLUMNS, MeasureJob, UnitResult, assemble_document, plan_units, sliding_limit, sliding_sources, sources_for, tokens_table,
+)
 
-log = logging.getLogger(__name__)
-
-INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
-
-
-def _sources(cfg: MeasureConfig, limit: int) -> list[int]:
-    if cfg.positions is not None:
-        return [p for p in cfg.positions if p < limit]
-    return list(range(0, limit, cfg.stride))
-
-
-def _sliding_sources(cfg: MeasureConfig, tdoc: TokenizedDocument) -> list[int]:
-    """Sliding-mode sources of a document; of a generation, only generated
-    tokens (``s >= n_prompt``), the stride counted from the first of them."""
-    start, limit = tdoc.n_prompt or 0, _sliding_limit(cfg, len(tdoc))
-    if cfg.positions is not None:
-        return [p for p in cfg.positions if start <= p < limit]
-    return list(range(start, limit, cfg.stride))
+log = logging.getLogger("forward_influence")
 
 
 def _generated_needed(cfg: MeasureConfig, n_prompt: int) -> int:
@@ -73,9 +62,9 @@ def _problem(cfg: MeasureConfig, tdoc: TokenizedDocument) -> str | None:
                 f"{_generated_needed(cfg, p)}; raise --min-new-tokens to {_generated_needed(cfg, p)}")
     if cfg.positions is not None:
         if cfg.mode == "split":
-            ok, where = _sources(cfg, max(cfg.n_prefix)), f"< {max(cfg.n_prefix)}"
+            ok, where = sources_for(cfg, max(cfg.n_prefix)), f"< {max(cfg.n_prefix)}"
         else:
-            ok, where = _sliding_sources(cfg, tdoc), f"in [{p or 0}, {_sliding_limit(cfg, t)})"
+            ok, where = sliding_sources(cfg, tdoc), f"in [{p or 0}, {sliding_limit(cfg, t)})"
         if not ok:
             return f"--positions {list(cfg.positions)[:5]} are all out of range for document {name!r}: sources must be {where}"
     return None
@@ -87,11 +76,6 @@ def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
         raise InputError(why)
 
 
-def _sliding_limit(cfg: MeasureConfig, n_tokens: int) -> int:
-    """Sliding-mode sources must be below this: ``s + D + H <= T``."""
-    return n_tokens - cfg.delay - cfg.horizon + 1
-
-
 def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
     limits = [cfg.tokens_needed()] if cfg.mode == "split" else []
     if cfg.max_tokens is not None:
@@ -99,149 +83,26 @@ def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
     return min(limits) if limits else None
 
 
-def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
-    """One row per token: doc_id, pos, token_id, token, char_start, char_end
-    (and, for a generation, ``segment``: prompt / generated)."""
-    t = len(tdoc)
-    df = pd.DataFrame(
-        {
-            "doc_id": pd.Series([tdoc.doc.doc_id] * t, dtype="string"),
-            "pos": np.arange(t, dtype=np.int64),
-            "token_id": tdoc.input_ids.numpy().astype(np.int64),
-            "token": pd.Series(tdoc.tokens, dtype="string"),
-            "char_start": tdoc.offsets[:, 0],
-            "char_end": tdoc.offsets[:, 1],
-        }
-    )
-    if tdoc.n_prompt is not None:
-        df["segment"] = pd.Series(np.where(np.arange(t) < tdoc.n_prompt, "prompt", "generated"), dtype="string")
-    return df
+def _check_model(cfg: MeasureConfig, prov: dict[str, Any]) -> None:
+    n_layers, n_kv = prov["n_layers"], prov["n_kv_heads"]
+    if cfg.rep_layer >= n_layers:
+        raise InputError(f"--rep-layer {cfg.rep_layer} out of range; the model has {n_layers} layers")
+    if cfg.layer is not None and not 0 <= cfg.layer < n_layers:
+        raise InputError(f"--layer {cfg.layer} out of range; the model has {n_layers} layers")
+    if cfg.kv_head is not None and not 0 <= cfg.kv_head < n_kv:
+        raise InputError(f"--kv-head {cfg.kv_head} out of range; the model has {n_kv} KV heads")
 
 
-def _influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequence[int], targets: np.ndarray, kl: np.ndarray, layer: int | None, kv_head: int | None, taus: np.ndarray) -> pd.DataFrame:
-    """Long table from ``kl`` ``(S, n)`` with ``targets`` ``(S, n)`` absolute
-    query positions and ``taus`` ``(S,)`` each source's eviction time."""
-    s, n = kl.shape
-    src = np.repeat(np.asarray(sources, dtype=np.int64), n)
-    tgt = targets.reshape(-1).astype(np.int64)
-    tau = np.repeat(np.asarray(taus, dtype=np.int64), n)
-    na = pd.array([pd.NA] * (s * n), dtype="Int64")
-    return pd.DataFrame(
-        {
-            "doc_id": pd.Series([doc_id] * (s * n), dtype="string"),
-            "mode": pd.Series([mode] * (s * n), dtype="string"),
-            "split_pos": pd.array([split_pos] * (s * n), dtype="Int64") if split_pos is not None else na,
-            "source_pos": src,
-            "layer": pd.array([layer] * (s * n), dtype="Int64") if layer is not None else na,
-            "kv_head": pd.array([kv_head] * (s * n), dtype="Int64") if kv_head is not None else na,
-            "target_pos": tgt,
-            "distance": tgt - src,
-            "distance_tau": tgt - tau,
-            "kl": kl.reshape(-1),
-        }
-    )
-
-
-def measure_document(
-    engine: ForwardInfluenceEngine,
-    tdoc: TokenizedDocument,
-    cfg: MeasureConfig,
-    progress: bool = False,
-) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """Measure one tokenised document; returns its tables and meta (floor, timings)."""
-    doc_id = tdoc.doc.doc_id
-    ids = tdoc.input_ids
-    t0 = time.perf_counter()
-    collector = sig.SignalCollector(engine.model, len(tdoc), sig.SignalConfig.from_measure(cfg))
-    prefill = engine.prefill(ids, on_attention=collector.on_attention, layer_hooks=collector.on_layer)
-    tokens = tokens_table(tdoc)
-    tokens, source_signals, token_layers = collector.finish(prefill, tokens, tdoc)
-    t_prefill = time.perf_counter() - t0
-    layers = (cfg.layer,) if cfg.layer is not None else None
-    heads = (cfg.kv_head,) if cfg.kv_head is not None else None
-    frames, floors, shared, below, precision = [], [], [], [], []
-    t1 = time.perf_counter()
-    if cfg.method == "fisher":
-        est = FisherEstimator(engine.model, samples=cfg.samples, targets=cfg.fisher_targets, blocks=cfg.fisher_blocks, seed=cfg.seed)
-        for n in cfg.n_prefix:
-            sources = _sources(cfg, n)
-            r = est.split(ids, n, cfg.n_future, sources, layers, heads, prefill=prefill)
-            centres = np.array([n + (a + b - 1) // 2 for a, b in r.block_bounds])
-            targets = np.broadcast_to(centres, r.kl.shape)
-            fr = _influence_frame(doc_id, "split", n, sources, targets, r.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n))
-            frames.append(fr.assign(kl_se=r.stderr.reshape(-1)))
-    elif cfg.mode == "split":
-        for n in cfg.n_prefix:
-            sources = _sources(cfg, n)
-            bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} N={n}", disable=not progress, leave=False)
-            res = engine.split(ids, n, cfg.n_future, [Ablation((s,), layers, heads) for s in sources], prefill=prefill, progress=bar.update)
-            bar.close()
-            targets = np.broadcast_to(np.arange(n, n + cfg.n_future), res.kl.shape)
-            frames.append(_influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n)))
-            floors.append(res.noise_floor)
-            shared.append(res.shared_reference)
-            if res.precision_floor is not None:
-                precision.append(res.precision_floor)
-                below.append(res.kl < res.precision_floor[None, :])
-    else:
-        sources = _sliding_sources(cfg, tdoc)
-        bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
-        res = engine.sliding(ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update, delay=cfg.delay)
-        bar.close()
-        taus = np.asarray(sources, dtype=np.int64) + cfg.delay
-        targets = taus[:, None] + np.arange(cfg.horizon)[None, :]
-        frames.append(_influence_frame(doc_id, "sliding", None, sources, targets, res.kl, cfg.layer, cfg.kv_head, taus))
-        floors.append(res.noise_floor)
-        if res.precision_floor is not None:
-            precision.append(res.precision_floor)
-            below.append(res.kl < res.precision_floor[None, :])
-    influence = pd.concat(frames, ignore_index=True)
-    floor = np.concatenate(floors) if floors else None
-    summary = summarize(influence, cfg.near, cfg.far).assign(method=cfg.method)
-    tables = {"tokens": tokens, "influence": influence, "summary": summary, "source_signals": source_signals}
-    if token_layers is not None:
-        tables["token_layers"] = token_layers
-    meta = {
-        "doc_id": doc_id,
-        "n_tokens": len(tdoc),
-        "noise_floor_max": (float(floor.max()) if floor.size else 0.0) if floor is not None else None,
-        "noise_floor_mean": (float(floor.mean()) if floor.size else 0.0) if floor is not None else None,
-        "seconds_prefill_signals": round(t_prefill, 3),
-        "seconds_ablation": round(time.perf_counter() - t1, 3),
-        "shared_reference": bool(shared) and all(shared),  # split batches reused the first null row
-        **_precision_meta(precision, below),
-        "n_ablations": int(influence.groupby(["split_pos", "source_pos"], dropna=False).ngroups),
-    }
-    return tables, meta
-
-
-_NO_PRECISION = {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
-
-
-def _precision_meta(precision: list[np.ndarray], below: list[np.ndarray]) -> dict[str, Any]:
-    """Per-document precision floor (the dithered null row's KL per scored
-    position, :class:`forward_influence.engine.SplitResult`) and the share of
-    measured KLs below it."""
-    if not precision:
-        return dict(_NO_PRECISION)
-    pf = np.concatenate(precision)
-    cells = sum(b.size for b in below)
-    return {
-        "precision_floor_median": float(np.median(pf)),
-        "precision_floor_max": float(pf.max()),
-        "share_below_precision_floor": float(sum(int(b.sum()) for b in below) / cells) if cells else 0.0,
-    }
-
-
-def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]) -> dict[str, Any]:
+def _run_meta(cfg: MeasureConfig, pool: Any, docs: list[TokenizedDocument]) -> dict[str, Any]:
     return {
         "run_id": uuid.uuid4().hex[:12],
         "schema_version": SCHEMA_VERSION,
         "status": "running",
         "config": cfg.to_dict(),
-        "model": lm.provenance(),
+        "model": pool.provenance,
         "versions": library_versions(),
-        "runtime": runtime_info(),
+        "runtime": pool.runtime,
+        "execution": pool.execution(),
         "git_sha": git_sha(),
         "seed": cfg.seed,
         "documents": [{"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})} for d in docs],
@@ -249,29 +110,35 @@ def _run_meta(cfg: MeasureConfig, lm: LoadedModel, docs: list[TokenizedDocument]
     }
 
 
-def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureResult:
-    """Measure Forward Influence (and per-token signals) for every document, or
-    for every generation of ``config.generate`` long enough for the mode (the
-    others are skipped with a warning and listed in ``meta["skipped"]``).
+def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None) -> MeasureResult:
+    """Measure Forward Influence (and per-token signals) for every document.
 
     Parameters
     ----------
     config : MeasureConfig
         With ``config.out`` set, results are checkpointed per document into
-        that directory and a rerun resumes; otherwise everything stays in memory.
+        that directory and a rerun resumes; otherwise everything stays in
+        memory. ``config.ray`` runs the units on a Ray cluster.
     model : LoadedModel, optional
-        A model already loaded (e.g. in a notebook); else loaded from ``config``.
+        A model already loaded (e.g. in a notebook; not with Ray); else loaded from ``config``.
+    source : callable, optional
+        ``() -> LoadedModel`` for each worker (default: the model ``config`` names).
+    cluster : forward_influence.distributed.ClusterSpec, optional
+        Ray settings beyond ``config.ray`` (workers, threads, retries, a
+        stand-in GPU resource).
 
     Returns
     -------
     MeasureResult
-        ``.tokens``, ``.influence``, ``.summary`` (and ``.token_layers``).
+        ``.tokens``, ``.influence``, ``.summary`` (and ``.token_layers``);
+        ``.meta["status"]`` is ``"partial"`` when units failed (their names in
+        ``.meta["failed_units"]``), and the tables hold the finished documents.
 
     Raises
     ------
     InputError
-        Bad documents, flags, model, device or output directory — before any
-        output is written.
+        Bad documents, flags, model, device or output directory, or Ray
+        workers that disagree — before any output is written.
     """
     cfg = config.validate()
     torch.manual_seed(cfg.seed)
@@ -281,62 +148,58 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None) -> MeasureR
         from .generations import check_source
 
         check_source(cfg.generate)  # before the model loads (the prompts themselves need its tokenizer)
+        if cfg.ray is not None:
+            raise InputError("--generate runs on one machine: generate first without --ray, then measure its "
+                             "OUT/generations.jsonl with --generate OUT/generations.jsonl --ray ...")
         docs = []
-    lm = model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
-    if cfg.rep_layer >= lm.model.config.num_hidden_layers:
-        raise InputError(f"--rep-layer {cfg.rep_layer} out of range; the model has {lm.model.config.num_hidden_layers} layers")
-    if cfg.layer is not None and not 0 <= cfg.layer < lm.model.config.num_hidden_layers:
-        raise InputError(f"--layer {cfg.layer} out of range; the model has {lm.model.config.num_hidden_layers} layers")
-    n_kv = getattr(lm.model.config, "num_key_value_heads", None) or lm.model.config.num_attention_heads
-    if cfg.kv_head is not None and not 0 <= cfg.kv_head < n_kv:
-        raise InputError(f"--kv-head {cfg.kv_head} out of range; the model has {n_kv} KV heads")
-    limit = _document_tokens_limit(cfg)
-    tdocs = [tokenize(lm.tokenizer, d, max_tokens=limit) for d in docs]
-    for td in tdocs:
-        _check_document(cfg, td)
-    sig.SignalConfig.from_measure(cfg).check_ready()
     out = check_out_dir(cfg.out, cfg) if cfg.out else None
     if out is not None and (out / "run.json").is_file():
         done = MeasureResult.load_if_complete(out)
         if done is not None:
             return done
-    extra: dict[str, Any] = {}
-    if cfg.generate is not None:
-        tdocs, extra = _generated_documents(cfg, lm, out)
-    meta = {**_run_meta(cfg, lm, tdocs), **extra}
-    store = None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        store = PartStore(out)
-        write_json_atomic(out / "run.json", meta)
-    engine = ForwardInfluenceEngine(lm.model, batch_size=cfg.batch_size)
-    t0, c0 = time.perf_counter(), time.process_time()
-    parts, doc_meta = [], []
-    bar = tqdm(tdocs, desc="documents", disable=not cfg.progress)
-    for k, td in enumerate(bar):
-        if store is not None and store.done(k, td.doc.doc_id):
-            tables, m = store.read(k)
-            m = {**m, "resumed": True}
-        else:
-            tables, m = measure_document(engine, td, cfg, progress=cfg.progress)
-            if store is not None:
-                store.write(k, tables, m)
-        parts.append(tables)
-        doc_meta.append(m)
-    cat = {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in parts[0]}
+    source = source or ModelSource(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
+    with open_pool(cfg.ray, model, source, cfg.device, cluster) as pool:
+        _check_model(cfg, pool.provenance)
+        limit = _document_tokens_limit(cfg)
+        tdocs = [tokenize(pool.tokenizer, d, max_tokens=limit) for d in docs]
+        for td in tdocs:
+            _check_document(cfg, td)
+        sig.SignalConfig.from_measure(cfg).check_ready()
+        extra: dict[str, Any] = {}
+        if cfg.generate is not None:
+            if getattr(pool, "lm", None) is None:
+                raise InputError("--generate runs on one machine: generate first without --ray, then measure its OUT/generations.jsonl on the cluster")
+            tdocs, extra = _generated_documents(cfg, pool.lm, out)
+        meta = {**_run_meta(cfg, pool, tdocs), **extra}
+        store = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            store = PartStore(out)
+            write_json_atomic(out / "run.json", meta)
+        t0, c0 = time.perf_counter(), time.process_time()
+        done_docs, failed = _run_units(cfg, pool, tdocs, store)
+        meta["execution"] = pool.execution()
+    parts = [d for d in done_docs if d is not None]
+    doc_meta = [m for _, m in parts]
+    names = list(parts[0][0]) if parts else ["tokens", "influence", "summary", "source_signals"]
+    cat = {name: pd.concat([p[name] for p, _ in parts], ignore_index=True) if parts else pd.DataFrame() for name in names}
+    floors = [m["noise_floor_max"] for m in doc_meta if m["noise_floor_max"] is not None]
     meta.update(
-        status="complete",
+        status="partial" if failed else "complete",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         seconds_total=round(time.perf_counter() - t0, 3),
-        cpu_seconds_total=round(time.process_time() - c0, 3),  # all threads: the cost on a shared machine
+        cpu_seconds_total=round(time.process_time() - c0, 3),  # this process's threads: the cost on a shared machine
         method=cfg.method,
-        noise_floor_max=None if cfg.method == "fisher" else max(m["noise_floor_max"] for m in doc_meta),
-        noise_floor_mean=None if cfg.method == "fisher" else float(np.mean([m["noise_floor_mean"] for m in doc_meta])),
+        noise_floor_max=max(floors) if floors else None,
+        noise_floor_mean=float(np.mean([m["noise_floor_mean"] for m in doc_meta])) if floors else None,
         **_precision_summary(doc_meta),
         per_document=doc_meta,
+        failed_units=failed,
     )
     result = MeasureResult(meta=meta, **cat)
-    if out is not None:
+    if out is not None and failed:
+        write_json_atomic(out / "run.json", meta)  # the finished documents stay in .parts for the rerun
+    elif out is not None:
         result.save(out)
         store.clear()
     return result
@@ -383,12 +246,50 @@ def _generated_documents(cfg: MeasureConfig, lm: LoadedModel, out: Path | None) 
     return usable, {"generation": info, "skipped": skipped}
 
 
+def _run_units(cfg: MeasureConfig, pool: Any, tdocs: list[TokenizedDocument], store: PartStore | None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Run every unfinished document's units on ``pool``; assemble and
+    checkpoint each document as its last unit arrives.
+
+    Returns the per-document ``(tables, meta)`` (None where a unit failed)
+    and the failed units (name, document, error, attempts).
+    """
+    done: list[Any] = [None] * len(tdocs)
+    pending: dict[int, dict[int, UnitResult]] = {}
+    units = []
+    for k, td in enumerate(tdocs):
+        if store is not None and store.done(k, td.doc.doc_id):
+            tables, m = store.read(k)
+            done[k] = (tables, {**m, "resumed": True})
+        else:
+            pending[k] = {}
+            units += plan_units(cfg, k, td)
+    failed: list[dict[str, Any]] = []
+    bar = tqdm(total=len(units), desc="units", disable=not cfg.progress)
+    for oc in pool.map(MeasureJob(cfg, progress=cfg.progress and pool.local), units):
+        bar.update(1)
+        k = oc.unit.doc_index
+        if oc.error is not None:
+            failed.append({"unit": oc.unit.name, "doc_id": tdocs[k].doc.doc_id, "error": oc.error, "attempts": oc.attempts})
+            pending.pop(k, None)  # the document cannot be assembled; drop what arrived
+            continue
+        if k not in pending:
+            continue
+        pending[k][oc.unit.part] = oc.result
+        if len(pending[k]) == oc.unit.n_parts:
+            tables, m = assemble_document(cfg, tdocs[k], list(pending.pop(k).values()))
+            if store is not None:
+                store.write(k, tables, m)
+            done[k] = (tables, m)
+    bar.close()
+    return done, failed
+
+
 def _precision_summary(doc_meta: list[dict[str, Any]]) -> dict[str, Any]:
     """Run-level precision floor: median over documents' medians, max of maxima,
     share of KLs below their position's floor (mean over documents)."""
     ms = [m for m in doc_meta if m.get("precision_floor_median") is not None]
     if not ms:
-        return dict(_NO_PRECISION)
+        return {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
     return {
         "precision_floor_median": float(np.median([m["precision_floor_median"] for m in ms])),
         "precision_floor_max": max(m["precision_floor_max"] for m in ms),

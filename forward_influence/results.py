@@ -3,7 +3,9 @@
 An output directory holds::
 
     run.json            config, model provenance, versions, seed, git sha,
-                        noise floor, timings, status
+                        noise floor, timings, where it ran (``execution``),
+                        status: running, complete, or partial (units that
+                        kept failing on Ray workers, in ``failed_units``)
     tokens.parquet      one row per document token
     source_signals.parquet  per split (or sliding source): signals read before eviction
     influence.parquet   long: doc_id, mode, split_pos, source_pos, layer,

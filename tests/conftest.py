@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,60 @@ def tiny_chat_model(seed: int = 0):
         for p in m.parameters():
             p.mul_(3.0)
     return LoadedModel(m, tok, "tiny-llama", "code", "none", torch.device("cpu"), torch.float32)
+
+
+def char_tokenizer():
+    """A fast character-level tokenizer for the tiny models: ``<unk>`` and the
+    95 printable ASCII characters (vocab 96), with character offsets."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{chr(c): c - 31 for c in range(32, 127)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@dataclass(frozen=True)
+class TinySource:
+    """Picklable model source (``() -> LoadedModel``) for Ray workers: the tiny
+    model with :func:`char_tokenizer`, built in the worker.
+
+    ``fault``: ``"raise"`` raises, ``"exit"`` ends the process, whenever the
+    model reads ``fault_char``; ``delay`` seconds are slept per forward (time
+    to kill a worker mid-unit), only on inputs holding ``delay_char`` if
+    given; ``revision="pid"`` makes every process report its own revision
+    (workers that disagree). None of these change a number.
+    """
+
+    arch: str = "llama"
+    seed: int = 0
+    fault: str | None = None
+    fault_char: str = "~"
+    delay: float = 0.0
+    delay_char: str | None = None
+    revision: str = "tiny"
+
+    def __call__(self):
+        from forward_influence.models import LoadedModel
+
+        tok = char_tokenizer()
+        model = tiny_model(self.arch, seed=self.seed)
+        fault_id = tok.convert_tokens_to_ids(self.fault_char)
+        slow_id = tok.convert_tokens_to_ids(self.delay_char) if self.delay_char else None
+
+        def hook(_module, args):
+            if self.delay and (slow_id is None or bool((args[0] == slow_id).any())):
+                time.sleep(self.delay)
+            if self.fault and bool((args[0] == fault_id).any()):
+                if self.fault == "exit":
+                    os._exit(3)
+                raise RuntimeError(f"injected fault on {self.fault_char!r}")
+
+        if self.fault or self.delay:
+            model.get_input_embeddings().register_forward_pre_hook(hook)
+        revision = f"pid{os.getpid()}" if self.revision == "pid" else self.revision
+        return LoadedModel(model, tok, f"tiny-{self.arch}", "tests/conftest.py", revision, torch.device("cpu"), torch.float32)
 
 
 @pytest.fixture(params=["llama", "qwen2"])

@@ -152,6 +152,7 @@ BAD = {
     "unwritable-out": (lambda t: ["--out", str((t / "file", (t / "file").write_text("x"))[0] / "sub")], "not a directory"),
     "cuda-without-gpu": (lambda t: ["--device", "cuda"], "no CUDA GPU"),
     "kv-head-without-layer": (lambda t: ["--kv-head", "1"], "needs --layer"),
+    "ray-no-workers": (lambda t: ["--ray", "local:0"], "needs N >= 1 workers"),
 }
 
 
@@ -168,6 +169,19 @@ def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
     assert message in lines[0]
     assert "Traceback" not in err
     assert not out.exists(), "no partial output"
+
+
+@pytest.mark.parametrize("command", ["fi-measure", "fi-bench"])
+def test_ray_flag_without_ray_says_how_to_install(command, tmp_path, monkeypatch, capsys):
+    from forward_influence import distributed
+    from forward_influence.cli import bench
+
+    monkeypatch.setattr(distributed, "ray_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        (entry if command == "fi-measure" else bench.entry)(["--out", str(tmp_path / "o"), "--ray", "local:2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"{command}: error: --ray needs Ray: pip install 'forward_influence[ray]'\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_error_from_shell_has_no_traceback(tmp_path):

@@ -22,7 +22,8 @@ from forward_influence.errors import InputError
 from forward_influence.measure import measure
 from forward_influence.results import MeasureResult
 
-M = sys.modules["forward_influence.measure"]  # the package exports the function under the module's name
+from forward_influence import execution as E  # noqa: E402  (the model source loads through it)
+from forward_influence import units as U  # noqa: E402
 
 PROMPTS = ["Say something long about the sea.", "Héllo — count to ten, please."]
 #: sliding mode, tiny: D = 2, H = 4, so a generation needs 6 new tokens
@@ -147,19 +148,19 @@ def test_resume_reuses_generations_and_equals_uninterrupted(lm, prompts, tmp_pat
     kw = dict(generate=str(prompts), max_new_tokens=14, min_new_tokens=14, **SLIDING)
     full = measure(MeasureConfig(out=str(tmp_path / "full"), **kw), lm)
     killed = tmp_path / "killed"
-    real = M.measure_document
+    real = U.measure_unit
     calls = []
 
     def crash_after_first(*a, **k):
         if calls:
-            raise KeyboardInterrupt  # stands in for kill -9 after the first document's checkpoint
+            raise KeyboardInterrupt  # stands in for kill -9 after the first document's checkpoint (one unit each)
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(M, "measure_document", crash_after_first)
+    monkeypatch.setattr(U, "measure_unit", crash_after_first)
     with pytest.raises(KeyboardInterrupt):
         measure(MeasureConfig(out=str(killed), **kw), lm)
-    monkeypatch.setattr(M, "measure_document", real)
+    monkeypatch.setattr(U, "measure_unit", real)
     monkeypatch.setattr(G, "generate_ids", lambda *a, **k: pytest.fail("a stored generation was regenerated"))
     again = measure(MeasureConfig(out=str(killed), **kw), lm)
     assert again.meta["generation"]["reused"] == 2 and any(d.get("resumed") for d in again.meta["per_document"])
@@ -249,7 +250,7 @@ def test_cli_bad_generate_flags_one_line_no_output(argv, message, tmp_path, caps
     from forward_influence.cli.measure import entry
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(M, "load_model", lambda *a, **k: tiny_chat_model())
+    monkeypatch.setattr(E, "load_model", lambda *a, **k: tiny_chat_model())
     with pytest.raises(SystemExit) as e:
         entry([*argv, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -11,7 +11,7 @@ forward_influence.errors.InputError: --budgets for fidelity are fractions of the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ..config import ConfigBase, _f
+from ..config import RAY_HELP, ConfigBase, _f, check_ray
 from ..errors import InputError
 
 TASKS = ("fidelity", "retrieval", "qa", "ifeval")
@@ -42,11 +42,12 @@ class BenchConfig(ConfigBase):
     bootstrap: int = _f(2000, "bootstrap resamples for the paired intervals")
     device: str = _f("auto", "auto, cpu or cuda")
     dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
+    ray: str | None = _f(None, RAY_HELP)
     seed: int = _f(0, "random seed (generators, random method, bootstrap)")
     progress: bool = _f(True, "show progress bars")
     report: bool = _f(True, "write figures and report.html")
 
-    non_semantic = frozenset({"out", "progress", "report", "bootstrap"})
+    non_semantic = frozenset({"out", "progress", "report", "bootstrap", "ray"})
 
     @property
     def setting(self) -> str:
@@ -74,6 +75,7 @@ class BenchConfig(ConfigBase):
             raise InputError("--task ifeval needs --ifeval-data PATH (IFEval's input_data.jsonl)")
         if self.fi_run and self.task != "fidelity":
             raise InputError("--fi-run validates document fidelity: use it with --task fidelity")
+        check_ray(self.ray)
         return self
 
     def method_names(self) -> list[str]:

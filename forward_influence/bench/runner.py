@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,12 @@ from tqdm.auto import tqdm
 
 from ..compress import CompressedCache, FIOracle, Full, get_compressor
 from ..errors import InputError
-from ..models import LoadedModel, load_model
+from ..execution import ModelSource, open_pool
+from ..models import LoadedModel
 from ..results import (SCHEMA_VERSION, PartStore, check_out_dir, git_sha, library_versions, read_run_json,
                        write_json_atomic, write_parquet_atomic)
 from .config import BenchConfig
 from .ifeval import IFEval
-from .summary import load_run, summarize
 from .tasks import Fidelity, ReadingQA, Retrieval, Sample
 
 
@@ -165,60 +166,121 @@ def run_decoding_sample(lm: LoadedModel, task: IFEval, s: Sample, methods: list[
     return rows
 
 
-def run_bench(cfg: BenchConfig, model: LoadedModel | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class BenchUnit:
+    """One sample as a work unit (its checkpoint is ``.parts/NNNNN``, ``index``)."""
+
+    index: int
+    sample: Sample
+
+    @property
+    def name(self) -> str:
+        return self.sample.sample_id
+
+
+@dataclass
+class BenchJob:
+    """The benchmark as a pool job (:mod:`forward_influence.execution`): every
+    method and budget on one sample."""
+
+    cfg: BenchConfig
+    task: Any
+    methods: list[str]
+    budgets: tuple[float, ...]
+    fi: FITable | None
+
+    def setup(self, lm: LoadedModel) -> None:
+        torch.manual_seed(self.cfg.seed)
+        self._lm = lm
+
+    def run(self, unit: BenchUnit) -> pd.DataFrame:
+        if self.cfg.setting == "prefill":
+            rows = run_prefill_sample(self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed, self.fi)
+        else:
+            rows = run_decoding_sample(self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed)
+        return pd.DataFrame(rows)
+
+
+def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None) -> pd.DataFrame:
     """Run ``cfg``; with ``cfg.out`` checkpoint per sample (a rerun resumes)
     and write ``results.parquet``, ``summary.parquet`` and ``run.json``.
+
+    Parameters
+    ----------
+    model : LoadedModel, optional
+        A model already loaded (not with Ray).
+    source, cluster
+        As for :func:`forward_influence.measure.measure` (``cfg.ray``: samples
+        run on Ray workers).
 
     Returns
     -------
     pandas.DataFrame
-        One row per (sample, method, budget) with the task's metrics.
+        One row per (sample, method, budget) with the task's metrics. When
+        samples failed (Ray only), ``run.json`` says ``partial`` and names
+        them, and only the finished samples are returned.
     """
     cfg = cfg.validate()
     methods = cfg.method_names()
     budgets = cfg.resolved_budgets()
     out = check_out_dir(cfg.out, cfg, "fi-bench") if cfg.out else None
     if out is not None and (out / "run.json").is_file() and read_run_json(out, "fi-bench").get("status") == "complete":
+        from .summary import load_run
+
         return load_run(out)[1]
     fi = FITable(cfg.fi_run, cfg) if cfg.fi_run else None
     task = build_task(cfg)
     task.read()  # input files before the model: bad input fails fast
     torch.manual_seed(cfg.seed)
-    lm = model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    samples = task.prepare(lm.tokenizer, cfg.seed)
-    if cfg.n_samples is not None:
-        samples = samples[: cfg.n_samples]
-    if not samples:
-        raise InputError(f"--task {cfg.task} produced no samples; check --doc / --n-samples")
-    meta = {"run_id": uuid.uuid4().hex[:12], "schema_version": SCHEMA_VERSION, "status": "running", "config": cfg.to_dict(), "model": lm.provenance(),
-            "versions": library_versions(), "git_sha": git_sha(), "seed": cfg.seed, "methods": methods,
-            "budgets": list(budgets), "samples": [s.sample_id for s in samples],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    store = None
+    source = source or ModelSource(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    with open_pool(cfg.ray, model, source, cfg.device, cluster) as pool:
+        samples = task.prepare(pool.tokenizer, cfg.seed)
+        if cfg.n_samples is not None:
+            samples = samples[: cfg.n_samples]
+        if not samples:
+            raise InputError(f"--task {cfg.task} produced no samples; check --doc / --n-samples")
+        meta = {"run_id": uuid.uuid4().hex[:12], "schema_version": SCHEMA_VERSION, "status": "running", "config": cfg.to_dict(), "model": pool.provenance,
+                "versions": library_versions(), "runtime": pool.runtime, "execution": pool.execution(),
+                "git_sha": git_sha(), "seed": cfg.seed, "methods": methods, "budgets": list(budgets),
+                "samples": [s.sample_id for s in samples], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        store = None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            store = PartStore(out)
+            write_json_atomic(out / "run.json", meta)
+        t0 = time.perf_counter()
+        parts: list[pd.DataFrame | None] = [None] * len(samples)
+        units = []
+        for k, s in enumerate(samples):
+            if store is not None and store.done(k, s.sample_id):
+                parts[k] = store.read(k)[0]["results"]
+            else:
+                units.append(BenchUnit(k, s))
+        failed = []
+        bar = tqdm(total=len(units), desc=f"fi-bench {cfg.task}", disable=not cfg.progress)
+        for oc in pool.map(BenchJob(cfg, task, methods, budgets, fi), units):
+            bar.update(1)
+            if oc.error is not None:
+                failed.append({"unit": oc.unit.name, "error": oc.error, "attempts": oc.attempts})
+                continue
+            if store is not None:
+                store.write(oc.unit.index, {"results": oc.result}, {"doc_id": oc.unit.name})
+            parts[oc.unit.index] = oc.result
+        bar.close()
+        meta["execution"] = pool.execution()
+    finished = [p for p in parts if p is not None]
+    results = pd.concat(finished, ignore_index=True) if finished else pd.DataFrame()
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        store = PartStore(out)
-        write_json_atomic(out / "run.json", meta)
-    t0 = time.perf_counter()
-    parts = []
-    for k, s in enumerate(tqdm(samples, desc=f"fi-bench {cfg.task}", disable=not cfg.progress)):
-        if store is not None and store.done(k, s.sample_id):
-            parts.append(store.read(k)[0]["results"])
-            continue
-        if cfg.setting == "prefill":
-            rows = run_prefill_sample(lm, task, s, methods, budgets, cfg.seed, fi)
+        meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds_total=round(time.perf_counter() - t0, 3),
+                    failed_units=failed)
+        if failed:  # the finished samples stay in .parts for the rerun
+            write_json_atomic(out / "run.json", {**meta, "status": "partial"})
         else:
-            rows = run_decoding_sample(lm, task, s, methods, budgets, cfg.seed)
-        df = pd.DataFrame(rows)
-        if store is not None:
-            store.write(k, {"results": df}, {"doc_id": s.sample_id})
-        parts.append(df)
-    results = pd.concat(parts, ignore_index=True)
-    if out is not None:
-        write_parquet_atomic(results, out / "results.parquet")
-        write_parquet_atomic(summarize(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
-        meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    seconds_total=round(time.perf_counter() - t0, 3))
-        write_json_atomic(out / "run.json", meta)
-        store.clear()
+            from .summary import summarize
+
+            write_parquet_atomic(results, out / "results.parquet")
+            write_parquet_atomic(summarize(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
+            write_json_atomic(out / "run.json", {**meta, "status": "complete"})
+            store.clear()
+    results.attrs["failed_units"] = failed  # set after writing: parquet would keep it
     return results

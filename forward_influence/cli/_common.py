@@ -59,6 +59,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, positional: tup
         parser.add_argument(*args, **kw)
 
 
+def report_failed(prog: str, failed: list[dict[str, Any]]) -> int:
+    """Name the units that kept failing (one line each) and return exit status 1."""
+    for f in failed:
+        print(f"{prog}: unit {f['unit']} failed after {f['attempts']} attempts: {f['error']}", file=sys.stderr)
+    print(f"{prog}: {len(failed)} unit(s) failed, run status partial; rerun the same command to retry them", file=sys.stderr)
+    return 1
+
+
 def run_cli(prog: str, main: Callable[[], int | None]) -> None:
     """Run ``main``; user errors become one line on stderr and exit status 2."""
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(message)s")

@@ -9,7 +9,7 @@ import sys
 
 from ..bench.config import BenchConfig
 from ..errors import InputError
-from ._common import add_config_flags, run_cli
+from ._common import add_config_flags, report_failed, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
     transformers.utils.logging.disable_progress_bar()
     set_threads_from_env()
-    run_bench(cfg)
+    res = run_bench(cfg)
+    if res.attrs.get("failed_units"):
+        return report_failed("fi-bench", res.attrs["failed_units"])
     from ..bench.summary import METRICS, load_run
 
     summary = load_run(cfg.out)[2]

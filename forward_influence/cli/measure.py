@@ -9,7 +9,7 @@ import sys
 
 from ..config import MeasureConfig
 from ..errors import InputError
-from ._common import add_config_flags, run_cli
+from ._common import add_config_flags, report_failed, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     set_threads_from_env()
     res = measure(cfg)
+    if res.meta.get("failed_units"):
+        return report_failed("fi-measure", res.meta["failed_units"])
     s = res.summary
     top = (
         res.with_signals(s.assign(pos=s["source_pos"]))
