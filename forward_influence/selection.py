@@ -221,6 +221,6 @@ def function_bias(cand: pd.DataFrame, cfg: Any, rules: Sequence[str]) -> pd.Data
                 kept = float(np.mean([(wc[d & ix] == "function").mean() for d in draws]))
                 rows.append(dict(unit=u, doc_id=df["doc_id"][np.flatnonzero(ix)[0]], rule=rule, budget=budget,
                                  share_function_kept=kept, share_function_base=base, excess=kept - base))
-    out = pd.DataFrame(rows)
-    out["doc_id"] = out["doc_id"].astype("string")
+    out = pd.DataFrame(rows, columns=["unit", "doc_id", "rule", "budget", "share_function_kept", "share_function_base", "excess"])
+    out["doc_id"] = out["doc_id"].astype("string")  # no candidates (e.g. a segment of sinks and window only): empty
     return out

@@ -330,3 +330,15 @@ def test_analysis_dir_follows_the_umask(analyzed, tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "figures").stat().st_mode) == 0o755
+
+
+def test_function_bias_without_candidates_is_empty_not_a_crash():
+    """A segment of sinks and window only (e.g. a split inside a generation's prompt) has no candidates."""
+    from forward_influence.selection import function_bias
+
+    cand = pd.DataFrame({"doc_id": pd.Series(["d"] * 3, dtype="string"), "unit": ["d@-"] * 3, "pos": [0, 1, 2],
+                         "is_candidate": [False] * 3, "word_class": ["content"] * 3, "attn_snapkv": [1.0, 2.0, 3.0]})
+    bias = function_bias(cand, CFG, ["attn_snapkv", "random"])
+    assert len(bias) == 0 and {"doc_id", "rule", "budget", "excess"} <= set(bias.columns)
+    sel, tokens, _ = constructed(0.6, 0.3, 0.02)
+    assert "3" not in set(claims(sel, tokens, bias, CFG, "split").claim)
