@@ -354,6 +354,9 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     where = "" if cfg.segment == "all" else f" in the {cfg.segment} segment"
     if src["doc_id"].nunique() < 1 or len(src) < 4:
         raise InputError(f"the run has fewer than 4 measured sources{where}; measure more (lower --stride or more documents)")
+    if int(src["is_candidate"].sum()) < 4:
+        raise InputError(f"the run has fewer than 4 measured sources{where} that compete for a budget (the first --sinks positions, "
+                         "and in split mode the --window before N, do not); measure more (a larger --n-prefix or lower --stride)")
     rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
     sel = selection(src, cfg, rules)
     cand = in_segment(candidate_tokens(result, cfg), cfg.segment)

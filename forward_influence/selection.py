@@ -38,8 +38,10 @@ def ablation_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def subsets(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """``all`` sources, and the ``candidates`` that compete for a budget."""
-    return {"all": df, "candidates": df[df["is_candidate"]]}
+    """``all`` sources, and the ``candidates`` that compete for a budget
+    (subsets without rows are left out: nothing to rank there)."""
+    out = {"all": df, "candidates": df[df["is_candidate"]]}
+    return {k: v for k, v in out.items() if len(v)}
 
 
 def with_source_signals(df: pd.DataFrame, result: MeasureResult, cfg: Any) -> pd.DataFrame:

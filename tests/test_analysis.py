@@ -18,6 +18,7 @@ from forward_influence.analysis import (
     NOT_SUPPORTED,
     SUPPORTED,
     AnalyzeConfig,
+    analyze,
     claims,
     correlations,
     group_mean_ci,
@@ -342,3 +343,25 @@ def test_function_bias_without_candidates_is_empty_not_a_crash():
     assert len(bias) == 0 and {"doc_id", "rule", "budget", "excess"} <= set(bias.columns)
     sel, tokens, _ = constructed(0.6, 0.3, 0.02)
     assert "3" not in set(claims(sel, tokens, bias, CFG, "split").claim)
+
+
+def test_analysis_of_a_run_without_candidates_is_one_clear_error():
+    """Every source a sink or inside the split-mode window: nothing competes, so no claims (not a crash)."""
+    from forward_influence.config import MeasureConfig
+    from forward_influence.errors import InputError
+    from forward_influence.results import MeasureResult
+    from forward_influence.tables import summarize
+
+    n, f = 8, 2
+    src = np.repeat(np.arange(n), f)
+    tgt = np.tile(np.arange(n, n + f), n)
+    influence = pd.DataFrame({"doc_id": "d", "mode": "split", "split_pos": pd.array([n] * len(src), dtype="Int64"), "source_pos": src,
+                              "layer": pd.array([pd.NA] * len(src), dtype="Int64"), "kv_head": pd.array([pd.NA] * len(src), dtype="Int64"),
+                              "target_pos": tgt, "distance": tgt - src, "distance_tau": tgt - n, "kl": 0.1})
+    tokens = pd.DataFrame({"doc_id": "d", "pos": np.arange(n + f), "token_id": 1, "token": "a", "char_start": 0, "char_end": 1})
+    signals = pd.DataFrame({"doc_id": "d", "split_pos": pd.array([n] * n, dtype="Int64"), "pos": np.arange(n), "tau": n,
+                            "attn_snapkv": 0.5, "attn_h2o": 0.5})
+    res = MeasureResult(tokens=tokens, influence=influence, summary=summarize(influence), source_signals=signals,
+                        meta={"config": MeasureConfig(n_prefix=(n,), n_future=f).to_dict()})  # window 32 > N
+    with pytest.raises(InputError, match="compete for a budget"):
+        analyze(res, CFG)
