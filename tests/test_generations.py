@@ -201,11 +201,13 @@ def test_generations_file_remeasured_without_generating(lm, prompts, tmp_path, m
 
 
 def test_segment_restricts_the_analysis(lm, prompts, tmp_path):
-    n = max(len(G.chat_prompt_ids(lm.tokenizer, t)) for t in PROMPTS) + 8  # split inside the generations
-    cfg = MeasureConfig(generate=str(prompts), mode="split", n_prefix=(n,), n_future=6, window=2, stride=2, max_new_tokens=14,
-                        min_new_tokens=14, words=False, progress=False, report=False)
+    # split inside the generations, with >= 4 generated candidates (below N - window) per prompt
+    n = max(len(G.chat_prompt_ids(lm.tokenizer, t)) for t in PROMPTS) + 12
+    cfg = MeasureConfig(generate=str(prompts), mode="split", n_prefix=(n,), n_future=6, window=2, stride=2, max_new_tokens=24,
+                        min_new_tokens=24, words=False, progress=False, report=False)
     res = measure(cfg, lm)
     n_prompt = {d["doc_id"]: d["n_prompt"] for d in res.meta["documents"]}
+    assert sorted(n_prompt) == ["10", "11"]  # neither generation skipped as too short
     acfg = dict(n_boot=20, n_random=2, budgets=(0.4,))
     for seg in ("generated", "prompt"):
         a = analyze(res, AnalyzeConfig(segment=seg, **acfg))
