@@ -13,11 +13,13 @@ Runs (resumable; each into ``runs/bench/<name>``):
 then prints the markdown tables (mean and 95% paired-bootstrap interval over samples) and writes them to
 ``runs/bench/headline.md``. Wall time on this 2-core CPU: see the README.
 
-    python scripts/bench_headline.py
+    python scripts/bench_headline.py [--only ifeval,...]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -61,10 +63,17 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, help="comma-separated runs to do now, e.g. ifeval (default: all four); "
+                    "the tables of runs not done are left out")
+    args = ap.parse_args(argv)
+    todo = runs() if args.only is None else {n: c for n, c in runs().items() if n in args.only.split(",")}
+    if args.only is not None and set(args.only.split(",")) - set(todo):
+        raise SystemExit(f"bench_headline: --only takes {', '.join(runs())}; got {args.only}")
     lm = load_model("smollm2-135m")
     res = {}
-    for name, cfg in runs().items():
+    for name, cfg in todo.items():
         t = time.time()
         res[name] = run_bench(cfg, model=lm)
         from forward_influence.bench.report import write_report
@@ -73,37 +82,39 @@ def main() -> None:
         print(f"{name}: {time.time() - t:.0f} s", flush=True)
     rng = np.random.default_rng(0)
     md = []
-    rows = []
-    for m in ORDER:
-        r = [m]
-        for corpus in ("papers", "squad"):
-            for b in (0.2, 0.4):
-                r += [cell(res[corpus], "kl", m, b, rng), cell(res[corpus], "delta_nll", m, b, rng, "{:+.3f}")]
-        rows.append(r)
-    md.append("Document fidelity (mean KL to the full cache / change in NLL, nats; 95% intervals over documents)\n")
-    md.append(table(["method", "papers KL 20%", "papers ΔNLL 20%", "papers KL 40%", "papers ΔNLL 40%",
-                     "SQuAD KL 20%", "SQuAD ΔNLL 20%", "SQuAD KL 40%", "SQuAD ΔNLL 40%"], rows))
-    r_df = res["retrieval"]
-    rows = []
-    for m in ORDER:
-        r = [m]
-        for length in (2048, 4096):
-            sub = r_df[r_df.length == length]
-            r += [cell(sub, "exact_match", m, b, rng, "{:.2f}") for b in (0.2, 0.4)]
-        rows.append(r)
-    md.append(f"\nSynthetic retrieval exact match ({r_df.sample_id.nunique()} examples: 3 kinds x 2 lengths x 3 depths)\n")
-    md.append(table(["method", "2k @ 20%", "2k @ 40%", "4k @ 20%", "4k @ 40%"], rows))
-    i_df = res["ifeval"]
-    rows = [[m] + [cell(i_df, met, m, b, rng, "{:.2f}") for b in (48.0, 96.0) for met in ("inst_loose", "agree_tokens")]
-            for m in ORDER]
-    md.append(f"\nIFEval ({i_df.sample_id.nunique()} prompts, 96 new tokens; instruction-level loose accuracy and token agreement with the full cache)\n")
-    md.append(table(["method", "inst. loose @48", "agree @48", "inst. loose @96", "agree @96"], rows))
-    import json
-
-    secs = {n: json.loads((Path(c.out) / "run.json").read_text())["seconds_total"] for n, c in runs().items()}
+    if {"papers", "squad"} <= set(res):
+        rows = []
+        for m in ORDER:
+            r = [m]
+            for corpus in ("papers", "squad"):
+                for b in (0.2, 0.4):
+                    r += [cell(res[corpus], "kl", m, b, rng), cell(res[corpus], "delta_nll", m, b, rng, "{:+.3f}")]
+            rows.append(r)
+        md.append("Document fidelity (mean KL to the full cache / change in NLL, nats; 95% intervals over documents)\n")
+        md.append(table(["method", "papers KL 20%", "papers ΔNLL 20%", "papers KL 40%", "papers ΔNLL 40%",
+                         "SQuAD KL 20%", "SQuAD ΔNLL 20%", "SQuAD KL 40%", "SQuAD ΔNLL 40%"], rows))
+    if "retrieval" in res:
+        r_df = res["retrieval"]
+        rows = []
+        for m in ORDER:
+            r = [m]
+            for length in (2048, 4096):
+                sub = r_df[r_df.length == length]
+                r += [cell(sub, "exact_match", m, b, rng, "{:.2f}") for b in (0.2, 0.4)]
+            rows.append(r)
+        md.append(f"\nSynthetic retrieval exact match ({r_df.sample_id.nunique()} examples: 3 kinds x 2 lengths x 3 depths)\n")
+        md.append(table(["method", "2k @ 20%", "2k @ 40%", "4k @ 20%", "4k @ 40%"], rows))
+    if "ifeval" in res:
+        i_df = res["ifeval"]
+        rows = [[m] + [cell(i_df, met, m, b, rng, "{:.2f}") for b in (48.0, 96.0) for met in ("inst_loose", "agree_tokens")]
+                for m in ORDER]
+        md.append(f"\nIFEval ({i_df.sample_id.nunique()} prompts, 96 new tokens; instruction-level loose accuracy and token agreement "
+                  "with the full cache)\n")
+        md.append(table(["method", "inst. loose @48", "agree @48", "inst. loose @96", "agree @96"], rows))
+    secs = {n: json.loads((Path(c.out) / "run.json").read_text())["seconds_total"] for n, c in todo.items()}
     text = "\n".join(md) + "\n\nWall time (run.json seconds_total): " + ", ".join(f"{n} {v:.0f} s" for n, v in secs.items()) \
         + f"; total {sum(secs.values()) / 60:.1f} min\n"
-    (OUT / "headline.md").write_text(text)
+    (OUT / ("headline.md" if args.only is None else f"headline_{'_'.join(todo)}.md")).write_text(text)
     print(text)
 
 
