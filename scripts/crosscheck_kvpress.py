@@ -54,8 +54,7 @@ def main() -> None:
     ensure_venv()
     import torch
     import transformers
-    from kvpress import (ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress,
-                         TOVAPress)
+    from kvpress import ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress, TOVAPress
     from kvpress.utils import compute_n_kept
     from transformers import DynamicCache
 

@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from forward_influence.documents import load_documents, tokenize
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, float32_kl, naive_split_logits
-from forward_influence.models import load_model
+from forward_influence.hf.models import load_model
+from forward_influence.measurement.documents import load_documents, tokenize
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.measurement.reference import float32_kl, naive_split_logits
 
 
 class Timers:

@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tolerances and tiny models live in forward_influence.checks (shared with scripts/gpu_check.py).
-from forward_influence.checks import (  # noqa: F401
-    ABS_TOL_KL, FP32_PRECISION_FLOOR, REL_TOL_ENGINE, REL_TOL_LOGITS, tiny_config, tiny_ids, tiny_model,
+# Tolerances and tiny models live in forward_influence.tools.checks (shared with scripts/gpu_check.py).
+from forward_influence.tools.checks import (  # noqa: F401
+    ABS_TOL_KL,
+    FP32_PRECISION_FLOOR,
+    REL_TOL_ENGINE,
+    REL_TOL_LOGITS,
+    tiny_config,
+    tiny_ids,
+    tiny_model,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -31,7 +37,7 @@ def pytest_configure(config):
 
 
 def assert_checks(checks):
-    """Every :class:`forward_influence.checks.Check` passed (the failing ones in the message)."""
+    """Every :class:`forward_influence.tools.checks.Check` passed (the failing ones in the message)."""
     failed = [str(c) for c in checks if not c.passed]
     assert checks and not failed, failed
 
@@ -61,10 +67,10 @@ def tiny_chat_tokenizer():
 
 def tiny_chat_model(seed: int = 0):
     """A tiny random Llama (as :func:`tiny_model`) over :func:`tiny_chat_tokenizer`'s vocabulary,
-    wrapped as a :class:`~forward_influence.models.LoadedModel`."""
+    wrapped as a :class:`~forward_influence.hf.models.LoadedModel`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from forward_influence.models import LoadedModel
+    from forward_influence.hf.models import LoadedModel
 
     tok = tiny_chat_tokenizer()
     cfg = tiny_config("llama").to_dict()
@@ -110,7 +116,7 @@ class TinySource:
     revision: str = "tiny"
 
     def __call__(self):
-        from forward_influence.models import LoadedModel
+        from forward_influence.hf.models import LoadedModel
 
         tok = char_tokenizer()
         model = tiny_model(self.arch, seed=self.seed)
@@ -151,6 +157,6 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm(cache_dir):
-    from forward_influence.models import load_model
+    from forward_influence.hf.models import load_model
 
     return load_model("smollm2-135m", device="cpu", dtype="float32")

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from forward_influence.analysis import (
+from forward_influence.analysis.analyze import (
     INCONCLUSIVE,
     NOT_SUPPORTED,
     SUPPORTED,
@@ -237,8 +237,9 @@ def test_too_few_documents_are_never_conclusive(n_docs):
 @pytest.fixture(scope="module")
 def analyzed(tmp_path_factory, smollm):
     """A real (small) measurement of 3 documents on the embedded model, analysed."""
-    from forward_influence import MeasureConfig, measure
-    from forward_influence.report import analyze_run
+    from forward_influence import MeasureConfig
+    from forward_influence.analysis.report import analyze_run
+    from forward_influence.measurement.run import measure
 
     tmp = tmp_path_factory.mktemp("analysis")
     text = (
@@ -321,8 +322,8 @@ def test_analysis_dir_follows_the_umask(analyzed, tmp_path):
     import os
     import stat
 
-    from forward_influence.report import write_analysis
-    from forward_influence.results import MeasureResult
+    from forward_influence.analysis.report import write_analysis
+    from forward_influence.store.results import MeasureResult
 
     a, path = analyzed
     old = os.umask(0o022)
@@ -335,7 +336,7 @@ def test_analysis_dir_follows_the_umask(analyzed, tmp_path):
 
 def test_function_bias_without_candidates_is_empty_not_a_crash():
     """A segment of sinks and window only (e.g. a split inside a generation's prompt) has no candidates."""
-    from forward_influence.selection import function_bias
+    from forward_influence.analysis.selection import function_bias
 
     cand = pd.DataFrame({"doc_id": pd.Series(["d"] * 3, dtype="string"), "unit": ["d@-"] * 3, "pos": [0, 1, 2],
                          "is_candidate": [False] * 3, "word_class": ["content"] * 3, "attn_snapkv": [1.0, 2.0, 3.0]})
@@ -349,8 +350,8 @@ def test_analysis_of_a_run_without_candidates_is_one_clear_error():
     """Every source a sink or inside the split-mode window: nothing competes, so no claims (not a crash)."""
     from forward_influence.config import MeasureConfig
     from forward_influence.errors import InputError
-    from forward_influence.results import MeasureResult
-    from forward_influence.tables import summarize
+    from forward_influence.store.results import MeasureResult
+    from forward_influence.store.tables import summarize
 
     n, f = 8, 2
     src = np.repeat(np.arange(n), f)

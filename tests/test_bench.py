@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forward_influence.bench import BenchConfig, run_bench, synthetic
+from forward_influence.bench import BenchConfig, run_bench
 from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
 from forward_influence.bench.summary import paired_interval, summarize
 from forward_influence.errors import InputError
-from forward_influence.results import SCHEMA_VERSION
+from forward_influence.measurement import synthetic
+from forward_influence.store.results import SCHEMA_VERSION
 
 DEPTH_TOL = 0.1  # needle position (fraction of the context) vs the asked depth
 LENGTH_TOL = 0.15  # generated context length vs the target, relative
@@ -186,7 +187,8 @@ def test_fidelity_run_full_is_exact_and_resumes(smollm, tmp_path, monkeypatch):
 
 @pytest.mark.model
 def test_validation_against_a_measured_run(smollm, tmp_path):
-    from forward_influence import MeasureConfig, measure
+    from forward_influence import MeasureConfig
+    from forward_influence.measurement.run import measure
 
     fi_dir = tmp_path / "fi"
     measure(MeasureConfig(n_prefix=(64,), n_future=16, max_docs=2, out=str(fi_dir), words=False, progress=False,

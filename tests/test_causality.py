@@ -1,4 +1,4 @@
-"""The causality rule (forward_influence.signals): a selection signal of a source
+"""The causality rule (forward_influence.measurement.signals): a selection signal of a source
 may read only what a compressor has at its eviction time tau. Two inputs that
 agree before tau and differ from tau on must give bitwise identical signals.
 
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import tiny_model
-from forward_influence import plumbing
-from forward_influence.signals import SELECTION_SIGNALS, SignalCollector, SignalConfig
+
+from forward_influence.hf import forwards
+from forward_influence.measurement.signals import SELECTION_SIGNALS, SignalCollector, SignalConfig
 
 T = 64
 SPLITS = (24, 40)
@@ -34,7 +34,7 @@ class _Doc:
 def signals(model, ids: torch.Tensor, collector=SignalCollector, **cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(token signals, source signals) of ``ids`` ``(T,)``."""
     col = collector(model, len(ids), SignalConfig(words=False, window=8, **cfg))
-    pre = plumbing.record_prefill(model, ids, col.on_attention, col.on_layer)
+    pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
     tokens = pd.DataFrame({"doc_id": pd.Series(["d"] * len(ids), dtype="string"), "pos": np.arange(len(ids))})
     tokens, source, _ = col.finish(pre, tokens, _Doc(ids))
     return tokens, source
@@ -100,7 +100,7 @@ class LeakyH2O(SignalCollector):
 
     def on_attention(self, layer, query, key, scaling):
         super().on_attention(layer, query, key, scaling)
-        from forward_influence import scores
+        from forward_influence.measurement import scores
 
         q, k = query[0], key[0]
         pos = torch.arange(q.shape[1])
@@ -114,7 +114,7 @@ class LeakySnapKV(SignalCollector):
 
     def on_attention(self, layer, query, key, scaling):
         super().on_attention(layer, query, key, scaling)
-        from forward_influence import scores
+        from forward_influence.measurement import scores
 
         q, k = query[0], key[0]
         t, w = q.shape[1], self.cfg.window

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import FP32_PRECISION_FLOOR
+
 from forward_influence.cli.measure import entry
-from forward_influence.results import SCHEMA_VERSION, MeasureResult
+from forward_influence.store.results import SCHEMA_VERSION, MeasureResult
 
 pytestmark = pytest.mark.model
 
@@ -173,10 +173,10 @@ def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
 
 @pytest.mark.parametrize("command", ["fi-measure", "fi-bench"])
 def test_ray_flag_without_ray_says_how_to_install(command, tmp_path, monkeypatch, capsys):
-    from forward_influence import distributed
+    from forward_influence import config
     from forward_influence.cli import bench
 
-    monkeypatch.setattr(distributed, "ray_available", lambda: False)
+    monkeypatch.setattr(config, "ray_available", lambda: False)
     with pytest.raises(SystemExit) as e:
         (entry if command == "fi-measure" else bench.entry)(["--out", str(tmp_path / "o"), "--ray", "local:2"])
     err = capsys.readouterr().err
@@ -191,7 +191,7 @@ def test_error_from_shell_has_no_traceback(tmp_path):
 
 
 def test_precision_warning_names_the_fix():
-    from forward_influence.results import precision_warning
+    from forward_influence.store.results import precision_warning
 
     meta = {"share_below_precision_floor": 0.47, "precision_floor_median": 6.1e-4, "model": {"dtype": "bfloat16"}}
     line = precision_warning(meta)

@@ -9,13 +9,25 @@ import math
 import pandas as pd
 import pytest
 import torch
-
 from conftest import REL_TOL_LOGITS, assert_checks, tiny_model
-from forward_influence import checks, plumbing
+
 from forward_influence.compress import (
-    CompressedCache, Compressor, DecodingConfig, ExpectedAttention, FIOracle, InfoKV, SnapKV, TokenFeatures,
-    compress_prompt, generate, get_compressor, list_compressors, top_entries,
+    CompressedCache,
+    Compressor,
+    DecodingConfig,
+    ExpectedAttention,
+    FIOracle,
+    InfoKV,
+    SnapKV,
+    TokenFeatures,
+    compress_prompt,
+    generate,
+    get_compressor,
+    list_compressors,
+    top_entries,
 )
+from forward_influence.hf import anatomy
+from forward_influence.tools import checks
 
 T_PROMPT = 64
 N_FUTURE = 12
@@ -78,7 +90,7 @@ def test_prefill_contract(name, budget, attn, models, prompt):
     model = models[attn]
     comp = make(name, budget)
     cache, last = compress_prompt(model, prompt[:T_PROMPT], comp)
-    n_layers = plumbing.n_layers(model)
+    n_layers = anatomy.n_layers(model)
     expected = [min(T_PROMPT, comp.layer_budget(l, n_layers, T_PROMPT, budget * T_PROMPT)) for l in range(n_layers)]
     assert cache.sizes() == expected, "kept counts per layer == layer_budget"
     for l, (pos, s) in enumerate(zip(cache.positions, cache.last_scores)):
@@ -355,7 +367,7 @@ def test_infokv_rep_invalid_names_the_choices():
 
 
 def test_infokv_entropy_features_match_the_logits(models, prompt):
-    from forward_influence.kl import entropy
+    from forward_influence.measurement.kl import entropy
 
     model = models["sdpa"]
     cache = CompressedCache(model, InfoKV(window=8, early_layer=0))
@@ -408,7 +420,7 @@ def test_kvpress_integration_needs_kvpress():
 def test_smollm_prefill_fidelity_end_to_end(smollm):
     """On the real model: every method runs, full is exact, SnapKV beats random."""
     from forward_influence import load_documents, tokenize
-    from forward_influence.kl import centred_kl
+    from forward_influence.measurement.kl import centred_kl
 
     model, tok = smollm.model, smollm.tokenizer
     ids = tokenize(tok, load_documents(None, max_docs=1)[0], max_tokens=640).input_ids

@@ -6,13 +6,15 @@ import dataclasses
 
 import pytest
 import torch
-
 from conftest import tiny_model
-from forward_influence import engine, plumbing
+
 from forward_influence.compress import CompressedCache, get_compressor
-from forward_influence.device_defaults import DEFAULTS, SOURCES, DeviceDefaults, defaults_for, parse_recommendations
-from forward_influence.engine import Ablation, ForwardInfluenceEngine
-from forward_influence.models import resolve_dtype
+from forward_influence.hf import attention
+from forward_influence.hf.models import resolve_dtype
+from forward_influence.measurement import engine
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.runtime import host
+from forward_influence.runtime.devices import DEFAULTS, SOURCES, DeviceDefaults, defaults_for, parse_recommendations
 
 
 def set_row(monkeypatch, device: str, **changes) -> None:
@@ -42,7 +44,7 @@ def test_batch_cap_and_workspaces_come_from_the_table(monkeypatch):
 
 def test_cuda_workspaces_are_capped_by_free_memory(monkeypatch):
     free = 4 << 30
-    monkeypatch.setattr(engine, "_available_bytes", lambda device: free)
+    monkeypatch.setattr(host, "available_bytes", lambda device: free)
     row = DEFAULTS["cuda"]
     for key, name in (("scores", "score_bytes"), ("logits", "logit_bytes"), ("kl", "kl_bytes")):
         assert engine._workspace(torch.device("cuda"), key, None) == min(getattr(row, name), int(free * row.workspace_free_fraction))
@@ -53,8 +55,8 @@ def test_cuda_workspaces_are_capped_by_free_memory(monkeypatch):
 def test_auto_kernel_comes_from_the_table(kernel, fused, monkeypatch, ids):
     set_row(monkeypatch, "cpu", kernel=kernel)
     calls = []
-    real = plumbing._ablated_attention_flash
-    monkeypatch.setattr(plumbing, "_ablated_attention_flash", lambda *a: calls.append(1) or real(*a))
+    real = attention._ablated_attention_flash
+    monkeypatch.setattr(attention, "_ablated_attention_flash", lambda *a: calls.append(1) or real(*a))
     ForwardInfluenceEngine(tiny_model(), batch_size=2).split(ids, 30, 14, [Ablation((3,))])
     assert bool(calls) is fused
 

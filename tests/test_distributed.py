@@ -26,11 +26,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # everything on
 ray = pytest.importorskip("ray")
 
 from conftest import TinySource  # noqa: E402
-from forward_influence import MeasureConfig, measure  # noqa: E402
+
+from forward_influence import MeasureConfig
 from forward_influence.bench import BenchConfig, run_bench  # noqa: E402
-from forward_influence.distributed import ClusterSpec, RayPool  # noqa: E402
 from forward_influence.errors import InputError  # noqa: E402
-from forward_influence.results import MeasureResult  # noqa: E402
+from forward_influence.execution.cluster import ClusterSpec, RayPool  # noqa: E402
+from forward_influence.measurement.run import measure  # noqa: E402
+from forward_influence.store.results import MeasureResult  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("tokens", "influence", "summary", "source_signals", "token_layers")
@@ -94,7 +96,7 @@ class TestSharedPool:
 
     @pytest.mark.parametrize("mode", ["split", "sliding"])
     def test_tables_equal_single_process(self, mode, pool, docs, tmp_path, monkeypatch):
-        from forward_influence import units
+        from forward_influence.measurement import units
 
         monkeypatch.setattr(units, "SLIDING_UNIT_SOURCES", 8)  # several units per document
         kw = {} if mode == "split" else dict(mode="sliding", delay=4, horizon=12)
@@ -109,7 +111,7 @@ class TestSharedPool:
         assert meta["model"]["revision"] == "tiny" and meta["config"]["ray"] == "local:2"
 
     def test_single_process_run_resumes_on_the_cluster(self, pool, docs, tmp_path, monkeypatch):
-        from forward_influence import units
+        from forward_influence.measurement import units
 
         out, calls, real = tmp_path / "r", [], units.MeasureJob.run
 
@@ -164,7 +166,7 @@ class TestSharedPool:
 
         from forward_influence.cli.measure import entry
 
-        m = importlib.import_module("forward_influence.measure")  # the module (the package exports the function)
+        m = importlib.import_module("forward_influence.measurement.run")  # the module (the package exports the function)
         bad = write_docs(tmp_path / "bad.jsonl", {"ok": text(0), "bad": "~" + text(1)})
         monkeypatch.setattr(m, "measure", functools.partial(m.measure, cluster=pool))
         with pytest.raises(SystemExit) as e:
@@ -202,7 +204,7 @@ def test_workers_that_disagree_are_refused(cluster):
 
 
 def test_bad_model_in_a_worker_is_one_line(cluster):
-    from forward_influence.execution import ModelSource
+    from forward_influence.execution.local import ModelSource
 
     with pytest.raises(InputError, match="a Ray worker could not load the model: InputError: unknown model 'gpt-17'"):
         with RayPool(spec(workers=1), ModelSource("gpt-17")):
@@ -218,7 +220,7 @@ def test_driver_killed_and_rerun_resumes(cluster, tmp_path):
     driver = (
         "from conftest import TinySource\n"
         "from forward_influence import MeasureConfig, measure\n"
-        "from forward_influence.distributed import ClusterSpec\n"
+        "from forward_influence.execution.cluster import ClusterSpec\n"
         f"measure(MeasureConfig(**{kw!r}), source=TinySource(delay=0.3),\n"
         f"        cluster=ClusterSpec({cluster!r}, workers=2, gpu_resource='fi_gpu', threads={torch.get_num_threads()}))\n"
     )
@@ -242,7 +244,8 @@ def test_driver_killed_and_rerun_resumes(cluster, tmp_path):
 @pytest.mark.model
 @pytest.mark.parametrize("command", ["fi-measure", "fi-bench"])
 def test_cli_on_the_embedded_model_equals_single_process(command, cluster, smollm, tmp_path, monkeypatch, capsys):
-    from forward_influence.cli import bench, measure as cli_measure
+    from forward_influence.cli import bench
+    from forward_influence.cli import measure as cli_measure
 
     # Workers and this process with the same thread count (one each: two CPU actors fit the 2-CPU cluster).
     monkeypatch.setenv("FI_NUM_THREADS", "1")

@@ -6,10 +6,10 @@ import hashlib
 import json
 
 import pytest
-
 from conftest import DATA
-from forward_influence.documents import load_documents
+
 from forward_influence.errors import InputError
+from forward_influence.measurement.documents import load_documents
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 

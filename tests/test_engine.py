@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import ABS_TOL_KL, FP32_PRECISION_FLOOR, REL_TOL_ENGINE, assert_checks, tiny_model
-from forward_influence import checks, plumbing
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, naive_split_kl
-from forward_influence.kl import centred_kl
+
+from forward_influence.hf import anatomy, cache_api, forwards, kernels
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.measurement.kl import centred_kl
+from forward_influence.measurement.reference import naive_split_kl
+from forward_influence.tools import checks
 
 N, F = checks.SPLIT_N, checks.SPLIT_F
 rel_err = checks.rel_err
@@ -67,7 +69,7 @@ def test_layer_and_head_ablations_differ_from_hiding_everywhere(ids):
 def test_wrong_positions_are_caught(ids):
     """The 4-D-mask comparison detects an engine that uses the wrong RoPE positions."""
     assert_checks(checks.check_wrong_position_caught(tiny_model(), ids))
-    assert plumbing.position_ids(3, 2, 1, torch.device("cpu")).tolist() == [[3, 4]]  # restored
+    assert anatomy.position_ids(3, 2, 1, torch.device("cpu")).tolist() == [[3, 4]]  # restored
 
 
 def test_prefix_cache_unchanged_after_run(ids):
@@ -83,9 +85,9 @@ def test_prefix_cache_unchanged_after_run(ids):
 
 def test_prefill_kv_equals_hf_cache(ids):
     model = tiny_model()
-    pre = plumbing.record_prefill(model, ids[:N])
-    cache = plumbing.prefill_cache(model, ids[:N])
-    for (k0, v0), (k1, v1) in zip(pre.kv, plumbing.cache_layers(cache)):
+    pre = forwards.record_prefill(model, ids[:N])
+    cache = cache_api.prefill_cache(model, ids[:N])
+    for (k0, v0), (k1, v1) in zip(pre.kv, cache_api.cache_layers(cache)):
         torch.testing.assert_close(k0, k1, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(v0, v1, rtol=1e-5, atol=1e-5)
 
@@ -133,7 +135,7 @@ def test_kl_from_logits_equals_kl_from_hidden_differences(ids, monkeypatch):
     model = tiny_model()
     abl = [Ablation((i,)) for i in range(0, N, 4)]
     fast = ForwardInfluenceEngine(model, batch_size=4).split(ids, N, F, abl).kl
-    monkeypatch.setattr(plumbing, "lm_head_is_linear", lambda m: False)
+    monkeypatch.setattr(anatomy, "lm_head_is_linear", lambda m: False)
     plain = ForwardInfluenceEngine(model, batch_size=4).split(ids, N, F, abl).kl
     np.testing.assert_allclose(fast, plain, rtol=REL_TOL_ENGINE, atol=ABS_TOL_KL)
 
@@ -145,9 +147,9 @@ def test_ablation_hiding_the_whole_prefix(kernel, ids):
     model = tiny_model()
     n = 3
     res = ForwardInfluenceEngine(model, batch_size=2, kernel=kernel).split(ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))])
-    ref = plumbing.full_forward_hiding(model, ids[: n + F], None, n)
+    ref = cache_api.full_forward_hiding(model, ids[: n + F], None, n)
     for k, cols in enumerate([range(n), [1]]):
-        abl = plumbing.full_forward_hiding(model, ids[: n + F], cols, n)
+        abl = cache_api.full_forward_hiding(model, ids[: n + F], cols, n)
         assert rel_err(res.kl[k], centred_kl(ref[n:], abl[n:]).numpy()) < REL_TOL_ENGINE
 
 
@@ -179,12 +181,12 @@ def test_dither_moves_each_element_by_one_rounding_step():
     x = torch.randn(64, 48)
     for dtype in (torch.float32, torch.bfloat16):
         xd = x.to(dtype)
-        y = plumbing.dither_embeddings(xd)
+        y = forwards.dither_embeddings(xd)
         eps = torch.finfo(dtype).eps
         rel = ((y.double() - xd.double()).abs() / xd.double().abs())
         assert float(rel.max()) <= 2 * eps  # one step (plus the product's rounding)
         assert float((y != xd).float().mean()) > 0.9  # and it does move (not rounded away)
-        assert torch.equal(y, plumbing.dither_embeddings(xd))  # deterministic
+        assert torch.equal(y, forwards.dither_embeddings(xd))  # deterministic
 
 
 @pytest.mark.parametrize("mode", ["split", "sliding"])
@@ -223,7 +225,7 @@ def test_precision_floor_predicts_bfloat16_error(smollm):
     misses most of it; in float32 the floor is ~1e-12."""
     import copy
 
-    from forward_influence.documents import load_documents, tokenize
+    from forward_influence.measurement.documents import load_documents, tokenize
 
     n, f = 160, 48
     ids = tokenize(smollm.tokenizer, load_documents(None)[0], max_tokens=n + f).input_ids
@@ -267,8 +269,8 @@ def emulated_cuda_kernel(monkeypatch):
     """The engine's fused path dispatching to the CUDA wrapper, with the emulated op."""
     import functools
 
-    fused = functools.partial(plumbing._lse_attention_cuda, op=_emulated_efficient_attention)
-    monkeypatch.setattr(plumbing, "_lse_kernel", lambda query: fused)
+    fused = functools.partial(kernels._lse_attention_cuda, op=_emulated_efficient_attention)
+    monkeypatch.setattr(kernels, "_lse_kernel", lambda query: fused)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -287,8 +289,8 @@ def test_cuda_fused_path_hides_the_whole_prefix(emulated_cuda_kernel, ids):
     model = tiny_model()
     n = 3
     res = ForwardInfluenceEngine(model, batch_size=2, kernel="flash").split(ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))])
-    ref = plumbing.full_forward_hiding(model, ids[: n + F], None, n)[n:]
-    every = centred_kl(ref, plumbing.full_forward_hiding(model, ids[: n + F], list(range(n)), n)[n:]).numpy()
+    ref = cache_api.full_forward_hiding(model, ids[: n + F], None, n)[n:]
+    every = centred_kl(ref, cache_api.full_forward_hiding(model, ids[: n + F], list(range(n)), n)[n:]).numpy()
     assert np.isfinite(res.kl).all()
     assert rel_err(res.kl[0], every) < REL_TOL_ENGINE
     assert rel_err(res.kl[1], checks.oracle_split_kl(model, ids, n, F, [1])[0]) < REL_TOL_ENGINE
@@ -296,6 +298,6 @@ def test_cuda_fused_path_hides_the_whole_prefix(emulated_cuda_kernel, ids):
 
 def test_aligned_bias_layout():
     mask = torch.zeros(3, 2, 1, 37)
-    bias = plumbing._aligned_bias(mask, (3, 2, 10, 37), torch.bfloat16)
+    bias = kernels._aligned_bias(mask, (3, 2, 10, 37), torch.bfloat16)
     assert bias.shape == (3, 2, 10, 37) and bias.dtype == torch.bfloat16 and bias.stride(-1) == 1
-    assert all(s % plumbing.BIAS_ALIGN == 0 for s in bias.stride()[:3])
+    assert all(s % kernels.BIAS_ALIGN == 0 for s in bias.stride()[:3])

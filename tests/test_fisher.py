@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import assert_checks, tiny_model
 
-from forward_influence import checks, plumbing
-from forward_influence.fisher import FisherEstimator, exact_fisher
+from forward_influence.hf import forwards
+from forward_influence.measurement.fisher import FisherEstimator, exact_fisher
+from forward_influence.tools import checks
 
 N, F = 24, 12
 REL_TOL_EPS2 = 0.05  # KL(m_i = 1 - eps) / eps^2 vs the Fisher term, eps = 1e-2
@@ -18,7 +19,7 @@ REL_TOL_EPS2 = 0.05  # KL(m_i = 1 - eps) / eps^2 vs the Fisher term, eps = 1e-2
 def setup():
     model = tiny_model().double()
     ids = torch.randint(0, 96, (N + F,), generator=torch.Generator().manual_seed(1))
-    pre = plumbing.record_prefill(model, ids)
+    pre = forwards.record_prefill(model, ids)
     return model, ids, pre
 
 
@@ -82,7 +83,8 @@ def test_blocks_add_up_and_layer_restriction(setup):
 
 @pytest.mark.model
 def test_measure_fisher_method_tables(smollm, tmp_path):
-    from forward_influence import InputError, MeasureConfig, measure
+    from forward_influence import InputError, MeasureConfig
+    from forward_influence.measurement.run import measure
 
     doc = tmp_path / "d.txt"
     doc.write_text("The Loire is the longest river in France. It flows north and west to the Atlantic. " * 10)

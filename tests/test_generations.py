@@ -7,23 +7,21 @@ end to end on IFEval prompts with the embedded model and its chat template."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import DATA, tiny_chat_model
-from forward_influence import generations as G
-from forward_influence.analysis import AnalyzeConfig, analyze
+
+from forward_influence.analysis.analyze import AnalyzeConfig, analyze
 from forward_influence.config import MeasureConfig
 from forward_influence.errors import InputError
-from forward_influence.measure import measure
-from forward_influence.results import MeasureResult
-
-from forward_influence import execution as E  # noqa: E402  (the model source loads through it)
-from forward_influence import units as U  # noqa: E402
+from forward_influence.execution import local as E  # noqa: E402  (the model source loads through it)
+from forward_influence.measurement import generations as G
+from forward_influence.measurement import units as U  # noqa: E402
+from forward_influence.measurement.run import measure
+from forward_influence.store.results import MeasureResult
 
 PROMPTS = ["Say something long about the sea.", "Héllo — count to ten, please."]
 #: sliding mode, tiny: D = 2, H = 4, so a generation needs 6 new tokens
@@ -122,7 +120,7 @@ def test_too_short_generation_skipped_with_a_reason(lm, tmp_path, caplog):
     # split mode needs N + F tokens in all: the long prompt + 6 new tokens has them, the short one not
     cfg = MeasureConfig(generate=str(p), mode="split", n_prefix=(n_long,), n_future=4, stride=4, window=2, max_new_tokens=6,
                         min_new_tokens=6, words=False, progress=False, report=False)
-    with caplog.at_level("WARNING", logger="forward_influence.measure"):
+    with caplog.at_level("WARNING", logger="forward_influence.measurement.run"):
         res = measure(cfg, lm)
     assert res.summary.doc_id.unique().tolist() == ["long"]
     (skip,) = res.meta["skipped"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from forward_influence.device_defaults import parse_recommendations
+from forward_influence.runtime.devices import parse_recommendations
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
@@ -114,7 +114,7 @@ def test_a_section_past_its_deadline_prints_what_it_finished_and_the_run_goes_on
 
 
 def test_a_failed_check_or_a_crash_makes_the_exit_status_non_zero(script, capsys):
-    from forward_influence.checks import Check
+    from forward_influence.tools.checks import Check
 
     script["SECTIONS"]["fisher"] = lambda run: run.run_checks("demo", lambda: [Check("demo", 1.0, 0.5)])
     assert script["main"](["--device", "cpu", "--tiny", "--sections", "fisher"]) == 1

@@ -16,12 +16,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from forward_influence import textfiles
 from forward_influence.bench.ifeval import load_ifeval
 from forward_influence.config import MeasureConfig
-from forward_influence.documents import load_documents
 from forward_influence.errors import InputError
-from forward_influence.results import SCHEMA_VERSION, MeasureResult, PartStore, fresh_dir
+from forward_influence.measurement import textfiles
+from forward_influence.measurement.documents import load_documents
+from forward_influence.store.results import SCHEMA_VERSION, MeasureResult, PartStore, fresh_dir
 
 TEXT = "The quick brown fox jumps over the naïve dog."
 GOOD_LINE = json.dumps({"id": "a", "text": TEXT}, ensure_ascii=False) + "\n"  # 'ï' is two bytes in UTF-8
@@ -149,7 +149,7 @@ def test_json_size_limit_is_named(tmp_path, monkeypatch):
 # --------------------------------------------------------------- run directories
 def tiny_run(out: Path) -> Path:
     """A complete fi-measure run directory of two sources on a four-token document."""
-    from forward_influence.tables import summarize
+    from forward_influence.store.tables import summarize
 
     tokens = pd.DataFrame({"doc_id": ["d0"] * 4, "pos": range(4), "token_id": [5, 6, 7, 8], "token": list("abcd"),
                            "char_start": range(4), "char_end": range(1, 5)})

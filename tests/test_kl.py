@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.stats import entropy as sp_entropy
 
-from forward_influence.kl import centred_kl, entropy
+from forward_influence.measurement.kl import centred_kl, entropy
 
 # Relative error allowed, by the size of the logit shift (KL ~ scale^2 / 2):
-# the float32 elementwise arithmetic (see forward_influence.kl).
+# the float32 elementwise arithmetic (see forward_influence.measurement.kl).
 REL_TOL_BY_SCALE = {1e-1: 1e-4, 1e-3: 3e-4, 1e-4: 3e-3, 1e-5: 2e-2}
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from forward_influence.runtime import heap_in_use, retain_freed_memory, runtime_info
+from forward_influence.runtime.host import heap_in_use, retain_freed_memory, runtime_info
 
 glibc = pytest.mark.skipif(heap_in_use() is None, reason="needs glibc (mallinfo2)")
 MB = 1 << 20
@@ -45,7 +45,7 @@ def test_heap_in_use_follows_live_tensors():
 
 
 def test_opt_out_keeps_glibc_defaults():
-    code = "from forward_influence.runtime import retain_freed_memory as r; print(r())"
+    code = "from forward_influence.runtime.host import retain_freed_memory as r; print(r())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FI_RETAIN_HEAP": "0"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as Fn
-
 from conftest import tiny_model
-from forward_influence import plumbing
-from forward_influence.kl import entropy
-from forward_influence.signals import SignalCollector, SignalConfig
+
+from forward_influence.hf import forwards
+from forward_influence.measurement.kl import entropy
+from forward_influence.measurement.signals import SignalCollector, SignalConfig
 
 REL_TOL = 1e-4
 T = 40
@@ -24,7 +24,7 @@ def ids():
 def collect(model, ids, **kw):
     cfg = SignalConfig(words=False, **kw)
     col = SignalCollector(model, T, cfg)
-    pre = plumbing.record_prefill(model, ids, col.on_attention, col.on_layer)
+    pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
     return col, pre
 
 

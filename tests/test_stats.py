@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from forward_influence.analysis import AnalyzeConfig
-from forward_influence.inference import (
+from forward_influence.analysis.analyze import AnalyzeConfig
+from forward_influence.analysis.inference import (
     MIN_DOCS,
     adjust_claims,
     claim_test,
@@ -22,7 +22,14 @@ from forward_influence.inference import (
     sign_flip_test,
     word_level,
 )
-from forward_influence.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, cluster_bootstrap, rank_biserial, ratio_statistic
+from forward_influence.analysis.stats import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    cluster_bootstrap,
+    rank_biserial,
+    ratio_statistic,
+)
 
 CFG = AnalyzeConfig(n_boot=999, seed=0)
 TOL_EXACT = 1e-12  # closed forms / identical resamples, float rounding only

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from forward_influence.words import WORD_CLASS, align, tag_tokens, tag_words
+from forward_influence.measurement.words import WORD_CLASS, align, tag_tokens, tag_words
 
 
 def spans(text, pieces):

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..compress import Compressor, DecodingConfig, generate
-from ..errors import InputError
-from ..generations import chat_prompt_ids
-from ..textfiles import iter_jsonl
-from .tasks import Sample
+from forward_influence.bench.tasks import Sample
+from forward_influence.compress import Compressor, DecodingConfig, generate
+from forward_influence.errors import InputError
+from forward_influence.measurement.generations import chat_prompt_ids
+from forward_influence.measurement.textfiles import iter_jsonl
 
 
 def ensure_punkt_tab(root: str | Path | None = None) -> Path:
@@ -55,7 +55,7 @@ def ensure_punkt_tab(root: str | Path | None = None) -> Path:
 
 def load_ifeval(path: str | Path, n_samples: int | None = None) -> list[dict[str, Any]]:
     """IFEval prompts from a JSONL file (one object per line), read only as
-    far as the first ``n_samples`` prompts (see :mod:`forward_influence.textfiles`)."""
+    far as the first ``n_samples`` prompts (see :mod:`forward_influence.measurement.textfiles`)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--ifeval-data {p} not found; give IFEval's input_data.jsonl")

@@ -24,15 +24,23 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..compress import CompressedCache, FIOracle, Full, get_compressor
-from ..errors import InputError
-from ..execution import ModelSource, open_pool
-from ..models import LoadedModel
-from ..results import (SCHEMA_VERSION, PartStore, check_out_dir, git_sha, library_versions, read_run_json,
-                       write_json_atomic, write_parquet_atomic)
-from .config import BenchConfig
-from .ifeval import IFEval
-from .tasks import Fidelity, ReadingQA, Retrieval, Sample
+from forward_influence.bench.config import BenchConfig
+from forward_influence.bench.ifeval import IFEval
+from forward_influence.bench.tasks import Fidelity, ReadingQA, Retrieval, Sample
+from forward_influence.compress import CompressedCache, FIOracle, Full, get_compressor
+from forward_influence.errors import InputError
+from forward_influence.execution.local import ModelSource, open_pool
+from forward_influence.hf.models import LoadedModel
+from forward_influence.store.results import (
+    SCHEMA_VERSION,
+    PartStore,
+    check_out_dir,
+    git_sha,
+    library_versions,
+    read_run_json,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 
 def build_task(cfg: BenchConfig) -> Any:
@@ -49,7 +57,7 @@ class FITable:
     """Measured single-token FI per document (from an ``fi-measure`` run)."""
 
     def __init__(self, run_dir: str | Path, cfg: BenchConfig):
-        from ..results import MeasureResult
+        from forward_influence.store.results import MeasureResult
 
         if not Path(run_dir).is_dir():
             raise InputError(f"--fi-run {run_dir} is not a directory; give the --out directory of an fi-measure run")
@@ -180,7 +188,7 @@ class BenchUnit:
 
 @dataclass
 class BenchJob:
-    """The benchmark as a pool job (:mod:`forward_influence.execution`): every
+    """The benchmark as a pool job (:mod:`forward_influence.execution.local`): every
     method and budget on one sample."""
 
     cfg: BenchConfig
@@ -210,7 +218,7 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any
     model : LoadedModel, optional
         A model already loaded (not with Ray).
     source, cluster
-        As for :func:`forward_influence.measure.measure` (``cfg.ray``: samples
+        As for :func:`forward_influence.measurement.run.measure` (``cfg.ray``: samples
         run on Ray workers).
 
     Returns
@@ -225,7 +233,7 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any
     budgets = cfg.resolved_budgets()
     out = check_out_dir(cfg.out, cfg, "fi-bench") if cfg.out else None
     if out is not None and (out / "run.json").is_file() and read_run_json(out, "fi-bench").get("status") == "complete":
-        from .summary import load_run
+        from forward_influence.bench.summary import load_run
 
         return load_run(out)[1]
     fi = FITable(cfg.fi_run, cfg) if cfg.fi_run else None
@@ -276,7 +284,7 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any
         if failed:  # the finished samples stay in .parts for the rerun
             write_json_atomic(out / "run.json", {**meta, "status": "partial"})
         else:
-            from .summary import summarize
+            from forward_influence.bench.summary import summarize
 
             write_parquet_atomic(results, out / "results.parquet")
             write_parquet_atomic(summarize(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")

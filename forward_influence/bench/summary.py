@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from forward_influence.errors import InputError
 
 #: metrics summarised per task, in display order; lower is better for the first two
 METRICS = {
@@ -75,10 +75,10 @@ def load_run(out: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFram
     Raises
     ------
     InputError
-        As :func:`forward_influence.results.read_run_json` and
-        :func:`~forward_influence.results.read_tables`; also an unfinished run.
+        As :func:`forward_influence.store.results.read_run_json` and
+        :func:`~forward_influence.store.results.read_tables`; also an unfinished run.
     """
-    from ..results import read_run_json, read_tables
+    from forward_influence.store.results import read_run_json, read_tables
 
     meta = read_run_json(out, "fi-bench")
     if meta.get("status") != "complete":

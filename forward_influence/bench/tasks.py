@@ -30,12 +30,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as Fn
 
-from ..compress import CompressedCache
-from ..documents import Document, builtin_squad_path, is_squad, load_documents, tokenize
-from ..errors import InputError
-from ..kl import centred_kl
-from ..textfiles import control_message, find_control, read_json
-from . import synthetic
+from forward_influence.compress import CompressedCache
+from forward_influence.errors import InputError
+from forward_influence.measurement import synthetic
+from forward_influence.measurement.documents import Document, builtin_squad_path, is_squad, load_documents, tokenize
+from forward_influence.measurement.kl import centred_kl
+from forward_influence.measurement.textfiles import control_message, find_control, read_json
 
 
 @dataclass

@@ -14,15 +14,28 @@ Decoding::
     out = generate(model, ids, get_compressor("snapkv"), DecodingConfig(cache_budget=256))
 """
 
-from .base import Compressor, FeatureSpec, LayerView, TokenFeatures, get_compressor, list_compressors, n_kept, register, top_entries
-from .simple import Full, KNorm, Random, StreamingLLM
-from .snapkv import TOVA, PyramidKV, SnapKV
-from .h2o import H2O
-from .expected_attention import ExpectedAttention
-from .infokv import InfoKV
-from .oracle import FIOracle
-from .cache import CompressedCache, compress_prompt
-from .decoding import DecodingConfig, Generation, generate
+# isort: off  (registration order is the listing order: baselines first, InfoKV and the oracle last)
+from forward_influence.compress.base import (
+    Compressor,
+    FeatureSpec,
+    LayerView,
+    TokenFeatures,
+    get_compressor,
+    list_compressors,
+    n_kept,
+    register,
+    top_entries,
+)
+from forward_influence.compress.cache import CompressedCache, compress_prompt
+from forward_influence.compress.decoding import DecodingConfig, Generation, generate
+from forward_influence.compress.expected_attention import ExpectedAttention
+from forward_influence.compress.h2o import H2O
+from forward_influence.compress.infokv import InfoKV
+from forward_influence.compress.oracle import FIOracle
+from forward_influence.compress.simple import Full, KNorm, Random, StreamingLLM
+from forward_influence.compress.snapkv import TOVA, PyramidKV, SnapKV
+
+# isort: on
 
 __all__ = [
     "CompressedCache", "Compressor", "DecodingConfig", "ExpectedAttention", "FIOracle", "FeatureSpec", "Full",

@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..plumbing import AttentionTap
+from forward_influence.hf.attention import AttentionTap
 
 
 def n_kept(keep: float, n_tokens: int) -> int:

@@ -4,7 +4,7 @@
 ``(1, Hkv, n_l, D)`` (keys after RoPE, so every entry keeps the position it
 was computed at) and their absolute positions ``(Hkv, n_l)``. New tokens run
 at their true positions ``length, length+1, ...`` over whatever is kept
-(:func:`forward_influence.plumbing.continue_forward`: the layers may hold
+(:func:`forward_influence.hf.forwards.continue_forward`: the layers may hold
 different numbers of entries, which transformers' own masks cannot do — the
 reason kvpress's PyramidKV breaks with sdpa/eager when a question is fed in
 one batch). :meth:`CompressedCache.cut` asks the compressor for scores and
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 import torch.nn.functional as Fn
 
-from .. import plumbing
-from ..device_defaults import defaults_for
-from ..kl import entropy
-from .base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.hf import anatomy, attention, forwards
+from forward_influence.measurement.kl import entropy
+from forward_influence.runtime.devices import defaults_for
 
 
 class CompressedCache:
@@ -41,14 +41,14 @@ class CompressedCache:
     compressor : Compressor
     chunk_bytes : int, optional
         Bound on the logits held at once when entropies are needed (default:
-        the device's ``entropy_logit_bytes``, :mod:`forward_influence.device_defaults`).
+        the device's ``entropy_logit_bytes``, :mod:`forward_influence.runtime.devices`).
     """
 
     def __init__(self, model: Any, compressor: Compressor, chunk_bytes: int | None = None):
         self.model = model
         self.compressor = compressor
         self.chunk_bytes = defaults_for(model.device).entropy_logit_bytes if chunk_bytes is None else chunk_bytes
-        self.n_layers = plumbing.n_layers(model)
+        self.n_layers = anatomy.n_layers(model)
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.positions: list[torch.Tensor] = []
         self.state: list[dict] = [{} for _ in range(self.n_layers)]
@@ -102,7 +102,7 @@ class CompressedCache:
         return None if self.spec is None else TokenFeatures(self.entropy, self.rep)
 
     # ---------------------------------------------------------------- extend
-    def _tap(self, tap: plumbing.AttentionTap) -> None:
+    def _tap(self, tap: attention.AttentionTap) -> None:
         l, c = tap.layer, tap.query.shape[1]
         self._modules[l], self._scaling[l] = tap.module, tap.scaling
         keep_q = max(1, self.compressor.recent_queries())
@@ -147,9 +147,9 @@ class CompressedCache:
         hook = self._layer_hook(rep) if self.spec is not None else None
         need_in = self.compressor.needs_attn_inputs
         if not self.kv:
-            out = plumbing.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
+            out = forwards.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
         else:
-            out = plumbing.continue_forward(self.model, self.kv, ids, self.length, on_tap=self._tap,
+            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=self._tap,
                                             layer_hooks=hook, attn_inputs=need_in)
         new_pos = torch.arange(self.length, self.length + c, device=out.hidden.device)
         if not self.kv:
@@ -171,14 +171,14 @@ class CompressedCache:
     def _logits(self, hidden: torch.Tensor, all_logits: bool) -> torch.Tensor:
         """Logits (all or last), and the top-k entropies when the method needs them."""
         if self.spec is None:
-            return plumbing.logits_from_hidden(self.model, hidden if all_logits else hidden[-1:])
+            return anatomy.logits_from_hidden(self.model, hidden if all_logits else hidden[-1:])
         c = hidden.shape[0]
-        vocab = plumbing.lm_head(self.model).weight.shape[0]
+        vocab = anatomy.lm_head(self.model).weight.shape[0]
         chunk = max(1, self.chunk_bytes // (vocab * 4 * 2))
         h_out = torch.empty(c)
         kept = []
         for c0 in range(0, c, chunk):
-            lg = plumbing.logits_from_hidden(self.model, hidden[c0 : c0 + chunk])  # (n, V) float32
+            lg = anatomy.logits_from_hidden(self.model, hidden[c0 : c0 + chunk])  # (n, V) float32
             h_out[c0 : c0 + lg.shape[0]] = entropy(lg, topk=self.spec.topk).float().cpu()
             if all_logits or c0 + chunk >= c:
                 kept.append(lg if all_logits else lg[-1:])

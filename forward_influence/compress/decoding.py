@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
-from .base import Compressor
-from .cache import CompressedCache
+from forward_influence.compress.base import Compressor
+from forward_influence.compress.cache import CompressedCache
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def generate(
     prefill_budget : float, optional
         Also cut the prompt's cache to this fraction right after the prefill.
     """
-    from ..kl import entropy
+    from forward_influence.measurement.kl import entropy
 
     cache = CompressedCache(model, compressor)
     gen = torch.Generator().manual_seed(config.seed)

@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import FeatureSpec, LayerView, TokenFeatures, register
-from .snapkv import SnapKV
+from forward_influence.compress.base import FeatureSpec, LayerView, TokenFeatures, register
+from forward_influence.compress.snapkv import SnapKV
 
 NORMS = ("rank", "max", "zscore", "sum")
 REPS = ("per_layer", "early_final")

@@ -31,9 +31,10 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without kvpress
     raise ImportError("forward_influence.integrations.kvpress needs NVIDIA kvpress (pip install kvpress)") from exc
 
-from .. import plumbing
-from ..compress import InfoKV, LayerView, TokenFeatures, top_entries
-from ..kl import entropy
+
+from forward_influence.compress import InfoKV, LayerView, TokenFeatures, top_entries
+from forward_influence.hf import anatomy
+from forward_influence.measurement.kl import entropy
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -77,7 +78,7 @@ class InfoKVPress(BasePress):
         cache = kwargs["past_key_values"]
         keys = cache.layers[layer].keys  # (1, Hkv, T, D)
         w = min(self.infokv.window, t)
-        q = plumbing.prerope_queries(module, hidden[0, -w:])  # (Hq, w, D)
+        q = anatomy.prerope_queries(module, hidden[0, -w:])  # (Hq, w, D)
         cos, sin = kwargs["position_embeddings"]  # (1, T, D)
         q = q * cos[0, -w:] + _rotate_half(q) * sin[0, -w:]  # (Hq, w, D) after RoPE
         pos = torch.arange(t, device=keys.device)
@@ -110,7 +111,7 @@ class InfoKVPress(BasePress):
         t = h.shape[0]
         ent = torch.empty(t)
         for c0 in range(0, t, 512):
-            ent[c0 : c0 + 512] = entropy(plumbing.logits_from_hidden(model, h[c0 : c0 + 512]), topk=method.topk).cpu()
+            ent[c0 : c0 + 512] = entropy(anatomy.logits_from_hidden(model, h[c0 : c0 + 512]), topk=method.topk).cpu()
         ent_in = torch.cat([torch.zeros(1), ent[:-1]])  # what predicted each token
         rep = torch.ones(n_layers, t)
         for l, r in self._rep.items():
@@ -131,10 +132,10 @@ class InfoKVPress(BasePress):
         handles = []
         try:
             with super().__call__(model):
-                for l, layer in enumerate(plumbing.decoder_layers(model)):
+                for l, layer in enumerate(anatomy.decoder_layers(model)):
                     handles.append(layer.register_forward_hook(
                         lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])))
-                norm = plumbing.base_model(model).norm
+                norm = anatomy.base_model(model).norm
                 handles.append(norm.register_forward_hook(lambda _m, _i, out: self._on_final(model, out)))
                 yield
         finally:

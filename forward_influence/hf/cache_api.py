@@ -1,0 +1,75 @@
+"""The plain Cache-API path: a ``DynamicCache`` prefill, an entry removed, a forward over it; and a
+full forward with a 4-D mask. The naive reference loop of the benchmarks and the tests' oracle."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import torch
+
+from forward_influence.hf import anatomy
+
+
+def _cache_kwarg(model: Any) -> str:
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@torch.no_grad()
+def prefill_cache(model: Any, input_ids: torch.Tensor) -> Any:
+    """A ``DynamicCache`` holding ``input_ids`` ``(T,)``, from a normal forward."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    ids = input_ids.to(model.device)[None]
+    model(input_ids=ids, use_cache=True, **{_cache_kwarg(model): cache})
+    return cache
+
+
+def cache_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer ``(K, V)`` ``(B, Hkv, T, D)`` of a ``DynamicCache``."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))  # transformers < 4.56
+
+
+def cache_without(cache: Any, position: int | None) -> Any:
+    """A copy of ``cache`` with entry ``position`` removed at every layer."""
+    from transformers import DynamicCache
+
+    new = DynamicCache()
+    for layer, (k, v) in enumerate(cache_layers(cache)):
+        if position is None:
+            k2, v2 = k.clone(), v.clone()
+        else:
+            keep = torch.ones(k.shape[2], dtype=torch.bool, device=k.device)
+            keep[position] = False
+            k2, v2 = k[:, :, keep], v[:, :, keep]  # copies
+        new.update(k2, v2, layer)
+    return new
+
+
+@torch.no_grad()
+def forward_with_cache(model: Any, cache: Any, block_ids: torch.Tensor, start: int) -> torch.Tensor:
+    """HF forward of ``block_ids`` ``(C,)`` on ``cache`` at true positions ``start..``; float32 logits ``(C, V)``."""
+    ids = block_ids.to(model.device)[None]  # (1, C)
+    pos = anatomy.position_ids(start, ids.shape[1], 1, model.device)  # (1, C)
+    out = model(input_ids=ids, position_ids=pos, use_cache=True, **{_cache_kwarg(model): cache})
+    return out.logits[0].float()
+
+
+@torch.no_grad()
+def full_forward_hiding(model: Any, input_ids: torch.Tensor, hide: int | Sequence[int] | None, from_row: int) -> torch.Tensor:
+    """Independent check: one full forward with a 4-D mask hiding column(s)
+    ``hide`` from rows ``>= from_row`` at every layer. Float32 logits ``(T, V)``."""
+    t = input_ids.shape[0]
+    dtype = model.dtype
+    neg = torch.finfo(dtype).min
+    mask = torch.zeros(1, 1, t, t, dtype=dtype, device=model.device)  # (1, 1, T, T) additive
+    mask.masked_fill_(torch.ones(t, t, dtype=torch.bool, device=model.device).triu_(1), neg)
+    if hide is not None:
+        cols = [hide] if isinstance(hide, int) else list(hide)
+        mask[0, 0, from_row:, cols] = neg
+    out = model(input_ids=input_ids.to(model.device)[None], attention_mask=mask, use_cache=False)
+    return out.logits[0].float()
