@@ -12,7 +12,7 @@ import pytest
 
 from forward_influence.bench import BenchConfig, run_bench
 from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
-from forward_influence.bench.summary import paired_interval, summarize
+from forward_influence.bench.summary import paired_interval, summarize_bench
 from forward_influence.errors import InputError
 from forward_influence.measurement import synthetic
 from forward_influence.store.results import SCHEMA_VERSION
@@ -79,7 +79,7 @@ def test_paired_interval_and_summary_on_hand_made_results():
             {"task": "fidelity", "sample_id": str(i), "method": "snapkv", "budget": 0.2, "kl": 0.1 + i, "delta_nll": 0.2},
             {"task": "fidelity", "sample_id": str(i), "method": "infokv", "budget": 0.2, "kl": 0.05 + i, "delta_nll": 0.1},
         ]
-    s = summarize(pd.DataFrame(rows), 500, 0)
+    s = summarize_bench(pd.DataFrame(rows), 500, 0)
     r = s[(s.metric == "kl") & (s.method == "infokv")].iloc[0]
     assert r["mean"] == pytest.approx(2.55) and r["vs_snapkv"] == pytest.approx(-0.05)
     assert r["vs_snapkv_lo"] == pytest.approx(-0.05) and r["vs_snapkv_hi"] == pytest.approx(-0.05)  # constant difference
