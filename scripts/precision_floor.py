@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--n-future", type=int, default=128)
     ap.add_argument("--n-positions", type=int, default=16)
     args = ap.parse_args()
+    from forward_influence.runtime.host import retain_freed_memory
+
+    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
     lm = load_model(args.model, device=args.device, dtype="float32")
     n, f = args.n_prefix, args.n_future
     ids = tokenize(lm.tokenizer, load_documents(None)[0], max_tokens=n + f).input_ids

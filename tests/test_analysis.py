@@ -351,7 +351,7 @@ def test_analysis_of_a_run_without_candidates_is_one_clear_error():
     from forward_influence.config import MeasureConfig
     from forward_influence.errors import InputError
     from forward_influence.store.results import MeasureResult
-    from forward_influence.store.tables import summarize
+    from forward_influence.store.tables import summarize_influence
 
     n, f = 8, 2
     src = np.repeat(np.arange(n), f)
@@ -362,7 +362,25 @@ def test_analysis_of_a_run_without_candidates_is_one_clear_error():
     tokens = pd.DataFrame({"doc_id": "d", "pos": np.arange(n + f), "token_id": 1, "token": "a", "char_start": 0, "char_end": 1})
     signals = pd.DataFrame({"doc_id": "d", "split_pos": pd.array([n] * n, dtype="Int64"), "pos": np.arange(n), "tau": n,
                             "attn_snapkv": 0.5, "attn_h2o": 0.5})
-    res = MeasureResult(tokens=tokens, influence=influence, summary=summarize(influence), source_signals=signals,
+    res = MeasureResult(tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=signals,
                         meta={"config": MeasureConfig(n_prefix=(n,), n_future=f).to_dict()})  # window 32 > N
     with pytest.raises(InputError, match="compete for a budget"):
         analyze(res, CFG)
+
+
+def test_figures_module_leaves_pyplot_alone():
+    """Issue 16, item 5: importing the figures (and drawing one) registers no
+    pyplot figure; importing them loads no pyplot at all."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport forward_influence.analysis.figures as F\n"
+            "print('matplotlib.pyplot' in sys.modules)\n"
+            "import numpy as np, pandas as pd\n"
+            "df = pd.DataFrame({'entropy_in_topk': np.linspace(0, 2, 50), 'fi_far': np.logspace(-6, -1, 50)})\n"
+            "fig = F.entropy_vs_influence(df)\n"
+            "import matplotlib.pyplot as plt\nprint(len(fig.axes), plt.get_fignums())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MPLBACKEND": "Agg"})
+    assert out.stdout.split("\n")[:2] == ["False", "3 []"]

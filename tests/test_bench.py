@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import pytest
 
 from forward_influence.bench import BenchConfig, run_bench
 from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
-from forward_influence.bench.summary import paired_interval, summarize
+from forward_influence.bench.summary import paired_interval, summarize_bench
 from forward_influence.errors import InputError
 from forward_influence.measurement import synthetic
 from forward_influence.store.results import SCHEMA_VERSION
@@ -79,7 +80,7 @@ def test_paired_interval_and_summary_on_hand_made_results():
             {"task": "fidelity", "sample_id": str(i), "method": "snapkv", "budget": 0.2, "kl": 0.1 + i, "delta_nll": 0.2},
             {"task": "fidelity", "sample_id": str(i), "method": "infokv", "budget": 0.2, "kl": 0.05 + i, "delta_nll": 0.1},
         ]
-    s = summarize(pd.DataFrame(rows), 500, 0)
+    s = summarize_bench(pd.DataFrame(rows), 500, 0)
     r = s[(s.metric == "kl") & (s.method == "infokv")].iloc[0]
     assert r["mean"] == pytest.approx(2.55) and r["vs_snapkv"] == pytest.approx(-0.05)
     assert r["vs_snapkv_lo"] == pytest.approx(-0.05) and r["vs_snapkv_hi"] == pytest.approx(-0.05)  # constant difference
@@ -245,3 +246,19 @@ def test_ifeval_decoding_end_to_end(smollm, tmp_path):
     full = res[res.method == "full"]
     assert (full.agree_tokens == 1.0).all() and (full.agree_prefix == 1.0).all()
     assert res.prompt_strict.isin([0.0, 1.0]).all() and res.new_tokens.between(1, 40).all()
+
+
+def test_punkt_tab_is_written_to_the_cache_dir(tmp_path, monkeypatch):
+    """Issue 16, item 5: NLTK data goes under the project's cache directory,
+    not into the Python installation."""
+    nltk = pytest.importorskip("nltk")
+    pytest.importorskip("punkt")
+    from forward_influence.bench.ifeval import ensure_punkt_tab
+
+    monkeypatch.setattr(nltk.data, "path", [])  # as if NLTK had none anywhere
+    monkeypatch.setenv("FI_CACHE_DIR", str(tmp_path))
+    d = ensure_punkt_tab()
+    assert d == tmp_path / "nltk_data" / "tokenizers" / "punkt_tab" / "english"
+    assert (d / "abbrev_types.txt").is_file()
+    assert nltk.data.path == [str(tmp_path / "nltk_data")]
+    assert Path(nltk.data.find("tokenizers/punkt_tab/english/")) == d

@@ -149,7 +149,7 @@ def test_json_size_limit_is_named(tmp_path, monkeypatch):
 # --------------------------------------------------------------- run directories
 def tiny_run(out: Path) -> Path:
     """A complete fi-measure run directory of two sources on a four-token document."""
-    from forward_influence.store.tables import summarize
+    from forward_influence.store.tables import summarize_influence
 
     tokens = pd.DataFrame({"doc_id": ["d0"] * 4, "pos": range(4), "token_id": [5, 6, 7, 8], "token": list("abcd"),
                            "char_start": range(4), "char_end": range(1, 5)})
@@ -160,7 +160,7 @@ def tiny_run(out: Path) -> Path:
     source = pd.DataFrame({"doc_id": "d0", "split_pos": pd.array([2, 2], dtype="Int64"), "pos": [0, 1], "tau": [2, 2],
                            "attn_snapkv": [0.6, 0.4], "attn_h2o": [0.7, 0.3]})
     meta = {"run_id": "tiny", "status": "complete", "config": MeasureConfig(n_prefix=(2,), n_future=2, out=str(out)).to_dict()}
-    return MeasureResult(tokens=tokens, influence=influence, summary=summarize(influence), source_signals=source, meta=meta).save(out)
+    return MeasureResult(tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=source, meta=meta).save(out)
 
 
 def edit_run_json(out: Path, **changes) -> None:
@@ -301,13 +301,13 @@ def test_fi_analyze_bad_run_dir(case, tmp_path, capsys):
 def bench_run_dir(out: Path, **meta) -> Path:
     """A finished fi-bench run directory of the default config, with hand-made tables."""
     from forward_influence.bench import BenchConfig
-    from forward_influence.bench.summary import summarize
+    from forward_influence.bench.summary import summarize_bench
 
     out.mkdir()
     results = pd.DataFrame({"task": "fidelity", "sample_id": ["s0", "s1"], "method": "full", "budget": 0.2,
                             "kl": [0.0, 0.0], "delta_nll": [0.0, 0.0], "seconds": [1.0, 1.0]})
     results.to_parquet(out / "results.parquet")
-    summarize(results, 50).to_parquet(out / "summary.parquet")
+    summarize_bench(results, 50).to_parquet(out / "summary.parquet")
     (out / "run.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "status": "complete", "config": BenchConfig().to_dict(),
                                               "samples": ["s0", "s1"], "methods": ["full"], "budgets": [0.2], **meta}))
     return out

@@ -49,3 +49,30 @@ def test_opt_out_keeps_glibc_defaults():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FI_RETAIN_HEAP": "0"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_library_calls_leave_the_allocator_alone():
+    """The glibc setting is the entry points' choice (issue 16, item 5): building
+    a model and an engine does not make it."""
+    code = ("from forward_influence.hf.random_models import tiny_model\n"
+            "from forward_influence.measurement.engine import ForwardInfluenceEngine\n"
+            "from forward_influence.runtime.host import runtime_info\n"
+            "ForwardInfluenceEngine(tiny_model())\n"
+            "print(runtime_info()['heap_retained'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_measure_leaves_the_global_rng_alone():
+    """Issue 16, item 5: measure() seeds no global RNG (its draws take their own
+    generators), so a caller's torch random stream goes on as it was."""
+    from conftest import TinySource
+
+    from forward_influence import MeasureConfig, measure
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    measure(MeasureConfig(n_prefix=(48,), n_future=16, max_docs=1, words=False, progress=False, report=False, batch_size=4),
+            source=TinySource())
+    assert torch.equal(torch.get_rng_state(), before)

@@ -88,6 +88,23 @@ def test_rep_change_equals_one_minus_cos_of_hidden_states(ids):
     assert (col.rep_final.numpy() > 1e-4).all()  # the last layer moved every token
 
 
+
+@pytest.mark.parametrize("l0", [1, 2])
+def test_signals_and_compressor_share_the_representation_change(ids, l0):
+    """Issue 16: one rule for r_l (1 at and below l0) in the signals and in
+    InfoKV's cache, and ``rep_change`` is the last row, also when the last
+    layer is l0 itself (the 3-layer model with l0 = 2: the row is all 1)."""
+    from forward_influence.compress import InfoKV, compress_prompt
+
+    model = tiny_model()
+    col, _ = collect(model, ids, rep_layer=l0)
+    cache, _ = compress_prompt(model, ids, InfoKV(budget=0.5, early_layer=l0, window=4, kernel=3))
+    np.testing.assert_array_equal(col.rep.float().numpy(), cache.rep.numpy())
+    np.testing.assert_array_equal(col.rep_final.numpy(), col.rep[-1].numpy())
+    assert (col.rep[: l0 + 1] == 1).all()
+    if l0 == model.config.num_hidden_layers - 1:
+        assert (col.rep_final == 1).all()
+
 def test_logit_signals_match_full_logits(ids):
     model = tiny_model()
     col, pre = collect(model, ids, topk=5)

@@ -51,8 +51,8 @@ from scipy import stats
 from forward_influence.analysis.claims import MIN_DOCS_VERDICT, claims  # noqa: F401  (re-exported)
 from forward_influence.analysis.inference import word_level
 from forward_influence.analysis.selection import (  # noqa: F401  (re-exported: the analysis API in one place)
+    FI_TARGETS,
     RULES,
-    TARGETS,
     WORD_CLASSES,
     ablation_rows,
     candidate_tokens,
@@ -80,7 +80,7 @@ from forward_influence.analysis.stats import (  # noqa: F401
 )
 from forward_influence.errors import InputError
 from forward_influence.store.results import MeasureResult
-from forward_influence.store.tables import summarize
+from forward_influence.store.tables import summarize_influence
 
 #: Per-token signals correlated with FI (``pos`` is the recency baseline).
 SIGNALS = (
@@ -155,14 +155,14 @@ def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.
     run = result.config
     near, far = buckets(result, cfg)
     inf = ablation_rows(result.influence)
-    summ = summarize(inf, near, far) if (near, far) != (run.near, run.far) else ablation_rows(result.summary)
+    summ = summarize_influence(inf, near, far) if (near, far) != (run.near, run.far) else ablation_rows(result.summary)
     df = summ.assign(pos=summ["source_pos"])
     df = with_source_signals(df, result, cfg)
     return df.reset_index(drop=True)
 
 
 # --------------------------------------------------------------- correlations
-def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: Sequence[str] = SIGNALS, targets: Sequence[str] = TARGETS) -> pd.DataFrame:
+def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: Sequence[str] = SIGNALS, targets: Sequence[str] = FI_TARGETS) -> pd.DataFrame:
     """Spearman and Kendall of FI targets with signals, pooled and per document.
 
     *Pooled* is the within-unit coefficient averaged over units (weights: the

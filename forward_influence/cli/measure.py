@@ -33,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = MeasureConfig(**kw)
     from forward_influence.hf.models import quiet_progress
     from forward_influence.measurement.run import measure
-    from forward_influence.runtime.host import set_threads_from_env
+    from forward_influence.runtime.host import retain_freed_memory, set_threads_from_env
     from forward_influence.store.results import precision_floor_text, precision_warning
 
     quiet_progress()
     set_threads_from_env()
+    retain_freed_memory()  # process-wide glibc setting: the CLI's choice, not the library's
     res = measure(cfg)
     if res.meta.get("failed_units"):
         return report_failed("fi-measure", res.meta["failed_units"])

@@ -21,6 +21,7 @@ from forward_influence.compress.base import (
     LayerView,
     TokenFeatures,
     get_compressor,
+    keep_entries,
     list_compressors,
     n_kept,
     register,
@@ -40,5 +41,5 @@ from forward_influence.compress.snapkv import TOVA, PyramidKV, SnapKV
 __all__ = [
     "CompressedCache", "Compressor", "DecodingConfig", "ExpectedAttention", "FIOracle", "FeatureSpec", "Full",
     "Generation", "H2O", "InfoKV", "KNorm", "LayerView", "PyramidKV", "Random", "SnapKV", "StreamingLLM", "TOVA",
-    "TokenFeatures", "compress_prompt", "generate", "get_compressor", "list_compressors", "n_kept", "register", "top_entries",
+    "TokenFeatures", "compress_prompt", "generate", "get_compressor", "keep_entries", "list_compressors", "n_kept", "register", "top_entries",
 ]

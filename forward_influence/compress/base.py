@@ -76,6 +76,20 @@ def top_entries(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     return (n - 1 - order).sort(dim=-1).values  # (Hkv, n_keep) back to position order
 
 
+
+def keep_entries(keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries ``idx`` ``(Hkv, n_keep)`` (from :func:`top_entries`) of a
+    layer's ``keys`` and ``values`` ``(1, Hkv, n, D)``: new contiguous tensors
+    ``(1, Hkv, n_keep, D)``, the cut of every cache (ours and kvpress's).
+
+    >>> k = torch.arange(8.0).view(1, 2, 4, 1)
+    >>> keep_entries(k, -k, torch.tensor([[0, 3], [1, 2]]))[0][0, :, :, 0].tolist()
+    [[0.0, 3.0], [5.0, 6.0]]
+    """
+    gidx = idx[None, :, :, None].expand(1, -1, -1, keys.shape[-1])  # (1, Hkv, n_keep, D)
+    return keys.gather(2, gidx), values.gather(2, gidx)
+
+
 @dataclass
 class LayerView:
     """What a method sees of one layer when the cache is about to be cut.

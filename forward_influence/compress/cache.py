@@ -24,10 +24,10 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as Fn
 
-from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, keep_entries, top_entries
 from forward_influence.hf import anatomy, attention, forwards
+from forward_influence.measurement.features import RepChange, logit_chunks
 from forward_influence.measurement.kl import entropy
 from forward_influence.runtime.devices import defaults_for
 
@@ -119,18 +119,6 @@ class CompressedCache:
                 keys, pos = tap.key, new_pos
             self.compressor.observe(tap, pos, keys, self.state[l])
 
-    def _layer_hook(self, rep: torch.Tensor) -> Any:
-        l0 = self.spec.early_layer
-        early: dict[str, torch.Tensor] = {}
-
-        def hook(layer: int, h: torch.Tensor) -> None:  # h (C, Dm)
-            if layer == l0:
-                early["h"] = h.float()
-            elif layer > l0:
-                rep[layer] = (1.0 - Fn.cosine_similarity(early["h"], h.float(), dim=-1)).cpu()
-
-        return hook
-
     @torch.no_grad()
     def extend(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         """Run ``ids`` ``(C,)`` at positions ``length..length+C-1`` over the cache
@@ -143,8 +131,7 @@ class CompressedCache:
             the last token.
         """
         c = int(ids.shape[0])
-        rep = torch.ones(self.n_layers, c)
-        hook = self._layer_hook(rep) if self.spec is not None else None
+        hook = RepChange(self.n_layers, c, self.spec.early_layer) if self.spec is not None else None
         need_in = self.compressor.needs_attn_inputs
         if not self.kv:
             out = forwards.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
@@ -164,7 +151,7 @@ class CompressedCache:
         self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
         logits = self._logits(out.hidden, all_logits)
         if self.spec is not None:
-            self.rep = torch.cat([self.rep, rep], dim=1)
+            self.rep = torch.cat([self.rep, hook.values], dim=1)
         self.length += c
         return logits
 
@@ -173,14 +160,11 @@ class CompressedCache:
         if self.spec is None:
             return anatomy.logits_from_hidden(self.model, hidden if all_logits else hidden[-1:])
         c = hidden.shape[0]
-        vocab = anatomy.lm_head(self.model).weight.shape[0]
-        chunk = max(1, self.chunk_bytes // (vocab * 4 * 2))
         h_out = torch.empty(c)
         kept = []
-        for c0 in range(0, c, chunk):
-            lg = anatomy.logits_from_hidden(self.model, hidden[c0 : c0 + chunk])  # (n, V) float32
+        for c0, lg in logit_chunks(self.model, hidden, self.chunk_bytes):  # (n, V) float32
             h_out[c0 : c0 + lg.shape[0]] = entropy(lg, topk=self.spec.topk).float().cpu()
-            if all_logits or c0 + chunk >= c:
+            if all_logits or c0 + lg.shape[0] >= c:
                 kept.append(lg if all_logits else lg[-1:])
         h_in = torch.cat([torch.tensor([self._next_entropy]), h_out[:-1]])  # (C,) what predicted each token
         self.entropy = torch.cat([self.entropy, h_in])
@@ -210,9 +194,7 @@ class CompressedCache:
         self.last_scores = scores  # (Hkv, n) per layer, for inspection
         for l, (view, s) in enumerate(zip(views, scores)):
             idx = top_entries(s, view.n_keep)  # (Hkv, n_keep)
-            k, v = self.kv[l]
-            gidx = idx[None, :, :, None].expand(1, -1, -1, k.shape[-1])  # (1, Hkv, n_keep, D)
-            self.kv[l] = (k.gather(2, gidx), v.gather(2, gidx))
+            self.kv[l] = keep_entries(*self.kv[l], idx)
             self.positions[l] = self.positions[l].gather(1, idx)
             for name, val in list(self.state[l].items()):
                 if name.startswith("entry:"):

@@ -65,8 +65,7 @@ class ExpectedAttention(Compressor):
         future = torch.arange(st["end"], st["end"] + self.n_future)
         cos, sin = anatomy.rope_cos_sin(view.model, future, mu)  # (n_future, D)
         eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
-        p = torch.zeros(d, d, device=cos.device, dtype=cos.dtype)  # rotate_half as a matrix
-        p[d // 2 :, : d // 2], p[: d // 2, d // 2 :] = torch.eye(d // 2), -torch.eye(d // 2)
+        p = anatomy.rotate_half(eye).T  # rotate_half as a matrix: p @ x == rotate_half(x)
         r = (cos[:, :, None] * eye + sin[:, :, None] * p).mean(0)  # (D, D) average rotation
         mu = mu @ r.T
         return mu, (r @ cov @ r.T if self.use_covariance else cov)

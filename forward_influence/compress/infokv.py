@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forward_influence.compress.base import FeatureSpec, LayerView, TokenFeatures, register
+from forward_influence.compress.base import FeatureSpec, TokenFeatures, register
 from forward_influence.compress.snapkv import SnapKV
 
 NORMS = ("rank", "max", "zscore", "sum")
@@ -136,7 +136,3 @@ class InfoKV(SnapKV):
         if attn.shape[1] == 0:
             return attn
         return (1 - self.mix) * normalise(attn, self.norm) + self.mix * normalise(ent, self.norm)
-
-    def score(self, view: LayerView) -> torch.Tensor:
-        """The attention part (SnapKV's score); :meth:`finish` mixes in the entropy."""
-        return super().score(view)

@@ -94,8 +94,10 @@ class _Worker:
         import torch
 
         from forward_influence.execution.local import worker_report
+        from forward_influence.runtime.host import retain_freed_memory
 
         torch.set_num_threads(threads)
+        retain_freed_memory()  # the actor's process is fi-measure's own, as the CLI's is (runtime.host)
         self.job_key: str | None = None
         self.error: str | None = None
         try:

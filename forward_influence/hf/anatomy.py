@@ -22,7 +22,9 @@ def n_layers(model: Any) -> int:
 
 
 def n_kv_heads(model: Any) -> int:
-    cfg = model.config
+    """KV heads of a model or of its config (``num_key_value_heads``; the query
+    heads where the config has none or None: multi-head attention)."""
+    cfg = getattr(model, "config", model)
     return int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
 
 
@@ -43,6 +45,17 @@ def prerope_queries(module: Any, hidden: torch.Tensor) -> torch.Tensor:
     if getattr(module, "q_norm", None) is not None:
         q = module.q_norm(q)
     return q.transpose(0, 1)  # (Hq, C, D)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """RoPE's ``rotate_half``: ``(x1, x2) -> (-x2, x1)`` over the last dim, so
+    rotated ``x`` is ``x * cos + rotate_half(x) * sin``.
+
+    >>> rotate_half(torch.tensor([1.0, 2.0, 3.0, 4.0])).tolist()
+    [-3.0, -4.0, 1.0, 2.0]
+    """
+    d = x.shape[-1] // 2
+    return torch.cat([-x[..., d:], x[..., :d]], dim=-1)
 
 
 def rope_cos_sin(model: Any, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

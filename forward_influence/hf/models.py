@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from forward_influence.errors import InputError
+from forward_influence.hf import anatomy
 from forward_influence.runtime.devices import defaults_for
-from forward_influence.runtime.host import retain_freed_memory
 
 EMBEDDED = "smollm2-135m"
 
@@ -138,7 +138,7 @@ class LoadedModel:
             "architecture": type(self.model).__name__,
             "n_layers": cfg.num_hidden_layers,
             "n_heads": cfg.num_attention_heads,
-            "n_kv_heads": getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
+            "n_kv_heads": anatomy.n_kv_heads(cfg),
             "vocab_size": cfg.vocab_size,
             "attn_implementation": cfg._attn_implementation,
         }
@@ -210,8 +210,6 @@ def load_model(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if dev.type == "cpu":
-        retain_freed_memory()  # see forward_influence.runtime.host
     if attn_implementation not in ("sdpa", "eager"):
         raise InputError(f"unknown attention implementation {attn_implementation!r}; use sdpa or eager")
     source = ALIASES.get(name, name)

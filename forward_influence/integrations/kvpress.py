@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Generator
 
 import torch
-import torch.nn.functional as Fn
 
 try:
     from kvpress.presses.base_press import BasePress, is_prefilling
@@ -32,8 +31,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without kvpress
     raise ImportError("forward_influence.integrations.kvpress needs NVIDIA kvpress (pip install kvpress)") from exc
 
 
-from forward_influence.compress import InfoKV, LayerView, TokenFeatures, top_entries
+from forward_influence.compress import InfoKV, LayerView, TokenFeatures, keep_entries, top_entries
 from forward_influence.hf import anatomy
+from forward_influence.measurement.features import RepChange
 from forward_influence.measurement.kl import entropy
 
 
@@ -58,8 +58,7 @@ class InfoKVPress(BasePress):
     def _reset(self) -> None:
         self._scores: dict[int, torch.Tensor] = {}
         self._layers: dict[int, tuple[Any, Any]] = {}  # layer -> (cache, module)
-        self._rep: dict[int, torch.Tensor] = {}
-        self._early: torch.Tensor | None = None
+        self._rep: RepChange | None = None
         self._active = False
 
     @property
@@ -96,11 +95,9 @@ class InfoKVPress(BasePress):
         (every layer's; :meth:`InfoKV.finish` reads the ones ``rep`` asks for)."""
         if not self._active:
             return
-        l0 = self.infokv.early_layer
-        if layer == l0:
-            self._early = h.float()
-        elif layer > l0:
-            self._rep[layer] = (1.0 - Fn.cosine_similarity(self._early, h.float(), dim=-1)).cpu()
+        if self._rep is None:
+            self._rep = RepChange(self._n_layers, h.shape[0], self.infokv.early_layer)
+        self._rep(layer, h)
 
     def _on_final(self, model: Any, normed: torch.Tensor) -> None:
         """After the last layer of a prefill: entropies, InfoKV's scores, the cut."""
@@ -113,22 +110,20 @@ class InfoKVPress(BasePress):
         for c0 in range(0, t, 512):
             ent[c0 : c0 + 512] = entropy(anatomy.logits_from_hidden(model, h[c0 : c0 + 512]), topk=method.topk).cpu()
         ent_in = torch.cat([torch.zeros(1), ent[:-1]])  # what predicted each token
-        rep = torch.ones(n_layers, t)
-        for l, r in self._rep.items():
-            rep[l] = r
+        rep = self._rep.values if self._rep is not None else torch.ones(n_layers, t)
         positions = [torch.arange(t, device=s.device)[None].expand_as(s) for _, s in sorted(self._scores.items())]
         scores = method.finish([s for _, s in sorted(self._scores.items())], positions, TokenFeatures(ent_in, rep))
         for l, s in enumerate(scores):
             cache, module = self._layers[l]
             idx = top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))  # (Hkv, n_keep)
             layer = cache.layers[l]
-            gidx = idx[None, :, :, None].expand(1, -1, -1, layer.keys.shape[-1])
-            layer.keys, layer.values = layer.keys.gather(2, gidx).contiguous(), layer.values.gather(2, gidx).contiguous()
+            layer.keys, layer.values = keep_entries(layer.keys, layer.values, idx)
         self._reset()
 
     @contextmanager
     def __call__(self, model: Any) -> Generator:
         self._reset()
+        self._n_layers = anatomy.n_layers(model)
         handles = []
         try:
             with super().__call__(model):

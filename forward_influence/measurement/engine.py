@@ -80,6 +80,37 @@ def _workspace(device: torch.device, key: str, given: int | None) -> int:
     return max(1 << 20, min(size, int(host.available_bytes(device) * row.workspace_free_fraction)))
 
 
+
+def sliding_groups(sources: Sequence[int], batch_size: int, tail: int) -> list[list[int]]:
+    """The batches of sliding mode: indices into ``sources``, each group in
+    ascending source order and at most ``batch_size`` long.
+
+    Each row reruns the whole block (span + ``tail`` tokens, ``tail = D + H``)
+    and every block carries one null row, so a source joins the group while
+    the cost per source, (rows) * (block) / (sources), does not grow.
+
+    >>> sliding_groups([0, 1, 2, 50], batch_size=8, tail=4)
+    [[0, 1], [2], [3]]
+    """
+    order = sorted(range(len(sources)), key=lambda k: sources[k])
+    groups: list[list[int]] = []
+    k = 0
+    while k < len(order):
+        a = sources[order[k]]
+        group = [order[k]]
+        k += 1
+        while k < len(order) and len(group) < batch_size:
+            span_now = sources[group[-1]] - a
+            span_next = sources[order[k]] - a
+            g = len(group)
+            if (g + 2) * (span_next + tail) * g > (g + 1) * (span_now + tail) * (g + 1):
+                break
+            group.append(order[k])
+            k += 1
+        groups.append(group)
+    return groups
+
+
 class ForwardInfluenceEngine:
     """Batched exact Forward Influence for one model.
 
@@ -122,8 +153,6 @@ class ForwardInfluenceEngine:
         self.kernel = kernel
         self.n_layers = anatomy.n_layers(model)
         self.n_kv = anatomy.n_kv_heads(model)
-        if model.device.type == "cpu":
-            host.retain_freed_memory()  # temporaries reused, not page-faulted afresh (forward_influence.runtime.host)
 
     # ----------------------------------------------------------------- sizing
     def auto_batch_size(self, prefix_len: int, block_len: int) -> int:
@@ -137,7 +166,7 @@ class ForwardInfluenceEngine:
         elt = torch.finfo(self.model.dtype).bits // 8
         inter = getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
         per_row = block_len * (8 * cfg.hidden_size + 3 * inter) * elt  # transient layer activations
-        per_row += block_len * cfg.num_attention_heads * (prefix_len + block_len) * 4 // 4  # score share
+        per_row += block_len * cfg.num_attention_heads * (prefix_len + block_len)  # score share
         budget = int(host.available_bytes(dev) * row.batch_memory_fraction) - self.max_score_bytes - self.logit_bytes
         return int(max(1, min(row.batch_cap, budget // max(1, per_row))))
 
@@ -319,29 +348,13 @@ class ForwardInfluenceEngine:
         self._check([Ablation((s,), layers, kv_heads) for s in srcs], t)
         if prefill is None:
             prefill = self.prefill(input_ids)
-        order = sorted(range(len(srcs)), key=lambda k: srcs[k])
         bs = self.auto_batch_size(max(srcs, default=0), delay + horizon + 16)
         tail = delay + horizon  # tokens each row runs after its last source
         kl = np.zeros((len(srcs), horizon), dtype=np.float64)
         floor = None
         precision = None
-        k = 0
-        while k < len(order):
-            a = srcs[order[k]]
-            group = [order[k]]
-            k += 1
-            # Each row reruns the whole block (span + D + H tokens) and every
-            # block carries one null row, so a source joins the group while the
-            # cost per source, (rows) * (block) / (sources), does not grow.
-            while k < len(order) and len(group) < bs:
-                span_now = srcs[group[-1]] - a
-                span_next = srcs[order[k]] - a
-                g = len(group)
-                if (g + 2) * (span_next + tail) * g > (g + 1) * (span_now + tail) * (g + 1):
-                    break
-                group.append(order[k])
-                k += 1
-            last = srcs[group[-1]]
+        for group in sliding_groups(srcs, bs, tail):
+            a, last = srcs[group[0]], srcs[group[-1]]
             block = input_ids[a : last + tail]  # (C,) with C = last - a + D + H
             prefix = prefill.prefix(a)
             abls = [Ablation((srcs[g],), layers, kv_heads) for g in group]

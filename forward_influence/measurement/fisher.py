@@ -69,8 +69,6 @@ import torch
 from forward_influence.config import FISHER_TARGETS
 from forward_influence.hf import anatomy, forwards
 
-TARGETS = FISHER_TARGETS
-
 
 @dataclass
 class FisherResult:
@@ -124,8 +122,8 @@ class FisherEstimator:
     def __init__(self, model: Any, samples: int = 8, targets: str = "sample", blocks: int = 1, seed: int = 0):
         if samples < 1 or blocks < 1:
             raise ValueError("samples and blocks must be >= 1")
-        if targets not in TARGETS:
-            raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+        if targets not in FISHER_TARGETS:
+            raise ValueError(f"targets must be one of {FISHER_TARGETS}, got {targets!r}")
         self.model = model
         self.samples = samples
         self.targets = targets

@@ -20,13 +20,11 @@ import dataclasses
 import logging
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from forward_influence.config import MeasureConfig
@@ -46,15 +44,8 @@ from forward_influence.measurement.units import (  # noqa: F401
     sources_for,
     tokens_table,
 )
-from forward_influence.store.results import (
-    SCHEMA_VERSION,
-    MeasureResult,
-    PartStore,
-    check_out_dir,
-    git_sha,
-    library_versions,
-    write_json_atomic,
-)
+from forward_influence.store.results import MeasureResult, PartStore, write_json_atomic
+from forward_influence.store.runs import resume_state, run_meta, start_run
 
 log = logging.getLogger("forward_influence")
 
@@ -111,20 +102,8 @@ def _check_model(cfg: MeasureConfig, prov: dict[str, Any]) -> None:
 
 
 def _run_meta(cfg: MeasureConfig, pool: Any, docs: list[TokenizedDocument]) -> dict[str, Any]:
-    return {
-        "run_id": uuid.uuid4().hex[:12],
-        "schema_version": SCHEMA_VERSION,
-        "status": "running",
-        "config": cfg.to_dict(),
-        "model": pool.provenance,
-        "versions": library_versions(),
-        "runtime": pool.runtime,
-        "execution": pool.execution(),
-        "git_sha": git_sha(),
-        "seed": cfg.seed,
-        "documents": [{"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})} for d in docs],
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    documents = [{"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})} for d in docs]
+    return run_meta(cfg, pool, documents=documents)
 
 
 def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None) -> MeasureResult:
@@ -158,44 +137,61 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: 
         workers that disagree — before any output is written.
     """
     cfg = config.validate()
-    torch.manual_seed(cfg.seed)
-    if cfg.generate is None:
-        docs = load_documents(cfg.doc, max_docs=cfg.max_docs, doc_ids=cfg.doc_ids)
-    else:
-        from forward_influence.measurement.generations import check_source
-
-        check_source(cfg.generate)  # before the model loads (the prompts themselves need its tokenizer)
-        if cfg.ray is not None:
-            raise InputError("--generate runs on one machine: generate first without --ray, then measure its "
-                             "OUT/generations.jsonl with --generate OUT/generations.jsonl --ray ...")
-        docs = []
-    out = check_out_dir(cfg.out, cfg) if cfg.out else None
-    if out is not None and (out / "run.json").is_file():
-        done = MeasureResult.load_if_complete(out)
-        if done is not None:
-            return done
+    docs = _input_documents(cfg)
+    out, finished = resume_state(cfg.out, cfg)
+    if finished:
+        return MeasureResult.load(out)
     source = source or ModelSource(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
     with open_pool(cfg.ray, model, source, cfg.device, cluster) as pool:
-        _check_model(cfg, pool.provenance)
-        limit = _document_tokens_limit(cfg)
-        tdocs = [tokenize(pool.tokenizer, d, max_tokens=limit) for d in docs]
-        for td in tdocs:
-            _check_document(cfg, td)
-        sig.SignalConfig.from_measure(cfg).check_ready()
-        extra: dict[str, Any] = {}
-        if cfg.generate is not None:
-            if getattr(pool, "lm", None) is None:
-                raise InputError("--generate runs on one machine: generate first without --ray, then measure its OUT/generations.jsonl on the cluster")
-            tdocs, extra = _generated_documents(cfg, pool.lm, out)
+        tdocs, extra = _prepare_documents(cfg, pool, docs, out)
         meta = {**_run_meta(cfg, pool, tdocs), **extra}
-        store = None
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            store = PartStore(out)
-            write_json_atomic(out / "run.json", meta)
+        store = start_run(out, meta)
         t0, c0 = time.perf_counter(), time.process_time()
         done_docs, failed = _run_units(cfg, pool, tdocs, store)
         meta["execution"] = pool.execution()
+    result = _result(cfg, meta, done_docs, failed, time.perf_counter() - t0, time.process_time() - c0)
+    if out is not None and failed:
+        write_json_atomic(out / "run.json", result.meta)  # the finished documents stay in .parts for the rerun
+    elif out is not None:
+        result.save(out)
+        store.clear()
+    return result
+
+
+def _input_documents(cfg: MeasureConfig) -> list[Any]:
+    """The documents of ``--doc`` (none with ``--generate``: they come from the
+    model, once loaded); the generation source is checked first."""
+    if cfg.generate is None:
+        return load_documents(cfg.doc, max_docs=cfg.max_docs, doc_ids=cfg.doc_ids)
+    from forward_influence.measurement.generations import check_source
+
+    check_source(cfg.generate)  # before the model loads (the prompts themselves need its tokenizer)
+    if cfg.ray is not None:
+        raise InputError("--generate runs on one machine: generate first without --ray, then measure its "
+                         "OUT/generations.jsonl with --generate OUT/generations.jsonl --ray ...")
+    return []
+
+
+def _prepare_documents(cfg: MeasureConfig, pool: Any, docs: list[Any], out: Path | None) -> tuple[list[TokenizedDocument], dict[str, Any]]:
+    """Check the model, tokenize and check the documents (or generate them),
+    check the spaCy model: everything that fails before the first unit runs.
+    Returns the documents and ``run.json``'s extra fields."""
+    _check_model(cfg, pool.provenance)
+    limit = _document_tokens_limit(cfg)
+    tdocs = [tokenize(pool.tokenizer, d, max_tokens=limit) for d in docs]
+    for td in tdocs:
+        _check_document(cfg, td)
+    sig.SignalConfig.from_measure(cfg).check_ready()
+    if cfg.generate is None:
+        return tdocs, {}
+    if getattr(pool, "lm", None) is None:
+        raise InputError("--generate runs on one machine: generate first without --ray, then measure its OUT/generations.jsonl on the cluster")
+    return _generated_documents(cfg, pool.lm, out)
+
+
+def _result(cfg: MeasureConfig, meta: dict[str, Any], done_docs: list[Any], failed: list[dict[str, Any]],
+            seconds: float, cpu_seconds: float) -> MeasureResult:
+    """The finished documents' tables concatenated, with ``meta`` completed."""
     parts = [d for d in done_docs if d is not None]
     doc_meta = [m for _, m in parts]
     names = list(parts[0][0]) if parts else ["tokens", "influence", "summary", "source_signals"]
@@ -204,8 +200,8 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: 
     meta.update(
         status="partial" if failed else "complete",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        seconds_total=round(time.perf_counter() - t0, 3),
-        cpu_seconds_total=round(time.process_time() - c0, 3),  # this process's threads: the cost on a shared machine
+        seconds_total=round(seconds, 3),
+        cpu_seconds_total=round(cpu_seconds, 3),  # this process's threads: the cost on a shared machine
         method=cfg.method,
         noise_floor_max=max(floors) if floors else None,
         noise_floor_mean=float(np.mean([m["noise_floor_mean"] for m in doc_meta])) if floors else None,
@@ -213,13 +209,7 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: 
         per_document=doc_meta,
         failed_units=failed,
     )
-    result = MeasureResult(meta=meta, **cat)
-    if out is not None and failed:
-        write_json_atomic(out / "run.json", meta)  # the finished documents stay in .parts for the rerun
-    elif out is not None:
-        result.save(out)
-        store.clear()
-    return result
+    return MeasureResult(meta=meta, **cat)
 
 
 def _generated_documents(cfg: MeasureConfig, lm: LoadedModel, out: Path | None) -> tuple[list[TokenizedDocument], dict[str, Any]]:

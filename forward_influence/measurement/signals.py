@@ -33,13 +33,17 @@ Per-token columns (``tokens.parquet``; layer-averaged where per layer)
 ``key_norm(j)``
     ``||K_l[j]||`` (RoPE keeps the norm).
 ``rep_change(i)``
-    ``1 - cos(h_{l0}(i), h_L(i))``, early layer ``l0 = rep_layer`` to the last
-    layer ``L`` (before the final norm): the study's words.
+    ``r_{L-1}(i) = 1 - cos(h_{l0}(i), h_{L-1}(i))``, early layer ``l0 =
+    rep_layer`` to the last layer (before the final norm): the study's words;
+    1 for a model with no layer after ``l0`` (the rule of
+    :mod:`forward_influence.measurement.features`).
 ``rep_change_layers(i)``
     the mean over layers of the per-layer term InfoKV multiplies into its
     entropy score, ``r_l(i) = 1 - cos(h_{l0}(i), h_l(i))`` for ``l > l0`` and 1
     for ``l <= l0`` (our reading of an unpublished formula; see
-    :mod:`forward_influence.compress.infokv`).
+    :mod:`forward_influence.compress.infokv`;
+    :class:`forward_influence.measurement.features.RepChange` computes it for
+    the signals and the compressors alike).
 ``entropy_rep(i)``
     ``entropy_in_topk(i) * rep_change_layers(i)``: the layer mean of InfoKV's
     entropy term before normalisation (same reading).
@@ -77,10 +81,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as Fn
 
 from forward_influence.hf import anatomy, forwards
 from forward_influence.measurement import scores
+from forward_influence.measurement.features import RepChange, logit_chunks
 from forward_influence.measurement.kl import entropy
 
 #: The signals a selection rule or claim may rank by (all obey the causality rule).
@@ -189,9 +193,17 @@ class SignalCollector:
         self.h2o = torch.full(shape, float("nan"), dtype=torch.float64)
         self.snap = torch.full(shape, float("nan"), dtype=torch.float64)
         self.knorm = torch.zeros(self.n_layers, self.n_kv, n_tokens, dtype=torch.float64)  # (L, Hkv, T)
-        self.rep = torch.ones(self.n_layers, n_tokens, dtype=torch.float64)  # (L, T) InfoKV's r_l
-        self.rep_final = torch.full((n_tokens,), float("nan"), dtype=torch.float64)  # (T,) early -> last layer
-        self._early: torch.Tensor | None = None
+        self._rep = RepChange(self.n_layers, n_tokens, cfg.rep_layer)
+
+    @property
+    def rep(self) -> torch.Tensor:
+        """``(L, T)`` float64: InfoKV's ``r_l`` per layer."""
+        return self._rep.values.double()
+
+    @property
+    def rep_final(self) -> torch.Tensor:
+        """``(T,)`` float64: the early-to-last change ``r_{L-1}``."""
+        return self.rep[-1]
 
     # ----------------------------------------------------------- attention
     @torch.no_grad()
@@ -249,31 +261,21 @@ class SignalCollector:
         self.snap[0, layer, :, :n] = self._group_mean(snap / (d * self.cfg.kernel)).cpu()
 
     # ----------------------------------------------------- representations
-    @torch.no_grad()
     def on_layer(self, layer: int, hidden: torch.Tensor) -> None:
         """hidden ``(T, Dm)``: the output of decoder layer ``layer`` (layers come in order)."""
-        l0 = self.cfg.rep_layer
-        if layer == l0:
-            self._early = hidden.float().clone()
-        elif layer > l0 and self._early is not None:
-            self.rep[layer] = (1.0 - Fn.cosine_similarity(self._early, hidden.float(), dim=-1)).double().cpu()
-        if layer == self.n_layers - 1:
-            self.rep_final = self.rep[layer].clone() if layer > l0 else torch.zeros(self.t, dtype=torch.float64)
+        self._rep(layer, hidden)
 
     # ------------------------------------------------------------ logits
     @torch.no_grad()
     def logit_signals(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> dict[str, np.ndarray]:
         """Entropies and surprisal from the final hidden state ``(T, Dm)``, in row chunks."""
         t = hidden.shape[0]
-        vocab = anatomy.lm_head(self.model).weight.shape[0]
-        chunk = max(1, self.cfg.chunk_bytes // (vocab * 4 * 4))
         h_full = np.empty(t)
         h_topk = np.empty(t)
         lp_next = np.full(t, np.nan)  # log p(x_{i+1} | x<=i)
         ids = input_ids.to(hidden.device)
-        for c0 in range(0, t, chunk):
-            c1 = min(t, c0 + chunk)
-            logits = anatomy.logits_from_hidden(self.model, hidden[c0:c1])  # (n, V) float32
+        for c0, logits in logit_chunks(self.model, hidden, self.cfg.chunk_bytes):  # (n, V) float32
+            c1 = c0 + logits.shape[0]
             h_full[c0:c1] = entropy(logits).cpu().numpy()
             h_topk[c0:c1] = entropy(logits, topk=self.cfg.topk).cpu().numpy()
             nxt = min(c1, t - 1)

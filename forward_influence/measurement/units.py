@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from forward_influence.config import MeasureConfig
@@ -31,7 +30,7 @@ from forward_influence.measurement import signals as sig
 from forward_influence.measurement.documents import TokenizedDocument
 from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
 from forward_influence.measurement.fisher import FisherEstimator
-from forward_influence.store.tables import summarize
+from forward_influence.store.tables import summarize_influence
 
 INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
 
@@ -237,7 +236,7 @@ def assemble_document(cfg: MeasureConfig, tdoc: TokenizedDocument, results: Sequ
     first = results[0].signals
     assert first is not None, "part 0 carries the document's signals"
     influence = pd.concat([r.influence for r in results], ignore_index=True)
-    summary = summarize(influence, cfg.near, cfg.far).assign(method=cfg.method)
+    summary = summarize_influence(influence, cfg.near, cfg.far).assign(method=cfg.method)
     tables = {"tokens": first["tokens"], "influence": influence, "summary": summary, "source_signals": first["source_signals"]}
     if "token_layers" in first:
         tables["token_layers"] = first["token_layers"]
@@ -284,7 +283,6 @@ class MeasureJob:
     progress: bool = False
 
     def setup(self, lm: LoadedModel) -> None:
-        torch.manual_seed(self.config.seed)
         self._engine = ForwardInfluenceEngine(lm.model, batch_size=self.config.batch_size)
         self._last: tuple[Any, Any] = (None, None)  # (document key, prefill)
 

