@@ -14,28 +14,20 @@ Decoding::
     out = generate(model, ids, get_compressor("snapkv"), DecodingConfig(cache_budget=256))
 """
 
-# isort: off  (registration order is the listing order: baselines first, InfoKV and the oracle last)
+# Registration order is the listing order (baselines first, InfoKV and the oracle last): keep these in order.
+# isort: off
 from forward_influence.compress.base import (
-    Compressor,
-    FeatureSpec,
-    LayerView,
-    TokenFeatures,
-    get_compressor,
-    keep_entries,
-    list_compressors,
-    n_kept,
-    register,
+    Compressor, FeatureSpec, LayerView, TokenFeatures, get_compressor, keep_entries, list_compressors, n_kept, register,
     top_entries,
 )
-from forward_influence.compress.cache import CompressedCache, compress_prompt
-from forward_influence.compress.decoding import DecodingConfig, Generation, generate
-from forward_influence.compress.expected_attention import ExpectedAttention
-from forward_influence.compress.h2o import H2O
-from forward_influence.compress.infokv import InfoKV
-from forward_influence.compress.oracle import FIOracle
 from forward_influence.compress.simple import Full, KNorm, Random, StreamingLLM
 from forward_influence.compress.snapkv import TOVA, PyramidKV, SnapKV
-
+from forward_influence.compress.h2o import H2O
+from forward_influence.compress.expected_attention import ExpectedAttention
+from forward_influence.compress.infokv import InfoKV
+from forward_influence.compress.oracle import FIOracle
+from forward_influence.compress.cache import CompressedCache, compress_prompt
+from forward_influence.compress.decoding import DecodingConfig, Generation, generate
 # isort: on
 
 __all__ = [
