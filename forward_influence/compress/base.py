@@ -196,6 +196,13 @@ class Compressor:
         """Revise every layer's scores once all layers are known. Default: as is."""
         return scores
 
+    def apply(self, model: Any, config: Any = None, cache: Any = None) -> Any:
+        """Decode with this method: ``with comp.apply(model, DecodingConfig(...)) as run: model.generate(...)``,
+        a context manager (:func:`forward_influence.compress.decoding.apply`; ``config`` None: ``DecodingConfig()``)."""
+        from forward_influence.compress.decoding import DecodingConfig, apply
+
+        return apply(model, self, DecodingConfig() if config is None else config, cache)
+
 
 # --------------------------------------------------------------------------- #
 # Registry

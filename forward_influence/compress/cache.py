@@ -32,6 +32,30 @@ from forward_influence.measurement.kl import entropy
 from forward_influence.runtime.devices import defaults_for
 
 
+@dataclasses.dataclass
+class Block:
+    """One forward over a :class:`CompressedCache`: what it wants to see, and its logits.
+
+    Attributes
+    ----------
+    on_tap, layer_hooks, attn_inputs
+        The forward's callbacks (:func:`forward_influence.hf.forwards.continue_forward`).
+    rep : torch.Tensor
+        ``(L, C)`` filled by ``layer_hooks`` (InfoKV's representation change).
+    want_logits, all_logits : bool
+        Whether :meth:`CompressedCache.end_block` keeps the logits, and all of them.
+    logits : torch.Tensor or None
+    """
+
+    on_tap: Any
+    layer_hooks: Any
+    attn_inputs: bool
+    rep: torch.Tensor
+    want_logits: bool = False
+    all_logits: bool = False
+    logits: torch.Tensor | None = None
+
+
 class CompressedCache:
     """The cache of one sequence under a compressor.
 
@@ -131,6 +155,35 @@ class CompressedCache:
 
         return hook
 
+    def begin_block(self, n_tokens: int) -> "Block":
+        """Callbacks for a forward of ``n_tokens`` tokens over this cache (the
+        :class:`forward_influence.hf.compressed_cache.BlockStore` protocol)."""
+        rep = torch.ones(self.n_layers, n_tokens)
+        hook = self._layer_hook(rep) if self.spec is not None else None
+        return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs_attn_inputs, rep=rep)
+
+    def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: "Block") -> None:
+        """Append the block's own entries ``kv`` (per layer ``(1, Hkv, C, D)``) at
+        positions ``length..length+C-1``; ``hidden`` ``(C, Dm)`` gives the logits
+        (kept in ``block.logits`` when ``block.want_logits``) and the entropies."""
+        c = int(hidden.shape[0])
+        new_pos = torch.arange(self.length, self.length + c, device=hidden.device)
+        if not self.kv:
+            self.kv = list(kv)
+            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in kv]
+        else:
+            for l, (k, v) in enumerate(kv):
+                k0, v0 = self.kv[l]
+                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
+                p0 = self.positions[l]
+                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
+        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
+        if block.want_logits or self.spec is not None:
+            block.logits = self._logits(hidden, block.all_logits)
+        if self.spec is not None:
+            self.rep = torch.cat([self.rep, block.rep], dim=1)
+        self.length += c
+
     @torch.no_grad()
     def extend(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         """Run ``ids`` ``(C,)`` at positions ``length..length+C-1`` over the cache
@@ -142,31 +195,16 @@ class CompressedCache:
             Float32 logits: ``(C, V)`` with ``all_logits``, else ``(1, V)`` of
             the last token.
         """
-        c = int(ids.shape[0])
-        rep = torch.ones(self.n_layers, c)
-        hook = self._layer_hook(rep) if self.spec is not None else None
-        need_in = self.compressor.needs_attn_inputs
+        block = self.begin_block(int(ids.shape[0]))
+        block.want_logits, block.all_logits = True, all_logits
         if not self.kv:
-            out = forwards.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
+            out = forwards.record_prefill(self.model, ids, layer_hooks=block.layer_hooks, on_tap=block.on_tap,
+                                          attn_inputs=block.attn_inputs)
         else:
-            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=self._tap,
-                                            layer_hooks=hook, attn_inputs=need_in)
-        new_pos = torch.arange(self.length, self.length + c, device=out.hidden.device)
-        if not self.kv:
-            self.kv = list(out.kv)
-            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in out.kv]
-        else:
-            for l, (k, v) in enumerate(out.kv):
-                k0, v0 = self.kv[l]
-                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
-                p0 = self.positions[l]
-                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
-        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
-        logits = self._logits(out.hidden, all_logits)
-        if self.spec is not None:
-            self.rep = torch.cat([self.rep, rep], dim=1)
-        self.length += c
-        return logits
+            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=block.on_tap,
+                                            layer_hooks=block.layer_hooks, attn_inputs=block.attn_inputs)
+        self.end_block(out.kv, out.hidden, block)
+        return block.logits
 
     def _logits(self, hidden: torch.Tensor, all_logits: bool) -> torch.Tensor:
         """Logits (all or last), and the top-k entropies when the method needs them."""
