@@ -139,3 +139,37 @@ def test_bench_greedy_answers_match_the_old_loop(smollm):
         s = samples[row["sample_id"]]
         cache, _ = compress_prompt(smollm.model, s.context, get_compressor(row["method"], budget=row["budget"]))
         assert task._greedy(cache, s, smollm.tokenizer) == row["text"], row
+
+
+def test_attention_call_helpers_for_the_kvpress_adapter(tiny, tiny_prompt):
+    """What integrations/kvpress.py reads through hf.cache_api: the attention call under this transformers,
+    the prefill flag, RoPE as the model applies it, and the per-head cut of a DynamicCache layer."""
+    from transformers import DynamicCache
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from forward_influence.hf import anatomy, cache_api
+
+    model = tiny["sdpa"]
+    seen = []
+
+    def hook(module, _args, kwargs, _out):
+        call = cache_api.attention_call(module, kwargs)
+        q = anatomy.prerope_queries(module, call.hidden[0])  # (Hq, T, D)
+        ref, _ = apply_rotary_pos_emb(q[None], q[None], call.cos[None], call.sin[None])
+        seen.append((call.prefill, torch.allclose(cache_api.apply_rope(q, call.cos, call.sin), ref[0])))
+
+    layer0 = anatomy.decoder_layers(model)[0].self_attn
+    handle = layer0.register_forward_hook(hook, with_kwargs=True)
+    try:
+        cache = DynamicCache()
+        with torch.no_grad():
+            model(input_ids=tiny_prompt[None], use_cache=True, **{cache_api._cache_kwarg(model): cache})
+            model(input_ids=tiny_prompt[None, :1], use_cache=True, **{cache_api._cache_kwarg(model): cache})
+    finally:
+        handle.remove()
+    assert seen == [(True, True), (False, True)]
+    k, _ = cache_api.cache_layers(cache)[1]
+    idx = torch.tensor([[0, 5, 9]] * k.shape[1])
+    cache_api.keep_entries(cache, 1, idx)
+    k2, _ = cache_api.cache_layers(cache)[1]
+    assert k2.shape[2] == 3 and torch.equal(k2[0, :, 1], k[0, :, 5])
