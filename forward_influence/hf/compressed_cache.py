@@ -28,6 +28,7 @@ a forward hook hands the block to the store. Supported: transformers 5.2 – 5.x
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
@@ -68,8 +69,10 @@ class BlockStore(Protocol):
         """The block's own K/V per layer ``(1, Hkv, C, D)`` and final hidden states ``(C, Dm)``."""
 
 
-def _cache_classes() -> tuple[type, type]:
-    from transformers.cache_utils import Cache, DynamicLayer
+@functools.lru_cache(maxsize=None)
+def _layer_class() -> type:
+    """``CutLayer``, made on first use (transformers is imported lazily)."""
+    from transformers.cache_utils import DynamicLayer
 
     class CutLayer(DynamicLayer):
         """One layer of a :class:`CutCache`: reads the store, stores nothing itself."""
@@ -130,11 +133,19 @@ def _cache_classes() -> tuple[type, type]:
 
         batch_repeat_interleave = batch_select_indices = reorder_cache
 
+    return CutLayer
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_class() -> type:
+    """``CutCache``, made on first use."""
+    from transformers.cache_utils import Cache
+
     class CutCache(Cache):
         """A ``transformers.Cache`` whose layers are views of a :class:`BlockStore`."""
 
         def __init__(self, store: BlockStore, n_layers: int):
-            super().__init__(layers=[CutLayer(store, l) for l in range(n_layers)])
+            super().__init__(layers=[_layer_class()(store, l) for l in range(n_layers)])
             self.store = store
 
         def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -144,13 +155,12 @@ def _cache_classes() -> tuple[type, type]:
             q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else int(query_length)  # 5.2: cache_position
             return int(self.store.length) + q, 0
 
-    return CutLayer, CutCache
+    return CutCache
 
 
 def cut_cache(model: Any, store: BlockStore) -> Any:
     """A ``transformers.Cache`` (a ``CutCache``) over ``store``, for ``model.generate(..., cache=...)``."""
-    _, cls = _cache_classes()
-    return cls(store, anatomy.n_layers(model))
+    return _cache_class()(store, anatomy.n_layers(model))
 
 
 def cache_kwarg(model: Any) -> str:
