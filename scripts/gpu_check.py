@@ -98,10 +98,10 @@ from forward_influence.compress import (  # noqa: E402
     DecodingConfig,
     FIOracle,
     compress_prompt,
-    generate,
     get_compressor,
 )
 from forward_influence.errors import InputError  # noqa: E402
+from forward_influence.hf.generation import generate  # noqa: E402
 from forward_influence.hf.models import DTYPES, resolve_device  # noqa: E402
 from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine  # noqa: E402
 from forward_influence.measurement.fisher import FisherEstimator  # noqa: E402
@@ -509,17 +509,23 @@ def section_decode(run: Run) -> None:
     model = run.model(plan.study, dtype)
     tag = DTYPE_TAG[dtype]
     prompt = random_ids(plan.decode_prompt, model.config.vocab_size)
-    cfg = DecodingConfig(cache_budget=0.25, interval=16, max_new_tokens=plan.decode_new)
-    generate(model, prompt[:64], get_compressor("snapkv"), DecodingConfig(cache_budget=0.25, interval=4, max_new_tokens=8))  # warm-up
+    cfg = DecodingConfig(cache_budget=0.25, interval=16)
+
+    def decode(m: str, c: DecodingConfig, n: int, ids: torch.Tensor) -> tuple[list[int], Any]:
+        """transformers' generate with ``m`` cutting the cache (greedy; every step runs)."""
+        with get_compressor(m).apply(model, c) as dec:
+            return generate(model, ids, max_new_tokens=n, min_new_tokens=n), dec
+
+    decode("snapkv", DecodingConfig(cache_budget=0.25, interval=4), 8, prompt[:64])  # warm-up
     rates = {}
     for m in ("full", "infokv", "snapkv"):
         t_pre, _, _ = timed(run.dev, lambda: CompressedCache(model, get_compressor(m)).extend(prompt.to(run.dev)))
-        seconds, out, peak = timed(run.dev, lambda: generate(model, prompt, get_compressor(m), cfg))
+        seconds, (tokens, dec), peak = timed(run.dev, lambda: decode(m, cfg, plan.decode_new, prompt))
         label = m if m == "full" else f"{m}_25pct"
-        rates[m] = len(out.tokens) / max(seconds - t_pre, 1e-9)
+        rates[m] = len(tokens) / max(seconds - t_pre, 1e-9)
         run.line(f"speed_decode_{label}_{tag}_tok_per_s", rates[m])
         run.line(f"mem_decode_{label}_{tag}_gib", peak / GiB)
-        run.line(f"info_decode_{label}_final_cache", float(out.cache_sizes[-1]))
+        run.line(f"info_decode_{label}_final_cache", float(dec.cache_sizes[-1]))
     for m in ("snapkv", "infokv"):
         run.line(f"speed_decode_{m}_25pct_over_full_{tag}", rates[m] / rates["full"])
 

@@ -21,12 +21,12 @@ from forward_influence.compress import (
     SnapKV,
     TokenFeatures,
     compress_prompt,
-    generate,
     get_compressor,
     list_compressors,
     top_entries,
 )
 from forward_influence.hf import anatomy
+from forward_influence.hf.generation import generate
 from forward_influence.tools import checks
 
 T_PROMPT = 64
@@ -126,34 +126,39 @@ def test_positions_preserved_and_wrong_position_caught(name, models, prompt):
     assert_checks(checks.check_compressed_continuation(models["eager"], prompt, T_PROMPT, make(name, 0.4)))
 
 
+def _decode(model, prompt, comp, cfg, max_new_tokens):
+    with comp.apply(model, cfg) as run:
+        tokens = generate(model, prompt, max_new_tokens=max_new_tokens)
+    return tokens, run
+
+
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_decoding_cache_never_exceeds_budget_plus_interval(name, models, prompt):
     model = models["sdpa"]
-    cfg = DecodingConfig(cache_budget=24, interval=4, max_new_tokens=30)
-    out = generate(model, prompt[:T_PROMPT], make(name, 1.0) if name != "fi_oracle" else _fi_oracle(1.0), cfg)
-    assert len(out.tokens) == cfg.max_new_tokens and all(0 <= t < model.config.vocab_size for t in out.tokens)
+    cfg = DecodingConfig(cache_budget=24, interval=4)
+    tokens, run = _decode(model, prompt[:T_PROMPT], make(name, 1.0) if name != "fi_oracle" else _fi_oracle(1.0), cfg, 30)
+    assert len(tokens) == 30 and all(0 <= t < model.config.vocab_size for t in tokens)
     limit = 24 + 4 if name != "full" else math.inf
-    assert max(out.cache_sizes) <= limit, f"cache {max(out.cache_sizes)} > budget + interval"
+    assert max(run.cache_sizes) <= limit, f"cache {max(run.cache_sizes)} > budget + interval"
     if name != "full":
-        assert out.cuts >= cfg.max_new_tokens // cfg.interval - 1
+        assert run.cuts >= 30 // cfg.interval - 1
     assert _no_hooks(model)
 
 
 def test_decoding_full_equals_plain_greedy(models, prompt):
     model = models["sdpa"]
-    cfg = DecodingConfig(cache_budget=10_000, interval=4, max_new_tokens=12)
-    out = generate(model, prompt[:T_PROMPT], get_compressor("full"), cfg)
+    tokens, _ = _decode(model, prompt[:T_PROMPT], get_compressor("full"), DecodingConfig(cache_budget=10_000, interval=4), 12)
     ids = prompt[:T_PROMPT].clone()
     for _ in range(12):  # reference: full forwards
         ids = torch.cat([ids, model(ids[None]).logits[0, -1].argmax()[None]])
-    assert out.tokens == ids[T_PROMPT:].tolist()
+    assert tokens == ids[T_PROMPT:].tolist()
 
 
 def test_fraction_cache_budget_tracks_length(models, prompt):
-    cfg = DecodingConfig(cache_budget=0.25, interval=4, max_new_tokens=20)
-    out = generate(models["sdpa"], prompt[:T_PROMPT], get_compressor("snapkv", window=8), cfg)
+    cfg = DecodingConfig(cache_budget=0.25, interval=4)
+    _, run = _decode(models["sdpa"], prompt[:T_PROMPT], get_compressor("snapkv", window=8), cfg, 20)
     final_len = T_PROMPT + 20
-    assert out.cache_sizes[-1] <= 0.25 * final_len + cfg.interval
+    assert run.cache_sizes[-1] <= 0.25 * final_len + cfg.interval
 
 
 def test_fi_oracle_keeps_the_measured_top_set(models, prompt):
@@ -436,5 +441,5 @@ def test_smollm_prefill_fidelity_end_to_end(smollm):
     assert kl["full"] == 0.0
     assert all(math.isfinite(v) and v >= 0 for v in kl.values())
     assert kl["snapkv"] < kl["random"] and kl["infokv"] < kl["random"]
-    out = generate(model, ids[:n], get_compressor("infokv"), DecodingConfig(cache_budget=128, interval=8, max_new_tokens=16))
-    assert len(out.tokens) == 16 and max(out.cache_sizes[1:]) <= 128 + 8
+    tokens, run = _decode(model, ids[:n], get_compressor("infokv"), DecodingConfig(cache_budget=128, interval=8), 16)
+    assert len(tokens) == 16 and max(run.cache_sizes[1:]) <= 128 + 8

@@ -3,7 +3,8 @@
 Each prompt (a JSONL line with ``key``, ``prompt``, ``instruction_id_list``,
 ``kwargs``: ``--ifeval-data``, e.g. ``data/ifeval/input_data.jsonl`` of the repository)
 is wrapped in the model's chat template and answered greedily with the cache
-kept at a budget of tokens (:func:`forward_influence.compress.generate`;
+kept at a budget of tokens (transformers' ``generate`` inside
+:meth:`forward_influence.compress.Compressor.apply`;
 the prompt itself is not cut first). Metrics: lm-eval's prompt- and
 instruction-level strict and loose accuracy, and the agreement of the tokens
 with the full-cache generation (the share of positions that match, and the
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from forward_influence.bench.tasks import Sample
-from forward_influence.compress import Compressor, DecodingConfig, generate
+from forward_influence.compress import Compressor, DecodingConfig
 from forward_influence.errors import InputError
+from forward_influence.hf.generation import generate
 from forward_influence.measurement.generations import chat_prompt_ids
 from forward_influence.measurement.textfiles import iter_jsonl
 
@@ -132,9 +134,10 @@ class IFEval:
         return out
 
     def _generate(self, model: Any, s: Sample, comp: Compressor, budget: float, tokenizer: Any) -> list[int]:
-        stop = tuple(t for t in (tokenizer.eos_token_id,) if t is not None)
-        cfg = DecodingConfig(cache_budget=budget, interval=self.interval, max_new_tokens=self.max_new_tokens, stop_ids=stop)
-        return generate(model, s.context, comp, cfg).tokens
+        """Greedy tokens (EOS included) from transformers' ``generate`` with ``comp`` cutting the cache."""
+        eos = [t for t in (tokenizer.eos_token_id,) if t is not None]
+        with comp.apply(model, DecodingConfig(cache_budget=budget, interval=self.interval)):
+            return generate(model, s.context, max_new_tokens=self.max_new_tokens, eos=eos)
 
     def reference(self, model: Any, s: Sample, full: Compressor, tokenizer: Any) -> dict[str, Any]:
         return {"tokens": self._generate(model, s, full, 1e9, tokenizer)}

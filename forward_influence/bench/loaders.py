@@ -20,7 +20,8 @@ dataset; nothing is downloaded. Fields read:
     toolkit leaves to LiveCodeBench's own harness.
 
 The answer extractors (:func:`extract_boxed_integer`, :func:`extract_choice`)
-score generations from :func:`forward_influence.compress.generate`.
+score generations from transformers' ``generate`` inside
+:meth:`forward_influence.compress.Compressor.apply`.
 """
 
 from __future__ import annotations

@@ -77,19 +77,6 @@ def top_entries(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
 
 
 
-def keep_entries(keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The entries ``idx`` ``(Hkv, n_keep)`` (from :func:`top_entries`) of a
-    layer's ``keys`` and ``values`` ``(1, Hkv, n, D)``: new contiguous tensors
-    ``(1, Hkv, n_keep, D)``, the cut of every cache (ours and kvpress's).
-
-    >>> k = torch.arange(8.0).view(1, 2, 4, 1)
-    >>> keep_entries(k, -k, torch.tensor([[0, 3], [1, 2]]))[0][0, :, :, 0].tolist()
-    [[0.0, 3.0], [5.0, 6.0]]
-    """
-    gidx = idx[None, :, :, None].expand(1, -1, -1, keys.shape[-1])  # (1, Hkv, n_keep, D)
-    return keys.gather(2, gidx), values.gather(2, gidx)
-
-
 @dataclass
 class LayerView:
     """What a method sees of one layer when the cache is about to be cut.
@@ -209,6 +196,13 @@ class Compressor:
     def finish(self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None) -> list[torch.Tensor]:
         """Revise every layer's scores once all layers are known. Default: as is."""
         return scores
+
+    def apply(self, model: Any, config: Any = None, cache: Any = None) -> Any:
+        """Decode with this method: ``with comp.apply(model, DecodingConfig(...)) as run: model.generate(...)``,
+        a context manager (:func:`forward_influence.compress.decoding.apply`; ``config`` None: ``DecodingConfig()``)."""
+        from forward_influence.compress.decoding import DecodingConfig, apply
+
+        return apply(model, self, DecodingConfig() if config is None else config, cache)
 
 
 # --------------------------------------------------------------------------- #

@@ -25,11 +25,35 @@ from typing import Any
 
 import torch
 
-from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, keep_entries, top_entries
-from forward_influence.hf import anatomy, attention, forwards
+from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.hf import anatomy, attention, cache_api, forwards
 from forward_influence.measurement.features import RepChange, logit_chunks
 from forward_influence.measurement.kl import entropy
 from forward_influence.runtime.devices import defaults_for
+
+
+@dataclasses.dataclass
+class Block:
+    """One forward over a :class:`CompressedCache`: what it wants to see, and its logits.
+
+    Attributes
+    ----------
+    on_tap, layer_hooks, attn_inputs
+        The forward's callbacks (:func:`forward_influence.hf.forwards.continue_forward`).
+    rep : torch.Tensor
+        ``(L, C)`` filled by ``layer_hooks`` (InfoKV's representation change).
+    want_logits, all_logits : bool
+        Whether :meth:`CompressedCache.end_block` keeps the logits, and all of them.
+    logits : torch.Tensor or None
+    """
+
+    on_tap: Any
+    layer_hooks: Any
+    attn_inputs: bool
+    rep: torch.Tensor
+    want_logits: bool = False
+    all_logits: bool = False
+    logits: torch.Tensor | None = None
 
 
 class CompressedCache:
@@ -119,6 +143,35 @@ class CompressedCache:
                 keys, pos = tap.key, new_pos
             self.compressor.observe(tap, pos, keys, self.state[l])
 
+    def begin_block(self, n_tokens: int) -> "Block":
+        """Callbacks for a forward of ``n_tokens`` tokens over this cache (the
+        :class:`forward_influence.hf.compressed_cache.BlockStore` protocol)."""
+        hook = RepChange(self.n_layers, n_tokens, self.spec.early_layer) if self.spec is not None else None
+        rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
+        return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs_attn_inputs, rep=rep)
+
+    def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: "Block") -> None:
+        """Append the block's own entries ``kv`` (per layer ``(1, Hkv, C, D)``) at
+        positions ``length..length+C-1``; ``hidden`` ``(C, Dm)`` gives the logits
+        (kept in ``block.logits`` when ``block.want_logits``) and the entropies."""
+        c = int(hidden.shape[0])
+        new_pos = torch.arange(self.length, self.length + c, device=hidden.device)
+        if not self.kv:
+            self.kv = list(kv)
+            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in kv]
+        else:
+            for l, (k, v) in enumerate(kv):
+                k0, v0 = self.kv[l]
+                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
+                p0 = self.positions[l]
+                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
+        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
+        if block.want_logits or self.spec is not None:
+            block.logits = self._logits(hidden, block.all_logits)
+        if self.spec is not None:
+            self.rep = torch.cat([self.rep, block.rep], dim=1)
+        self.length += c
+
     @torch.no_grad()
     def extend(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         """Run ``ids`` ``(C,)`` at positions ``length..length+C-1`` over the cache
@@ -130,30 +183,16 @@ class CompressedCache:
             Float32 logits: ``(C, V)`` with ``all_logits``, else ``(1, V)`` of
             the last token.
         """
-        c = int(ids.shape[0])
-        hook = RepChange(self.n_layers, c, self.spec.early_layer) if self.spec is not None else None
-        need_in = self.compressor.needs_attn_inputs
+        block = self.begin_block(int(ids.shape[0]))
+        block.want_logits, block.all_logits = True, all_logits
         if not self.kv:
-            out = forwards.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
+            out = forwards.record_prefill(self.model, ids, layer_hooks=block.layer_hooks, on_tap=block.on_tap,
+                                          attn_inputs=block.attn_inputs)
         else:
-            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=self._tap,
-                                            layer_hooks=hook, attn_inputs=need_in)
-        new_pos = torch.arange(self.length, self.length + c, device=out.hidden.device)
-        if not self.kv:
-            self.kv = list(out.kv)
-            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in out.kv]
-        else:
-            for l, (k, v) in enumerate(out.kv):
-                k0, v0 = self.kv[l]
-                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
-                p0 = self.positions[l]
-                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
-        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
-        logits = self._logits(out.hidden, all_logits)
-        if self.spec is not None:
-            self.rep = torch.cat([self.rep, hook.values], dim=1)
-        self.length += c
-        return logits
+            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=block.on_tap,
+                                            layer_hooks=block.layer_hooks, attn_inputs=block.attn_inputs)
+        self.end_block(out.kv, out.hidden, block)
+        return block.logits
 
     def _logits(self, hidden: torch.Tensor, all_logits: bool) -> torch.Tensor:
         """Logits (all or last), and the top-k entropies when the method needs them."""
@@ -194,7 +233,7 @@ class CompressedCache:
         self.last_scores = scores  # (Hkv, n) per layer, for inspection
         for l, (view, s) in enumerate(zip(views, scores)):
             idx = top_entries(s, view.n_keep)  # (Hkv, n_keep)
-            self.kv[l] = keep_entries(*self.kv[l], idx)
+            self.kv[l] = cache_api.gather_entries(*self.kv[l], idx)
             self.positions[l] = self.positions[l].gather(1, idx)
             for name, val in list(self.state[l].items()):
                 if name.startswith("entry:"):

@@ -4,6 +4,7 @@ full forward with a 4-D mask. The naive reference loop of the benchmarks and the
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -73,3 +74,70 @@ def full_forward_hiding(model: Any, input_ids: torch.Tensor, hide: int | Sequenc
         mask[0, 0, from_row:, cols] = neg
     out = model(input_ids=input_ids.to(model.device)[None], attention_mask=mask, use_cache=False)
     return out.logits[0].float()
+
+
+# --------------------------------------------------------------------------- #
+# An attention module's call, as a forward hook sees it (the kvpress adapter)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class AttentionCall:
+    """What transformers passed one attention module (read from its forward kwargs).
+
+    Attributes
+    ----------
+    hidden : torch.Tensor
+        ``(1, T, Dm)`` the attention's input hidden states.
+    cache : transformers.Cache
+        The model's cache (``cache`` from transformers 5.24, ``past_key_values`` before).
+    cos, sin : torch.Tensor
+        ``(T, D)`` the rotary embedding of the block's positions (row 0).
+    prefill : bool
+        Whether this block is the first the cache saw (the cache holds exactly its ``T`` tokens).
+    """
+
+    hidden: torch.Tensor
+    cache: Any
+    cos: torch.Tensor
+    sin: torch.Tensor
+    prefill: bool
+
+
+def attention_call(module: Any, kwargs: dict) -> AttentionCall:
+    """Read an attention module's forward kwargs (a ``register_forward_hook(..., with_kwargs=True)`` hook's)."""
+    hidden = kwargs["hidden_states"]
+    cache = next((kwargs[k] for k in ("cache", "past_key_values") if kwargs.get(k) is not None), None)
+    if cache is None:
+        raise ValueError("the attention was called without a cache (use_cache=False?)")
+    cos, sin = kwargs["position_embeddings"]  # (1, T, D)
+    t = hidden.shape[1]
+    return AttentionCall(hidden, cache, cos[0], sin[0], cache.get_seq_length(module.layer_idx) == t)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` ``(H, w, D)`` at ``cos``/``sin`` ``(w, D)`` (Llama's rotate-half convention)."""
+    d = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., d:], x[..., :d]], dim=-1) * sin
+
+
+def gather_entries(keys: torch.Tensor, values: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries ``idx`` ``(Hkv, n_keep)`` (from :func:`forward_influence.compress.base.top_entries`) of a
+    layer's ``keys`` and ``values`` ``(B, Hkv, n, D)``: new contiguous tensors ``(B, Hkv, n_keep, D)``, the cut
+    of every cache (ours and kvpress's).
+
+    >>> k = torch.arange(8.0).view(1, 2, 4, 1)
+    >>> gather_entries(k, -k, torch.tensor([[0, 3], [1, 2]]))[0][0, :, :, 0].tolist()
+    [[0.0, 3.0], [5.0, 6.0]]
+    """
+    gidx = idx[None, :, :, None].expand(keys.shape[0], -1, -1, keys.shape[-1])  # (B, Hkv, n_keep, D)
+    return keys.gather(2, gidx), values.gather(2, gidx)
+
+
+def keep_entries(cache: Any, layer: int, idx: torch.Tensor) -> None:
+    """Keep, in ``cache``'s ``layer`` (a ``DynamicLayer``), the entries ``idx`` ``(Hkv, n_keep)`` of each KV head."""
+    kept = gather_entries(*cache_layers(cache)[layer], idx)
+    if hasattr(cache, "layers"):
+        cache.layers[layer].keys, cache.layers[layer].values = kept
+    else:  # transformers < 4.56
+        cache.key_cache[layer], cache.value_cache[layer] = kept
