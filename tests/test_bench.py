@@ -203,9 +203,27 @@ def test_validation_against_a_measured_run(smollm, tmp_path):
     from forward_influence.bench.report import additivity
 
     d, fit = additivity(res)
-    assert fit["n"] == len(d) >= 4 and -1 <= fit["spearman"] <= 1
+    assert fit["n"] == len(d) >= 4 and set(d.method) <= {"snapkv", "random", "fi_oracle"} and np.isfinite(fit["spearman"])
     with pytest.raises(InputError, match="--n-prefix 64 --n-future 16"):
         run_bench(BenchConfig(task="fidelity", n_prefix=128, fi_run=str(fi_dir)), model=smollm)
+
+
+def test_additivity_fit_on_constructed_rows():
+    """The fit reads only cut rows with both quantities positive: a monotone
+    relation gives Spearman 1 (reversed: -1) and the median ratio; fewer than
+    3 rows give no fit."""
+    from forward_influence.bench.report import additivity
+
+    fi = [1.0, 2.0, 3.0, 4.0, 5.0]
+    rows = pd.DataFrame({"method": ["snapkv", "random", "snapkv", "fi_oracle", "random", "full", "snapkv", "random"],
+                         "fi_dropped": fi + [9.0, np.nan, 9.0], "kl_sum": [2 * f for f in fi] + [1.0, 1.0, 0.0]})
+    d, fit = additivity(rows)
+    assert len(d) == fit["n"] == 5 and "full" not in set(d.method)
+    assert fit["spearman"] == pytest.approx(1.0) and fit["pearson_log10"] == pytest.approx(1.0)
+    assert fit["median_ratio"] == pytest.approx(2.0)
+    reversed_ = rows.assign(kl_sum=[1 / f for f in fi] + [1.0, 1.0, 0.0])
+    assert additivity(reversed_)[1]["spearman"] == pytest.approx(-1.0)
+    assert additivity(rows.iloc[:2])[1] == {} and additivity(rows.drop(columns="fi_dropped"))[1] == {}
 
 
 @pytest.mark.model
@@ -217,7 +235,8 @@ def test_retrieval_and_qa_end_to_end(smollm):
     assert (res[res.method == "full"].agrees_full == 1.0).all()
     qa = run_bench(BenchConfig(task="qa", methods=("full", "snapkv"), budgets=(0.3,), n_samples=2, max_context=256,
                                progress=False, bootstrap=100), model=smollm)
-    assert len(qa) == 4 and qa.contains.isin([0.0, 1.0]).all()
+    assert len(qa) == 4 and (qa.exact_match <= qa.contains).all(), "an answer that starts with the gold contains it"
+    assert (qa[qa.method == "full"].agrees_full == 1.0).all()
 
 
 @pytest.mark.slow
@@ -245,7 +264,10 @@ def test_ifeval_decoding_end_to_end(smollm, tmp_path):
     assert len(res) == 2 * 3
     full = res[res.method == "full"]
     assert (full.agree_tokens == 1.0).all() and (full.agree_prefix == 1.0).all()
-    assert res.prompt_strict.isin([0.0, 1.0]).all() and res.new_tokens.between(1, 40).all()
+    assert res.new_tokens.between(1, 40).all()
+    # prompt-level = every instruction followed; loose also tries relaxed variants of the same response
+    assert (res.prompt_strict <= res.inst_strict).all() and (res.prompt_strict <= res.prompt_loose).all()
+    assert (res.inst_strict <= res.inst_loose).all()
 
 
 def test_punkt_tab_is_written_to_the_cache_dir(tmp_path, monkeypatch):

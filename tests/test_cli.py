@@ -1,4 +1,5 @@
-"""fi-measure end to end on the embedded model, and its bad-input contract (tiers 2-3)."""
+"""fi-measure end to end on the embedded model, and its bad-input contract (tiers 1-3: each test marked by
+what it loads, no module-wide mark)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from conftest import FP32_PRECISION_FLOOR
 
 from forward_influence.cli.measure import entry
 from forward_influence.store.results import SCHEMA_VERSION, MeasureResult
-
-pytestmark = pytest.mark.model
 
 SMALL = ["--n-prefix", "48", "--n-future", "24", "--stride", "6", "--window", "8"]
 
@@ -53,6 +52,7 @@ def run(argv, capsys):
     return e.value.code, out.out, out.err
 
 
+@pytest.mark.model
 def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     out = tmp_path / "run"
     umask = os.umask(0o022)
@@ -93,6 +93,7 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     assert "fi-measure: the study's claims on this run" in stdout and (out / "analysis" / "report.html").is_file()
 
 
+@pytest.mark.model
 def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     out = tmp_path / "sl"
     code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--delay", "4", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
@@ -107,6 +108,7 @@ def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     assert res.influence.split_pos.isna().all() and (res.influence.layer == 3).all()
 
 
+@pytest.mark.model
 def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     full, killed = tmp_path / "full", tmp_path / "killed"
     cmd = [sys.executable, "-c", "from forward_influence.cli.measure import entry; entry()", "--doc", str(docs), *SMALL, "--words"]
@@ -129,6 +131,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     assert any(d.get("resumed") for d in b.meta["per_document"])
 
 
+@pytest.mark.model
 def test_different_config_into_used_dir_refused(tmp_path, docs, smollm, capsys):
     out = tmp_path / "r"
     assert run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL], capsys)[0] == 0
@@ -156,6 +159,7 @@ BAD = {
 }
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
     make, message = BAD[case]
@@ -184,6 +188,7 @@ def test_ray_flag_without_ray_says_how_to_install(command, tmp_path, monkeypatch
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow  # a CLI subprocess (as test_bench's)
 def test_error_from_shell_has_no_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "forward_influence.cli.measure", "--doc", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert r.returncode == 2

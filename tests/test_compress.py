@@ -443,3 +443,81 @@ def test_smollm_prefill_fidelity_end_to_end(smollm):
     assert kl["snapkv"] < kl["random"] and kl["infokv"] < kl["random"]
     tokens, run = _decode(model, ids[:n], get_compressor("infokv"), DecodingConfig(cache_budget=128, interval=8), 16)
     assert len(tokens) == 16 and max(run.cache_sizes[1:]) <= 128 + 8
+
+
+# --------------------------------------------------------------------------- #
+# CompressedCache.fork: one prefill, many cuts (the bench's path)
+# --------------------------------------------------------------------------- #
+
+def _snapshot(cache: CompressedCache) -> dict:
+    """Deep copies of everything a cut or an extend could change."""
+    return {"kv": [(k.clone(), v.clone()) for k, v in cache.kv], "positions": [p.clone() for p in cache.positions],
+            "queries": [None if q is None else q.clone() for q in cache.queries],
+            "state": [{n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for s in cache.state],
+            "length": cache.length, "cuts": cache.cuts, "compressor": cache.compressor,
+            "entropy": cache.entropy.clone(), "rep": cache.rep.clone()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if key == "state":
+            assert [s.keys() for s in x] == [s.keys() for s in y]
+            x = [v for s in x for v in s.values()]
+            y = [v for s in y for v in s.values()]
+        if isinstance(x, list):
+            assert len(x) == len(y), key
+            for u, w in zip(x, y):
+                if isinstance(u, tuple):
+                    assert all(torch.equal(p, q) for p, q in zip(u, w)), key
+                elif torch.is_tensor(u):
+                    assert torch.equal(u, w), key
+                else:
+                    assert u == w, key
+        elif torch.is_tensor(x):
+            assert torch.equal(x, y), key
+        else:
+            assert x == y, key
+
+
+# Bases the bench forks from: each method's own prefill, and InfoKV's (it records the most, so the bench prefills
+# it first and forks every method it can serve: CompressedCache.can_fork).
+FROM_INFOKV = ["full", "random", "streaming_llm", "knorm", "snapkv", "pyramidkv", "tova", "fi_oracle"]
+FORK_CASES = [(n, n) for n in SETTINGS] + [("infokv", n) for n in FROM_INFOKV]
+
+
+@pytest.mark.parametrize("base_name, name", FORK_CASES, ids=[f"{a}->{b}" for a, b in FORK_CASES])
+def test_fork_cut_equals_a_fresh_compression(base_name, name, models, prompt):
+    """A fork of one uncut prefill, cut to a budget, keeps the same positions,
+    K/V and scores and continues with the same logits as compressing the
+    prompt afresh; cutting and extending forks leaves the base untouched."""
+    model = models["sdpa"]
+    base = CompressedCache(model, make(base_name, 0.4))
+    base.extend(prompt[:T_PROMPT])
+    before = _snapshot(base)
+    for budget in (0.4, 0.1):
+        assert base.can_fork(make(name, budget))
+        fork = base.fork(make(name, budget))
+        fork.cut(budget * T_PROMPT)
+        fresh, _ = compress_prompt(model, prompt[:T_PROMPT], make(name, budget))
+        assert fork.sizes() == fresh.sizes() and (fork.sizes() == base.sizes()) == (name == "full"), "cut (full keeps all)"
+        for l in range(anatomy.n_layers(model)):
+            assert torch.equal(fork.positions[l], fresh.positions[l]), f"layer {l}: kept positions"
+            assert all(torch.equal(a, b) for a, b in zip(fork.kv[l], fresh.kv[l])), f"layer {l}: kept K/V"
+            torch.testing.assert_close(fork.last_scores[l], fresh.last_scores[l], rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(fork.extend(prompt[T_PROMPT:], all_logits=True), fresh.extend(prompt[T_PROMPT:], all_logits=True))
+        _assert_same(_snapshot(base), before)
+    plain = base.fork()  # the bench's reference and task scoring: an uncut fork, extended
+    plain.extend(prompt[T_PROMPT : T_PROMPT + 4])
+    assert plain.length == T_PROMPT + 4
+    _assert_same(_snapshot(base), before)
+
+
+def test_fork_refuses_a_method_whose_inputs_were_not_recorded(models, prompt):
+    base = CompressedCache(models["sdpa"], make("snapkv", 0.4))
+    base.extend(prompt[:8])
+    for name in ("infokv", "h2o", "expected_attention"):  # entropies; observed attention; attention inputs
+        assert not base.can_fork(make(name, 0.4))
+        with pytest.raises(ValueError, match="cannot fork"):
+            base.fork(make(name, 0.4))

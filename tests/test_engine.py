@@ -58,6 +58,20 @@ def test_layer_and_head_ablation_match_masked_attention(ids):
     assert_checks(checks.check_layer_head(tiny_model(attn="eager"), ids))
 
 
+@pytest.mark.parametrize("kernel", ["flash", "matmul"])
+def test_each_kv_head_ablation_matches_its_masked_query_group(kernel, arch, ids):
+    """Every (layer, KV head) of the grouped tiny models (6 query / 2 KV heads):
+    the engine's ``Ablation((5,), layers=(l,), kv_heads=(h,))`` equals eager
+    attention masked by hand at query heads ``3h..3h+2`` only, within
+    REL_TOL_ENGINE; the oracle has power: the other KV head's oracle, and an
+    interleaved grouping (``h, h+2, h+4``), are both >= 100x the tolerance away.
+    Both kernels: each applies the per-head selection in its own code."""
+    got = {c.name: c for c in checks.check_kv_heads(tiny_model(arch, attn="eager"), ids, kernel=kernel)}
+    assert set(got) == {"engine_kv_head", "engine_kv_head_ablated_rows_nonzero", "engine_kv_head_wrong_head_caught",
+                        "engine_kv_head_interleaved_grouping_caught"}
+    assert_checks(list(got.values()))
+
+
 def test_layer_and_head_ablations_differ_from_hiding_everywhere(ids):
     res = ForwardInfluenceEngine(tiny_model(), batch_size=4).split(
         ids, N, F, [Ablation((5,), layers=(1,)), Ablation((5,), layers=(1,), kv_heads=(0,)), Ablation((5,))])

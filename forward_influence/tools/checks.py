@@ -230,6 +230,43 @@ def check_layer_head(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: i
     return [_versus_oracle(name, res.kl, exact, res.precision_floor, model.dtype)]
 
 
+def check_kv_heads(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int = 5,
+                   layers: Sequence[int] | None = None, name: str = "engine_kv_head") -> list[Check]:
+    """Hiding ``pos`` at one KV head of one layer, for every (layer, KV head),
+    against eager attention masked by hand at that head's query group
+    (``model`` must use eager attention). In float32 also two checks of the
+    oracle's power: the engine's row differs, by at least
+    :data:`WRONG_POS_FACTOR` x :data:`REL_TOL_ENGINE`, from the oracle hiding
+    the *next* KV head, and from one grouping query heads ``h, h + Hkv, ...``
+    (interleaved) instead of ``h g .. h g + g - 1`` (contiguous, as
+    transformers' ``repeat_kv``)."""
+    n_kv, n_layers = anatomy.n_kv_heads(model), anatomy.n_layers(model)
+    hq = model.config.num_attention_heads
+    g = hq // n_kv
+    pairs = [(l, h) for l in (range(n_layers) if layers is None else layers) for h in range(n_kv)]
+    res = ForwardInfluenceEngine(model, batch_size=4, kernel=kernel).split(
+        ids, SPLIT_N, SPLIT_F, [Ablation((pos,), layers=(l,), kv_heads=(h,)) for l, h in pairs])
+    oracle = float32_twin(model)
+    exact = np.stack([oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, kv_head=h) for l, h in pairs])
+    out = [_versus_oracle(name, res.kl, exact, res.precision_floor, model.dtype)]
+    smallest = float(res.kl.sum(1).min())
+    out.append(Check(name + "_ablated_rows_nonzero", smallest, MIN_ABLATED_KL, below=False))
+    if model.dtype in (torch.float32, torch.float64) and n_kv > 1:
+        wrong = np.stack([oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, kv_head=(h + 1) % n_kv) for l, h in pairs])
+        out.append(Check(name + "_wrong_head_caught", min(rel_err(k, w) for k, w in zip(res.kl, wrong)),
+                         WRONG_POS_FACTOR * REL_TOL_ENGINE, below=False))
+        if g > 1:
+            ref = [cache_api.full_forward_hiding(oracle, ids[: SPLIT_N + SPLIT_F], None, SPLIT_N)[SPLIT_N:]]
+            inter = []
+            for l, h in pairs:
+                with _eager_hiding(oracle, l, pos, SPLIT_N, range(h, hq, n_kv)):
+                    abl = cache_api.full_forward_hiding(oracle, ids[: SPLIT_N + SPLIT_F], None, SPLIT_N)[SPLIT_N:]
+                inter.append(centred_kl(ref[0], abl).cpu().numpy())
+            out.append(Check(name + "_interleaved_grouping_caught", min(rel_err(k, w) for k, w in zip(res.kl, inter)),
+                             WRONG_POS_FACTOR * REL_TOL_ENGINE, below=False))
+    return out
+
+
 def check_kernels_agree(model: Any, ids: torch.Tensor, mode: str, name: str = "engine_kernels_agree") -> list[Check]:
     """The fused and the matmul kernel give the same KLs (split or sliding,
     with layer- and head-restricted rows); empty where only one kernel runs."""
