@@ -18,7 +18,7 @@ It also writes kvpress's kept positions to :data:`KEPT_FILE`
 compressor's name and arguments, and per layer and KV head kvpress's kept
 set as a hex bitmask (bit ``p`` set: position ``p`` kept), with the input
 (document, token count, SHA-256 of the token ids) and the versions it ran
-under. ``tests/test_kvpress_reference.py`` checks, without kvpress, that our
+under. ``tests/model/test_kvpress_reference_model.py`` checks, without kvpress, that our
 compressors keep exactly those sets. ``--out PATH`` writes elsewhere,
 ``--out ''`` writes nothing.
 
@@ -111,7 +111,7 @@ def main() -> None:
     agreements = {}
     record = {
         "what": "kvpress's kept positions per method, layer and KV head (hex bitmask, bit p = position p kept); "
-                "written by scripts/crosscheck_kvpress.py, read by tests/test_kvpress_reference.py",
+                "written by scripts/crosscheck_kvpress.py, read by tests/model/test_kvpress_reference_model.py",
         "versions": {"kvpress": _version("kvpress"), "transformers": transformers.__version__, "torch": torch.__version__},
         "model": lm.name, "dtype": "float32", "device": "cpu",
         "input": {"file": "data/arxiv.json", "doc_index": 0, "doc_id": docs[0].doc_id, "max_tokens": N_TOKENS,

@@ -1,9 +1,11 @@
-"""Test tiers (see README "Tests"):
+"""Test tiers are folders; the markers come from them (``pytest -m "not model and not slow"``: the fast tier):
 
-1. fast — tiny random Llama / Qwen2 configs built in code, no files (< 1 s each).
-2. model — the embedded SmolLM2-135M (offline GGUF, dequantised once into a
+1. ``tests/unit/`` — tiny random Llama / Qwen2 configs built in code, pure functions, no model files (< 1 s each).
+2. ``tests/model/`` — the embedded SmolLM2-135M (offline GGUF, dequantised once into a
    session cache dir); marked ``model``.
-3. slow — the CLI end to end and the notebooks; marked ``slow``.
+3. ``tests/slow/`` — the CLI end to end as a subprocess, Ray clusters, the notebooks; marked ``slow``.
+
+Helpers that tests of one topic share across tiers live in ``tests/helpers/<topic>.py``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,25 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 TORCH_THREADS = 2
 
 
+TIERS = ("unit", "model", "slow")
+
+
 def pytest_configure(config):
     torch.set_num_threads(TORCH_THREADS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its tier folder's name (``model``, ``slow``); a test outside the tier folders is an error."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if here not in path.parents:
+            continue  # the package's doctests
+        tier = path.relative_to(here).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{path.relative_to(here)}: tests live in tests/unit, tests/model or tests/slow")
+        if tier != "unit":
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 def assert_checks(checks):

@@ -5,5 +5,5 @@ cut cache for ``generate`` (:mod:`.compressed_cache`) and ``generate`` itself (:
 
 No other layer imports transformers' cache, attention or model modules, reads forward keyword
 arguments such as ``past_key_values``, or writes cache layers (checked by ``lint-imports`` and
-``tests/test_architecture.py``). Supported: transformers 5.2 – 5.x.
+``tests/unit/test_architecture.py``). Supported: transformers 5.2 – 5.x.
 """

@@ -16,7 +16,7 @@ the Forward Influence it is compared with. Here:
   read ``x[<=i]`` only (its own prediction and its own forward), so they are
   the same for every ``tau > i``.
 
-``tests/test_causality.py`` changes the input from ``tau`` on and checks
+``tests/unit/test_causality.py`` changes the input from ``tau`` on and checks
 that every selection signal stays bitwise identical.
 
 Per-token columns (``tokens.parquet``; layer-averaged where per layer)

@@ -16,7 +16,7 @@ import torch
 
 from forward_influence.runtime.devices import parse_recommendations
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 # Not on the GPU machine (issue 17), and this project's optional extras.
 ABSENT = ("spacy", "gguf", "platformdirs", "accelerate", "kvpress", "lm_eval", "nltk")

@@ -13,18 +13,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # everything on loopback; read when ray is imported
-ray = pytest.importorskip("ray")
-
 from conftest import TinySource  # noqa: E402
 
 from forward_influence import MeasureConfig
@@ -32,37 +25,13 @@ from forward_influence.bench import BenchConfig, run_bench  # noqa: E402
 from forward_influence.errors import InputError  # noqa: E402
 from forward_influence.execution.cluster import ClusterSpec, RayPool  # noqa: E402
 from forward_influence.measurement.run import measure  # noqa: E402
-from forward_influence.store.results import MeasureResult  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-TABLES = ("tokens", "influence", "summary", "source_signals", "token_layers")
-TEXT = "The Normans gave their name to Normandy, a region in France; they were descended from Norse raiders. "
-
-
-def text(i: int, repeat: int = 1) -> str:
-    """Document ``i``: TEXT's words rotated by ``i`` (every document differs from its first token)."""
-    words = TEXT.split()
-    return (" ".join(words[i:] + words[:i]) + " ") * repeat
-
 
 # "~" makes the fault source raise; "^" makes the workers slow (time to kill one mid-unit).
 SOURCE = TinySource(fault="raise", delay=0.25, delay_char="^")
-
-
 def small(docs: Path, **kw) -> MeasureConfig:
     base = dict(doc=str(docs), words=False, progress=False, report=False, batch_size=4, n_prefix=(24, 48), n_future=16,
                 window=8, stride=3)
     return MeasureConfig(**{**base, **kw})
-
-
-def write_docs(path: Path, texts: dict[str, str]) -> Path:
-    path.write_text("\n".join(json.dumps({"id": k, "text": v}) for k, v in texts.items()) + "\n")
-    return path
-
-
-def assert_same_tables(a: MeasureResult, b: MeasureResult) -> None:
-    for name in TABLES:
-        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
 
 
 def spec(**kw) -> ClusterSpec:
@@ -70,20 +39,7 @@ def spec(**kw) -> ClusterSpec:
     return ClusterSpec("local:2", **{**base, **kw})
 
 
-@pytest.fixture(scope="module")
-def cluster(cache_dir):
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "FI_CACHE_DIR": str(cache_dir)}
-    t0 = time.perf_counter()
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, resources={"fi_gpu": 2},
-             log_to_driver=False, runtime_env={"env_vars": env})
-    print(f"Ray start-up: {time.perf_counter() - t0:.1f} s")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory):
-    return write_docs(tmp_path_factory.mktemp("docs") / "docs.jsonl", {f"d{i}": text(i, 1 + i % 2) for i in range(3)})
+from helpers.distributed import ROOT, TABLES, TEXT, assert_same_tables, cluster, docs, ray, text, write_docs  # noqa: F401, F811
 
 
 class TestSharedPool:
@@ -209,67 +165,3 @@ def test_bad_model_in_a_worker_is_one_line(cluster):
     with pytest.raises(InputError, match="a Ray worker could not load the model: InputError: unknown model 'gpt-17'"):
         with RayPool(spec(workers=1), ModelSource("gpt-17")):
             pass
-
-
-@pytest.mark.slow
-def test_driver_killed_and_rerun_resumes(cluster, tmp_path):
-    docs = write_docs(tmp_path / "docs.jsonl", {f"d{i}": text(i, 1 + i % 2) for i in range(4)})
-    out = tmp_path / "run"
-    kw = dict(doc=str(docs), out=str(out), words=False, progress=False, report=False, batch_size=4, n_prefix=(48,),
-              n_future=16, window=8, stride=3)
-    driver = (
-        "from conftest import TinySource\n"
-        "from forward_influence import MeasureConfig, measure\n"
-        "from forward_influence.execution.cluster import ClusterSpec\n"
-        f"measure(MeasureConfig(**{kw!r}), source=TinySource(delay=0.3),\n"
-        f"        cluster=ClusterSpec({cluster!r}, workers=2, gpu_resource='fi_gpu', threads={torch.get_num_threads()}))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    proc = subprocess.Popen([sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    part = out / ".parts" / "00000" / "meta.json"
-    deadline = time.time() + 600
-    while not part.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert part.exists(), err.decode()[-2000:]
-    assert not (out / "tokens.parquet").exists(), "killed before the end"
-    r = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    got = MeasureResult.load(out)
-    assert got.meta["per_document"][0].get("resumed") and got.meta["execution"]["backend"] == "ray"
-    assert_same_tables(measure(MeasureConfig(**{**kw, "out": None}), source=TinySource()), got)
-
-
-@pytest.mark.model
-@pytest.mark.parametrize("command", ["fi-measure", "fi-bench"])
-def test_cli_on_the_embedded_model_equals_single_process(command, cluster, smollm, tmp_path, monkeypatch, capsys):
-    from forward_influence.cli import bench
-    from forward_influence.cli import measure as cli_measure
-
-    # Workers and this process with the same thread count (one each: two CPU actors fit the 2-CPU cluster).
-    monkeypatch.setenv("FI_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    docs = write_docs(tmp_path / "docs.jsonl", {f"d{i}": text(i, 4 + i) for i in range(3)})
-    if command == "fi-measure":
-        argv = ["--doc", str(docs), "--n-prefix", "32,48", "--n-future", "16", "--stride", "8", "--window", "8",
-                "--batch-size", "4", "--no-words", "--no-report"]
-    else:
-        argv = ["--task", "fidelity", "--doc", str(docs), "--methods", "full,snapkv,infokv", "--budgets", "0.5",
-                "--n-prefix", "48", "--n-future", "16", "--bootstrap", "50", "--no-report"]
-    entry = cli_measure.entry if command == "fi-measure" else bench.entry
-    try:
-        for name, extra in (("one", []), ("ray", ["--ray", "local:2"])):
-            with pytest.raises(SystemExit) as e:
-                entry([*argv, "--out", str(tmp_path / name), *extra])
-            assert e.value.code == 0, capsys.readouterr().err
-    finally:
-        torch.set_num_threads(threads)  # the CLI set it from FI_NUM_THREADS
-    meta = json.loads((tmp_path / "ray" / "run.json").read_text())
-    assert meta["execution"]["backend"] == "ray" and meta["execution"]["actor"] == "CPU" and meta["execution"]["workers"] == 2
-    assert meta["model"] == json.loads((tmp_path / "one" / "run.json").read_text())["model"]
-    if command == "fi-measure":
-        assert_same_tables(MeasureResult.load(tmp_path / "one"), MeasureResult.load(tmp_path / "ray"))
-    else:
-        a, b = (pd.read_parquet(tmp_path / n / "results.parquet").drop(columns="seconds") for n in ("one", "ray"))
-        pd.testing.assert_frame_equal(a, b, check_exact=True)

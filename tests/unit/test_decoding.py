@@ -8,18 +8,13 @@ on the tiny random Llama and on SmolLM2-135M (float32, CPU).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import tiny_model
 from test_compress import N_FUTURE, T_PROMPT, _fi_oracle, _no_hooks, make
 
-from forward_influence.compress import Decoding, DecodingConfig, compress_prompt, get_compressor
+from forward_influence.compress import DecodingConfig, compress_prompt, get_compressor
 from forward_influence.hf.generation import generate
-
-FIXTURE = json.loads((Path(__file__).parent / "data" / "decoding_tokens.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +28,7 @@ def tiny_prompt():
     return torch.randint(0, 96, (T_PROMPT + N_FUTURE,), generator=g)[:T_PROMPT]
 
 
-def _decode(model, prompt, comp, cfg: DecodingConfig, **kwargs) -> tuple[list[int], Decoding]:
-    with comp.apply(model, cfg) as run:
-        tokens = generate(model, prompt, **kwargs)
-    return tokens, run
-
-
-def _check_against_old(row, tokens, run):
-    assert tokens == row["tokens"]
-    # the old loop also ran the last token (one more size); sizes agree step by step
-    assert run.cache_sizes == row["cache_sizes"][: len(run.cache_sizes)]
-    assert len(run.cache_sizes) == len(tokens)
+from helpers.decoding import FIXTURE, _check_against_old, _decode  # noqa: F401, F811
 
 
 @pytest.mark.parametrize("row", FIXTURE["tiny"], ids=lambda r: f"{r['method']}-{r['attn']}-{r['cache_budget']}")
@@ -114,31 +99,6 @@ def test_continuing_a_cut_prompt_needs_the_cut_cache(tiny, tiny_prompt):
         assert generate(model, tiny_prompt, max_new_tokens=6, **run.generate_kwargs) == manual
     assert run.cuts == 0 and run.cache.length == T_PROMPT + 5
     assert _no_hooks(model) and model.config._attn_implementation == "sdpa"
-
-
-@pytest.mark.model
-@pytest.mark.parametrize("row", FIXTURE["smollm2"], ids=lambda r: r["method"])
-def test_generate_matches_the_old_greedy_loop_smollm(row, smollm):
-    from forward_influence.measurement.documents import load_documents, tokenize
-
-    ids = tokenize(smollm.tokenizer, load_documents(None, max_docs=1)[0], max_tokens=400).input_ids
-    comp = get_compressor(row["method"], **row["kwargs"])
-    cfg = DecodingConfig(cache_budget=row["cache_budget"], interval=row["interval"])
-    tokens, run = _decode(smollm.model, ids[: row["prompt_tokens"]], comp, cfg, max_new_tokens=row["max_new_tokens"])
-    _check_against_old(row, tokens, run)
-
-
-@pytest.mark.model
-def test_bench_greedy_answers_match_the_old_loop(smollm):
-    from forward_influence.bench.tasks import ReadingQA
-
-    rows = FIXTURE["bench_greedy"]
-    task = ReadingQA(max_context=rows[0]["max_context"], questions_per_article=2, n_samples=2)
-    samples = {s.sample_id: s for s in task.prepare(smollm.tokenizer, 0)}
-    for row in rows:
-        s = samples[row["sample_id"]]
-        cache, _ = compress_prompt(smollm.model, s.context, get_compressor(row["method"], budget=row["budget"]))
-        assert task._greedy(cache, s, smollm.tokenizer) == row["text"], row
 
 
 def test_attention_call_helpers_for_the_kvpress_adapter(tiny, tiny_prompt):

@@ -20,7 +20,6 @@ from forward_influence.cli.measure import entry
 from forward_influence.store.results import SCHEMA_VERSION, MeasureResult
 
 SMALL = ["--n-prefix", "48", "--n-future", "24", "--stride", "6", "--window", "8"]
-
 TOKENS_COLUMNS = {
     "doc_id", "pos", "token_id", "token", "char_start", "char_end",
     "entropy_in", "entropy_out", "entropy_in_topk", "entropy_out_topk", "surprisal",
@@ -30,8 +29,6 @@ TOKENS_COLUMNS = {
 INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
 SOURCE_SIGNAL_COLUMNS = ["doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"]
 SUMMARY_COLUMNS = {"doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "fi_total", "fi_near", "fi_mid", "fi_far", "fi_max", "n_targets"}
-
-
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
     d = tmp_path_factory.mktemp("docs")
@@ -52,7 +49,24 @@ def run(argv, capsys):
     return e.value.code, out.out, out.err
 
 
-@pytest.mark.model
+def short_doc(tmp_path):
+    p = tmp_path / "short.json"
+    p.write_text(json.dumps({"id": "tiny", "text": "Too short."}))
+    return p
+
+
+BAD = {
+    "missing-file": (lambda t: ["--doc", str(t / "nope.json")], "not found"),
+    "malformed-json": (lambda t: ["--doc", str((t / "bad.json", (t / "bad.json").write_text("{oops"))[0])], "not valid JSON"),
+    "empty-doc": (lambda t: ["--doc", str((t / "e.json", (t / "e.json").write_text('{"id": "e", "text": ""}'))[0])], "empty"),
+    "too-short": (lambda t: ["--doc", str(short_doc(t))], "tokens, fewer than"),
+    "unknown-model": (lambda t: ["--model", "gpt-17"], "smollm2-135m"),
+    "positions-out-of-range": (lambda t: ["--positions", "5000,6000"], "out of range"),
+    "unwritable-out": (lambda t: ["--out", str((t / "file", (t / "file").write_text("x"))[0] / "sub")], "not a directory"),
+    "cuda-without-gpu": (lambda t: ["--device", "cuda"], "no CUDA GPU"),
+    "kv-head-without-layer": (lambda t: ["--kv-head", "1"], "needs --layer"),
+    "ray-no-workers": (lambda t: ["--ray", "local:0"], "needs N >= 1 workers"),
+}
 def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     out = tmp_path / "run"
     umask = os.umask(0o022)
@@ -91,9 +105,6 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     assert len(tl) == len(res.tokens) * 30 * 3 and (tl.split_pos == 48).all()
     assert not (out / ".parts").exists()
     assert "fi-measure: the study's claims on this run" in stdout and (out / "analysis" / "report.html").is_file()
-
-
-@pytest.mark.model
 def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     out = tmp_path / "sl"
     code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--delay", "4", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
@@ -106,9 +117,6 @@ def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     src = res.source_signals
     assert (src.tau == src.pos + 4).all() and src.split_pos.isna().all() and len(src) == len(res.tokens) - 4 + 1
     assert res.influence.split_pos.isna().all() and (res.influence.layer == 3).all()
-
-
-@pytest.mark.model
 def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     full, killed = tmp_path / "full", tmp_path / "killed"
     cmd = [sys.executable, "-c", "from forward_influence.cli.measure import entry; entry()", "--doc", str(docs), *SMALL, "--words"]
@@ -129,37 +137,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     for name in ("tokens", "influence", "summary", "source_signals", "token_layers"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     assert any(d.get("resumed") for d in b.meta["per_document"])
-
-
-@pytest.mark.model
 def test_different_config_into_used_dir_refused(tmp_path, docs, smollm, capsys):
     out = tmp_path / "r"
     assert run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL], capsys)[0] == 0
     code, _, err = run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL[:-2], "--window", "4"], capsys)
     assert code == 2 and "different config" in err and "window" in err
-
-
-def short_doc(tmp_path):
-    p = tmp_path / "short.json"
-    p.write_text(json.dumps({"id": "tiny", "text": "Too short."}))
-    return p
-
-
-BAD = {
-    "missing-file": (lambda t: ["--doc", str(t / "nope.json")], "not found"),
-    "malformed-json": (lambda t: ["--doc", str((t / "bad.json", (t / "bad.json").write_text("{oops"))[0])], "not valid JSON"),
-    "empty-doc": (lambda t: ["--doc", str((t / "e.json", (t / "e.json").write_text('{"id": "e", "text": ""}'))[0])], "empty"),
-    "too-short": (lambda t: ["--doc", str(short_doc(t))], "tokens, fewer than"),
-    "unknown-model": (lambda t: ["--model", "gpt-17"], "smollm2-135m"),
-    "positions-out-of-range": (lambda t: ["--positions", "5000,6000"], "out of range"),
-    "unwritable-out": (lambda t: ["--out", str((t / "file", (t / "file").write_text("x"))[0] / "sub")], "not a directory"),
-    "cuda-without-gpu": (lambda t: ["--device", "cuda"], "no CUDA GPU"),
-    "kv-head-without-layer": (lambda t: ["--kv-head", "1"], "needs --layer"),
-    "ray-no-workers": (lambda t: ["--ray", "local:0"], "needs N >= 1 workers"),
-}
-
-
-@pytest.mark.model
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
     make, message = BAD[case]
@@ -173,34 +155,3 @@ def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
     assert message in lines[0]
     assert "Traceback" not in err
     assert not out.exists(), "no partial output"
-
-
-@pytest.mark.parametrize("command", ["fi-measure", "fi-bench"])
-def test_ray_flag_without_ray_says_how_to_install(command, tmp_path, monkeypatch, capsys):
-    from forward_influence import config
-    from forward_influence.cli import bench
-
-    monkeypatch.setattr(config, "ray_available", lambda: False)
-    with pytest.raises(SystemExit) as e:
-        (entry if command == "fi-measure" else bench.entry)(["--out", str(tmp_path / "o"), "--ray", "local:2"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err == f"{command}: error: --ray needs Ray: pip install 'forward_influence[ray]'\n"
-    assert not (tmp_path / "o").exists()
-
-
-@pytest.mark.slow  # a CLI subprocess (as test_bench's)
-def test_error_from_shell_has_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "forward_influence.cli.measure", "--doc", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
-
-
-def test_precision_warning_names_the_fix():
-    from forward_influence.store.results import precision_warning
-
-    meta = {"share_below_precision_floor": 0.47, "precision_floor_median": 6.1e-4, "model": {"dtype": "bfloat16"}}
-    line = precision_warning(meta)
-    assert "47%" in line and "6.1e-04" in line and "bfloat16" in line and "--dtype float32" in line and "\n" not in line
-    assert precision_warning({**meta, "share_below_precision_floor": 0.1}) is None
-    assert precision_warning({"share_below_precision_floor": None}) is None  # fisher runs, old runs
-    assert precision_warning({}) is None

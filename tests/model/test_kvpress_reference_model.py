@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,25 +28,10 @@ import torch
 
 from forward_influence.compress import compress_prompt, get_compressor
 
-ROOT = Path(__file__).resolve().parents[1]
-KEPT = ROOT / "tests" / "data" / "kvpress_0.5.5_kept.json"
-METHODS = ("snapkv", "pyramidkv", "expected_attention", "streaming_llm", "knorm", "tova")
-
 
 def kept_mask(positions) -> int:
     """The file's encoding: bit ``p`` set when position ``p`` is kept."""
     return sum(1 << int(p) for p in positions)
-
-
-def test_reference_file_records_its_inputs_and_versions():
-    ref = json.loads(KEPT.read_text())
-    assert ref["versions"]["kvpress"] == "0.5.5" and ref["versions"]["transformers"] == "5.2.0"
-    assert ref["model"] == "smollm2-135m" and ref["dtype"] == "float32"
-    assert ref["input"]["n_tokens"] == 1500 and set(ref["methods"]) == set(METHODS)
-    for name, m in ref["methods"].items():
-        assert m["ours"]["name"] == name and len(m["kept"]) == 30 and all(len(heads) == 3 for heads in m["kept"])
-        counts = [bin(int(h, 16)).count("1") for layer in m["kept"] for h in layer]
-        assert set(counts) == {300}, name  # 0.2 x 1500 (PyramidKV too: with beta 20 on this input, flat in kvpress and ours)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +48,9 @@ def reference_ids(smollm):
     return ref, ids
 
 
-@pytest.mark.model
+from helpers.kvpress_reference import KEPT, METHODS, ROOT  # noqa: F401, F811
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_our_compressors_keep_what_kvpress_kept(name, smollm, reference_ids):
     ref, ids = reference_ids

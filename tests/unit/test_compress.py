@@ -26,16 +26,11 @@ from forward_influence.compress import (
     top_entries,
 )
 from forward_influence.hf import anatomy
-from forward_influence.hf.generation import generate
 from forward_influence.tools import checks
 
-T_PROMPT = 64
-N_FUTURE = 12
 BUDGETS = (1.0, 0.4, 0.2, 0.1)  # 0.1 keeps 6 entries: below SnapKV's / InfoKV's window of 8
 WINDOW = 8  # SnapKV's and InfoKV's window in SETTINGS
 ATTN = ("sdpa", "eager")
-
-
 def _fi_oracle(budget: float) -> FIOracle:
     g = torch.Generator().manual_seed(5)
     frame = pd.DataFrame({"source_pos": range(T_PROMPT), "fi_total": torch.rand(T_PROMPT, generator=g).double().numpy()})
@@ -56,16 +51,10 @@ SETTINGS = {
     "infokv": {"window": 8, "kernel": 3, "early_layer": 0, "mix": 0.3, "norm": "max"},
     "fi_oracle": None,
 }
-
-
 def make(name: str, budget: float):
     if name == "fi_oracle":
         return _fi_oracle(budget)
     return get_compressor(name, budget=budget, **SETTINGS[name])
-
-
-def test_every_registered_method_is_in_the_matrix():
-    assert set(list_compressors()) == set(SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +62,82 @@ def models():
     return {attn: tiny_model("llama", attn=attn) for attn in ATTN}
 
 
-@pytest.fixture(scope="module")
-def prompt():
-    g = torch.Generator().manual_seed(2)
-    return torch.randint(0, 96, (T_PROMPT + N_FUTURE,), generator=g)
-
-
 def _no_hooks(model) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+@torch.no_grad()
+def _snapkv_by_hand(model, ids: torch.Tensor, window: int, kernel: int, n_keep: int) -> list[list[set[int]]]:
+    """Expected SnapKV kept positions per layer and KV head, from the eager
+    attention weights of one plain forward (``output_attentions``), pooled and
+    ranked with Python loops: the window kept whole when ``n_keep >= window``,
+    else every entry ranked by the mean attention of the window queries that
+    see it; ties to the higher position."""
+    t, hkv = ids.shape[0], model.config.num_key_value_heads
+    seen_by = torch.tensor([min(window, t - j) for j in range(t)], dtype=torch.float64)  # (T,) window queries at or after j
+    kept = []
+    for att in model(ids[None], output_attentions=True).attentions:  # (1, Hq, T, T)
+        a = att[0, :, -window:, :].double().sum(1) / seen_by  # (Hq, T)
+        m = t if n_keep < window else t - window  # the entries that compete
+        pooled = torch.stack([a[:, max(0, j - kernel // 2) : min(m, j + kernel // 2 + 1)].sum(1) / kernel for j in range(m)], 1)
+        s = pooled.view(hkv, -1, m).mean(1)  # (Hkv, m)
+        layer = []
+        for h in range(hkv):
+            ranked = sorted(range(m), key=lambda j: (float(s[h, j]), j), reverse=True)
+            layer.append(set(ranked[:n_keep]) if n_keep < window else set(ranked[: n_keep - window]) | set(range(m, t)))
+        kept.append(layer)
+    return kept
+
+
+@dataclasses.dataclass(frozen=True)
+class _Flat(Compressor):
+    """Every entry scores the same (not registered): selection is the tie rule alone."""
+
+    def score(self, view):
+        return torch.zeros(view.positions.shape)
+
+
+def _snapshot(cache: CompressedCache) -> dict:
+    """Deep copies of everything a cut or an extend could change."""
+    return {"kv": [(k.clone(), v.clone()) for k, v in cache.kv], "positions": [p.clone() for p in cache.positions],
+            "queries": [None if q is None else q.clone() for q in cache.queries],
+            "state": [{n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for s in cache.state],
+            "length": cache.length, "cuts": cache.cuts, "compressor": cache.compressor,
+            "entropy": cache.entropy.clone(), "rep": cache.rep.clone()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if key == "state":
+            assert [s.keys() for s in x] == [s.keys() for s in y]
+            x = [v for s in x for v in s.values()]
+            y = [v for s in y for v in s.values()]
+        if isinstance(x, list):
+            assert len(x) == len(y), key
+            for u, w in zip(x, y):
+                if isinstance(u, tuple):
+                    assert all(torch.equal(p, q) for p, q in zip(u, w)), key
+                elif torch.is_tensor(u):
+                    assert torch.equal(u, w), key
+                else:
+                    assert u == w, key
+        elif torch.is_tensor(x):
+            assert torch.equal(x, y), key
+        else:
+            assert x == y, key
+
+
+# Bases the bench forks from: each method's own prefill, and InfoKV's (it records the most, so the bench prefills
+# it first and forks every method it can serve: CompressedCache.can_fork).
+FROM_INFOKV = ["full", "random", "streaming_llm", "knorm", "snapkv", "pyramidkv", "tova", "fi_oracle"]
+FORK_CASES = [(n, n) for n in SETTINGS] + [("infokv", n) for n in FROM_INFOKV]
+from helpers.compress import N_FUTURE, T_PROMPT, _decode, prompt  # noqa: F401, F811
+
+
+def test_every_registered_method_is_in_the_matrix():
+    assert set(list_compressors()) == set(SETTINGS)
 
 
 @pytest.mark.parametrize("attn", ATTN)
@@ -124,12 +181,6 @@ def test_positions_preserved_and_wrong_position_caught(name, models, prompt):
     """A cut cache continued at the true positions = one forward hiding the dropped
     columns; the kept entries are not touched by continuing; a cache-index position is caught."""
     assert_checks(checks.check_compressed_continuation(models["eager"], prompt, T_PROMPT, make(name, 0.4)))
-
-
-def _decode(model, prompt, comp, cfg, max_new_tokens):
-    with comp.apply(model, cfg) as run:
-        tokens = generate(model, prompt, max_new_tokens=max_new_tokens)
-    return tokens, run
 
 
 @pytest.mark.parametrize("name", list(SETTINGS))
@@ -205,34 +256,6 @@ def test_infokv_mix_zero_is_snapkv_and_mix_changes_it(budget, models, prompt):
         assert not any(whole) and all(bool(torch.isfinite(s).all()) for s in c.last_scores), "every entry competes"
 
 
-# --------------------------------------------------------------------------- #
-# Budgets below the window, sinks, ties (issue 14, item 4)
-# --------------------------------------------------------------------------- #
-
-
-@torch.no_grad()
-def _snapkv_by_hand(model, ids: torch.Tensor, window: int, kernel: int, n_keep: int) -> list[list[set[int]]]:
-    """Expected SnapKV kept positions per layer and KV head, from the eager
-    attention weights of one plain forward (``output_attentions``), pooled and
-    ranked with Python loops: the window kept whole when ``n_keep >= window``,
-    else every entry ranked by the mean attention of the window queries that
-    see it; ties to the higher position."""
-    t, hkv = ids.shape[0], model.config.num_key_value_heads
-    seen_by = torch.tensor([min(window, t - j) for j in range(t)], dtype=torch.float64)  # (T,) window queries at or after j
-    kept = []
-    for att in model(ids[None], output_attentions=True).attentions:  # (1, Hq, T, T)
-        a = att[0, :, -window:, :].double().sum(1) / seen_by  # (Hq, T)
-        m = t if n_keep < window else t - window  # the entries that compete
-        pooled = torch.stack([a[:, max(0, j - kernel // 2) : min(m, j + kernel // 2 + 1)].sum(1) / kernel for j in range(m)], 1)
-        s = pooled.view(hkv, -1, m).mean(1)  # (Hkv, m)
-        layer = []
-        for h in range(hkv):
-            ranked = sorted(range(m), key=lambda j: (float(s[h, j]), j), reverse=True)
-            layer.append(set(ranked[:n_keep]) if n_keep < window else set(ranked[: n_keep - window]) | set(range(m, t)))
-        kept.append(layer)
-    return kept
-
-
 @pytest.mark.parametrize("n_keep", [6, 20], ids=["below-window", "window-kept"])
 def test_snapkv_keeps_the_hand_computed_set(n_keep, models, prompt):
     model = models["eager"]
@@ -276,14 +299,6 @@ def test_infokv_differs_from_snapkv_below_the_window_in_decoding(models, prompt)
         cache.cut(6)
         out[name] = cache.positions
     assert any(not torch.equal(a, b) for a, b in zip(out["snapkv"], out["infokv"]))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Flat(Compressor):
-    """Every entry scores the same (not registered): selection is the tie rule alone."""
-
-    def score(self, view):
-        return torch.zeros(view.positions.shape)
 
 
 @pytest.mark.parametrize("n_sink", [0, 2])
@@ -335,11 +350,6 @@ def test_no_implicit_sink(name, models, prompt):
 def test_n_sink_out_of_range(bad):
     with pytest.raises(ValueError, match="n_sink must be an int >= 0"):
         get_compressor("snapkv", n_sink=bad)
-
-
-# --------------------------------------------------------------------------- #
-# InfoKV's representation term (issue 14, item 6)
-# --------------------------------------------------------------------------- #
 
 
 def test_infokv_rep_readings_on_given_features():
@@ -411,80 +421,14 @@ def test_unknown_method_names_the_valid_ones():
 
 def test_kvpress_integration_needs_kvpress():
     try:
-        import kvpress  # noqa: F401
+        import kvpress  # noqa: F401, F811
     except ImportError:
         with pytest.raises(ImportError, match="needs NVIDIA kvpress"):
-            import forward_influence.integrations.kvpress  # noqa: F401
+            import forward_influence.integrations.kvpress  # noqa: F401, F811
     else:
         from forward_influence.integrations.kvpress import InfoKVPress
 
         assert InfoKVPress(compression_ratio=0.5).method.budget == 0.5
-
-
-@pytest.mark.model
-def test_smollm_prefill_fidelity_end_to_end(smollm):
-    """On the real model: every method runs, full is exact, SnapKV beats random."""
-    from forward_influence import load_documents, tokenize
-    from forward_influence.measurement.kl import centred_kl
-
-    model, tok = smollm.model, smollm.tokenizer
-    ids = tokenize(tok, load_documents(None, max_docs=1)[0], max_tokens=640).input_ids
-    n = 512
-    ref_cache, _ = compress_prompt(model, ids[:n], get_compressor("full"))
-    ref = ref_cache.extend(ids[n:], all_logits=True)
-    kl = {}
-    for name in list_compressors():
-        if name == "fi_oracle":
-            continue
-        cache, _ = compress_prompt(model, ids[:n], get_compressor(name, budget=0.2))
-        kl[name] = float(centred_kl(ref, cache.extend(ids[n:], all_logits=True)).mean())
-    assert kl["full"] == 0.0
-    assert all(math.isfinite(v) and v >= 0 for v in kl.values())
-    assert kl["snapkv"] < kl["random"] and kl["infokv"] < kl["random"]
-    tokens, run = _decode(model, ids[:n], get_compressor("infokv"), DecodingConfig(cache_budget=128, interval=8), 16)
-    assert len(tokens) == 16 and max(run.cache_sizes[1:]) <= 128 + 8
-
-
-# --------------------------------------------------------------------------- #
-# CompressedCache.fork: one prefill, many cuts (the bench's path)
-# --------------------------------------------------------------------------- #
-
-def _snapshot(cache: CompressedCache) -> dict:
-    """Deep copies of everything a cut or an extend could change."""
-    return {"kv": [(k.clone(), v.clone()) for k, v in cache.kv], "positions": [p.clone() for p in cache.positions],
-            "queries": [None if q is None else q.clone() for q in cache.queries],
-            "state": [{n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for s in cache.state],
-            "length": cache.length, "cuts": cache.cuts, "compressor": cache.compressor,
-            "entropy": cache.entropy.clone(), "rep": cache.rep.clone()}
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        x, y = a[key], b[key]
-        if key == "state":
-            assert [s.keys() for s in x] == [s.keys() for s in y]
-            x = [v for s in x for v in s.values()]
-            y = [v for s in y for v in s.values()]
-        if isinstance(x, list):
-            assert len(x) == len(y), key
-            for u, w in zip(x, y):
-                if isinstance(u, tuple):
-                    assert all(torch.equal(p, q) for p, q in zip(u, w)), key
-                elif torch.is_tensor(u):
-                    assert torch.equal(u, w), key
-                else:
-                    assert u == w, key
-        elif torch.is_tensor(x):
-            assert torch.equal(x, y), key
-        else:
-            assert x == y, key
-
-
-# Bases the bench forks from: each method's own prefill, and InfoKV's (it records the most, so the bench prefills
-# it first and forks every method it can serve: CompressedCache.can_fork).
-FROM_INFOKV = ["full", "random", "streaming_llm", "knorm", "snapkv", "pyramidkv", "tova", "fi_oracle"]
-FORK_CASES = [(n, n) for n in SETTINGS] + [("infokv", n) for n in FROM_INFOKV]
 
 
 @pytest.mark.parametrize("base_name, name", FORK_CASES, ids=[f"{a}->{b}" for a, b in FORK_CASES])

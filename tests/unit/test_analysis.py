@@ -3,9 +3,6 @@ claim verdicts on constructed cases, and the report end to end (tiers 1-3)."""
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -34,8 +31,6 @@ from forward_influence.analysis.analyze import (
 CFG = AnalyzeConfig(n_boot=400, seed=0)
 TOL_EXACT = 1e-10  # closed forms vs scipy
 TOL_PARTIAL = 0.08  # partial rank correlation of independent-given-position data
-
-
 def planted_sources(r: float = 0.6, n_docs: int = 10, n: int = 120, seed: int = 0) -> pd.DataFrame:
     """Bivariate normal (signal, FI) with correlation r per document, each
     document on its own FI scale (which pooling must not mix)."""
@@ -49,6 +44,39 @@ def planted_sources(r: float = 0.6, n_docs: int = 10, n: int = 120, seed: int = 
             "signal": x, "fi_total": np.exp(y) * 10.0 ** (-d),  # monotone in y, scale differs by doc
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------ selection rules
+def hand_table() -> pd.DataFrame:
+    """Two units of 5 sources with known FI and scores."""
+    return pd.DataFrame({
+        "doc_id": ["a"] * 5 + ["b"] * 5,
+        "unit": ["a@-"] * 5 + ["b@-"] * 5,
+        "pos": list(range(5)) * 2,
+        "is_sink": [False] * 10, "is_candidate": [True] * 10,
+        "fi_total": [5.0, 1.0, 3.0, 0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 10.0],
+        "fi_near": [0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0],
+        "fi_far": [5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 10.0],
+        "score": [0.1, 0.9, 0.8, np.nan, 0.2, 1.0, 0.9, 0.1, 0.2, 0.3],
+        "word_class": ["function", "content", "content", "other", "function"] * 2,
+    })
+
+
+def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 8):
+    """Selection/token/bias tables whose claim-1a statistic is ent_far - att_far ± spread per document."""
+    rng = np.random.default_rng(0)
+    rows, toks = [], []
+    for d in range(n_docs):
+        e = spread * rng.normal()
+        for rule, far, near in (("entropy_in_topk", ent_far + e, 0.1), ("attn_snapkv", att_far, 0.4)):
+            rows.append(dict(subset="candidates", unit=f"d{d}@-", doc_id=f"d{d}", rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
+        for w in range(40):  # content words at higher entropy in every document
+            cls = "content" if w % 2 else "function"
+            toks.append(dict(doc_id=f"d{d}", pos=w, word_idx=w, is_word_start=True, word_class=cls,
+                             entropy_in_topk=rng.normal() + (1.5 if cls == "content" else 0.0)))
+    sel = pd.DataFrame(rows)
+    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.0125 * d + 0.001) for d in range(n_docs)])
+    return sel, pd.DataFrame(toks), bias
 
 
 def test_spearman_and_kendall_match_scipy():
@@ -126,22 +154,6 @@ def test_group_mean_ci_weights_documents_not_rows():
     assert lo == 0.0 and hi > 0.98  # resamples without "a" give 0; with it, near 1
 
 
-# ------------------------------------------------------------ selection rules
-def hand_table() -> pd.DataFrame:
-    """Two units of 5 sources with known FI and scores."""
-    return pd.DataFrame({
-        "doc_id": ["a"] * 5 + ["b"] * 5,
-        "unit": ["a@-"] * 5 + ["b@-"] * 5,
-        "pos": list(range(5)) * 2,
-        "is_sink": [False] * 10, "is_candidate": [True] * 10,
-        "fi_total": [5.0, 1.0, 3.0, 0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 10.0],
-        "fi_near": [0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0],
-        "fi_far": [5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 10.0],
-        "score": [0.1, 0.9, 0.8, np.nan, 0.2, 1.0, 0.9, 0.1, 0.2, 0.3],
-        "word_class": ["function", "content", "content", "other", "function"] * 2,
-    })
-
-
 def test_selection_draws_budget_ties_and_nan():
     t = hand_table()
     keep = selection_draws(t, "score", 0.4)[0]
@@ -179,23 +191,6 @@ def test_verdict_rules():
     assert verdict(np.nan, 0.3) == INCONCLUSIVE
 
 
-def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 8):
-    """Selection/token/bias tables whose claim-1a statistic is ent_far - att_far ± spread per document."""
-    rng = np.random.default_rng(0)
-    rows, toks = [], []
-    for d in range(n_docs):
-        e = spread * rng.normal()
-        for rule, far, near in (("entropy_in_topk", ent_far + e, 0.1), ("attn_snapkv", att_far, 0.4)):
-            rows.append(dict(subset="candidates", unit=f"d{d}@-", doc_id=f"d{d}", rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
-        for w in range(40):  # content words at higher entropy in every document
-            cls = "content" if w % 2 else "function"
-            toks.append(dict(doc_id=f"d{d}", pos=w, word_idx=w, is_word_start=True, word_class=cls,
-                             entropy_in_topk=rng.normal() + (1.5 if cls == "content" else 0.0)))
-    sel = pd.DataFrame(rows)
-    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.0125 * d + 0.001) for d in range(n_docs)])
-    return sel, pd.DataFrame(toks), bias
-
-
 @pytest.mark.parametrize(
     "ent, att, spread, expect",
     [(0.6, 0.3, 0.02, SUPPORTED), (0.2, 0.5, 0.02, NOT_SUPPORTED), (0.4, 0.4, 0.3, INCONCLUSIVE)],
@@ -231,107 +226,6 @@ def test_too_few_documents_are_never_conclusive(n_docs):
     sel, tokens, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
     c = claims(sel, tokens, bias, CFG, "split")
     assert (c.verdict == INCONCLUSIVE).all() and c.note.str.contains("fewer than 5 documents").all()
-
-
-# ------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def analyzed(tmp_path_factory, smollm):
-    """A real (small) measurement of 3 documents on the embedded model, analysed."""
-    from forward_influence import MeasureConfig
-    from forward_influence.analysis.report import analyze_run
-    from forward_influence.measurement.run import measure
-
-    tmp = tmp_path_factory.mktemp("analysis")
-    text = (
-        "The Rhine is a European river that begins in the Swiss canton of Graubünden in the southeastern Swiss Alps, "
-        "forms part of the Swiss-Austrian, Swiss-Liechtenstein border, Swiss-German and then the Franco-German border, "
-        "then flows through the German Rhineland and the Netherlands and eventually empties into the North Sea. "
-    )
-    docs = tmp / "docs.jsonl"
-    docs.write_text("\n".join(json.dumps({"id": f"r{i}", "text": text * (3 + i)}) for i in range(3)) + "\n")
-    cfg = MeasureConfig(doc=str(docs), out=str(tmp / "run"), n_prefix=(96,), n_future=32, stride=3, window=8, near=8, far=16, progress=False)
-    res = measure(cfg, smollm)
-    a, path = analyze_run(tmp / "run", AnalyzeConfig(n_boot=100), result=res)
-    return a, path
-
-
-@pytest.mark.model
-def test_analyze_real_run_and_report(analyzed, tmp_path):
-    a, path = analyzed
-    assert path.name == "analysis" and (path.parent / "run.json").is_file()
-    assert list(a.claims.claim) == ["1a", "2", "3"]  # split mode: no 1b
-    assert (a.claims.verdict == INCONCLUSIVE).all() and (a.claims.n_docs == 3).all()  # 3 documents: estimates only
-    assert (a.claims.ci_low <= a.claims.estimate + 1e-12).all() and (a.claims.estimate <= a.claims.ci_high + 1e-12).all()
-    for name in ("fi_vs_distance", "entropy_vs_influence_far", "word_class_entropy", "selection_word_mix"):
-        assert (path / "figures" / f"{name}.png").stat().st_size > 5000
-        assert (path / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
-    for name in ("claims", "correlations", "selection", "selection_summary", "distance_curves", "word_tests"):
-        assert len(pd.read_parquet(path / f"{name}.parquet")) > 0
-    # the oracle keeps the most FI; kept shares are shares
-    ss = a.selection_summary[(a.selection_summary.quantity == "kept_share_total") & (a.selection_summary.subset == "all")]
-    best = ss.loc[ss.groupby("budget").estimate.idxmax()]
-    assert (best.rule == "fi_oracle").all() and ss.estimate.between(0, 1).all()
-    html = (path / "report.html").read_text()
-    assert html.index("The study's claims") < html.index("<h2>Figures")
-    assert "https://" not in html and "http://" not in html.replace("http://www.w3.org", "")  # self-contained
-    assert html.count("data:image/png;base64,") >= 4
-    meta = json.loads((path / "analysis.json").read_text())
-    assert meta["run"]["model"]["revision"].startswith("sha256:") and meta["analyze_config"]["n_boot"] == 100
-
-
-@pytest.mark.model
-def test_fi_analyze_cli_bad_input_and_rerun(analyzed, tmp_path, capsys):
-    from forward_influence.cli.analyze import entry
-
-    a, path = analyzed
-    for argv, needle in (([str(tmp_path / "nope")], "is not a directory"), ([str(path.parent), "--budgets", "0,0.5"], "--budgets")):
-        with pytest.raises(SystemExit) as e:
-            entry(argv)
-        assert e.value.code == 2 and needle in capsys.readouterr().err
-    out = tmp_path / "again"
-    with pytest.raises(SystemExit) as e:
-        entry([str(path.parent), "--out", str(out), "--n-boot", "50", "--budgets", "0.3"])
-    assert e.value.code == 0 and "claim 1a" in capsys.readouterr().out
-    assert sorted(pd.read_parquet(out / "selection_summary.parquet").budget.unique()) == [0.3]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".again-")]  # no temp dir left
-
-
-@pytest.mark.model
-def test_report_renders_in_headless_chromium(analyzed):
-    """`make test` installs Debian's chromium where it can (.ci/ensure-chromium); a skip here means it could not."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        pytest.skip("no headless browser on PATH (chromium, chromium-browser, google-chrome): `make test` installs "
-                    "Debian's chromium when run as root with apt-get; elsewhere install it to check that report.html renders")
-    a, path = analyzed
-    dom = subprocess.run(
-        [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--virtual-time-budget=5000",
-         "--dump-dom", (path / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
-    ).stdout
-    marks = dict(re.findall(r'data-(images-total|images-loaded|claims-rows)="(\d+)"', dom))
-    assert len(marks) == 3, "the page's load handler did not run"
-    assert int(marks["images-total"]) >= 4 and marks["images-loaded"] == marks["images-total"], marks
-    assert int(marks["claims-rows"]) == len(a.claims) == 3, marks  # split mode: 1a, 2, 3
-    table = re.search(r'<table id="claims">.*?</table>', dom, re.S)
-    assert table and all(f">{c}<" in table.group() for c in ("1a", "2", "3"))
-
-
-@pytest.mark.model
-def test_analysis_dir_follows_the_umask(analyzed, tmp_path):
-    import os
-    import stat
-
-    from forward_influence.analysis.report import write_analysis
-    from forward_influence.store.results import MeasureResult
-
-    a, path = analyzed
-    old = os.umask(0o022)
-    try:
-        out = write_analysis(a, MeasureResult.load(path.parent), tmp_path / "run" / "analysis")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(out.stat().st_mode) == 0o755 and stat.S_IMODE((out / "figures").stat().st_mode) == 0o755
 
 
 def test_function_bias_without_candidates_is_empty_not_a_crash():
@@ -372,7 +266,6 @@ def test_figures_module_leaves_pyplot_alone():
     """Issue 16, item 5: importing the figures (and drawing one) registers no
     pyplot figure; importing them loads no pyplot at all."""
     import os
-    import subprocess
     import sys
 
     code = ("import sys\nimport forward_influence.analysis.figures as F\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "forward_influence"
 HF = PKG / "hf"
 # keyword arguments transformers passes to attention modules / forwards; reading them ties code to its internals

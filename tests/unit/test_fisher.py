@@ -13,8 +13,6 @@ from forward_influence.tools import checks
 
 N, F = 24, 12
 REL_TOL_EPS2 = 0.05  # KL(m_i = 1 - eps) / eps^2 vs the Fisher term, eps = 1e-2
-
-
 @pytest.fixture(scope="module")
 def setup():
     model = tiny_model().double()
@@ -79,20 +77,3 @@ def test_blocks_add_up_and_layer_restriction(setup):
     assert (one < full).mean() > 0.8  # one layer's weights matter less than all layers'
     r = FisherEstimator(model, samples=2, blocks=3).split(ids, N, F, prefill=pre)
     assert r.kl.shape == (N, 3) and [b - a for a, b in r.block_bounds] == [4, 4, 4]
-
-
-@pytest.mark.model
-def test_measure_fisher_method_tables(smollm, tmp_path):
-    from forward_influence import InputError, MeasureConfig
-    from forward_influence.measurement.run import measure
-
-    doc = tmp_path / "d.txt"
-    doc.write_text("The Loire is the longest river in France. It flows north and west to the Atlantic. " * 10)
-    res = measure(MeasureConfig(doc=str(doc), n_prefix=(64,), n_future=32, stride=2, method="fisher", samples=4, fisher_blocks=2, progress=False), smollm)
-    assert res.meta["method"] == "fisher" and res.meta["noise_floor_max"] is None
-    assert (res.summary["method"] == "fisher").all() and len(res.summary) == 32
-    assert len(res.influence) == 64 and set(res.influence.target_pos) == {64 + 7, 64 + 23}
-    assert (res.influence.kl >= 0).all() and (res.summary.fi_total_se > 0).all()
-    assert res.summary.fi_total.idxmax() == res.summary.source_pos.idxmin()  # the sink dominates here too
-    with pytest.raises(InputError, match="--method fisher"):
-        MeasureConfig(mode="sliding", method="fisher").validate()
