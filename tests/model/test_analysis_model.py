@@ -1,5 +1,4 @@
-"""Analyzers: planted effects are recovered, selection rules on hand-made tables,
-claim verdicts on constructed cases, and the report end to end (tiers 1-3)."""
+"""Analyzers: planted effects are recovered, selection rules on hand-made tables,: the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_analysis.py."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""The causality rule (forward_influence.measurement.signals): a selection signal of a source
-may read only what a compressor has at its eviction time tau. Two inputs that
-agree before tau and differ from tau on must give bitwise identical signals.
-
-The check itself is tested: a deliberately leaky signal (H2O accumulated over
-every query of the document, as this toolkit did before the rule) is caught.
-"""
+"""The causality rule (forward_influence.measurement.signals): a selection signal of a source: the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_causality.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""fi-measure end to end on the embedded model, and its bad-input contract (tiers 1-3: each test marked by
-what it loads, no module-wide mark)."""
+"""fi-measure on the embedded SmolLM2-135M: end to end with a schema check, resume after kill -9, bad input (the fast tests are in tests/unit/test_cli.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Compressors: one contract matrix over every registered method (kvpress's
-``default_presses`` idea), plus the method-specific checks."""
+"""Compressors: one contract matrix over every registered method (kvpress's: the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_compress.py."""
 
 from __future__ import annotations
 

@@ -1,10 +1,4 @@
-"""Decoding-time compression through transformers' ``generate`` (``Compressor.apply``).
-
-Greedy outputs are token-identical to the hand-written loops this path replaced:
-``tests/data/decoding_tokens.json`` holds what ``compress.decoding.generate`` and
-``bench.tasks.PrefillTask._greedy`` produced on branch ``arch`` (commit 731346e),
-on the tiny random Llama and on SmolLM2-135M (float32, CPU).
-"""
+"""Decoding-time compression through transformers' ``generate`` (``Compressor.apply``): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_decoding.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Fisher estimate of FI (tier 1: tiny random models; one CLI-level run on the embedded model)."""
+"""The Fisher estimate of FI (tier 1: tiny random models; one CLI-level run on the embedded model): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_fisher.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""fi-measure --generate. Tier 1: a tiny random Llama with a byte-level tokenizer built in code —
-generations reproducible from their seed, the measured document is prompt + generated ids exactly,
-segments align, too-short generations are skipped, none usable fails cleanly, resume reuses the
-stored generations, fi-analyze --segment restricts the analysis. Tier 2 (marked ``model``): the CLI
-end to end on IFEval prompts with the embedded model and its chat template."""
+"""fi-measure --generate. Tier 1: a tiny random Llama with a byte-level tokenizer built in code —: the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_generations.py."""
 
 from __future__ import annotations
 

@@ -1,21 +1,4 @@
-"""Agreement with NVIDIA kvpress 0.5.5 as a regression test (tier 2, no kvpress needed).
-
-``tests/data/kvpress_0.5.5_kept.json`` holds the positions kvpress's presses
-kept, per layer and KV head, on the embedded SmolLM2-135M (float32, CPU) for
-the first 1,500 tokens of the first paper of ``data/arxiv.json`` at budget
-0.2; ``scripts/crosscheck_kvpress.py`` wrote it under kvpress 0.5.5 and
-transformers 5.2.0 (its live check printed 90/90 identical kept sets per
-method there). Our compressors, with the arguments recorded beside each
-method, must keep the same sets here, every (layer, KV head) of every
-method, with one exception: where scores tie exactly at the top-k boundary
-the two sides may choose differently (kvpress's ``topk`` picks either; ours
-the more recent entry). So a set may differ only by entries whose scores in
-our cut are *equal* (KNorm: 2 of 90 sets — a token repeated has the same
-key norm at any position, since RoPE keeps norms). No share
-threshold: the scores agree with kvpress's to ~1e-9 (1.5e-6 for expected
-attention), far below the gaps at the boundary, so any other difference is a
-changed score or rule, not rounding.
-"""
+"""Agreement with NVIDIA kvpress 0.5.5 as a regression test (tier 2, no kvpress needed): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_kvpress_reference.py."""
 
 from __future__ import annotations
 

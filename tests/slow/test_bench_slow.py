@@ -1,4 +1,4 @@
-"""fi-bench: task generators, scoring, loaders, the runner (resume, FI validation), the CLI."""
+"""fi-bench: task generators, scoring, loaders, the runner (resume, FI validation), the CLI: the tests end to end (subprocesses, clusters, notebooks); the fast ones and the topic's notes are in tests/unit/test_bench.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""fi-measure end to end on the embedded model, and its bad-input contract (tiers 1-3: each test marked by
-what it loads, no module-wide mark)."""
+"""fi-measure from a shell: the CLI as a subprocess (its bad-input contract: one line, exit 2, no traceback); the rest is in tests/unit/test_cli.py and tests/model/test_cli_model.py."""
 
 from __future__ import annotations
 

@@ -1,12 +1,4 @@
-"""fi-measure and fi-bench on a local Ray cluster (issue 19).
-
-One module-scoped cluster on loopback: 2 CPUs and a custom resource
-``fi_gpu`` standing in for ``GPU``, so the GPU actor path runs on the CPU.
-Tiny models are built in the workers from :class:`conftest.TinySource`; the
-tests of :class:`TestSharedPool` share one pool of two workers. Workers run
-with the driver's thread count and batch size, so their tables must equal
-the single-process tables exactly.
-"""
+"""fi-measure and fi-bench on a local Ray cluster (issue 19): the tests end to end (subprocesses, clusters, notebooks); the fast ones and the topic's notes are in tests/unit/test_distributed.py."""
 
 from __future__ import annotations
 

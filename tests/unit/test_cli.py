@@ -1,5 +1,4 @@
-"""fi-measure end to end on the embedded model, and its bad-input contract (tiers 1-3: each test marked by
-what it loads, no module-wide mark)."""
+"""fi-measure's flags without a model: the precision warning, --ray without Ray (the model tier: tests/model/test_cli_model.py)."""
 
 from __future__ import annotations
 
