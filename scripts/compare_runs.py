@@ -32,10 +32,12 @@ import pandas as pd
 VOLATILE = ("seconds", "time", "date", "created", "started", "finished", "elapsed", "wall", "path", "dir", "out",
             "version", "git", "sha", "host", "threads", "runtime", "heap", "pid", "library", "python", "platform", "cache")
 
+VOLATILE_KEYS = {"run_id", "written", "source"}  # exact keys: a run's id, when it was written, where the weights were read
+
 
 def volatile(key: str) -> bool:
     k = key.lower()
-    return any(v in k for v in VOLATILE)
+    return k in VOLATILE_KEYS or any(v in k for v in VOLATILE)
 
 
 def compare_json(a: Any, b: Any, where: str, rtol: float, atol: float, out: list[str]) -> None:
@@ -77,7 +79,7 @@ def compare_table(a: pd.DataFrame, b: pd.DataFrame, name: str, rtol: float, atol
                 i = int(np.flatnonzero(bad)[0])
                 out.append(f"{name}.{c}: {int(bad.sum())} of {len(xv)} differ (first row {i}: {xv[i]!r} vs {yv[i]!r})")
         else:
-            xs, ys = x.astype(str).to_numpy(), y.astype(str).to_numpy()
+            xs, ys = np.array([str(v) for v in x], dtype=object), np.array([str(v) for v in y], dtype=object)
             if (xs != ys).any():
                 i = int(np.flatnonzero(xs != ys)[0])
                 out.append(f"{name}.{c}: {int((xs != ys).sum())} values differ (first row {i}: {xs[i][:60]!r} vs {ys[i][:60]!r})")
