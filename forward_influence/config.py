@@ -12,10 +12,11 @@ forward_influence.errors.InputError: --mode must be one of split, sliding; got '
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InputError
+from forward_influence.errors import InputError
 
 MODES = ("split", "sliding")
 METHODS = ("exact", "fisher")
@@ -36,11 +37,39 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+INSTALL_HINT = "--ray needs Ray: pip install 'forward_influence[ray]'"
+
+
+def ray_available() -> bool:
+    """Whether Ray can be imported (found without importing it)."""
+    return importlib.util.find_spec("ray") is not None
+
+
+def parse_address(address: str) -> tuple[str | None, int | None]:
+    """``(address to join, None)`` or ``(None, N)`` for ``local:N``."""
+    if not address or not address.strip():
+        raise InputError("--ray needs an address: auto, local:N or HOST:PORT")
+    if address.startswith("local"):
+        try:
+            n = int(address.split(":", 1)[1])
+        except (IndexError, ValueError):
+            raise InputError(f"--ray local:N needs a number of workers N; got {address!r}") from None
+        if n < 1:
+            raise InputError(f"--ray local:N needs N >= 1 workers; got {address!r}")
+        return None, n
+    return address, None
+
+
+def check_address(address: str) -> None:
+    """Validate ``--ray`` before anything runs (no Ray import)."""
+    parse_address(address)
+    if not ray_available():
+        raise InputError(INSTALL_HINT)
+
+
 def check_ray(address: str | None) -> None:
     """Validate ``--ray`` (and that Ray is installed) without importing Ray."""
     if address is not None:
-        from .distributed import check_address
-
         check_address(address)
 
 

@@ -6,7 +6,7 @@ F = 256, on the same source positions:
 
 * naive loop — per ablation: copy the prefix ``DynamicCache``, delete the
   entry, stock HF forward of the F future tokens, float32 KL;
-* engine — :class:`forward_influence.engine.ForwardInfluenceEngine.split`.
+* engine — :class:`forward_influence.measurement.engine.ForwardInfluenceEngine.split`.
 
 Prints ablations/s of both and their ratio, the model FLOPs of one ablation
 (linear layers, attention, LM head), this machine's measured matmul rate
@@ -48,12 +48,13 @@ import time
 import numpy as np
 import torch
 
-from forward_influence.documents import load_documents, tokenize
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, float32_kl, naive_split_logits
-from forward_influence.kl import centred_kl
-from forward_influence.models import load_model, resolve_device, resolve_dtype
-from forward_influence.perf import SHAPES, MatmulProbe, PeakMemory, flops_per_ablation, shaped_model, sync
-from forward_influence.runtime import retain_freed_memory, runtime_info
+from forward_influence.hf.models import load_model, resolve_device, resolve_dtype
+from forward_influence.measurement.documents import load_documents, tokenize
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.measurement.kl import centred_kl
+from forward_influence.measurement.reference import float32_kl, naive_split_logits
+from forward_influence.runtime.host import retain_freed_memory, runtime_info
+from forward_influence.tools.perf import SHAPES, MatmulProbe, PeakMemory, flops_per_ablation, shaped_model, sync
 
 AGREE_TOL = 1e-3  # max relative difference of KL row totals
 
@@ -89,7 +90,7 @@ def main() -> None:
                     p.normal_(0, 0.02)
         ids = tokenize(lm.tokenizer, load_documents(None)[0], max_tokens=max(ns) + f).input_ids
     if dev.type == "cpu":
-        retain_freed_memory()  # as load_model does (forward_influence.runtime)
+        retain_freed_memory()  # as load_model does (forward_influence.runtime.host)
     rt = runtime_info()
     print(f"model {name} {type(model).__name__} dtype={dtype} device={dev} threads={rt['threads']} heap_retained={rt['heap_retained']}")
     last = None

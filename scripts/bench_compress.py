@@ -52,6 +52,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--budget", type=float, default=0.2)
     args = ap.parse_args()
+    from forward_influence.runtime.host import retain_freed_memory
+
+    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     model, dev = lm.model, lm.model.device
     methods = [m for m in list_compressors() if m != "fi_oracle"]

@@ -29,7 +29,7 @@ import pandas as pd
 
 from forward_influence.bench import BenchConfig, run_bench
 from forward_influence.bench.summary import paired_interval
-from forward_influence.models import load_model
+from forward_influence.hf.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"

@@ -3,7 +3,7 @@
 
 One run on the embedded model (or ``--model``) on this machine:
 
-* ``single`` — :func:`forward_influence.measure` in this process, torch with
+* ``single`` — :func:`forward_influence.measurement.run` in this process, torch with
   ``--threads`` threads (default: all cores);
 * ``local:1`` — one Ray worker with the same thread count: the overhead of
   the Ray path (units shipped to an actor, results shipped back);
@@ -20,7 +20,7 @@ count), within 1e-9 relative for ``local:2`` (other thread count).
 
 Then the driver's side of a study-scale document: one split of N = 4096,
 F = 256 at every token (1,048,576 influence rows) assembled and checkpointed
-(unpickled as Ray would, :func:`forward_influence.units.assemble_document`,
+(unpickled as Ray would, :func:`forward_influence.measurement.units.assemble_document`,
 ``PartStore.write``), as rows per second: the ceiling on how many workers one driver can keep up with.
 
 The last line is ``ray_overhead=X.XX scaling_2=Y.YY`` (run time of local:1
@@ -47,10 +47,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from forward_influence import MeasureConfig, measure  # noqa: E402
-from forward_influence.distributed import ClusterSpec, RayPool  # noqa: E402
-from forward_influence.execution import ModelSource  # noqa: E402
-from forward_influence.results import PartStore  # noqa: E402
+from forward_influence import MeasureConfig
+from forward_influence.execution.cluster import ClusterSpec, RayPool  # noqa: E402
+from forward_influence.execution.local import ModelSource  # noqa: E402
+from forward_influence.measurement.run import measure  # noqa: E402
+from forward_influence.store.results import PartStore  # noqa: E402
 
 REL_TOL = 1e-9  # other thread count: KLs may differ in the last bits
 TABLES = ("tokens", "influence", "summary", "source_signals")
@@ -70,8 +71,8 @@ def max_rel_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
 
 def driver_rows_per_s(n: int, f: int) -> tuple[int, float, float]:
     """Assemble and checkpoint one synthetic document of ``n`` sources x ``f`` targets."""
-    from forward_influence.units import UnitResult, assemble_document, influence_frame
-    from forward_influence.documents import Document, TokenizedDocument
+    from forward_influence.measurement.documents import Document, TokenizedDocument
+    from forward_influence.measurement.units import UnitResult, assemble_document, influence_frame
 
     t = n + f
     doc = TokenizedDocument(Document("synthetic", "x" * t), torch.zeros(t, dtype=torch.long),
@@ -110,6 +111,9 @@ def main() -> None:
     ap.add_argument("--driver-n", type=int, default=4096, help="sources of the synthetic driver-side document")
     ap.add_argument("--driver-f", type=int, default=256)
     args = ap.parse_args()
+    from forward_influence.runtime.host import retain_freed_memory
+
+    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
 
     import ray
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark: all per-token signals of a 4,096-token document vs one plain forward.
 
-Signals (forward_influence.signals): entropies (full and top-k, in and out),
+Signals (forward_influence.measurement.signals): entropies (full and top-k, in and out),
 surprisal, SnapKV and H2O attention per layer and KV head, key norms and the
 representation change, computed in one recording prefill that also yields the
 engine's KV cache, in split mode (two splits) and sliding mode (delay 32),
@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from forward_influence import plumbing
-from forward_influence.documents import load_documents, tokenize
-from forward_influence.models import load_model
-from forward_influence.signals import SignalCollector, SignalConfig
-from forward_influence.words import tag_tokens
+from forward_influence.hf import forwards
+from forward_influence.hf.models import load_model
+from forward_influence.measurement.documents import load_documents, tokenize
+from forward_influence.measurement.signals import SignalCollector, SignalConfig
+from forward_influence.measurement.words import tag_tokens
 
 
 def best_of(fn, reps: int) -> float:
@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args()
+    from forward_influence.runtime.host import retain_freed_memory
+
+    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
     lm = load_model(args.model, device=args.device)
     docs = [d for d in load_documents(None)]
     tdoc = next(t for t in (tokenize(lm.tokenizer, d, max_tokens=args.tokens) for d in docs) if len(t) >= args.tokens)
@@ -54,7 +57,7 @@ def main() -> None:
 
     def signals(**mode):
         col = SignalCollector(model, len(ids), SignalConfig(words=False, **mode))
-        pre = plumbing.record_prefill(model, ids, col.on_attention, col.on_layer)
+        pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
         col.logit_signals(pre.hidden, ids)
         return col
 

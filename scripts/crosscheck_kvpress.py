@@ -13,11 +13,23 @@ differ — how close the swapped entries' scores were. Then runs
 ``kv-press-text-generation`` pipeline and compares its cut cache with our
 InfoKV's. Last line: ``min_agreement=0.XX``.
 
+It also writes kvpress's kept positions to :data:`KEPT_FILE`
+(``tests/data/kvpress_0.5.5_kept.json``, committed): per method, our
+compressor's name and arguments, and per layer and KV head kvpress's kept
+set as a hex bitmask (bit ``p`` set: position ``p`` kept), with the input
+(document, token count, SHA-256 of the token ids) and the versions it ran
+under. ``tests/model/test_kvpress_reference_model.py`` checks, without kvpress, that our
+compressors keep exactly those sets. ``--out PATH`` writes elsewhere,
+``--out ''`` writes nothing.
+
     python scripts/crosscheck_kvpress.py            # ~5 min the first time (venv), then ~1 min
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +41,19 @@ PINS = ["kvpress==0.5.5", "transformers==5.2.0"]
 TORCH = os.environ.get("TORCH", "torch==2.13.0")
 N_TOKENS = 1500
 BUDGET = 0.2
+KEPT_FILE = ROOT / "tests" / "data" / "kvpress_0.5.5_kept.json"
+
+
+def ids_sha256(ids) -> str:
+    """SHA-256 of the token ids as little-endian int64 (the same on both sides)."""
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(ids.cpu().numpy().astype("<i8")).tobytes()).hexdigest()
+
+
+def kept_mask(positions) -> str:
+    """A kept set as a hex bitmask: bit ``p`` is set when position ``p`` is kept."""
+    return format(sum(1 << int(p) for p in positions), "x")
 
 
 def ensure_venv() -> None:
@@ -51,11 +76,13 @@ def ensure_venv() -> None:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(KEPT_FILE), help="where to write kvpress's kept positions ('' : nowhere)")
+    args = ap.parse_args()
     ensure_venv()
     import torch
     import transformers
-    from kvpress import (ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress,
-                         TOVAPress)
+    from kvpress import ExpectedAttentionPress, KnormPress, PyramidKVPress, SnapKVPress, StreamingLLMPress, TOVAPress
     from kvpress.utils import compute_n_kept
     from transformers import DynamicCache
 
@@ -82,6 +109,15 @@ def main() -> None:
         "tova": ({}, TOVAPress(compression_ratio=cr_exact)),
     }
     agreements = {}
+    record = {
+        "what": "kvpress's kept positions per method, layer and KV head (hex bitmask, bit p = position p kept); "
+                "written by scripts/crosscheck_kvpress.py, read by tests/model/test_kvpress_reference_model.py",
+        "versions": {"kvpress": _version("kvpress"), "transformers": transformers.__version__, "torch": torch.__version__},
+        "model": lm.name, "dtype": "float32", "device": "cpu",
+        "input": {"file": "data/arxiv.json", "doc_index": 0, "doc_id": docs[0].doc_id, "max_tokens": N_TOKENS,
+                  "n_tokens": t, "ids_sha256": ids_sha256(ids)},
+        "methods": {},
+    }
     for name, (kwargs, press) in cases.items():
         kept, their_scores = {}, {}
         original = press.score
@@ -116,9 +152,17 @@ def main() -> None:
                     s = their_scores[l][h, swapped]
                     worst_gap = max(worst_gap, float((s.max() - s.min()) / s.abs().max().clamp_min(1e-30)))
         agreements[name] = same / total
+        record["methods"][name] = {"ours": {"name": name, **kwargs}, "press": repr(press),
+                                   "kept": [[kept_mask(kept[l][h].tolist()) for h in range(kept[l].shape[0])]
+                                            for l in sorted(kept)]}
         note = "" if same == total else f"; swapped entries' kvpress scores within {worst_gap:.1e} (relative) of each other"
         diff = "scores differ by design (ours: recency; kvpress: 0/1)" if name == "streaming_llm" else f"max |score diff| {max_diff:.1e}"
         print(f"{name:20s} identical kept sets {same}/{total} = {same / total:.2f}; {diff}{note}")
+
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote kvpress's kept positions to {args.out}")
 
     # InfoKV as a kvpress press, through kvpress's own pipeline
     from transformers import pipeline
@@ -145,6 +189,12 @@ def main() -> None:
     answer = pipe(context, question="What is this paper about?", press=press, max_new_tokens=24)["answer"]
     print(f"kv-press-text-generation with InfoKVPress(compression_ratio=0.8): {answer!r}")
     print(f"min_agreement={min(agreements.values()):.2f}")
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
 
 
 if __name__ == "__main__":

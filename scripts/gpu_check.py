@@ -18,7 +18,7 @@ paths, on tiny shapes, with every 3rd split position in the checks and one
 thread.
 
 ``env``          device, versions, the device's row of the defaults table.
-``correct``      the fast test tier's exactness checks (:mod:`forward_influence.checks`)
+``correct``      the fast test tier's exactness checks (:mod:`forward_influence.tools.checks`)
                  on the tiny Llama/Qwen2 configs on this device, float32 then bfloat16
                  (bf16 against a float32 oracle, the measured precision floor as
                  tolerance): engine split/sliding = 4-D-mask forward for each kernel
@@ -51,7 +51,7 @@ Lines (the first ``=`` separates name and value):
   item, ``torch.cuda.max_memory_allocated`` reset per item; CPU: the
   process's peak resident set so far);
 * ``recommend_<device>_<field>=<value>``: the best measured value of a field
-  of :data:`forward_influence.device_defaults.DEFAULTS` (copy it there, with
+  of :data:`forward_influence.runtime.devices.DEFAULTS` (copy it there, with
   the measurement into ``SOURCES``); only fields this script measures —
   ``batch_cap``, ``kernel``, ``score_bytes``, ``logit_bytes`` and
   ``kl_bytes`` (swept together), ``entropy_logit_bytes``; ``batch_cap`` is
@@ -93,16 +93,22 @@ from typing import Any, Callable, Iterator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from forward_influence import checks  # noqa: E402
 from forward_influence.compress import (  # noqa: E402
-    CompressedCache, DecodingConfig, FIOracle, compress_prompt, generate, get_compressor,
+    CompressedCache,
+    DecodingConfig,
+    FIOracle,
+    compress_prompt,
+    get_compressor,
 )
-from forward_influence.device_defaults import defaults_for, recommendation_name  # noqa: E402
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, float32_kl, naive_split_logits  # noqa: E402
 from forward_influence.errors import InputError  # noqa: E402
-from forward_influence.fisher import FisherEstimator  # noqa: E402
-from forward_influence.models import DTYPES, resolve_device  # noqa: E402
-from forward_influence.perf import MatmulProbe, flops_per_ablation, random_ids, shaped_model, sync  # noqa: E402
+from forward_influence.hf.generation import generate  # noqa: E402
+from forward_influence.hf.models import DTYPES, resolve_device  # noqa: E402
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine  # noqa: E402
+from forward_influence.measurement.fisher import FisherEstimator  # noqa: E402
+from forward_influence.measurement.reference import float32_kl, naive_split_logits  # noqa: E402
+from forward_influence.runtime.devices import defaults_for, recommendation_name  # noqa: E402
+from forward_influence.tools import checks  # noqa: E402
+from forward_influence.tools.perf import MatmulProbe, flops_per_ablation, random_ids, shaped_model, sync  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 TARGET_FRACTION_OF_PEAK = 0.6  # bf16 engine at the study shape (issue 17)
@@ -503,17 +509,23 @@ def section_decode(run: Run) -> None:
     model = run.model(plan.study, dtype)
     tag = DTYPE_TAG[dtype]
     prompt = random_ids(plan.decode_prompt, model.config.vocab_size)
-    cfg = DecodingConfig(cache_budget=0.25, interval=16, max_new_tokens=plan.decode_new)
-    generate(model, prompt[:64], get_compressor("snapkv"), DecodingConfig(cache_budget=0.25, interval=4, max_new_tokens=8))  # warm-up
+    cfg = DecodingConfig(cache_budget=0.25, interval=16)
+
+    def decode(m: str, c: DecodingConfig, n: int, ids: torch.Tensor) -> tuple[list[int], Any]:
+        """transformers' generate with ``m`` cutting the cache (greedy; every step runs)."""
+        with get_compressor(m).apply(model, c) as dec:
+            return generate(model, ids, max_new_tokens=n, min_new_tokens=n), dec
+
+    decode("snapkv", DecodingConfig(cache_budget=0.25, interval=4), 8, prompt[:64])  # warm-up
     rates = {}
     for m in ("full", "infokv", "snapkv"):
         t_pre, _, _ = timed(run.dev, lambda: CompressedCache(model, get_compressor(m)).extend(prompt.to(run.dev)))
-        seconds, out, peak = timed(run.dev, lambda: generate(model, prompt, get_compressor(m), cfg))
+        seconds, (tokens, dec), peak = timed(run.dev, lambda: decode(m, cfg, plan.decode_new, prompt))
         label = m if m == "full" else f"{m}_25pct"
-        rates[m] = len(out.tokens) / max(seconds - t_pre, 1e-9)
+        rates[m] = len(tokens) / max(seconds - t_pre, 1e-9)
         run.line(f"speed_decode_{label}_{tag}_tok_per_s", rates[m])
         run.line(f"mem_decode_{label}_{tag}_gib", peak / GiB)
-        run.line(f"info_decode_{label}_final_cache", float(out.cache_sizes[-1]))
+        run.line(f"info_decode_{label}_final_cache", float(dec.cache_sizes[-1]))
     for m in ("snapkv", "infokv"):
         run.line(f"speed_decode_{m}_25pct_over_full_{tag}", rates[m] / rates["full"])
 

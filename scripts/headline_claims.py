@@ -24,9 +24,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pandas as pd  # noqa: E402
 
-from forward_influence import MeasureConfig, load_model, measure  # noqa: E402
-from forward_influence.analysis import AnalyzeConfig  # noqa: E402
-from forward_influence.report import analyze_run, claims_markdown  # noqa: E402
+from forward_influence import MeasureConfig, load_model
+from forward_influence.analysis.analyze import AnalyzeConfig  # noqa: E402
+from forward_influence.analysis.report import analyze_run, claims_markdown  # noqa: E402
+from forward_influence.measurement.run import measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = dict(mode="split", n_prefix=(1024,), n_future=128, stride=16)

@@ -4,7 +4,7 @@
 Runs the engine in float32 (the reference: its precision floor is ~1e-12)
 and in bfloat16 on the same sources, and HF's own bfloat16 forward (the
 naive loop) for comparison; prints the precision floor (the dithered null
-row, :func:`forward_influence.plumbing.dither_embeddings`), the
+row, :func:`forward_influence.hf.forwards.dither_embeddings`), the
 batched-vs-lone noise floor, the bfloat16 error per (source, target) cell and
 per source total, and how well the floor predicts that error. Both dtypes run
 on the CPU here (bfloat16 matmuls are slow on it: ~2 min at the defaults); on
@@ -21,10 +21,11 @@ import copy
 import numpy as np
 import torch
 
-from forward_influence.documents import load_documents, tokenize
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, naive_split_logits
-from forward_influence.kl import centred_kl
-from forward_influence.models import load_model
+from forward_influence.hf.models import load_model
+from forward_influence.measurement.documents import load_documents, tokenize
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.measurement.kl import centred_kl
+from forward_influence.measurement.reference import naive_split_logits
 
 
 def main() -> None:
@@ -35,6 +36,9 @@ def main() -> None:
     ap.add_argument("--n-future", type=int, default=128)
     ap.add_argument("--n-positions", type=int, default=16)
     args = ap.parse_args()
+    from forward_influence.runtime.host import retain_freed_memory
+
+    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
     lm = load_model(args.model, device=args.device, dtype="float32")
     n, f = args.n_prefix, args.n_future
     ids = tokenize(lm.tokenizer, load_documents(None)[0], max_tokens=n + f).input_ids

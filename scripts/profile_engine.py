@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from forward_influence.documents import load_documents, tokenize
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, float32_kl, naive_split_logits
-from forward_influence.models import load_model
+from forward_influence.hf.models import load_model
+from forward_influence.measurement.documents import load_documents, tokenize
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.measurement.reference import float32_kl, naive_split_logits
 
 
 class Timers:
@@ -69,6 +70,9 @@ def main() -> None:
     ap.add_argument("--n-positions", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=None)
     args = ap.parse_args()
+    from forward_influence.runtime.host import retain_freed_memory
+
+    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
     lm = load_model(args.model)
     model, n, f = lm.model, args.n_prefix, args.n_future
     ids = tokenize(lm.tokenizer, load_documents(None)[0], max_tokens=n + f).input_ids

@@ -32,7 +32,7 @@ import torch
 from forward_influence import load_documents, load_model, tokenize
 from forward_influence.compress import CompressedCache, InfoKV
 from forward_influence.compress.infokv import REPS
-from forward_influence.kl import centred_kl
+from forward_influence.measurement.kl import centred_kl
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ROOT / "data" / "arxiv.json"

@@ -18,10 +18,11 @@ import json
 import time
 from pathlib import Path
 
-from forward_influence import MeasureConfig, measure
+from forward_influence import MeasureConfig
 from forward_influence.bench import BenchConfig, run_bench
 from forward_influence.bench.report import additivity, write_report
-from forward_influence.models import load_model
+from forward_influence.hf.models import load_model
+from forward_influence.measurement.run import measure
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPERS = ROOT / "data" / "arxiv.json"

@@ -30,10 +30,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from forward_influence import load_documents, load_model, tokenize  # noqa: E402
-from forward_influence.analysis import AnalyzeConfig, group_mean_ci, spearman  # noqa: E402
-from forward_influence.engine import Ablation, ForwardInfluenceEngine, set_threads_from_env  # noqa: E402
-from forward_influence.fisher import FisherEstimator  # noqa: E402
-from forward_influence.plumbing import record_prefill  # noqa: E402
+from forward_influence.analysis.analyze import AnalyzeConfig, group_mean_ci, spearman  # noqa: E402
+from forward_influence.hf import record_prefill  # noqa: E402
+from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
+from forward_influence.measurement.fisher import FisherEstimator  # noqa: E402
+from forward_influence.runtime.host import set_threads_from_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    import faulthandler, sys
+    import faulthandler
     if os.environ.get("FI_DUMP"):
         faulthandler.dump_traceback_later(int(os.environ["FI_DUMP"]), exit=True)
     main()

@@ -1,9 +1,11 @@
-"""Test tiers (see README "Tests"):
+"""Test tiers are folders; the markers come from them (``pytest -m "not model and not slow"``: the fast tier):
 
-1. fast — tiny random Llama / Qwen2 configs built in code, no files (< 1 s each).
-2. model — the embedded SmolLM2-135M (offline GGUF, dequantised once into a
+1. ``tests/unit/`` — tiny random Llama / Qwen2 configs built in code, pure functions, no model files (< 1 s each).
+2. ``tests/model/`` — the embedded SmolLM2-135M (offline GGUF, dequantised once into a
    session cache dir); marked ``model``.
-3. slow — the CLI end to end and the notebooks; marked ``slow``.
+3. ``tests/slow/`` — the CLI end to end as a subprocess, Ray clusters, the notebooks; marked ``slow``.
+
+Helpers that tests of one topic share across tiers live in ``tests/helpers/<topic>.py``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tolerances and tiny models live in forward_influence.checks (shared with scripts/gpu_check.py).
-from forward_influence.checks import (  # noqa: F401
-    ABS_TOL_KL, FP32_PRECISION_FLOOR, REL_TOL_ENGINE, REL_TOL_LOGITS, tiny_config, tiny_ids, tiny_model,
+# Tolerances and tiny models live in forward_influence.tools.checks (shared with scripts/gpu_check.py).
+from forward_influence.tools.checks import (  # noqa: F401
+    ABS_TOL_KL,
+    FP32_PRECISION_FLOOR,
+    REL_TOL_ENGINE,
+    REL_TOL_LOGITS,
+    tiny_config,
+    tiny_ids,
+    tiny_model,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -26,12 +34,29 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 TORCH_THREADS = 2
 
 
+TIERS = ("unit", "model", "slow")
+
+
 def pytest_configure(config):
     torch.set_num_threads(TORCH_THREADS)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its tier folder's name (``model``, ``slow``); a test outside the tier folders is an error."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        path = Path(str(item.fspath)).resolve()
+        if here not in path.parents:
+            continue  # the package's doctests
+        tier = path.relative_to(here).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{path.relative_to(here)}: tests live in tests/unit, tests/model or tests/slow")
+        if tier != "unit":
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 def assert_checks(checks):
-    """Every :class:`forward_influence.checks.Check` passed (the failing ones in the message)."""
+    """Every :class:`forward_influence.tools.checks.Check` passed (the failing ones in the message)."""
     failed = [str(c) for c in checks if not c.passed]
     assert checks and not failed, failed
 
@@ -61,10 +86,10 @@ def tiny_chat_tokenizer():
 
 def tiny_chat_model(seed: int = 0):
     """A tiny random Llama (as :func:`tiny_model`) over :func:`tiny_chat_tokenizer`'s vocabulary,
-    wrapped as a :class:`~forward_influence.models.LoadedModel`."""
+    wrapped as a :class:`~forward_influence.hf.models.LoadedModel`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from forward_influence.models import LoadedModel
+    from forward_influence.hf.models import LoadedModel
 
     tok = tiny_chat_tokenizer()
     cfg = tiny_config("llama").to_dict()
@@ -110,7 +135,7 @@ class TinySource:
     revision: str = "tiny"
 
     def __call__(self):
-        from forward_influence.models import LoadedModel
+        from forward_influence.hf.models import LoadedModel
 
         tok = char_tokenizer()
         model = tiny_model(self.arch, seed=self.seed)
@@ -151,6 +176,6 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm(cache_dir):
-    from forward_influence.models import load_model
+    from forward_influence.hf.models import load_model
 
     return load_model("smollm2-135m", device="cpu", dtype="float32")

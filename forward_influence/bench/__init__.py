@@ -4,8 +4,8 @@
 >>> results = run_bench(BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=4, out="runs/bench"))  # doctest: +SKIP
 """
 
-from .config import BenchConfig
-from .runner import run_bench
-from .tasks import Fidelity, ReadingQA, Retrieval, Sample
+from forward_influence.bench.config import BenchConfig
+from forward_influence.bench.runner import run_bench
+from forward_influence.bench.tasks import Fidelity, ReadingQA, Retrieval, Sample
 
 __all__ = ["BenchConfig", "Fidelity", "ReadingQA", "Retrieval", "Sample", "run_bench"]

@@ -11,8 +11,9 @@ forward_influence.errors.InputError: --budgets for fidelity are fractions of the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ..config import RAY_HELP, ConfigBase, _f, check_ray
-from ..errors import InputError
+
+from forward_influence.config import RAY_HELP, ConfigBase, _f, check_ray
+from forward_influence.errors import InputError
 
 TASKS = ("fidelity", "retrieval", "qa", "ifeval")
 DEFAULT_BUDGETS = {"prefill": (0.2, 0.4), "decoding": (128.0, 256.0, 512.0)}
@@ -79,7 +80,7 @@ class BenchConfig(ConfigBase):
         return self
 
     def method_names(self) -> list[str]:
-        from ..compress import list_compressors
+        from forward_influence.compress import list_compressors
 
         valid = list_compressors()
         names = list(self.methods) if self.methods else [m for m in valid if m != "fi_oracle" or self.fi_run]

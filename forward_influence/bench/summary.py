@@ -2,18 +2,21 @@
 
 Every method is scored on the same samples, so differences are paired: the
 interval of ``mean(x_method - x_ref)`` resamples samples (not rows) with
-replacement, ``n_resamples`` times (percentile interval, 95%).
+replacement, ``n_resamples`` times (percentile interval, 95%), with
+:func:`scipy.stats.bootstrap` as :mod:`forward_influence.analysis.stats` does.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
-from ..errors import InputError
+from forward_influence.errors import InputError
 
 #: metrics summarised per task, in display order; lower is better for the first two
 METRICS = {
@@ -32,7 +35,8 @@ REQUIRED_COLUMNS = {
 
 
 def paired_interval(x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Mean of ``x - y`` (or of ``x``) and its 95% percentile bootstrap interval.
+    """Mean of ``x - y`` (or of ``x``) and its 95% percentile bootstrap interval
+    (:func:`scipy.stats.bootstrap`; NaN pairs dropped; one value: the value).
 
     >>> m, lo, hi = paired_interval(np.array([1.0, 2, 3, 4]), np.array([0.0, 1, 2, 3]), 200, np.random.default_rng(0))
     >>> (m, lo, hi)
@@ -42,12 +46,17 @@ def paired_interval(x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: 
     d = d[np.isfinite(d)]
     if d.size == 0:
         return (float("nan"),) * 3
-    idx = rng.integers(0, d.size, size=(n_resamples, d.size))
-    means = d[idx].mean(axis=1)
-    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    m = float(d.mean())
+    if d.size == 1:  # scipy needs two values; every resample is the value
+        return m, m, m
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all values equal: a degenerate (but right) interval
+        res = stats.bootstrap((d,), np.mean, vectorized=True, n_resamples=n_resamples, confidence_level=0.95,
+                              method="percentile", rng=rng)
+    return m, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def summarize(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+def summarize_bench(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per (task, metric, method, budget): mean with interval, and the
     paired difference to ``full`` and to ``snapkv`` (where present)."""
     rng = np.random.default_rng(seed)
@@ -75,10 +84,10 @@ def load_run(out: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFram
     Raises
     ------
     InputError
-        As :func:`forward_influence.results.read_run_json` and
-        :func:`~forward_influence.results.read_tables`; also an unfinished run.
+        As :func:`forward_influence.store.results.read_run_json` and
+        :func:`~forward_influence.store.results.read_tables`; also an unfinished run.
     """
-    from ..results import read_run_json, read_tables
+    from forward_influence.store.results import read_run_json, read_tables
 
     meta = read_run_json(out, "fi-bench")
     if meta.get("status") != "complete":

@@ -30,12 +30,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as Fn
 
-from ..compress import CompressedCache
-from ..documents import Document, builtin_squad_path, is_squad, load_documents, tokenize
-from ..errors import InputError
-from ..kl import centred_kl
-from ..textfiles import control_message, find_control, read_json
-from . import synthetic
+from forward_influence.compress import CompressedCache, decoding
+from forward_influence.errors import InputError
+from forward_influence.hf.generation import generate
+from forward_influence.measurement import synthetic
+from forward_influence.measurement.documents import Document, builtin_squad_path, is_squad, load_documents, tokenize
+from forward_influence.measurement.kl import centred_kl
+from forward_influence.measurement.textfiles import control_message, find_control, read_json
 
 
 @dataclass
@@ -104,18 +105,17 @@ class PrefillTask:
         return logits, nll
 
     def _greedy(self, cache: CompressedCache, s: Sample, tokenizer: Any) -> str:
+        """The greedy answer after the query over ``cache`` (forked, not modified):
+        transformers' ``generate`` over the cut cache, at most ``answer_tokens``
+        tokens, ending at EOS or once the text holds a line break; its first line."""
+        if not s.query.numel():
+            return ""
         c = cache.fork()
-        logits = c.extend(s.query.to(c.model.device))[-1] if s.query.numel() else None
-        out: list[int] = []
-        for _ in range(self.answer_tokens):
-            if logits is None:
-                break
-            tok = int(logits.argmax())
-            out.append(tok)
-            text = tokenizer.decode(out, skip_special_tokens=True)
-            if "\n" in text.strip() or tok == tokenizer.eos_token_id:
-                break
-            logits = c.extend(torch.tensor([tok], device=c.model.device))[-1]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids = torch.cat([s.context.to(s.query.device), s.query])  # the cache holds the context: generate runs the query on
+        with decoding.apply(c.model, c.compressor, None, cache=c) as run:
+            out = generate(c.model, ids, max_new_tokens=self.answer_tokens, eos=eos, **run.generate_kwargs,
+                           stop_when=lambda new: "\n" in tokenizer.decode(new, skip_special_tokens=True).strip())
         return tokenizer.decode(out, skip_special_tokens=True).strip().split("\n")[0]
 
     def reference(self, cache: CompressedCache, s: Sample, tokenizer: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sys
 import typing
 from typing import Any, Callable
 
-from ..errors import InputError
+from forward_influence.errors import InputError
 
 
 def _ints(s: str) -> tuple[int, ...]:

@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 import os
 
-from ..analysis import AnalyzeConfig
-from ._common import add_config_flags, run_cli
+from forward_influence.analysis.analyze import AnalyzeConfig
+from forward_influence.cli._common import add_config_flags, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MPLBACKEND", "Agg")
     cfg = AnalyzeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalyzeConfig)}).validate()
-    from ..report import analyze_run
+    from forward_influence.analysis.report import analyze_run
 
     a, path = analyze_run(args.run_dir, cfg, args.out)
     seg = "" if cfg.segment == "all" else f", {cfg.segment} tokens"

@@ -7,9 +7,9 @@ import dataclasses
 import os
 import sys
 
-from ..bench.config import BenchConfig
-from ..errors import InputError
-from ._common import add_config_flags, report_failed, run_cli
+from forward_influence.bench.config import BenchConfig
+from forward_influence.cli._common import add_config_flags, report_failed, run_cli
+from forward_influence.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,17 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stderr.isatty():
         kw["progress"] = False
     cfg = BenchConfig(**kw)
-    import transformers
+    from forward_influence.bench.runner import run_bench
+    from forward_influence.hf.models import quiet_progress
+    from forward_influence.runtime.host import retain_freed_memory, set_threads_from_env
 
-    from ..bench.runner import run_bench
-    from ..engine import set_threads_from_env
-
-    transformers.utils.logging.disable_progress_bar()
+    quiet_progress()
     set_threads_from_env()
+    retain_freed_memory()  # process-wide glibc setting: the CLI's choice, not the library's
     res = run_bench(cfg)
     if res.attrs.get("failed_units"):
         return report_failed("fi-bench", res.attrs["failed_units"])
-    from ..bench.summary import METRICS, load_run
+    from forward_influence.bench.summary import METRICS, load_run
 
     summary = load_run(cfg.out)[2]
     main_metric = METRICS[cfg.task][0]
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(s.to_string(float_format=lambda x: f"{x:.4g}"))
     if cfg.report:
         os.environ.setdefault("MPLBACKEND", "Agg")
-        from ..bench.report import write_report
+        from forward_influence.bench.report import write_report
 
         print(f"report: {write_report(cfg.out)}")
     return 0

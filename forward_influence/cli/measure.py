@@ -7,9 +7,9 @@ import dataclasses
 import os
 import sys
 
-from ..config import MeasureConfig
-from ..errors import InputError
-from ._common import add_config_flags, report_failed, run_cli
+from forward_influence.cli._common import add_config_flags, report_failed, run_cli
+from forward_influence.config import MeasureConfig
+from forward_influence.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,14 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     if not sys.stderr.isatty():  # no progress bars in logs
         kw["progress"] = False
     cfg = MeasureConfig(**kw)
-    import transformers
+    from forward_influence.hf.models import quiet_progress
+    from forward_influence.measurement.run import measure
+    from forward_influence.runtime.host import retain_freed_memory, set_threads_from_env
+    from forward_influence.store.results import precision_floor_text, precision_warning
 
-    from ..engine import set_threads_from_env
-    from ..measure import measure
-    from ..results import precision_floor_text, precision_warning
-
-    transformers.utils.logging.disable_progress_bar()
+    quiet_progress()
     set_threads_from_env()
+    retain_freed_memory()  # process-wide glibc setting: the CLI's choice, not the library's
     res = measure(cfg)
     if res.meta.get("failed_units"):
         return report_failed("fi-measure", res.meta["failed_units"])
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fi-measure: warning: {warning}", file=sys.stderr)
     if cfg.report:
         os.environ.setdefault("MPLBACKEND", "Agg")
-        from ..report import analyze_run
-        from .analyze import print_claims
+        from forward_influence.analysis.report import analyze_run
+        from forward_influence.cli.analyze import print_claims
 
         try:
             a, path = analyze_run(cfg.out, result=res)

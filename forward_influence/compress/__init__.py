@@ -9,23 +9,31 @@ Prefill::
     cache, logits = compress_prompt(model, ids, get_compressor("infokv", budget=0.2))
     future_logits = cache.extend(next_ids, all_logits=True)   # true positions
 
-Decoding::
+Decoding (transformers' ``generate`` inside the block)::
 
-    out = generate(model, ids, get_compressor("snapkv"), DecodingConfig(cache_budget=256))
+    with get_compressor("snapkv").apply(model, DecodingConfig(cache_budget=256)) as run:
+        tokens = forward_influence.hf.generation.generate(model, ids, max_new_tokens=256)
 """
 
-from .base import Compressor, FeatureSpec, LayerView, TokenFeatures, get_compressor, list_compressors, n_kept, register, top_entries
-from .simple import Full, KNorm, Random, StreamingLLM
-from .snapkv import TOVA, PyramidKV, SnapKV
-from .h2o import H2O
-from .expected_attention import ExpectedAttention
-from .infokv import InfoKV
-from .oracle import FIOracle
-from .cache import CompressedCache, compress_prompt
-from .decoding import DecodingConfig, Generation, generate
+# Registration order is the listing order (baselines first, InfoKV and the oracle last): keep these in order.
+# isort: off
+from forward_influence.compress.base import (
+    Compressor, FeatureSpec, LayerView, TokenFeatures, get_compressor, list_compressors, n_kept, register,
+    top_entries,
+)
+from forward_influence.compress.simple import Full, KNorm, Random, StreamingLLM
+from forward_influence.compress.snapkv import TOVA, PyramidKV, SnapKV
+from forward_influence.compress.h2o import H2O
+from forward_influence.compress.expected_attention import ExpectedAttention
+from forward_influence.compress.infokv import InfoKV
+from forward_influence.compress.oracle import FIOracle
+from forward_influence.compress.cache import CompressedCache, compress_prompt
+from forward_influence.compress.decoding import Decoding, DecodingConfig, apply
+# isort: on
 
 __all__ = [
-    "CompressedCache", "Compressor", "DecodingConfig", "ExpectedAttention", "FIOracle", "FeatureSpec", "Full",
-    "Generation", "H2O", "InfoKV", "KNorm", "LayerView", "PyramidKV", "Random", "SnapKV", "StreamingLLM", "TOVA",
-    "TokenFeatures", "compress_prompt", "generate", "get_compressor", "list_compressors", "n_kept", "register", "top_entries",
+    "CompressedCache", "Compressor", "Decoding", "DecodingConfig", "ExpectedAttention", "FIOracle", "FeatureSpec", "Full",
+    "H2O", "InfoKV", "KNorm", "LayerView", "PyramidKV", "Random", "SnapKV", "StreamingLLM", "TOVA",
+    "TokenFeatures", "apply", "compress_prompt", "get_compressor", "list_compressors", "n_kept", "register",
+    "top_entries",
 ]

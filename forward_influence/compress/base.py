@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from ..plumbing import AttentionTap
+from forward_influence.hf.attention import AttentionTap
 
 
 def n_kept(keep: float, n_tokens: int) -> int:
@@ -74,6 +74,7 @@ def top_entries(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     # newest first, then a stable descending sort: among equal scores the newest comes first
     order = s.flip(-1).sort(dim=-1, descending=True, stable=True).indices[:, : min(n_keep, n)]  # (Hkv, n_keep)
     return (n - 1 - order).sort(dim=-1).values  # (Hkv, n_keep) back to position order
+
 
 
 @dataclass
@@ -195,6 +196,13 @@ class Compressor:
     def finish(self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None) -> list[torch.Tensor]:
         """Revise every layer's scores once all layers are known. Default: as is."""
         return scores
+
+    def apply(self, model: Any, config: Any = None, cache: Any = None) -> Any:
+        """Decode with this method: ``with comp.apply(model, DecodingConfig(...)) as run: model.generate(...)``,
+        a context manager (:func:`forward_influence.compress.decoding.apply`; ``config`` None: ``DecodingConfig()``)."""
+        from forward_influence.compress.decoding import DecodingConfig, apply
+
+        return apply(model, self, DecodingConfig() if config is None else config, cache)
 
 
 # --------------------------------------------------------------------------- #

@@ -4,7 +4,7 @@
 ``(1, Hkv, n_l, D)`` (keys after RoPE, so every entry keeps the position it
 was computed at) and their absolute positions ``(Hkv, n_l)``. New tokens run
 at their true positions ``length, length+1, ...`` over whatever is kept
-(:func:`forward_influence.plumbing.continue_forward`: the layers may hold
+(:func:`forward_influence.hf.forwards.continue_forward`: the layers may hold
 different numbers of entries, which transformers' own masks cannot do — the
 reason kvpress's PyramidKV breaks with sdpa/eager when a question is fed in
 one batch). :meth:`CompressedCache.cut` asks the compressor for scores and
@@ -24,12 +24,36 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as Fn
 
-from .. import plumbing
-from ..device_defaults import defaults_for
-from ..kl import entropy
-from .base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.hf import anatomy, attention, cache_api, forwards
+from forward_influence.measurement.features import RepChange, logit_chunks
+from forward_influence.measurement.kl import entropy
+from forward_influence.runtime.devices import defaults_for
+
+
+@dataclasses.dataclass
+class Block:
+    """One forward over a :class:`CompressedCache`: what it wants to see, and its logits.
+
+    Attributes
+    ----------
+    on_tap, layer_hooks, attn_inputs
+        The forward's callbacks (:func:`forward_influence.hf.forwards.continue_forward`).
+    rep : torch.Tensor
+        ``(L, C)`` filled by ``layer_hooks`` (InfoKV's representation change).
+    want_logits, all_logits : bool
+        Whether :meth:`CompressedCache.end_block` keeps the logits, and all of them.
+    logits : torch.Tensor or None
+    """
+
+    on_tap: Any
+    layer_hooks: Any
+    attn_inputs: bool
+    rep: torch.Tensor
+    want_logits: bool = False
+    all_logits: bool = False
+    logits: torch.Tensor | None = None
 
 
 class CompressedCache:
@@ -41,14 +65,14 @@ class CompressedCache:
     compressor : Compressor
     chunk_bytes : int, optional
         Bound on the logits held at once when entropies are needed (default:
-        the device's ``entropy_logit_bytes``, :mod:`forward_influence.device_defaults`).
+        the device's ``entropy_logit_bytes``, :mod:`forward_influence.runtime.devices`).
     """
 
     def __init__(self, model: Any, compressor: Compressor, chunk_bytes: int | None = None):
         self.model = model
         self.compressor = compressor
         self.chunk_bytes = defaults_for(model.device).entropy_logit_bytes if chunk_bytes is None else chunk_bytes
-        self.n_layers = plumbing.n_layers(model)
+        self.n_layers = anatomy.n_layers(model)
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.positions: list[torch.Tensor] = []
         self.state: list[dict] = [{} for _ in range(self.n_layers)]
@@ -102,7 +126,7 @@ class CompressedCache:
         return None if self.spec is None else TokenFeatures(self.entropy, self.rep)
 
     # ---------------------------------------------------------------- extend
-    def _tap(self, tap: plumbing.AttentionTap) -> None:
+    def _tap(self, tap: attention.AttentionTap) -> None:
         l, c = tap.layer, tap.query.shape[1]
         self._modules[l], self._scaling[l] = tap.module, tap.scaling
         keep_q = max(1, self.compressor.recent_queries())
@@ -119,17 +143,34 @@ class CompressedCache:
                 keys, pos = tap.key, new_pos
             self.compressor.observe(tap, pos, keys, self.state[l])
 
-    def _layer_hook(self, rep: torch.Tensor) -> Any:
-        l0 = self.spec.early_layer
-        early: dict[str, torch.Tensor] = {}
+    def begin_block(self, n_tokens: int) -> "Block":
+        """Callbacks for a forward of ``n_tokens`` tokens over this cache (the
+        :class:`forward_influence.hf.compressed_cache.BlockStore` protocol)."""
+        hook = RepChange(self.n_layers, n_tokens, self.spec.early_layer) if self.spec is not None else None
+        rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
+        return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs_attn_inputs, rep=rep)
 
-        def hook(layer: int, h: torch.Tensor) -> None:  # h (C, Dm)
-            if layer == l0:
-                early["h"] = h.float()
-            elif layer > l0:
-                rep[layer] = (1.0 - Fn.cosine_similarity(early["h"], h.float(), dim=-1)).cpu()
-
-        return hook
+    def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: "Block") -> None:
+        """Append the block's own entries ``kv`` (per layer ``(1, Hkv, C, D)``) at
+        positions ``length..length+C-1``; ``hidden`` ``(C, Dm)`` gives the logits
+        (kept in ``block.logits`` when ``block.want_logits``) and the entropies."""
+        c = int(hidden.shape[0])
+        new_pos = torch.arange(self.length, self.length + c, device=hidden.device)
+        if not self.kv:
+            self.kv = list(kv)
+            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in kv]
+        else:
+            for l, (k, v) in enumerate(kv):
+                k0, v0 = self.kv[l]
+                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
+                p0 = self.positions[l]
+                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
+        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
+        if block.want_logits or self.spec is not None:
+            block.logits = self._logits(hidden, block.all_logits)
+        if self.spec is not None:
+            self.rep = torch.cat([self.rep, block.rep], dim=1)
+        self.length += c
 
     @torch.no_grad()
     def extend(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
@@ -142,45 +183,27 @@ class CompressedCache:
             Float32 logits: ``(C, V)`` with ``all_logits``, else ``(1, V)`` of
             the last token.
         """
-        c = int(ids.shape[0])
-        rep = torch.ones(self.n_layers, c)
-        hook = self._layer_hook(rep) if self.spec is not None else None
-        need_in = self.compressor.needs_attn_inputs
+        block = self.begin_block(int(ids.shape[0]))
+        block.want_logits, block.all_logits = True, all_logits
         if not self.kv:
-            out = plumbing.record_prefill(self.model, ids, layer_hooks=hook, on_tap=self._tap, attn_inputs=need_in)
+            out = forwards.record_prefill(self.model, ids, layer_hooks=block.layer_hooks, on_tap=block.on_tap,
+                                          attn_inputs=block.attn_inputs)
         else:
-            out = plumbing.continue_forward(self.model, self.kv, ids, self.length, on_tap=self._tap,
-                                            layer_hooks=hook, attn_inputs=need_in)
-        new_pos = torch.arange(self.length, self.length + c, device=out.hidden.device)
-        if not self.kv:
-            self.kv = list(out.kv)
-            self.positions = [new_pos[None].expand(k.shape[1], c).contiguous() for k, _ in out.kv]
-        else:
-            for l, (k, v) in enumerate(out.kv):
-                k0, v0 = self.kv[l]
-                self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
-                p0 = self.positions[l]
-                self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
-        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
-        logits = self._logits(out.hidden, all_logits)
-        if self.spec is not None:
-            self.rep = torch.cat([self.rep, rep], dim=1)
-        self.length += c
-        return logits
+            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=block.on_tap,
+                                            layer_hooks=block.layer_hooks, attn_inputs=block.attn_inputs)
+        self.end_block(out.kv, out.hidden, block)
+        return block.logits
 
     def _logits(self, hidden: torch.Tensor, all_logits: bool) -> torch.Tensor:
         """Logits (all or last), and the top-k entropies when the method needs them."""
         if self.spec is None:
-            return plumbing.logits_from_hidden(self.model, hidden if all_logits else hidden[-1:])
+            return anatomy.logits_from_hidden(self.model, hidden if all_logits else hidden[-1:])
         c = hidden.shape[0]
-        vocab = plumbing.lm_head(self.model).weight.shape[0]
-        chunk = max(1, self.chunk_bytes // (vocab * 4 * 2))
         h_out = torch.empty(c)
         kept = []
-        for c0 in range(0, c, chunk):
-            lg = plumbing.logits_from_hidden(self.model, hidden[c0 : c0 + chunk])  # (n, V) float32
+        for c0, lg in logit_chunks(self.model, hidden, self.chunk_bytes):  # (n, V) float32
             h_out[c0 : c0 + lg.shape[0]] = entropy(lg, topk=self.spec.topk).float().cpu()
-            if all_logits or c0 + chunk >= c:
+            if all_logits or c0 + lg.shape[0] >= c:
                 kept.append(lg if all_logits else lg[-1:])
         h_in = torch.cat([torch.tensor([self._next_entropy]), h_out[:-1]])  # (C,) what predicted each token
         self.entropy = torch.cat([self.entropy, h_in])
@@ -210,9 +233,7 @@ class CompressedCache:
         self.last_scores = scores  # (Hkv, n) per layer, for inspection
         for l, (view, s) in enumerate(zip(views, scores)):
             idx = top_entries(s, view.n_keep)  # (Hkv, n_keep)
-            k, v = self.kv[l]
-            gidx = idx[None, :, :, None].expand(1, -1, -1, k.shape[-1])  # (1, Hkv, n_keep, D)
-            self.kv[l] = (k.gather(2, gidx), v.gather(2, gidx))
+            self.kv[l] = cache_api.gather_entries(*self.kv[l], idx)
             self.positions[l] = self.positions[l].gather(1, idx)
             for name, val in list(self.state[l].items()):
                 if name.startswith("entry:"):

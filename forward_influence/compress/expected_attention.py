@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import plumbing
-from ..plumbing import AttentionTap
-from .base import Compressor, LayerView, register
+from forward_influence.compress.base import Compressor, LayerView, register
+from forward_influence.hf import anatomy
+from forward_influence.hf.attention import AttentionTap
 
 
 @register
@@ -44,7 +44,7 @@ class ExpectedAttention(Compressor):
         h = tap.attn_input[skip:]  # (c, Dm)
         if h.shape[0] == 0:
             return
-        q = plumbing.prerope_queries(tap.module, h)  # (Hq, c, D)
+        q = anatomy.prerope_queries(tap.module, h)  # (Hq, c, D)
         mu = q.mean(dim=1, keepdim=True)  # (Hq, 1, D)
         centred = q - mu
         cov = torch.einsum("nsi,nsj->nij", centred, centred) / h.shape[0]  # (Hq, D, D)
@@ -63,10 +63,9 @@ class ExpectedAttention(Compressor):
         mu, cov = st["mean"], st["cov"]  # (Hq, D), (Hq, D, D)
         d = mu.shape[-1]
         future = torch.arange(st["end"], st["end"] + self.n_future)
-        cos, sin = plumbing.rope_cos_sin(view.model, future, mu)  # (n_future, D)
+        cos, sin = anatomy.rope_cos_sin(view.model, future, mu)  # (n_future, D)
         eye = torch.eye(d, device=cos.device, dtype=cos.dtype)
-        p = torch.zeros(d, d, device=cos.device, dtype=cos.dtype)  # rotate_half as a matrix
-        p[d // 2 :, : d // 2], p[: d // 2, d // 2 :] = torch.eye(d // 2), -torch.eye(d // 2)
+        p = anatomy.rotate_half(eye).T  # rotate_half as a matrix: p @ x == rotate_half(x)
         r = (cos[:, :, None] * eye + sin[:, :, None] * p).mean(0)  # (D, D) average rotation
         mu = mu @ r.T
         return mu, (r @ cov @ r.T if self.use_covariance else cov)

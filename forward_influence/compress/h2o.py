@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import scores
-from ..plumbing import AttentionTap
-from .base import Compressor, LayerView, register
+from forward_influence.compress.base import Compressor, LayerView, register
+from forward_influence.hf.attention import AttentionTap
+from forward_influence.measurement import scores
 
 
 @register

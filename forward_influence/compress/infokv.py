@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import FeatureSpec, LayerView, TokenFeatures, register
-from .snapkv import SnapKV
+from forward_influence.compress.base import FeatureSpec, TokenFeatures, register
+from forward_influence.compress.snapkv import SnapKV
 
 NORMS = ("rank", "max", "zscore", "sum")
 REPS = ("per_layer", "early_final")
@@ -136,7 +136,3 @@ class InfoKV(SnapKV):
         if attn.shape[1] == 0:
             return attn
         return (1 - self.mix) * normalise(attn, self.norm) + self.mix * normalise(ent, self.norm)
-
-    def score(self, view: LayerView) -> torch.Tensor:
-        """The attention part (SnapKV's score); :meth:`finish` mixes in the entropy."""
-        return super().score(view)

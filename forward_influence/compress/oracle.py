@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .base import Compressor, LayerView, register
+from forward_influence.compress.base import Compressor, LayerView, register
 
 
 @register

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Compressor, LayerView, n_kept, register
+from forward_influence.compress.base import Compressor, LayerView, n_kept, register
 
 
 @register

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import scores
-from .base import Compressor, LayerView, n_kept, register
+from forward_influence.compress.base import Compressor, LayerView, n_kept, register
+from forward_influence.measurement import scores
 
 
 @register

@@ -15,6 +15,17 @@ budgets and selection are those of :class:`forward_influence.compress.InfoKV`
 window is kept whole, ``n_sink`` sinks are kept, ties go to the more recent
 entry, and the representation term follows ``infokv.rep`` (``per_layer``:
 each layer's own change; ``early_final``: the last layer's, at every layer).
+
+Versions: the press reaches transformers only through
+:mod:`forward_influence.hf.cache_api` (:func:`~forward_influence.hf.cache_api.attention_call`
+reads the attention call under both cache keywords, ``cache`` from 5.24 and
+``past_key_values`` before, and tells the prefill by the cache's length rather
+than ``cache_position``, which 5.24 no longer passes), so this module itself
+works on the transformers this package installs (>= 5.2, < 6). kvpress's own
+pipeline and ``BasePress`` must support that transformers too: kvpress pins its
+transformers range (see its requirements); it is not installed in this
+package's environment, and this adapter was last run against kvpress with
+transformers < 5.24.
 """
 
 from __future__ import annotations
@@ -24,21 +35,19 @@ from dataclasses import dataclass, field
 from typing import Any, Generator
 
 import torch
-import torch.nn.functional as Fn
 
 try:
-    from kvpress.presses.base_press import BasePress, is_prefilling
+    from kvpress.presses.base_press import BasePress
 except ImportError as exc:  # pragma: no cover - exercised only without kvpress
     raise ImportError("forward_influence.integrations.kvpress needs NVIDIA kvpress (pip install kvpress)") from exc
 
-from .. import plumbing
-from ..compress import InfoKV, LayerView, TokenFeatures, top_entries
-from ..kl import entropy
 
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    d = x.shape[-1] // 2
-    return torch.cat([-x[..., d:], x[..., :d]], dim=-1)
+from forward_influence.compress import InfoKV, LayerView, TokenFeatures, top_entries
+from forward_influence.hf import anatomy
+from forward_influence.hf.cache_api import apply_rope, attention_call, cache_layers, keep_entries
+from forward_influence.measurement.features import RepChange, logit_chunks
+from forward_influence.measurement.kl import entropy
+from forward_influence.runtime.devices import defaults_for
 
 
 @dataclass
@@ -57,8 +66,7 @@ class InfoKVPress(BasePress):
     def _reset(self) -> None:
         self._scores: dict[int, torch.Tensor] = {}
         self._layers: dict[int, tuple[Any, Any]] = {}  # layer -> (cache, module)
-        self._rep: dict[int, torch.Tensor] = {}
-        self._early: torch.Tensor | None = None
+        self._rep: RepChange | None = None
         self._active = False
 
     @property
@@ -68,26 +76,24 @@ class InfoKVPress(BasePress):
         return replace(self.infokv, budget=1.0 - self.compression_ratio)
 
     def forward_hook(self, module: Any, input: Any, kwargs: dict, output: Any) -> Any:
-        hidden = kwargs["hidden_states"]  # (1, T, Dm)
-        t = hidden.shape[1]
-        if self.compression_ratio == 0 or not is_prefilling(kwargs["cache_position"], t):
+        call = attention_call(module, kwargs)
+        t = call.hidden.shape[1]
+        if self.compression_ratio == 0 or not call.prefill:
             return output
         self._active = True
         layer = module.layer_idx
-        cache = kwargs["past_key_values"]
-        keys = cache.layers[layer].keys  # (1, Hkv, T, D)
+        keys, values = cache_layers(call.cache)[layer]  # (1, Hkv, T, D)
         w = min(self.infokv.window, t)
-        q = plumbing.prerope_queries(module, hidden[0, -w:])  # (Hq, w, D)
-        cos, sin = kwargs["position_embeddings"]  # (1, T, D)
-        q = q * cos[0, -w:] + _rotate_half(q) * sin[0, -w:]  # (Hq, w, D) after RoPE
+        q = anatomy.prerope_queries(module, call.hidden[0, -w:])  # (Hq, w, D)
+        q = apply_rope(q, call.cos[-w:], call.sin[-w:])  # (Hq, w, D) after RoPE
         pos = torch.arange(t, device=keys.device)
         method, n_layers = self.method, module.config.num_hidden_layers
         n_keep = method.layer_budget(layer, n_layers, t, method.budget * t)  # below the window, the window competes
         view = LayerView(layer=layer, n_layers=n_layers, keys=keys[0],
-                         values=cache.layers[layer].values[0], positions=pos[None].expand(keys.shape[1], t),
+                         values=values[0], positions=pos[None].expand(keys.shape[1], t),
                          queries=q, query_positions=pos[-w:], scaling=module.scaling, n_keep=n_keep, module=module)
         self._scores[layer] = method.layer_scores(view)  # (Hkv, T) sinks at +inf
-        self._layers[layer] = (cache, module)
+        self._layers[layer] = (call.cache, module)
         return output
 
     def _on_layer(self, layer: int, h: torch.Tensor) -> None:
@@ -95,11 +101,9 @@ class InfoKVPress(BasePress):
         (every layer's; :meth:`InfoKV.finish` reads the ones ``rep`` asks for)."""
         if not self._active:
             return
-        l0 = self.infokv.early_layer
-        if layer == l0:
-            self._early = h.float()
-        elif layer > l0:
-            self._rep[layer] = (1.0 - Fn.cosine_similarity(self._early, h.float(), dim=-1)).cpu()
+        if self._rep is None:
+            self._rep = RepChange(self._n_layers, h.shape[0], self.infokv.early_layer)
+        self._rep(layer, h)
 
     def _on_final(self, model: Any, normed: torch.Tensor) -> None:
         """After the last layer of a prefill: entropies, InfoKV's scores, the cut."""
@@ -109,32 +113,28 @@ class InfoKVPress(BasePress):
         h = normed[0]  # (T, Dm)
         t = h.shape[0]
         ent = torch.empty(t)
-        for c0 in range(0, t, 512):
-            ent[c0 : c0 + 512] = entropy(plumbing.logits_from_hidden(model, h[c0 : c0 + 512]), topk=method.topk).cpu()
+        for c0, lg in logit_chunks(model, h, defaults_for(h.device).entropy_logit_bytes):  # (n, V) float32
+            ent[c0 : c0 + lg.shape[0]] = entropy(lg, topk=method.topk).cpu()
         ent_in = torch.cat([torch.zeros(1), ent[:-1]])  # what predicted each token
-        rep = torch.ones(n_layers, t)
-        for l, r in self._rep.items():
-            rep[l] = r
+        rep = self._rep.values if self._rep is not None else torch.ones(n_layers, t)
         positions = [torch.arange(t, device=s.device)[None].expand_as(s) for _, s in sorted(self._scores.items())]
         scores = method.finish([s for _, s in sorted(self._scores.items())], positions, TokenFeatures(ent_in, rep))
         for l, s in enumerate(scores):
-            cache, module = self._layers[l]
-            idx = top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))  # (Hkv, n_keep)
-            layer = cache.layers[l]
-            gidx = idx[None, :, :, None].expand(1, -1, -1, layer.keys.shape[-1])
-            layer.keys, layer.values = layer.keys.gather(2, gidx).contiguous(), layer.values.gather(2, gidx).contiguous()
+            cache, _ = self._layers[l]
+            keep_entries(cache, l, top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t)))  # (Hkv, n_keep)
         self._reset()
 
     @contextmanager
     def __call__(self, model: Any) -> Generator:
         self._reset()
+        self._n_layers = anatomy.n_layers(model)
         handles = []
         try:
             with super().__call__(model):
-                for l, layer in enumerate(plumbing.decoder_layers(model)):
+                for l, layer in enumerate(anatomy.decoder_layers(model)):
                     handles.append(layer.register_forward_hook(
                         lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])))
-                norm = plumbing.base_model(model).norm
+                norm = anatomy.base_model(model).norm
                 handles.append(norm.register_forward_hook(lambda _m, _i, out: self._on_final(model, out)))
                 yield
         finally:

@@ -1,0 +1,1 @@
+"""Where measurement units run: in this process (:mod:`.local`) or on a Ray cluster (:mod:`.cluster`)."""

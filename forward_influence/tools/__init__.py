@@ -1,0 +1,1 @@
+"""Tools beside the CLIs: the GPU check (:mod:`.checks`) and performance probes (:mod:`.perf`)."""

@@ -1,0 +1,1 @@
+"""Helpers shared by the tiers of one topic's tests."""

@@ -1,0 +1,170 @@
+"""fi-bench: task generators, scoring, loaders, the runner (resume, FI validation), the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forward_influence.bench import BenchConfig
+from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
+from forward_influence.bench.summary import paired_interval, summarize_bench
+from forward_influence.errors import InputError
+from forward_influence.measurement import synthetic
+
+DEPTH_TOL = 0.1  # needle position (fraction of the context) vs the asked depth
+
+
+# ----------------------------------------------------------------- generators
+@pytest.mark.parametrize("kind", synthetic.KINDS)
+def test_generators_are_deterministic_and_hold_their_answer(kind):
+    a = synthetic.make_example(kind, 800, 0.3, seed=7)
+    b = synthetic.make_example(kind, 800, 0.3, seed=7)
+    c = synthetic.make_example(kind, 800, 0.3, seed=8)
+    assert a == b
+    assert a.answer != c.answer or a.context != c.context
+    assert a.answer.strip() in a.context
+    assert a.answer.strip() not in a.question
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.9])
+def test_passkey_depth(depth):
+    ex = synthetic.make_example("passkey", 2000, depth, seed=1)
+    where = ex.context.index("The pass key is") / len(ex.context)
+    assert abs(where - depth) <= DEPTH_TOL
+
+
+def test_multikey_distractors_and_uuids():
+    ex = synthetic.make_example("multikey", 1500, 0.5, seed=3, n_keys=5, value_type="uuid")
+    assert ex.context.count("special magic uuids for") == 5
+    assert len(ex.answer.strip()) == 36 and ex.meta["key"] in ex.question
+
+
+def test_vartrack_chain_resolves_to_the_answer():
+    ex = synthetic.make_example("vartrack", 1500, 0.2, seed=4, hops=3)
+    chain = ex.meta["chain"]
+    assert f"VAR {chain[0]} ={ex.answer}." in ex.context
+    for a, b in zip(chain, chain[1:]):
+        assert f"VAR {b} = VAR {a}." in ex.context
+
+
+def test_generator_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="valid: passkey, multikey, vartrack"):
+        synthetic.make_example("needle", 100, 0.5, seed=0)
+    with pytest.raises(ValueError, match="depth"):
+        synthetic.make_example("passkey", 100, 1.5, seed=0)
+
+
+# ----------------------------------------------------------------- scoring
+def test_paired_interval_and_summary_on_hand_made_results():
+    rows = []
+    for i in range(6):
+        rows += [
+            {"task": "fidelity", "sample_id": str(i), "method": "full", "budget": 0.2, "kl": 0.0, "delta_nll": 0.0},
+            {"task": "fidelity", "sample_id": str(i), "method": "snapkv", "budget": 0.2, "kl": 0.1 + i, "delta_nll": 0.2},
+            {"task": "fidelity", "sample_id": str(i), "method": "infokv", "budget": 0.2, "kl": 0.05 + i, "delta_nll": 0.1},
+        ]
+    s = summarize_bench(pd.DataFrame(rows), 500, 0)
+    r = s[(s.metric == "kl") & (s.method == "infokv")].iloc[0]
+    assert r["mean"] == pytest.approx(2.55) and r["vs_snapkv"] == pytest.approx(-0.05)
+    assert r["vs_snapkv_lo"] == pytest.approx(-0.05) and r["vs_snapkv_hi"] == pytest.approx(-0.05)  # constant difference
+    assert r["vs_full"] == pytest.approx(2.55) and r["vs_full_lo"] < r["vs_full"] < r["vs_full_hi"]
+    m, lo, hi = paired_interval(np.array([np.nan, 1.0, 3.0]), None, 200, np.random.default_rng(0))
+    assert m == 2.0 and 1.0 <= lo <= hi <= 3.0
+
+
+def test_ifeval_checkers_on_hand_made_responses():
+    pytest.importorskip("lm_eval")
+    from forward_influence.bench.ifeval import check_following
+
+    row = {"key": 1, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    assert check_following(row, "Hi there my friend")["prompt_strict"] == 1.0
+    assert check_following(row, "Hi, there")["prompt_strict"] == 0.0
+    row = {"key": 2, "prompt": "Answer in at least 5 sentences.", "instruction_id_list": ["length_constraints:number_sentences"],
+           "kwargs": [{"relation": "at least", "num_sentences": 5}]}
+    assert check_following(row, "One. Two. Three. Four. Five. Six.")["prompt_strict"] == 1.0  # needs punkt_tab
+    assert check_following(row, "Just one sentence.")["prompt_strict"] == 0.0
+
+
+# ----------------------------------------------------------------- loaders
+def test_loaders_on_small_files(tmp_path):
+    lr = tmp_path / "longreason.jsonl"
+    lr.write_text(json.dumps({"example_idx": 3, "background_story": "Ann has two cats.", "final_inquiry": "How many cats? (A) 1 (B) 2", "answer": "B"}) + "\n")
+    (p,) = load_longreason(lr)
+    assert p.problem_id == "3" and "two cats" in p.prompt and "How many" in p.prompt and p.answer == "B"
+    aime = tmp_path / "aime.json"
+    aime.write_text(json.dumps([{"ID": "2024-I-1", "Problem": "Find x.", "Answer": 204}]))
+    (p,) = load_aime2024(aime)
+    assert (p.problem_id, p.prompt, p.answer) == ("2024-I-1", "Find x.", "204")
+    lcb = tmp_path / "lcb.jsonl"
+    lcb.write_text(json.dumps({"question_id": "abc1", "question_content": "Print 1.", "starter_code": "def f():",
+                               "public_test_cases": json.dumps([{"input": "", "output": "1"}]), "difficulty": "easy"}) + "\n")
+    (p,) = load_livecodebench(lcb)
+    assert p.extra["tests"] == [{"input": "", "output": "1"}] and "Starter code" in p.prompt
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_aime2024(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_aime2024(tmp_path / "missing.json")
+    (tmp_path / "noq.jsonl").write_text(json.dumps({"answer": "A"}) + "\n")
+    with pytest.raises(InputError, match="no question"):
+        load_longreason(tmp_path / "noq.jsonl")
+
+
+# ----------------------------------------------------------------- config
+@pytest.mark.parametrize("kw,msg", [
+    ({"task": "nope"}, "--task must be one of"),
+    ({"budgets": (0.0,)}, "fractions of the cache kept"),
+    ({"task": "ifeval", "ifeval_data": "x", "budgets": (0.5,)}, "cache sizes in tokens"),
+    ({"task": "ifeval"}, "needs --ifeval-data"),
+    ({"fi_run": "x", "task": "qa"}, "use it with --task fidelity"),
+])
+def test_config_errors(kw, msg):
+    with pytest.raises(InputError, match=msg):
+        BenchConfig(**kw).validate()
+
+
+def test_method_names():
+    assert "fi_oracle" not in BenchConfig().method_names()
+    with pytest.raises(InputError, match="valid: full"):
+        BenchConfig(methods=("snap",)).method_names()
+    with pytest.raises(InputError, match="needs --fi-run"):
+        BenchConfig(methods=("fi_oracle",)).method_names()
+
+
+def test_additivity_fit_on_constructed_rows():
+    """The fit reads only cut rows with both quantities positive: a monotone
+    relation gives Spearman 1 (reversed: -1) and the median ratio; fewer than
+    3 rows give no fit."""
+    from forward_influence.bench.report import additivity
+
+    fi = [1.0, 2.0, 3.0, 4.0, 5.0]
+    rows = pd.DataFrame({"method": ["snapkv", "random", "snapkv", "fi_oracle", "random", "full", "snapkv", "random"],
+                         "fi_dropped": fi + [9.0, np.nan, 9.0], "kl_sum": [2 * f for f in fi] + [1.0, 1.0, 0.0]})
+    d, fit = additivity(rows)
+    assert len(d) == fit["n"] == 5 and "full" not in set(d.method)
+    assert fit["spearman"] == pytest.approx(1.0) and fit["pearson_log10"] == pytest.approx(1.0)
+    assert fit["median_ratio"] == pytest.approx(2.0)
+    reversed_ = rows.assign(kl_sum=[1 / f for f in fi] + [1.0, 1.0, 0.0])
+    assert additivity(reversed_)[1]["spearman"] == pytest.approx(-1.0)
+    assert additivity(rows.iloc[:2])[1] == {} and additivity(rows.drop(columns="fi_dropped"))[1] == {}
+
+
+def test_punkt_tab_is_written_to_the_cache_dir(tmp_path, monkeypatch):
+    """Issue 16, item 5: NLTK data goes under the project's cache directory,
+    not into the Python installation."""
+    nltk = pytest.importorskip("nltk")
+    pytest.importorskip("punkt")
+    from forward_influence.bench.ifeval import ensure_punkt_tab
+
+    monkeypatch.setattr(nltk.data, "path", [])  # as if NLTK had none anywhere
+    monkeypatch.setenv("FI_CACHE_DIR", str(tmp_path))
+    d = ensure_punkt_tab()
+    assert d == tmp_path / "nltk_data" / "tokenizers" / "punkt_tab" / "english"
+    assert (d / "abbrev_types.txt").is_file()
+    assert nltk.data.path == [str(tmp_path / "nltk_data")]
+    assert Path(nltk.data.find("tokenizers/punkt_tab/english/")) == d
