@@ -29,21 +29,21 @@ the full-cache continuation's own KL to the float32 oracle).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from forward_influence.hf import anatomy, cache_api, forwards
 from forward_influence.hf import kernels as hf_kernels
+from forward_influence.hf.eager_masking import eager_hiding
 from forward_influence.hf.random_models import TINY_VOCAB, tiny_config, tiny_model  # noqa: F401  (re-exported for the checks' callers)
 from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
 from forward_influence.measurement.kl import centred_kl
+from forward_influence.tools.oracles import oracle_layer_kl, oracle_sliding_kl, oracle_split_kl  # noqa: F401  (re-exported)
 
 # Tolerances, named once (tests/conftest.py imports them from here).
 REL_TOL_ENGINE = 1e-4  # engine vs independent 4-D-mask forward (fp32), relative to the row's largest KL
@@ -104,65 +104,6 @@ def kernels(model: Any) -> list[str]:
     """The engine's attention kernels that run on ``model``'s device and dtype."""
     probe = torch.empty(0, device=model.device, dtype=model.dtype)
     return ["flash", "matmul"] if hf_kernels._lse_kernel(probe) is not None else ["matmul"]
-
-
-# --------------------------------------------------------------------------- #
-# Oracles
-# --------------------------------------------------------------------------- #
-
-def oracle_split_kl(model: Any, ids: torch.Tensor, n: int, f: int, positions: Sequence[int]) -> np.ndarray:
-    """``(A, F)`` KL of hiding each position from the rows ``>= n`` of one full forward."""
-    ref = cache_api.full_forward_hiding(model, ids[: n + f], None, n)[n : n + f]
-    return np.stack([centred_kl(ref, cache_api.full_forward_hiding(model, ids[: n + f], i, n)[n : n + f]).cpu().numpy()
-                     for i in positions])
-
-
-def oracle_sliding_kl(model: Any, ids: torch.Tensor, sources: Sequence[int], horizon: int, delay: int = 1) -> np.ndarray:
-    """``(S, H)`` KL of hiding source ``s`` from the rows from ``tau = s + delay``
-    on (queries ``tau..tau+H-1``)."""
-    full = cache_api.full_forward_hiding(model, ids, None, 0)
-    rows = []
-    for s in sources:
-        tau = s + delay
-        abl = cache_api.full_forward_hiding(model, ids, s, tau)
-        rows.append(centred_kl(full[tau : tau + horizon], abl[tau : tau + horizon]).cpu().numpy())
-    return np.stack(rows)
-
-
-@contextlib.contextmanager
-def _eager_hiding(model: Any, layer: int, column: int, from_row: int, heads: Sequence[int] | None) -> Iterator[None]:
-    """Within the block, the eager attention of ``layer`` also hides ``column``
-    from the rows ``>= from_row`` (at the query heads ``heads``, or all)."""
-    module = sys.modules[type(anatomy.decoder_layers(model)[layer].self_attn).__module__]
-    orig = module.eager_attention_forward
-
-    def masked(mod: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, **kw: Any) -> Any:
-        if mod.layer_idx == layer:
-            mask = mask.expand(q.shape[0], q.shape[1], *mask.shape[2:]).clone()  # (B, Hq, T, T)
-            rows = mask[:, list(heads)] if heads is not None else mask
-            rows[..., from_row:, column] = torch.finfo(mask.dtype).min
-            if heads is not None:
-                mask[:, list(heads)] = rows
-        return orig(mod, q, k, v, mask, **kw)
-
-    module.eager_attention_forward = masked
-    try:
-        yield
-    finally:
-        module.eager_attention_forward = orig
-
-
-def oracle_layer_kl(model: Any, ids: torch.Tensor, n: int, f: int, pos: int, layer: int, kv_head: int | None = None) -> np.ndarray:
-    """``(F,)`` KL of hiding ``pos`` at one layer (and one KV head: its group of
-    query heads) from the rows ``>= n``, in the model's eager attention."""
-    if model.config._attn_implementation != "eager":
-        raise ValueError("oracle_layer_kl needs a model with attn_implementation='eager'")
-    g = model.config.num_attention_heads // anatomy.n_kv_heads(model)
-    heads = None if kv_head is None else range(kv_head * g, (kv_head + 1) * g)
-    ref = cache_api.full_forward_hiding(model, ids[: n + f], None, n)[n:]
-    with _eager_hiding(model, layer, pos, n, heads):
-        abl = cache_api.full_forward_hiding(model, ids[: n + f], None, n)[n:]
-    return centred_kl(ref, abl).cpu().numpy()
 
 
 # --------------------------------------------------------------------------- #
@@ -259,7 +200,7 @@ def check_kv_heads(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int
             ref = [cache_api.full_forward_hiding(oracle, ids[: SPLIT_N + SPLIT_F], None, SPLIT_N)[SPLIT_N:]]
             inter = []
             for l, h in pairs:
-                with _eager_hiding(oracle, l, pos, SPLIT_N, range(h, hq, n_kv)):
+                with eager_hiding(oracle, l, pos, SPLIT_N, range(h, hq, n_kv)):
                     abl = cache_api.full_forward_hiding(oracle, ids[: SPLIT_N + SPLIT_F], None, SPLIT_N)[SPLIT_N:]
                 inter.append(centred_kl(ref[0], abl).cpu().numpy())
             out.append(Check(name + "_interleaved_grouping_caught", min(rel_err(k, w) for k, w in zip(res.kl, inter)),
