@@ -13,7 +13,10 @@ Runs (resumable; each into ``runs/bench/<name>``):
 then prints the markdown tables (mean and 95% paired-bootstrap interval over samples) and writes them to
 ``runs/bench/headline.md``. Wall time on this 2-core CPU: see the README.
 
-    python scripts/bench_headline.py [--only ifeval,...]
+    python scripts/bench_headline.py [--only ifeval,...] [--small]
+
+``--small`` checks the same four runs end to end in a few minutes (2 documents of N = 256, the 2k retrieval
+examples of one kind, 1 IFEval prompt of 32 tokens) under ``runs/bench-small``.
 """
 
 from __future__ import annotations
@@ -37,17 +40,19 @@ OUT = ROOT / "runs" / "bench"
 ORDER = ["full", "infokv", "snapkv", "pyramidkv", "expected_attention", "h2o", "tova", "streaming_llm", "knorm", "random"]
 
 
-def runs() -> dict[str, BenchConfig]:
+def runs(out: Path = OUT, small: bool = False) -> dict[str, BenchConfig]:
     common = dict(progress=False, report=True)
-    out = {
+    doc = dict(n_prefix=256, n_future=64, n_samples=2) if small else {}
+    runs = {
         "papers": BenchConfig(task="fidelity", doc=str(DATA / "arxiv.json"), budgets=(0.2, 0.4),
-                              out=str(OUT / "papers"), **common),
-        "squad": BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=8, out=str(OUT / "squad"), **common),
-        "retrieval": BenchConfig(task="retrieval", budgets=(0.2, 0.4), lengths=(2048, 4096), out=str(OUT / "retrieval"), **common),
-        "ifeval": BenchConfig(task="ifeval", ifeval_data=str(DATA / "ifeval" / "input_data.jsonl"),
-                              budgets=(48.0, 96.0), n_samples=3, max_new_tokens=96, out=str(OUT / "ifeval"), **common),
+                              out=str(out / "papers"), **doc, **common),
+        "squad": BenchConfig(task="fidelity", budgets=(0.2, 0.4), **({"n_samples": 8} | doc), out=str(out / "squad"), **common),
+        "retrieval": BenchConfig(task="retrieval", budgets=(0.2, 0.4), lengths=(2048,) if small else (2048, 4096),
+                                 **(dict(kinds=("passkey",), n_samples=2) if small else {}), out=str(out / "retrieval"), **common),
+        "ifeval": BenchConfig(task="ifeval", ifeval_data=str(DATA / "ifeval" / "input_data.jsonl"), budgets=(48.0, 96.0),
+                              n_samples=1 if small else 3, max_new_tokens=32 if small else 96, out=str(out / "ifeval"), **common),
     }
-    return out
+    return runs
 
 
 def cell(df: pd.DataFrame, metric: str, method: str, budget: float, rng: np.random.Generator, fmt: str = "{:.3f}") -> str:
@@ -67,10 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=None, help="comma-separated runs to do now, e.g. ifeval (default: all four); "
                     "the tables of runs not done are left out")
+    ap.add_argument("--small", action="store_true", help="an end-to-end check in a few minutes, under runs/bench-small")
     args = ap.parse_args(argv)
-    todo = runs() if args.only is None else {n: c for n, c in runs().items() if n in args.only.split(",")}
+    out = OUT.with_name("bench-small") if args.small else OUT
+    every = runs(out, args.small)
+    todo = every if args.only is None else {n: c for n, c in every.items() if n in args.only.split(",")}
     if args.only is not None and set(args.only.split(",")) - set(todo):
-        raise SystemExit(f"bench_headline: --only takes {', '.join(runs())}; got {args.only}")
+        raise SystemExit(f"bench_headline: --only takes {', '.join(every)}; got {args.only}")
     lm = load_model("smollm2-135m")
     res = {}
     for name, cfg in todo.items():
@@ -108,13 +116,13 @@ def main(argv: list[str] | None = None) -> None:
         i_df = res["ifeval"]
         rows = [[m] + [cell(i_df, met, m, b, rng, "{:.2f}") for b in (48.0, 96.0) for met in ("inst_loose", "agree_tokens")]
                 for m in ORDER]
-        md.append(f"\nIFEval ({i_df.sample_id.nunique()} prompts, 96 new tokens; instruction-level loose accuracy and token agreement "
+        md.append(f"\nIFEval ({i_df.sample_id.nunique()} prompts, {every['ifeval'].max_new_tokens} new tokens; instruction-level loose accuracy and token agreement "
                   "with the full cache)\n")
         md.append(table(["method", "inst. loose @48", "agree @48", "inst. loose @96", "agree @96"], rows))
     secs = {n: json.loads((Path(c.out) / "run.json").read_text())["seconds_total"] for n, c in todo.items()}
     text = "\n".join(md) + "\n\nWall time (run.json seconds_total): " + ", ".join(f"{n} {v:.0f} s" for n, v in secs.items()) \
         + f"; total {sum(secs.values()) / 60:.1f} min\n"
-    (OUT / ("headline.md" if args.only is None else f"headline_{'_'.join(todo)}.md")).write_text(text)
+    (out / ("headline.md" if args.only is None else f"headline_{'_'.join(todo)}.md")).write_text(text)
     print(text)
 
 

@@ -10,10 +10,12 @@ Prints the table (means over documents) and the additivity statistics; last line
 ``oracle_share=... infokv_share=... snapkv_share=... additivity_spearman=...`` (budget 20%).
 
     python scripts/validate_compressors.py          # ~10 min on 2 CPU cores
+    python scripts/validate_compressors.py --small  # the same end to end in ~2 min: 1 paper, N = 128 (runs/bench-small)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -31,14 +33,18 @@ N, F, DOCS = 512, 128, 3
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="1 paper, N = 128, F = 64, under runs/bench-small")
+    args = ap.parse_args()
+    n, f, docs, out = (128, 64, 1, OUT.with_name("bench-small")) if args.small else (N, F, DOCS, OUT)
     lm = load_model("smollm2-135m")
     doc = str(PAPERS)
     t0 = time.time()
-    measure(MeasureConfig(doc=doc, n_prefix=(N,), n_future=F, max_docs=DOCS, out=str(OUT / "fi512"), words=False,
+    measure(MeasureConfig(doc=doc, n_prefix=(n,), n_future=f, max_docs=docs, out=str(out / "fi512"), words=False,
                           progress=False, report=False), model=lm)
     t1 = time.time()
-    cfg = BenchConfig(task="fidelity", doc=doc, n_prefix=N, n_future=F, n_samples=DOCS, budgets=(0.2, 0.4),
-                      methods=None, fi_run=str(OUT / "fi512"), out=str(OUT / "validation"), progress=False)
+    cfg = BenchConfig(task="fidelity", doc=doc, n_prefix=n, n_future=f, n_samples=docs, budgets=(0.2, 0.4),
+                      methods=None, fi_run=str(out / "fi512"), out=str(out / "validation"), progress=False)
     res = run_bench(cfg, model=lm)
     write_report(cfg.out)
     t2 = time.time()

@@ -42,7 +42,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from forward_influence.analysis.inference import MIN_DOCS, adjust_claims, claim_test, per_document_rank_biserial, word_level
+from forward_influence.analysis.inference import (
+    MIN_DOCS,
+    adjust_claims,
+    claim_test,
+    documents_needed,
+    per_document_rank_biserial,
+    smallest_p_adjusted,
+    word_level,
+)
 
 #: Documents needed before a claim gets a verdict other than inconclusive.
 MIN_DOCS_VERDICT = MIN_DOCS
@@ -128,4 +136,14 @@ def claims(sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cfg: Any
     out = adjust_claims(pd.DataFrame(rows), alpha=1 - cfg.confidence, min_docs=MIN_DOCS_VERDICT)
     few = out["n_docs"] < MIN_DOCS_VERDICT
     out.loc[few, "note"] = (out.loc[few, "note"] + "; ").str.lstrip("; ") + f"fewer than {MIN_DOCS_VERDICT} documents: estimates only"
+    # a family too small for any verdict: "inconclusive" there says nothing about the effect
+    alpha, family = 1 - cfg.confidence, out["p_value"].notna()  # adjust_claims' Holm family
+    floor = pd.Series(np.nan, index=out.index)
+    floor[family] = smallest_p_adjusted(out.loc[family, "n_docs"].to_numpy())
+    blind = family & ~few & (floor >= alpha)
+    m, need = int(family.sum()), documents_needed(int(family.sum()), alpha)
+    for i in out.index[blind]:
+        why = (f"cannot be decided: with {out.at[i, 'n_docs']} documents and {m} claims the smallest possible p (Holm) is "
+               f"{floor[i]:.3g} >= {alpha:g}; needs >= {need} documents")
+        out.at[i, "note"] = f"{out.at[i, 'note']}; {why}" if out.at[i, "note"] else why
     return out[cols]

@@ -175,6 +175,39 @@ def holm(pvalues: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
+def smallest_p_adjusted(n_docs: np.ndarray, exact_max: int = EXACT_MAX_DOCS, n_perm: int = N_PERM) -> np.ndarray:
+    """The smallest Holm-adjusted p each claim of one family can reach, however strong its effect.
+
+    The sign-flip p of a claim over ``n`` documents is at least ``2 / 2^n`` (exact
+    enumeration) or ``1 / (1 + n_perm)`` (Monte Carlo, ``n > exact_max``), reached
+    when every document lies on one side. Holm's adjustment is monotone in the
+    raw p-values, so every claim's adjusted p is smallest when every raw p is at
+    its minimum: the floor is Holm of those minima. Where it is ``>= alpha`` the
+    claim is inconclusive whatever the data, and the table must say so rather
+    than let "inconclusive" read as "no effect".
+
+    >>> smallest_p_adjusted(np.array([6, 6, 6, 6])).round(4).tolist()   # 4 x 2/64
+    [0.125, 0.125, 0.125, 0.125]
+    >>> float(smallest_p_adjusted(np.array([8, 8, 8, 8]))[0])           # 4 x 2/256
+    0.03125
+    """
+    n = np.asarray(n_docs, dtype=float)
+    p_min = np.where(n <= exact_max, 2.0 / 2.0 ** np.clip(n, 0, exact_max), 1.0 / (1 + n_perm))
+    return holm(np.minimum(p_min, 1.0))
+
+
+def documents_needed(m: int, alpha: float = 0.05) -> int:
+    """Fewest documents with which a family of ``m`` claims can reach ``p_Holm < alpha`` (exact sign-flip).
+
+    >>> documents_needed(4), documents_needed(1)
+    (8, 6)
+    """
+    n = 1
+    while m * 2.0 / 2.0**n >= alpha:
+        n += 1
+    return n
+
+
 def claim_verdict(estimate: float, p_adjusted: float, direction: int = 1, *, n_docs: int, alpha: float = 0.05, min_docs: int = MIN_DOCS) -> str:
     """Supported / not supported / inconclusive from an (adjusted) p-value.
 

@@ -228,6 +228,22 @@ def test_too_few_documents_are_never_conclusive(n_docs):
     assert (c.verdict == INCONCLUSIVE).all() and c.note.str.contains("fewer than 5 documents").all()
 
 
+@pytest.mark.parametrize("n_docs, decidable", [(6, False), (7, False), (8, True)])
+def test_a_family_too_small_for_any_verdict_says_so(n_docs, decidable):
+    """Sliding mode has 4 claims: with 6 or 7 documents even a sign shared by every document gives
+    p_Holm >= 4 x 2/2^7 > 0.05, so the table must say the claims cannot be decided (8 documents can)."""
+    sel, tokens, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
+    c = claims(sel, tokens, bias, CFG, "sliding").set_index("claim")
+    floor = 4 * 2 / 2**n_docs
+    assert c.loc["1b", "p_adjusted"] == pytest.approx(floor)  # every document on one side: the floor is reached
+    noted = c.note.str.contains(f"cannot be decided: with {n_docs} documents and 4 claims")
+    if decidable:
+        assert not noted.any() and c.loc["1b", "verdict"] == SUPPORTED
+    else:
+        assert noted.all() and (c.verdict == INCONCLUSIVE).all()
+        assert c.note.str.contains(f"smallest possible p \\(Holm\\) is {floor:.3g} >= 0.05; needs >= 8 documents").all()
+
+
 def test_function_bias_without_candidates_is_empty_not_a_crash():
     """A segment of sinks and window only (e.g. a split inside a generation's prompt) has no candidates."""
     from forward_influence.analysis.selection import function_bias

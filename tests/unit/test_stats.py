@@ -248,3 +248,14 @@ def test_per_document_rank_biserial_and_sign_flip():
     np.testing.assert_allclose(t.rank_biserial, ref, atol=TOL_EXACT)
     assert (t.weight == t.n_positive * t.n_negative).all()
     assert sign_flip_test(t.rank_biserial.to_numpy(), t.weight.to_numpy()).p_value == 1 / 128  # all 8 positive
+
+
+@pytest.mark.parametrize("n_docs", [[5, 5, 5], [6, 6, 6, 6], [8, 9, 12, 12], [3, 10]])
+def test_smallest_p_adjusted_is_reached_by_a_family_of_one_signed_documents(n_docs):
+    """The floor against brute force: every claim's documents all positive (each raw p at its minimum
+    2/2^n) is the best case, and Holm then gives exactly the bound."""
+    from forward_influence.analysis.inference import holm, sign_flip_test, smallest_p_adjusted
+
+    raw = np.array([sign_flip_test(np.linspace(0.1, 1.0, n)).p_value for n in n_docs])
+    np.testing.assert_allclose(raw, [2 / 2**n for n in n_docs], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(holm(raw), smallest_p_adjusted(np.array(n_docs)), rtol=1e-12)
