@@ -40,7 +40,7 @@ lab: $(LAB_STAMP)
 demo: $(STAMP)
 	$(BIN)/fi-measure --out runs/demo --max-docs 2 --n-prefix 256 --n-future 128 --stride 4
 
-# pyproject's addopts (-ra) list every skip with its reason in the summary.
+# pyproject's addopts: -ra lists every skip with its reason, --durations=15 the slowest tests.
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 

@@ -22,11 +22,11 @@ Writes::
     runs/generations/<corpus>/             the measurement, generations.jsonl, analysis/report.html
     runs/generations/claims.md             the claims table, generated tokens (Markdown)
     runs/generations/claims.csv
+    docs/tables/claims_generations.csv     the same table, committed (not with --small)
 
 Usage: .venv/bin/python scripts/headline_generations.py [--out runs/generations] [--ifeval 12]
        [--kinds vartrack,multikey] [--per-kind 8] [--n-boot 999]
-Sized from a small timed run (docs/generations.md): at most ~30 CPU minutes, about 20 minutes on an idle
-2-core CPU, 45-60 minutes on a VM shared with other jobs; the command, wall and CPU times are printed at the end;
+Measured: about 30 minutes on an idle 2-core CPU (docs/generations.md); the command, wall and CPU times are printed at the end;
 check it end to end in a minute or two with --small (= --ifeval 2 --kinds vartrack --per-kind 2 --max-new-tokens 48
 --min-new-tokens 48 --delay 8 --horizon 24 --stride 8 --n-boot 50 --out runs/generations-small).
 """
@@ -121,6 +121,8 @@ def main() -> None:
     claims = pd.concat(tables, ignore_index=True)
     claims = claims[["corpus"] + [c for c in claims.columns if c != "corpus"]]
     claims.to_csv(out / "claims.csv", index=False)
+    if not args.small:
+        claims.to_csv(ROOT / "docs" / "tables" / "claims_generations.csv", index=False)
     md = claims_markdown(claims)
     (out / "claims.md").write_text(md + "\n")
     cost = pd.DataFrame(cost)
