@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from forward_influence import load_documents, load_model, tokenize  # noqa: E402
 from forward_influence.analysis.analyze import AnalyzeConfig, group_mean_ci, spearman  # noqa: E402
-from forward_influence.hf import record_prefill  # noqa: E402
+from forward_influence.hf.forwards import record_prefill  # noqa: E402
 from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
 from forward_influence.measurement.fisher import FisherEstimator  # noqa: E402
 from forward_influence.runtime.host import set_threads_from_env  # noqa: E402
