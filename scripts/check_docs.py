@@ -142,8 +142,12 @@ def collect(root: Path = ROOT, pages: list[str] | None = None) -> list[Command]:
         for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
             lang, body = m.groups()
             first = text.count("\n", 0, m.start()) + 2
-            if lang == "python":
-                out.append(Command(page, first - 1, body, "python"))
+            if lang == "python":  # one interpreter per page: a later example may use an earlier one's names
+                same = [c for c in out if c.page == page and c.kind == "python"]
+                if same:
+                    same[0].text += "\n" + body
+                else:
+                    out.append(Command(page, first - 1, body, "python"))
                 continue
             if lang not in ("bash", "sh"):
                 continue
