@@ -49,6 +49,7 @@ SKIP = [
     (r"--model llama", "needs a hub model (network and a GPU)"),
     (r"^ray start|--ray auto", "needs a Ray cluster across machines (--ray local:2 runs the same path here)"),
     (r"^make test\b", "the test suite itself: CI runs it (.ci/run)"),
+    (r"scripts/check_docs\.py(?!.*--list)", "this checker itself (its --list form runs)"),
     (r"^make TORCH=", "a template (another torch version)"),
     (r"^make bench\b", "its three scripts are checked one by one with small settings"),
     (r"PROMPTS|HOST|HEAD_IP|…", "a template"),
