@@ -43,7 +43,7 @@ ORDER = ["full", "infokv", "snapkv", "pyramidkv", "expected_attention", "h2o", "
 def runs(out: Path = OUT, small: bool = False) -> dict[str, BenchConfig]:
     common = dict(progress=False, report=True)
     doc = dict(n_prefix=256, n_future=64, n_samples=2) if small else {}
-    runs = {
+    cfgs = {
         "papers": BenchConfig(task="fidelity", doc=str(DATA / "arxiv.json"), budgets=(0.2, 0.4),
                               out=str(out / "papers"), **doc, **common),
         "squad": BenchConfig(task="fidelity", budgets=(0.2, 0.4), **({"n_samples": 8} | doc), out=str(out / "squad"), **common),
@@ -52,7 +52,7 @@ def runs(out: Path = OUT, small: bool = False) -> dict[str, BenchConfig]:
         "ifeval": BenchConfig(task="ifeval", ifeval_data=str(DATA / "ifeval" / "input_data.jsonl"), budgets=(48.0, 96.0),
                               n_samples=1 if small else 3, max_new_tokens=32 if small else 96, out=str(out / "ifeval"), **common),
     }
-    return runs
+    return cfgs
 
 
 def cell(df: pd.DataFrame, metric: str, method: str, budget: float, rng: np.random.Generator, fmt: str = "{:.3f}") -> str:

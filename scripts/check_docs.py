@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"setup: make setup in {time.perf_counter() - t:.0f} s ({clone})", flush=True)
     env = dict(os.environ, PATH=f"{clone / '.venv/bin'}:{os.environ['PATH']}", VIRTUAL_ENV=str(clone / ".venv"),
                MPLBACKEND="Agg")
-    counts, failures, page = {"ok": 0, "failed": 0, "skipped": 0}, [], None
+    counts, page = {"ok": 0, "failed": 0, "skipped": 0}, None
     for c in cmds:
         if c.page != page:
             page = c.page
@@ -259,12 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         counts["ok" if ok else "failed"] += 1
         print(f"{'ok' if ok else 'FAILED':7s} {time.perf_counter() - t:5.0f}s  {c.page}:{c.line}  {shown}", flush=True)
         if not ok:
-            failures.append((c, tail))
             print("    " + tail.replace("\n", "\n    "), flush=True)
     if not args.keep:
         shutil.rmtree(clone.parent, ignore_errors=True)
     print(f"docs_commands ok={counts['ok']} failed={counts['failed']} skipped={counts['skipped']}")
-    return 1 if failures else 0
+    return 1 if counts["failed"] else 0
 
 
 if __name__ == "__main__":

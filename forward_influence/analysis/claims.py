@@ -135,15 +135,19 @@ def claims(sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cfg: Any
         return pd.DataFrame(columns=cols)
     out = adjust_claims(pd.DataFrame(rows), alpha=1 - cfg.confidence, min_docs=MIN_DOCS_VERDICT)
     few = out["n_docs"] < MIN_DOCS_VERDICT
-    out.loc[few, "note"] = (out.loc[few, "note"] + "; ").str.lstrip("; ") + f"fewer than {MIN_DOCS_VERDICT} documents: estimates only"
+    for i in out.index[few]:
+        _add_note(out, i, f"fewer than {MIN_DOCS_VERDICT} documents: estimates only")
     # a family too small for any verdict: "inconclusive" there says nothing about the effect
     alpha, family = 1 - cfg.confidence, out["p_value"].notna()  # adjust_claims' Holm family
     floor = pd.Series(np.nan, index=out.index)
     floor[family] = smallest_p_adjusted(out.loc[family, "n_docs"].to_numpy())
-    blind = family & ~few & (floor >= alpha)
-    m, need = int(family.sum()), documents_needed(int(family.sum()), alpha)
-    for i in out.index[blind]:
-        why = (f"cannot be decided: with {out.at[i, 'n_docs']} documents and {m} claims the smallest possible p (Holm) is "
-               f"{floor[i]:.3g} >= {alpha:g}; needs >= {need} documents")
-        out.at[i, "note"] = f"{out.at[i, 'note']}; {why}" if out.at[i, "note"] else why
+    m = int(family.sum())
+    for i in out.index[family & ~few & (floor >= alpha)]:
+        _add_note(out, i, f"cannot be decided: with {out.at[i, 'n_docs']} documents and {m} claims the smallest possible "
+                          f"p (Holm) is {floor[i]:.3g} >= {alpha:g}; needs >= {documents_needed(m, alpha)} documents")
     return out[cols]
+
+
+def _add_note(table: pd.DataFrame, i: Any, text: str) -> None:
+    """Append ``text`` to row ``i``'s note, ``; ``-separated."""
+    table.at[i, "note"] = f"{table.at[i, 'note']}; {text}" if table.at[i, "note"] else text

@@ -197,13 +197,14 @@ def smallest_p_adjusted(n_docs: np.ndarray, exact_max: int = EXACT_MAX_DOCS, n_p
 
 
 def documents_needed(m: int, alpha: float = 0.05) -> int:
-    """Fewest documents with which a family of ``m`` claims can reach ``p_Holm < alpha`` (exact sign-flip).
+    """Fewest documents per claim with which a family of ``m`` claims can reach ``p_Holm < alpha``
+    (the first ``n`` whose :func:`smallest_p_adjusted` is below ``alpha``).
 
     >>> documents_needed(4), documents_needed(1)
     (8, 6)
     """
     n = 1
-    while m * 2.0 / 2.0**n >= alpha:
+    while smallest_p_adjusted(np.full(m, n)).min() >= alpha:
         n += 1
     return n
 

@@ -39,7 +39,6 @@ import torch
 
 from forward_influence.hf import anatomy, cache_api, forwards
 from forward_influence.hf import kernels as hf_kernels
-from forward_influence.hf.eager_masking import eager_hiding
 from forward_influence.hf.random_models import TINY_VOCAB, tiny_config, tiny_model  # noqa: F401  (re-exported for the checks' callers)
 from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngine
 from forward_influence.measurement.kl import centred_kl
@@ -197,12 +196,7 @@ def check_kv_heads(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int
         out.append(Check(name + "_wrong_head_caught", min(rel_err(k, w) for k, w in zip(res.kl, wrong)),
                          WRONG_POS_FACTOR * REL_TOL_ENGINE, below=False))
         if g > 1:
-            ref = [cache_api.full_forward_hiding(oracle, ids[: SPLIT_N + SPLIT_F], None, SPLIT_N)[SPLIT_N:]]
-            inter = []
-            for l, h in pairs:
-                with eager_hiding(oracle, l, pos, SPLIT_N, range(h, hq, n_kv)):
-                    abl = cache_api.full_forward_hiding(oracle, ids[: SPLIT_N + SPLIT_F], None, SPLIT_N)[SPLIT_N:]
-                inter.append(centred_kl(ref[0], abl).cpu().numpy())
+            inter = [oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, heads=range(h, hq, n_kv)) for l, h in pairs]
             out.append(Check(name + "_interleaved_grouping_caught", min(rel_err(k, w) for k, w in zip(res.kl, inter)),
                              WRONG_POS_FACTOR * REL_TOL_ENGINE, below=False))
     return out

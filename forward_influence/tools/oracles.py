@@ -33,13 +33,17 @@ def oracle_sliding_kl(model: Any, ids: torch.Tensor, sources: Sequence[int], hor
     return np.stack(rows)
 
 
-def oracle_layer_kl(model: Any, ids: torch.Tensor, n: int, f: int, pos: int, layer: int, kv_head: int | None = None) -> np.ndarray:
+def oracle_layer_kl(model: Any, ids: torch.Tensor, n: int, f: int, pos: int, layer: int, kv_head: int | None = None,
+                    heads: Sequence[int] | None = None) -> np.ndarray:
     """``(F,)`` KL of hiding ``pos`` at one layer (and one KV head: its group of
-    query heads) from the rows ``>= n``, in the model's eager attention."""
+    query heads, contiguous as transformers' ``repeat_kv``; or the query heads
+    ``heads`` given explicitly) from the rows ``>= n``, in the model's eager attention."""
     if model.config._attn_implementation != "eager":
         raise ValueError("oracle_layer_kl needs a model with attn_implementation='eager'")
+    if kv_head is not None and heads is not None:
+        raise ValueError("give kv_head or heads, not both")
     g = model.config.num_attention_heads // anatomy.n_kv_heads(model)
-    heads = None if kv_head is None else range(kv_head * g, (kv_head + 1) * g)
+    heads = heads if kv_head is None else range(kv_head * g, (kv_head + 1) * g)
     ref = cache_api.full_forward_hiding(model, ids[: n + f], None, n)[n:]
     with eager_hiding(model, layer, pos, n, heads):
         abl = cache_api.full_forward_hiding(model, ids[: n + f], None, n)[n:]
