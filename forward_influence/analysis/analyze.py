@@ -48,9 +48,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from forward_influence.analysis.claims import MIN_DOCS_VERDICT, claims  # noqa: F401  (re-exported)
+from forward_influence.analysis.claims import MIN_DOCS_VERDICT, claim1_absent, claim_values, claims, claims_from_values  # noqa: F401
 from forward_influence.analysis.inference import word_level
 from forward_influence.analysis.selection import (  # noqa: F401  (re-exported: the analysis API in one place)
+    BLOCK,
     FI_TARGETS,
     RULES,
     WORD_CLASSES,
@@ -109,6 +110,7 @@ class AnalyzeConfig:
     far: int | None = dataclasses.field(default=None, metadata={"help": "far bucket d > far (default: the run's)"})
     budgets: tuple[float, ...] = dataclasses.field(default=(0.2, 0.4), metadata={"help": "fractions of tokens kept by the selection rules", "type": "floats"})
     sinks: int = dataclasses.field(default=4, metadata={"help": "positions < sinks are attention sinks (reported with and without)"})
+    block: int = dataclasses.field(default=BLOCK, metadata={"help": "sliding mode: measured candidates per competing block (consecutive positions; a short last block joins its neighbour)"})
     entropy: str = dataclasses.field(default="entropy_in_topk", metadata={"help": "entropy signal the claims use"})
     attention: str = dataclasses.field(default="attn_snapkv", metadata={"help": "attention signal the claims use"})
     n_boot: int = dataclasses.field(default=999, metadata={"help": "bootstrap resamples"})
@@ -126,6 +128,8 @@ class AnalyzeConfig:
             raise InputError(f"--n-boot must be >= 10; got {self.n_boot}")
         if self.sinks < 0 or self.n_random < 1:
             raise InputError("--sinks must be >= 0 and --n-random >= 1")
+        if self.block < 4:
+            raise InputError(f"--block must be >= 4 candidates (a rule keeps a fraction of each block); got {self.block}")
         for name in ("entropy", "attention"):
             if getattr(self, name) not in SIGNALS:
                 raise InputError(f"--{name} must be one of {', '.join(SIGNALS)}; got {getattr(self, name)!r}")
@@ -288,10 +292,11 @@ class Analysis:
     word_groups: pd.DataFrame
     function_bias: pd.DataFrame
     claims: pd.DataFrame
+    claim_documents: pd.DataFrame
     segment_claims: pd.DataFrame
     meta: dict[str, Any]
 
-    TABLES = ("correlations", "selection", "selection_summary", "distance_curves", "word_tests", "word_groups", "function_bias", "claims", "segment_claims")
+    TABLES = ("correlations", "selection", "selection_summary", "distance_curves", "word_tests", "word_groups", "function_bias", "claims", "claim_documents", "segment_claims")
 
 
 def in_segment(df: pd.DataFrame, segment: str) -> pd.DataFrame:
@@ -315,17 +320,19 @@ def segments_of(result: MeasureResult) -> list[str]:
     return [s for s in ("prompt", "generated") if (result.tokens["segment"] == s).any()]
 
 
-def _claims_table(result: MeasureResult, cfg: AnalyzeConfig, sel: pd.DataFrame, cand: pd.DataFrame, rules: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _claims_table(result: MeasureResult, cfg: AnalyzeConfig, sel: pd.DataFrame, cand: pd.DataFrame,
+                  rules: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The claims of one run restricted to ``cfg.segment`` (with a ``segment``
-    column), and the function-word bias table claim 3 reads."""
+    column), their per-document values, and the function-word bias table claim 3 reads."""
     run = result.config
     has_words = "word_class" in cand.columns
     bias = function_bias(cand, cfg, [r for r in rules if r != "fi_oracle"]) if has_words and len(cand) else pd.DataFrame()
-    estimate = run.method != "exact"
-    distance_ok = not estimate or run.fisher_blocks > 1
-    note = f"{run.method} estimate" + ("" if distance_ok else "; one future block: no distance-based claim") if estimate else ""
+    absent = claim1_absent(result, ablation_rows(result.influence), buckets(result, cfg)[1])
+    note = f"{run.method} estimate" if run.method != "exact" else ""
     words = in_segment(result.tokens, cfg.segment) if has_words else pd.DataFrame()
-    return claims(sel, words, bias, cfg, run.mode, distance_claims=distance_ok, note=note).assign(segment=cfg.segment), bias
+    values = claim_values(sel, words, bias, cfg, run.mode, distance_claims=not absent)
+    table = claims(sel, words, bias, cfg, run.mode, distance_claims=not absent, note=note, absent=absent)
+    return table.assign(segment=cfg.segment), values.assign(segment=cfg.segment), bias
 
 
 def segment_claims(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.DataFrame:
@@ -366,7 +373,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     # one value per word (its first subword): subword pieces of a word are not independent
     words = word_class_tests(tok_fi, cfg) if has_words else pd.DataFrame()
     groups = pd.concat([by_group(tok_fi, g, ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far")) for g in ("word_class", "upos")], ignore_index=True) if has_words else pd.DataFrame()
-    claims_table, bias = _claims_table(result, cfg, sel, cand, rules)
+    claims_table, claim_docs, bias = _claims_table(result, cfg, sel, cand, rules)
     tables = dict(
         sources=src,
         tokens=tok_fi,
@@ -378,6 +385,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
         word_groups=groups,
         function_bias=bias,
         claims=claims_table,
+        claim_documents=claim_docs,
         segment_claims=segment_claims(result, cfg) if cfg.segment == "all" and len(segments_of(result)) else pd.DataFrame(),
     )
     near, far = buckets(result, cfg)

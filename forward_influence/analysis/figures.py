@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from forward_influence.store.tables import token_text
+
 #: One colour per word class and per selection rule, the same in every figure.
 CLASS_COLORS = {"content": "#1b9e77", "function": "#d95f02", "other": "#7570b3"}
 RULE_COLORS = {
@@ -33,6 +35,7 @@ RULE_COLORS = {
     "entropy_in": "#66a61e",
     "attn_snapkv": "#d95f02",
     "attn_h2o": "#e6ab02",
+    "recency": "#377eb8",
     "random": "#7f7f7f",
     "fi_oracle": "#000000",
 }
@@ -41,6 +44,7 @@ RULE_LABELS = {
     "entropy_in": "entropy",
     "attn_snapkv": "SnapKV attention",
     "attn_h2o": "H2O attention",
+    "recency": "recency (latest)",
     "random": "random",
     "fi_oracle": "FI oracle",
 }
@@ -218,8 +222,8 @@ def token_strip_html(tokens: pd.DataFrame, src: pd.DataFrame, doc_id: str, split
     lo, hi = (np.log10(vals.min()), np.log10(vals.max())) if vals.size else (0.0, 1.0)
     cm = matplotlib.colormaps[cmap]
     spans = []
-    for p, t, e in zip(tok["pos"], tok["token"].astype(str), tok.get("entropy_in_topk", pd.Series(np.nan, index=tok.index))):
-        text = html.escape(t.replace("Ġ", " ").replace("Ċ", "\n")).replace("\n", "<br>")
+    for p, t, e in zip(tok["pos"], token_text(tok).astype(str), tok.get("entropy_in_topk", pd.Series(np.nan, index=tok.index))):
+        text = html.escape(t).replace("\n", "<br>")
         if p in fi:
             v = fi[p]
             x = (np.log10(v) - lo) / (hi - lo) if v > 0 and hi > lo else 0.0
@@ -235,3 +239,42 @@ def token_strip_html(tokens: pd.DataFrame, src: pd.DataFrame, doc_id: str, split
     )
     legend = f'<div class="legend">log10 {value}: {lo:.1f} {bar} {hi:.1f} · white = not ablated</div>'
     return f'<div class="strip"><div class="strip-title">{html.escape(str(doc_id))}' + (f" · split N={split_pos}" if split_pos is not None else "") + f"</div>{legend}<p>{''.join(spans)}</p></div>"
+
+
+def forest(values: pd.DataFrame, table: pd.DataFrame, title: str | None = None) -> Figure:
+    """Per claim, each document's value (dots), the pooled estimate (diamond)
+    and its interval (the inverted sign-flip test; arrows where unbounded).
+
+    ``values``: per-document values (:func:`forward_influence.analysis.claims.claim_values`)
+    with ``panel`` (e.g. corpus) and ``claim`` columns; ``table``: one row per
+    (panel, claim) with estimate, ci_low, ci_high and ``label`` (e.g. "p 0.02").
+    Panels are columns, claims rows.
+    """
+    panels = list(pd.unique(table["panel"]))
+    claims_ = sorted(pd.unique(table["claim"]), key=str)
+    fig = Figure(figsize=(3.6 * len(panels), 1.0 + 1.9 * len(claims_)))
+    axes = fig.subplots(len(claims_), len(panels), squeeze=False, sharey="row")
+    for i, c in enumerate(claims_):
+        for j, pnl in enumerate(panels):
+            ax = axes[i][j]
+            v = values[(values["claim"] == c) & (values["panel"] == pnl)].sort_values("value")
+            row = table[(table["claim"] == c) & (table["panel"] == pnl)]
+            ax.axvline(0, color="#999999", lw=0.8)
+            if len(v):
+                ax.scatter(v["value"], np.arange(len(v)) + 1.0, s=14, color="#555555", zorder=3)
+            if len(row):
+                r = row.iloc[0]
+                if np.isfinite(r.ci_low) and np.isfinite(r.ci_high):
+                    ax.plot([r.ci_low, r.ci_high], [0, 0], color="#d95f02", lw=2.5, solid_capstyle="butt")
+                else:  # unbounded: too few documents for any rejection
+                    ax.axhline(0, color="#d95f02", lw=1.2, ls="--")
+                    ax.text(0.02, 0.08, "interval unbounded", transform=ax.transAxes, fontsize=7, color="#d95f02")
+                ax.scatter([r.estimate], [0], marker="D", s=40, color="#d95f02", zorder=4)
+                ax.set_title(f"{pnl} · claim {c}: {r.get('label', '')}", fontsize=8.5)
+            ax.set_yticks([])
+            ax.tick_params(axis="x", labelsize=7.5)
+    fig.supxlabel("per-document value (dots); pooled estimate and 95% interval (diamond, bar)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,4 +1,4 @@
-"""How a claim is decided: document-level tests, Holm, verdicts (pure NumPy/SciPy/pandas).
+"""How a claim is decided: document-level tests, their intervals, Holm, verdicts (pure NumPy/SciPy/pandas).
 
 How a claim is decided
 ----------------------
@@ -15,11 +15,19 @@ must not depend on the signs of the values).
   ``|sum_k s_k w_k x_k|`` reaches the observed one, enumerated exactly for
   ``n <= 16`` documents (Monte Carlo with the ``+1`` correction above). It is
   exact at any ``n``, for heavy tails and unequal document scales alike.
-* **Interval**: BCa bootstrap resampling documents (:func:`cluster_bootstrap`),
-  for the reader; it does not decide the verdict (with 8-11 documents any
-  bootstrap interval undercovers somewhat).
-* **Multiplicity**: Holm's step-down adjustment over the claims of one table
-  (:func:`holm`, :func:`adjust_claims`).
+* **Interval**: the same test inverted (:func:`inversion_interval`): the
+  shifts ``delta`` for which the test of ``x - delta`` does not reject at
+  ``alpha``. A pattern that flips the documents ``F`` and keeps ``U`` reaches
+  the observed ``|T(delta)|`` exactly when ``delta`` lies between the
+  weighted means of ``x`` over ``F`` and over ``U`` (a closed interval that
+  always holds the estimate), so the interval's ends are order statistics of
+  those means, computed from the same patterns, Monte Carlo draws and tie
+  rule as ``p``. Hence the interval excludes 0 exactly when the unadjusted
+  ``p < alpha``. With ``n <= 5`` documents no pattern set can reject at 0.05
+  (the smallest p is ``2/32``): the interval is unbounded.
+* **Multiplicity**: Holm's step-down adjustment over a pre-declared family
+  (:func:`holm`, :func:`adjust_claims`): the claims of one run in
+  ``fi-analyze``; the primary test of each claim per corpus in the README.
 * **Verdict** (:func:`claim_verdict`): *supported* when the adjusted ``p <
   alpha`` and the estimate has the claimed sign, *not supported* when ``p <
   alpha`` with the opposite sign, otherwise *inconclusive*; always
@@ -43,9 +51,6 @@ matter of ``n`` alone:
 With 8 documents and 4 claims, a claim is decided only when its 8
 per-document values all share one sign (anything else has ``p >= 1/64``).
 
-``cfg`` arguments carry ``n_boot`` and ``confidence`` (an
-:class:`~forward_influence.analysis.analyze.AnalyzeConfig`).
-
 >>> claim_verdict(0.3, 0.03, direction=1, n_docs=8)
 'supported'
 """
@@ -57,7 +62,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from forward_influence.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, document_bootstrap, ratio_statistic
+from forward_influence.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
 #: Documents needed before a claim gets a verdict other than inconclusive.
 MIN_DOCS = 5
@@ -78,6 +83,8 @@ class SignFlipResult(NamedTuple):
     p_value: Any  #: two-sided
     n_docs: Any  #: finite values
     exact: bool  #: all 2^n patterns enumerated (else Monte Carlo)
+    ci_low: float = np.nan  #: the test inverted at ``alpha`` (1-D values with ``alpha``; -inf: unbounded)
+    ci_high: float = np.nan
 
 
 def _sign_patterns(n: int) -> np.ndarray:
@@ -87,7 +94,7 @@ def _sign_patterns(n: int) -> np.ndarray:
 
 
 def sign_flip_test(values: np.ndarray, weights: np.ndarray | None = None, rng: np.random.Generator | None = None,
-                   n_perm: int = N_PERM, exact_max: int = EXACT_MAX_DOCS) -> SignFlipResult:
+                   n_perm: int = N_PERM, exact_max: int = EXACT_MAX_DOCS, alpha: float | None = None) -> SignFlipResult:
     """Document-level sign-flip permutation test of H0 "the per-document values
     are symmetric about 0".
 
@@ -106,6 +113,8 @@ def sign_flip_test(values: np.ndarray, weights: np.ndarray | None = None, rng: n
     weights : ``(n,)`` or like ``values``, finite and >= 0; fixed, not chosen
         from the data's signs. Default: equal.
     rng : for the Monte Carlo patterns.
+    alpha : with 1-D values, also the interval of shifts the test does not
+        reject at ``alpha`` (:func:`inversion_interval`, the same patterns).
 
     >>> r = sign_flip_test(np.array([0.3, 0.1, 0.2, 0.5, 0.4, 0.2, 0.1, 0.6]))
     >>> r.p_value == 1 / 128, r.exact, r.n_docs
@@ -147,8 +156,60 @@ def sign_flip_test(values: np.ndarray, weights: np.ndarray | None = None, rng: n
     p = np.where(np.isfinite(stat), np.minimum(p, 1.0), np.nan)
     nd = np.isfinite(x).sum(1)
     if one:
-        return SignFlipResult(float(stat[0]), float(p[0]), int(nd[0]), exact)
+        lo, hi = inversion_interval(x[0], w[0], signs, alpha, exact) if alpha is not None and n else (np.nan, np.nan)
+        return SignFlipResult(float(stat[0]), float(p[0]), int(nd[0]), exact, lo, hi)
     return SignFlipResult(stat, p, nd, exact)
+
+
+def inversion_interval(values: np.ndarray, weights: np.ndarray, signs: np.ndarray, alpha: float, exact: bool) -> tuple[float, float]:
+    """The shifts ``delta`` whose sign-flip test (:func:`sign_flip_test`, the
+    same ``signs``) does not reject ``x - delta`` at ``alpha``: ``(low, high)``,
+    ``±inf`` where unbounded.
+
+    A pattern flipping the documents ``F`` (keeping ``U``) reaches the observed
+    statistic at ``delta`` exactly when ``(delta - m_F)(m_U - delta) >= 0``,
+    with ``m_F``, ``m_U`` the weighted means of ``x`` over ``F`` and ``U``: a
+    closed interval holding the estimate (patterns that flip all or none: every
+    ``delta``). Counts are therefore unimodal around the estimate, and the
+    acceptance region ``count(delta) >= c`` is the interval from the ``c``-th
+    smallest lower end to the ``c``-th largest upper end. ``c`` makes ``p >=
+    alpha``: ``ceil(alpha P)`` of ``P`` enumerated patterns, ``ceil(alpha (1 +
+    P) - 1)`` of ``P`` Monte Carlo ones. Each end is widened by the test's tie
+    tolerance (:data:`TIE_RTOL` of ``sum w |x - end|``, turned into a shift:
+    ``tol / (2 W_F)`` at ``m_F``), so ties count on both sides alike.
+
+    >>> x = np.array([0.3, 0.1, 0.2, 0.5, 0.4, 0.2, 0.1, 0.6])
+    >>> lo, hi = inversion_interval(x, np.ones(8), _sign_patterns(8), 0.05, True)
+    >>> bool(lo > 0), bool(hi < 0.6)
+    (True, True)
+    """
+    x, w = np.asarray(values, float), np.asarray(weights, float)
+    flip = signs < 0  # (P, n)
+    wf, wu = flip @ w, ~flip @ w
+    sf, su = flip @ (w * x), ~flip @ (w * x)
+    trivial = (wf <= 0) | (wu <= 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mf, mu = np.where(trivial, 0.0, sf / np.where(trivial, 1.0, wf)), np.where(trivial, 0.0, su / np.where(trivial, 1.0, wu))
+    tol_f = TIE_RTOL * np.abs(x[None, :] - mf[:, None]) @ w / (2 * np.where(trivial, 1.0, wf))
+    tol_u = TIE_RTOL * np.abs(x[None, :] - mu[:, None]) @ w / (2 * np.where(trivial, 1.0, wu))
+    lo = np.where(trivial, -np.inf, np.where(mf <= mu, mf - tol_f, mu - tol_u))
+    hi = np.where(trivial, np.inf, np.where(mf <= mu, mu + tol_u, mf + tol_f))
+    n_pat = len(signs)
+    c = int(np.ceil(alpha * n_pat - 1e-9)) if exact else int(np.ceil(alpha * (1 + n_pat) - 1 - 1e-9))
+    if c <= 0:
+        return -np.inf, np.inf
+    return float(np.sort(lo)[c - 1]), float(np.sort(hi)[n_pat - c])
+
+
+def interval_text(lo: float, hi: float, fmt: str = "+.3f") -> str:
+    """An interval for tables: ``[lo, hi]``, or "—" where it is unbounded or missing.
+
+    >>> interval_text(-0.1, 0.25), interval_text(-np.inf, np.inf)
+    ('[-0.100, +0.250]', '—')
+    """
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "—"
+    return f"[{lo:{fmt}}, {hi:{fmt}}]"
 
 
 def holm(pvalues: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -231,21 +292,26 @@ def claim_verdict(estimate: float, p_adjusted: float, direction: int = 1, *, n_d
 
 
 def claim_test(values: np.ndarray, weights: np.ndarray | None, cfg: Any, rng: np.random.Generator) -> dict[str, Any]:
-    """Estimate, BCa interval and sign-flip p of a claim from per-document values.
+    """Estimate, sign-flip p and the interval that inverts that test, from per-document values.
 
     ``values`` ``(n_docs,)`` (NaN dropped with its weight), ``weights`` ``(n_docs,)``
-    or None. Returns estimate (weighted mean), ci_low, ci_high (BCa over
-    documents, ``cfg.n_boot`` / ``cfg.confidence``), p_value (two-sided,
-    :func:`sign_flip_test`), n_docs, exact (p enumerated), ci_method
-    ("BCa", or "percentile" where BCa is undefined, "none" below 2 documents).
+    or None, ``cfg.confidence`` the interval's level (``alpha = 1 - confidence``).
+    Returns estimate (weighted mean), ci_low, ci_high (:func:`inversion_interval`;
+    ``±inf`` where unbounded), p_value (two-sided, :func:`sign_flip_test`),
+    n_docs, exact (p enumerated), ci_method ("sign-flip inversion").
+
+    >>> from types import SimpleNamespace
+    >>> r = claim_test(np.array([0.2, 0.4, 0.1, 0.3, 0.5, 0.2, 0.3, 0.1]), None, SimpleNamespace(confidence=0.95), None)
+    >>> r["p_value"] < 0.05, r["ci_low"] > 0
+    (True, True)
     """
     x = np.asarray(values, float)
     w = np.ones_like(x) if weights is None else np.asarray(weights, float)
     ok = np.isfinite(x) & (w > 0)
     x, w = x[ok], w[ok]
-    test = sign_flip_test(x, w, rng=rng)
-    est, lo, hi, how = document_bootstrap(len(x), ratio_statistic(x * w, w), cfg, rng)
-    return dict(estimate=est, ci_low=lo, ci_high=hi, p_value=test.p_value, n_docs=test.n_docs, exact=test.exact, ci_method=how)
+    test = sign_flip_test(x, w, rng=rng, alpha=1 - cfg.confidence)
+    return dict(estimate=test.statistic, ci_low=test.ci_low, ci_high=test.ci_high, p_value=test.p_value, n_docs=test.n_docs,
+                exact=test.exact, ci_method="sign-flip inversion")
 
 
 def adjust_claims(df: pd.DataFrame, alpha: float = 0.05, by: str | Sequence[str] | None = None, min_docs: int = MIN_DOCS) -> pd.DataFrame:

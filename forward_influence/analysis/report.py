@@ -26,6 +26,7 @@ import pandas as pd
 from forward_influence.analysis import figures as F
 from forward_influence.analysis.analyze import Analysis, AnalyzeConfig, analyze
 from forward_influence.analysis.html import html_table, image_tag
+from forward_influence.analysis.inference import interval_text
 from forward_influence.errors import InputError
 from forward_influence.store.results import MeasureResult, fresh_dir, library_versions, precision_floor_text, precision_warning
 
@@ -50,16 +51,28 @@ document.body.setAttribute('data-claims-rows',c?c.tBodies[0].rows.length:0);});
 
 
 def claims_markdown(claims: pd.DataFrame) -> str:
-    """The claims table as Markdown (for the README); a ``corpus`` column is kept when present."""
+    """The family rows of a claims table as Markdown (a ``corpus`` column is kept when present):
+    documents, estimate, interval (— where unbounded), p, p (Holm), verdict."""
     lead = ["corpus"] if "corpus" in claims else []
-    head = "| " + " | ".join(lead + ["mode", "claim", "statistic", "estimate", "95% CI", "p", "p (Holm)", "verdict"]) + " |"
-    sep = "|" + "---|" * len(lead) + "---|---|---|---:|---|---:|---:|---|"
+    head = "| " + " | ".join(lead + ["mode", "claim", "documents", "statistic", "estimate", "95% CI", "p", "p (Holm)", "verdict"]) + " |"
+    sep = "|" + "---|" * len(lead) + "---|---|---:|---|---:|---|---:|---:|---|"
     lines = [head, sep]
-    for _, r in claims.iterrows():
-        cells = [str(r[c]) for c in lead] + [str(r["mode"]), str(r["claim"]), str(r["statistic"]), f"{r.estimate:+.3f}",
-                                              f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", f"{r.p_value:.3g}", f"{r.p_adjusted:.3g}", f"**{r.verdict}**"]
+    for _, r in claims[claims["role"] == "claim"].iterrows():
+        if r.verdict == "not tested":
+            cells = [str(r[c]) for c in lead] + [str(r["mode"]), str(r["claim"]), "", r.note, "", "", "", "", "not tested"]
+        else:
+            cells = [str(r[c]) for c in lead] + [str(r["mode"]), str(r["claim"]), str(r["n_docs"]), str(r["statistic"]), f"{r.estimate:+.3f}",
+                                                  interval_text(r.ci_low, r.ci_high), f"{r.p_value:.3g}", f"{r.p_adjusted:.3g}", f"**{r.verdict}**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def forest_inputs(claims: pd.DataFrame, values: pd.DataFrame, panel: str = "this run") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The family rows of a claims table and their per-document values, shaped for :func:`figures.forest`."""
+    fam = claims[(claims["role"] == "claim") & claims["p_value"].notna()]
+    table = fam.assign(panel=panel, label=[f"{r.estimate:+.3f}, p {r.p_value:.2g}" for r in fam.itertuples()])
+    vals = values[(values["role"] == "claim") & values["claim"].isin(fam["claim"])].assign(panel=panel)
+    return vals, table
 
 
 def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
@@ -70,12 +83,15 @@ def make_figures(a: Analysis, out: Path) -> dict[str, Path]:
         "fi_vs_distance": lambda: F.fi_vs_distance(a.distance_curves, title="Influence of the kept tokens by distance (candidates)"),
         "word_class_entropy": lambda: F.word_class_bars(a.tokens, title="Top-k entropy of the token's prediction by word class / UPOS"),
         "selection_word_mix": lambda: F.selection_word_mix(a.selection_summary, title="Word classes of the kept tokens"),
+        "claims_forest": lambda: F.forest(*forest_inputs(a.claims, a.claim_documents)),
     }
     paths = {}
     for name, make in figs.items():
         if name.startswith("word_class") and "word_class" not in a.tokens:
             continue
         if name == "selection_word_mix" and "word_class" not in a.tokens:
+            continue
+        if name == "claims_forest" and not len(a.claim_documents):
             continue
         fig = make()
         paths[name] = F.save_figure(fig, out / "figures" / name)[0]  # a Figure of its own: nothing to close
@@ -104,12 +120,38 @@ def _segment_parts(a: Analysis, result: MeasureResult) -> list[str]:
     return parts
 
 
+def _claims_parts(a: Analysis, figs: dict[str, Path], mode: str | None) -> list[str]:
+    """The claims section: the family with verdicts, its forest plot, the rows beside it."""
+    fam = a.claims["role"] == "claim"
+    shown = a.claims.assign(interval=[interval_text(lo, hi) for lo, hi in zip(a.claims["ci_low"], a.claims["ci_high"])])
+    claims = shown.loc[fam, ["claim", "statement", "statistic", "against", "estimate", "interval", "p_value", "p_adjusted", "verdict", "n_docs", "note"]]
+    beside = shown.loc[~fam, ["claim", "reading", "role", "statistic", "estimate", "interval", "p_value", "n_docs"]]
+    return [
+        "<h2>The study's claims</h2>",
+        "<p>Each claim is one value per document; <i>against</i> says how it would come out against the study. p: two-sided document-level "
+        "sign-flip permutation test, unadjusted; the interval is that test inverted (the shifts it does not reject), so it excludes 0 "
+        "exactly when p &lt; 1 − confidence; — where no set of documents this small can reject (≤ 5). p_adjusted: Holm over this run's "
+        "claims (the README's headline adjusts over a pre-declared family across runs instead). Verdict, from p_adjusted: "
+        "<i>supported</i> / <i>not supported</i> when it is below 1 − confidence and the estimate is on the claimed / the other side, "
+        "<i>inconclusive</i> otherwise and with fewer than 5 documents. Rules compete within a unit: a split, or in sliding mode a block "
+        f"of {a.meta['analyze_config']['block']} consecutive measured candidates; the budget is the share kept of each unit's candidates "
+        f"(the smallest of --budgets). Candidates exclude the first {a.meta['analyze_config']['sinks']} positions (attention sinks)"
+        + (" and, in split mode, the window before N that every attention method keeps" if mode == "split" else "")
+        + ". Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
+        html_table(claims, left=("claim", "statement", "statistic", "against", "interval", "verdict", "note"), table_id="claims"),
+        *([image_tag(figs["claims_forest"], "Each document's value per claim (dots), the estimate and its interval (diamond, bar).")] if "claims_forest" in figs else []),
+        *(["<h3>Beside the claims (no verdict)</h3>", "<p>Other readings (claim 2's word and signal readings; claims 1 and 3 without "
+           "the first sliding block, whose keys span the widest range of ages) and a position control (far-FI share kept, attention "
+           "minus recency): estimate, interval and unadjusted p, outside the family.</p>",
+           html_table(beside, left=("claim", "reading", "role", "statistic", "interval"))] if len(beside) else []),
+    ]
+
+
 def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip: str, title: str) -> str:
     cfg = result.meta.get("config", {})
-    claims = a.claims[["claim", "statement", "statistic", "against", "estimate", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict", "n_docs", "note"]]
     estimate = result.meta.get("method", "exact") != "exact"
     mode = cfg.get("mode")
-    dist = "from the eviction time τ = i + D" if mode == "sliding" else "from the source"
+    dist = "from the eviction time τ = i + D" if mode == "sliding" else "from the eviction time τ = N"
     sel = a.selection_summary
     sel = sel[sel["subset"] == "candidates"].pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()
     corr = a.correlations
@@ -124,18 +166,11 @@ def render_html(a: Analysis, result: MeasureResult, figs: dict[str, Path], strip
         f"{result.summary['doc_id'].nunique()} documents, {len(a.sources)} ablated sources; near d ≤ {a.meta['near']}, far d &gt; {a.meta['far']} ({dist}); "
         + (f"noise floor max {result.meta['noise_floor_max']:.2e}" if result.meta.get("noise_floor_max") is not None else f"method {html.escape(str(result.meta.get('method')))} (an estimate)")
         + precision_floor_text(result.meta)
-        + f". Intervals: {a.meta['analyze_config']['confidence']:.0%} bootstrap (BCa for the claims and summaries, "
-        f"{a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
+        + f". Intervals: the claims' invert their sign-flip test (below); summaries and correlations: {a.meta['analyze_config']['confidence']:.0%} "
+        f"BCa bootstrap ({a.meta['analyze_config']['n_boot']} resamples) over documents unless marked per document.</p>",
         *([f"<p><b>Every FI value in this report is an estimate</b> ({html.escape(str(result.meta.get('method')))}), not an exact ablation.</p>"] if estimate else []),
         *([f"<p><b>Warning:</b> {html.escape(w)}.</p>"] if (w := precision_warning(result.meta)) else []),
-        "<h2>The study's claims</h2>",
-        "<p>Each claim is one value per document; <i>against</i> says how it would come out against the study. p: two-sided document-level "
-        "sign-flip permutation test; p_adjusted: Holm over this table. Verdict: <i>supported</i> / <i>not supported</i> when the adjusted p is "
-        "below 1 − confidence and the estimate is on the claimed / the other side, <i>inconclusive</i> otherwise and with fewer than 5 documents. "
-        f"Candidates exclude the first {a.meta['analyze_config']['sinks']} positions (attention sinks)"
-        + (" and, in split mode, the window before N that every attention method keeps (claim 1b, which would hold there by construction, is not tested)" if mode == "split" else "")
-        + ". Claim 4 (compressor quality) is tested by <code>fi-bench</code>.</p>",
-        html_table(claims, left=("claim", "statement", "statistic", "against", "verdict", "note"), table_id="claims"),
+        *_claims_parts(a, figs, mode),
         *_segment_parts(a, result),
     ]
     captions = {

@@ -23,8 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_claims(claims) -> None:  # noqa: ANN001
-    for _, r in claims.iterrows():
-        print(f"  claim {r.claim:<3} {r.verdict:<14} {r.estimate:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  {r.statistic}")
+    """The family rows of a claims table: verdict, estimate, interval (— where unbounded), p and p_Holm."""
+    from forward_influence.analysis.inference import interval_text
+
+    for _, r in claims[claims["role"] == "claim"].iterrows():
+        if r.verdict == "not tested":
+            print(f"  claim {r.claim:<3} {r.verdict:<14} {r.note}")
+            continue
+        print(f"  claim {r.claim:<3} {r.verdict:<14} {r.estimate:+.3f} {interval_text(r.ci_low, r.ci_high):<18} "
+              f"p {r.p_value:.3g}, p_Holm {r.p_adjusted:.3g}, {r.n_docs} docs  {r.statistic}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from forward_influence.measurement.run import measure
     from forward_influence.runtime.host import retain_freed_memory, set_threads_from_env
     from forward_influence.store.results import precision_floor_text, precision_warning
+    from forward_influence.store.tables import token_text
 
     quiet_progress()
     set_threads_from_env()
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         .groupby("doc_id", sort=False)
         .head(5)
     )
-    cols = ["doc_id", "source_pos", "token", "fi_total", "fi_near", "fi_far", "entropy_in_topk", "attn_snapkv"]
-    print("Top sources by Forward Influence (token 0 is usually the attention sink):")
+    top = top.assign(text=[repr(str(t)) for t in token_text(top)])
+    cols = ["doc_id", "source_pos", "text", "fi_total", "fi_near", "fi_far", "entropy_in_topk", "attn_snapkv"]
+    print("Top sources by Forward Influence (token 0 is usually the attention sink; near/far from the eviction time):")
     print(top[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     skipped = len(res.meta.get("skipped") or [])
     print(

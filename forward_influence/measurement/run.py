@@ -46,6 +46,7 @@ from forward_influence.measurement.units import (  # noqa: F401
 )
 from forward_influence.store.results import MeasureResult, PartStore, write_json_atomic
 from forward_influence.store.runs import resume_state, run_meta, start_run
+from forward_influence.store.tables import DISTANCE_FROM
 
 log = logging.getLogger("forward_influence")
 
@@ -103,7 +104,7 @@ def _check_model(cfg: MeasureConfig, prov: dict[str, Any]) -> None:
 
 def _run_meta(cfg: MeasureConfig, pool: Any, docs: list[TokenizedDocument]) -> dict[str, Any]:
     documents = [{"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})} for d in docs]
-    return run_meta(cfg, pool, documents=documents)
+    return run_meta(cfg, pool, documents=documents, distance_from=DISTANCE_FROM)
 
 
 def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None) -> MeasureResult:

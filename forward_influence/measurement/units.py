@@ -124,9 +124,12 @@ class UnitResult:
 
 
 def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
-    """One row per token: doc_id, pos, token_id, token, char_start, char_end
-    (and, for a generation, ``segment``: prompt / generated)."""
+    """One row per token: doc_id, pos, token_id, token (the tokenizer's
+    symbol, e.g. ``Ġanalysis``), char_start, char_end, text (the document's
+    characters ``[char_start, char_end)``, e.g. `` analysis``) and, for a
+    generation, ``segment`` (prompt / generated)."""
     t = len(tdoc)
+    text = tdoc.doc.text
     df = pd.DataFrame(
         {
             "doc_id": pd.Series([tdoc.doc.doc_id] * t, dtype="string"),
@@ -135,6 +138,7 @@ def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
             "token": pd.Series(tdoc.tokens, dtype="string"),
             "char_start": tdoc.offsets[:, 0],
             "char_end": tdoc.offsets[:, 1],
+            "text": pd.Series([text[int(a) : int(b)] for a, b in tdoc.offsets], dtype="string"),
         }
     )
     if tdoc.n_prompt is not None:

@@ -20,8 +20,11 @@ with the user's umask (no 0700 temporary directories renamed into place).
 
 ``run.json`` carries ``schema_version`` (:data:`SCHEMA_VERSION`; ``fi-bench``
 writes the same field), checked whenever a run directory is read
-(:func:`read_run_json`). A different version is refused with the version
-found, the version expected and the fix (re-run with this version). A
+(:func:`read_run_json`). A version not in :data:`READABLE_VERSIONS` is
+refused with the version found, the version expected and the fix (re-run
+with this version); a finished run of an older readable version is read with
+its derived tables recomputed (:meth:`MeasureResult.load`), while its
+unfinished checkpoints are never resumed into a run of this version. A
 ``run.json`` without the field predates versioning (version 1 or older): it
 is read as the current version only if its tables have the expected columns (:data:`REQUIRED_COLUMNS`), else refused
 the same way. A table that is missing, truncated or not Parquet is one
@@ -46,15 +49,20 @@ import pandas as pd
 
 from forward_influence.config import MeasureConfig
 from forward_influence.errors import InputError
+from forward_influence.store.tables import DISTANCE_FROM, summarize_influence
 
 TABLES = ("tokens", "influence", "summary", "source_signals")
 OPTIONAL_TABLES = ("token_layers",)
 
 #: Layout version of an output directory (``run.json`` and its tables). Bump it
 #: when a table's columns or meaning change; readers refuse other versions.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: 1: before the causality rule (attention signals in tokens.parquet, read over the whole document);
-#: 2: source_signals.parquet (attention read before each source's eviction time), influence.distance_tau.
+#: 2: source_signals.parquet (attention read before each source's eviction time), influence.distance_tau;
+#: 3: summary.parquet's near/far buckets count from the eviction time in both modes (run.json
+#:    ``distance_from: tau``; version 2 counted split-mode buckets from the source).
+#: Finished runs of these versions are read (version 2's summary is recomputed from its influence table).
+READABLE_VERSIONS = (2, 3)
 
 #: Columns every ``fi-measure`` run has, whatever its options.
 REQUIRED_COLUMNS = {
@@ -108,7 +116,7 @@ def read_run_json(out: str | Path, producer: str = "fi-measure") -> dict[str, An
     if not isinstance(meta, dict):
         raise InputError(f"{path} is not a JSON object; {_damaged(producer)}")
     found = meta.get("schema_version")
-    if found is not None and (type(found) is not int or found != SCHEMA_VERSION):
+    if found is not None and (type(found) is not int or found not in READABLE_VERSIONS):
         raise InputError(f"{path} has schema_version {found!r}, but forward_influence {_own_version()} reads "
                          f"schema_version {SCHEMA_VERSION}; {_rerun(producer)}")
     return meta
@@ -286,7 +294,7 @@ class MeasureResult:
             df = getattr(self, name)
             if df is not None:
                 write_parquet_atomic(df, out / f"{name}.parquet")
-        write_json_atomic(out / "run.json", {**self.meta, "schema_version": SCHEMA_VERSION})
+        write_json_atomic(out / "run.json", {**self.meta, "schema_version": SCHEMA_VERSION, "distance_from": DISTANCE_FROM})
         return out
 
     @classmethod
@@ -296,7 +304,10 @@ class MeasureResult:
         meta = read_run_json(out)
         if meta.get("status") != "complete":
             raise InputError(f"{out}: the run did not finish (status {meta.get('status')!r}); rerun the same command to resume it")
-        return cls(meta=meta, **read_tables(out, REQUIRED_COLUMNS, meta, optional=OPTIONAL_TABLES))
+        tables = read_tables(out, REQUIRED_COLUMNS, meta, optional=OPTIONAL_TABLES)
+        if meta.get("distance_from") != DISTANCE_FROM:
+            tables["summary"] = resummarize(tables["influence"], tables["summary"], meta)
+        return cls(meta=meta, **tables)
 
     @classmethod
     def load_if_complete(cls, out: str | Path) -> "MeasureResult | None":
@@ -305,8 +316,19 @@ class MeasureResult:
         return cls.load(out) if meta.get("status") == "complete" else None
 
 
+def resummarize(influence: pd.DataFrame, summary: pd.DataFrame, meta: dict[str, Any]) -> pd.DataFrame:
+    """``summary.parquet`` of a run written before :data:`SCHEMA_VERSION` 3,
+    recomputed from its influence table with distances from the eviction time
+    (its stored buckets counted split-mode distances from the source)."""
+    config = meta.get("config") or {}
+    out = summarize_influence(influence, int(config.get("near", 32)), int(config.get("far", 128)))
+    return out.assign(method=summary["method"].iloc[0]) if "method" in summary and len(summary) else out
+
+
 class PartStore:
-    """Per-document checkpoints under ``out/.parts``: each a directory renamed into place."""
+    """Per-document checkpoints under ``out/.parts``: each a directory renamed
+    into place, its ``meta.json`` stamped with :data:`SCHEMA_VERSION` (a
+    checkpoint of another version is measured again, never resumed)."""
 
     def __init__(self, out: Path):
         self.root = out / ".parts"
@@ -316,14 +338,17 @@ class PartStore:
 
     def done(self, index: int, doc_id: str) -> bool:
         meta = self.path(index) / "meta.json"
-        return meta.is_file() and json.loads(meta.read_text()).get("doc_id") == doc_id
+        if not meta.is_file():
+            return False
+        m = json.loads(meta.read_text())
+        return m.get("doc_id") == doc_id and m.get("schema_version") == SCHEMA_VERSION
 
     def write(self, index: int, tables: dict[str, pd.DataFrame], meta: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = fresh_dir(self.root, ".tmp-")
         for name, df in tables.items():
             df.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / "meta.json").write_text(json.dumps({**meta, "schema_version": SCHEMA_VERSION}, indent=2, default=str))
         final = self.path(index)
         if final.exists():
             shutil.rmtree(final)
@@ -333,7 +358,9 @@ class PartStore:
         p = self.path(index)
         fix = f"delete {p} and rerun the same command"
         tables = {f.stem: read_parquet(f, fix) for f in sorted(p.glob("*.parquet"))}
-        return tables, json.loads((p / "meta.json").read_text())
+        meta = json.loads((p / "meta.json").read_text())
+        meta.pop("schema_version", None)
+        return tables, meta
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -1,19 +1,33 @@
 """Forward Influence tables reduced per source: torch-free, shared by the
 measurement (which writes ``summary.parquet``) and the analysis (which
-re-buckets with its own thresholds)."""
+re-buckets with its own thresholds).
+
+Distances
+---------
+Every influence row carries two distances of its target ``t``:
+
+``distance_tau = t - tau``
+    from the source's *eviction time* ``tau`` (split mode: ``tau = N``;
+    sliding mode: ``tau = i + D``). The near/far buckets and every claim
+    count this one (:data:`DISTANCE_FROM`): a compressor that evicts an entry
+    at ``tau`` loses what the queries from ``tau`` on would have read.
+``distance = t - i``
+    from the source ``i``, kept for the study's own FI-vs-distance figures.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+#: What the near/far buckets of ``summary.parquet`` count from (recorded in run.json).
+DISTANCE_FROM = "tau"
+
 
 def bucket_distance(influence: pd.DataFrame) -> np.ndarray:
-    """The distance the near/far buckets count: from the source in split mode
-    (only sources within ``near`` of N have near targets there), from the
-    eviction time ``tau = i + D`` in sliding mode (DESIGN §5, claim 1)."""
-    sliding = (influence["mode"] == "sliding").to_numpy()
-    return np.where(sliding, influence["distance_tau"].to_numpy(), influence["distance"].to_numpy())
+    """The distance the near/far buckets count: from the eviction time ``tau``
+    in both modes (``distance_tau``; see the module docstring)."""
+    return influence["distance_tau"].to_numpy()
 
 
 def summarize_influence(influence: pd.DataFrame, near: int = 32, far: int = 128) -> pd.DataFrame:
@@ -44,3 +58,42 @@ def summarize_influence(influence: pd.DataFrame, near: int = 32, far: int = 128)
         out["fi_total_se"] = np.sqrt(out["fi_total_se"])
     out["n_targets"] = out["n_targets"].astype(np.int64)
     return out
+
+
+def far_targets(influence: pd.DataFrame, far: int) -> bool:
+    """Whether any target lies beyond ``far`` from its eviction time (claim 1 needs one)."""
+    return bool(len(influence)) and bool((bucket_distance(influence) > far).any())
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte-to-symbol map (GPT-2 family: ``Ġ`` = space, ``Ċ`` = newline)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def token_text(tokens: pd.DataFrame) -> pd.Series:
+    """What each token reads as in its document: the ``text`` column (the
+    document's characters ``[char_start, char_end)``, written since schema
+    version 3), else the ``token`` symbol decoded from byte-level BPE
+    (``Ġanalysis`` -> `` analysis``) or SentencePiece (``▁`` -> space).
+
+    >>> token_text(pd.DataFrame({"token": ["Ġanalysis", "Ċ", "▁word"]})).tolist()
+    [' analysis', '\\n', ' word']
+    """
+    if "text" in tokens.columns:
+        return tokens["text"].astype("string")
+    dec = _byte_decoder()
+
+    def one(sym: str) -> str:
+        if all(ch in dec for ch in sym):
+            return bytes(dec[ch] for ch in sym).decode("utf-8", errors="replace")
+        return sym.replace("▁", " ")
+
+    return pd.Series([one(str(t)) for t in tokens["token"]], index=tokens.index, dtype="string")

@@ -69,13 +69,14 @@ def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 8):
     for d in range(n_docs):
         e = spread * rng.normal()
         for rule, far, near in (("entropy_in_topk", ent_far + e, 0.1), ("attn_snapkv", att_far, 0.4)):
-            rows.append(dict(subset="candidates", unit=f"d{d}@-", doc_id=f"d{d}", rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
+            rows.append(dict(subset="candidates", unit=f"d{d}@-", doc_id=f"d{d}", block=0, rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
         for w in range(40):  # content words at higher entropy in every document
             cls = "content" if w % 2 else "function"
             toks.append(dict(doc_id=f"d{d}", pos=w, word_idx=w, is_word_start=True, word_class=cls,
                              entropy_in_topk=rng.normal() + (1.5 if cls == "content" else 0.0)))
     sel = pd.DataFrame(rows)
-    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.0125 * d + 0.001) for d in range(n_docs)])
+    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", block=0, rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.0125 * d + 0.001)
+                         for d in range(n_docs)])
     return sel, pd.DataFrame(toks), bias
 
 
@@ -191,13 +192,18 @@ def test_verdict_rules():
     assert verdict(np.nan, 0.3) == INCONCLUSIVE
 
 
+def family(table: pd.DataFrame) -> pd.DataFrame:
+    """The family rows of a claims table (one per claim)."""
+    return table[table["role"] == "claim"].set_index("claim")
+
+
 @pytest.mark.parametrize(
     "ent, att, spread, expect",
     [(0.6, 0.3, 0.02, SUPPORTED), (0.2, 0.5, 0.02, NOT_SUPPORTED), (0.4, 0.4, 0.3, INCONCLUSIVE)],
 )
 def test_claims_verdicts_on_constructed_cases(ent, att, spread, expect):
     sel, tokens, bias = constructed(ent, att, spread)
-    c = claims(sel, tokens, bias, CFG, "sliding").set_index("claim")
+    c = family(claims(sel, tokens, bias, CFG, "sliding"))
     assert c.loc["1a", "verdict"] == expect
     assert c.loc["1b", "verdict"] == SUPPORTED  # attention near fraction 0.4 > 0.1 in every document
     assert c.loc["2", "verdict"] == SUPPORTED
@@ -208,24 +214,39 @@ def test_claims_verdicts_on_constructed_cases(ent, att, spread, expect):
     assert (c.p_adjusted >= c.p_value).all()
 
 
-def test_split_mode_has_no_claim_1b():
-    """Near FI exists in split mode only for the window's sources, which every attention method keeps."""
+def test_split_mode_tests_1a_and_1b():
+    """Distances count from the eviction time, so every candidate of a split shares its near and far targets."""
     sel, tokens, bias = constructed(0.6, 0.3, 0.02)
     c = claims(sel, tokens, bias, CFG, "split")
-    assert list(c.claim) == ["1a", "2", "3"]
+    assert list(c[c.role == "claim"].claim) == ["1a", "1b", "2", "3"]
+    assert "without first block" not in set(c.reading)  # a sliding-mode sensitivity row
 
 
-def test_no_distance_claims_from_an_estimate_without_distance_blocks():
+def test_claim_1_absent_says_why():
     sel, tokens, bias = constructed(0.6, 0.3, 0.02)
-    c = claims(sel, tokens, bias, CFG, "split", distance_claims=False, note="fisher estimate")
-    assert list(c.claim) == ["2", "3"] and c.note.str.contains("fisher estimate").all()
+    why = "claim 1 not tested: no target lies beyond far = 128"
+    c = claims(sel, tokens, bias, CFG, "split", distance_claims=False, note="fisher estimate", absent=why)
+    fam = family(c)
+    assert list(fam.index) == ["1a", "1b", "2", "3"]
+    assert (fam.loc[["1a", "1b"], "verdict"] == "not tested").all() and fam.loc["1a", "note"].endswith(why)
+    assert fam.loc[["1a", "1b"], "p_value"].isna().all() and c.note.str.contains("fisher estimate").all()
+    tested = fam.loc[["2", "3"]]  # the absent claims are not in Holm's family: two members
+    assert tested.p_adjusted.min() == pytest.approx(min(1.0, 2 * tested.p_value.min()))
+
+
+def test_intervals_agree_with_their_tests_in_the_claims_table():
+    for args in ((0.6, 0.3, 0.02), (0.4, 0.4, 0.3), (0.2, 0.5, 0.02)):
+        c = claims(*constructed(*args), CFG, "sliding")
+        excludes = (c.ci_low > 0) | (c.ci_high < 0)
+        assert (excludes == (c.p_value < 0.05)).all()
 
 
 @pytest.mark.parametrize("n_docs", [1, 4])
 def test_too_few_documents_are_never_conclusive(n_docs):
     sel, tokens, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
-    c = claims(sel, tokens, bias, CFG, "split")
+    c = family(claims(sel, tokens, bias, CFG, "split"))
     assert (c.verdict == INCONCLUSIVE).all() and c.note.str.contains("fewer than 5 documents").all()
+    assert (c.ci_low == -np.inf).all() and (c.ci_high == np.inf).all()  # no set of <= 5 documents can reject
 
 
 @pytest.mark.parametrize("n_docs, decidable", [(6, False), (7, False), (8, True)])
@@ -233,7 +254,7 @@ def test_a_family_too_small_for_any_verdict_says_so(n_docs, decidable):
     """Sliding mode has 4 claims: with 6 or 7 documents even a sign shared by every document gives
     p_Holm >= 4 x 2/2^7 > 0.05, so the table must say the claims cannot be decided (8 documents can)."""
     sel, tokens, bias = constructed(0.9, 0.1, 0.0, n_docs=n_docs)
-    c = claims(sel, tokens, bias, CFG, "sliding").set_index("claim")
+    c = family(claims(sel, tokens, bias, CFG, "sliding"))
     floor = 4 * 2 / 2**n_docs
     assert c.loc["1b", "p_adjusted"] == pytest.approx(floor)  # every document on one side: the floor is reached
     noted = c.note.str.contains(f"cannot be decided: with {n_docs} documents and 4 claims")
@@ -293,3 +314,69 @@ def test_figures_module_leaves_pyplot_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MPLBACKEND": "Agg"})
     assert out.stdout.split("\n")[:2] == ["False", "3 []"]
+
+
+# ------------------------------------------------ competition where a compressor compares
+def sliding_result(n_sources: int = 93, stride: int = 8, delay: int = 4, horizon: int = 4):
+    """A synthetic sliding-mode run: sources 0, 8, ..., every token's signals, KL 1 per target."""
+    from forward_influence.config import MeasureConfig
+    from forward_influence.store.results import MeasureResult
+    from forward_influence.store.tables import summarize_influence
+
+    src = np.arange(n_sources) * stride
+    t = int(src[-1]) + delay + horizon + 1
+    tgt = (src[:, None] + delay + np.arange(horizon)[None, :]).ravel()
+    s = np.repeat(src, horizon)
+    na = pd.array([pd.NA] * len(s), dtype="Int64")
+    influence = pd.DataFrame({"doc_id": "d", "mode": "sliding", "split_pos": na, "source_pos": s, "layer": na, "kv_head": na,
+                              "target_pos": tgt, "distance": tgt - s, "distance_tau": tgt - s - delay, "kl": 1.0})
+    tokens = pd.DataFrame({"doc_id": "d", "pos": np.arange(t), "token_id": 1, "token": "a", "char_start": 0, "char_end": 1,
+                           "entropy_in_topk": np.arange(t, dtype=float)})
+    pos = np.arange(t - delay + 1)
+    signals = pd.DataFrame({"doc_id": "d", "split_pos": pd.array([pd.NA] * len(pos), dtype="Int64"), "pos": pos, "tau": pos + delay,
+                            "attn_snapkv": -pos.astype(float), "attn_h2o": 0.5})
+    cfg = MeasureConfig(mode="sliding", delay=delay, horizon=horizon, stride=stride, n_prefix=(8,), n_future=1)
+    return MeasureResult(tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=signals,
+                         meta={"config": cfg.to_dict()})
+
+
+def test_sliding_blocks_hold_16_candidates_and_the_short_last_block_joins_its_neighbour():
+    from forward_influence.analysis.selection import candidate_tokens, with_source_signals
+
+    res = sliding_result()  # 93 sources at stride 8: position 0 is a sink, 92 candidates = 5 x 16 + 12
+    src = with_source_signals(res.summary.assign(pos=res.summary.source_pos), res, CFG)
+    sizes = src[src.is_candidate].groupby("block").size()
+    assert sizes.tolist() == [16, 16, 16, 16, 28]
+    assert src.groupby("unit").block.nunique().max() == 1 and src.unit.nunique() == 5
+    cand = candidate_tokens(res, CFG)  # every evicted token up to the last measured source, in the same blocks
+    assert cand.pos.max() == 92 * 8 and cand.groupby("block").pos.min().tolist() == [0, 136, 264, 392, 520]
+
+
+def test_rules_compete_within_a_block_and_recency_keeps_the_latest():
+    from forward_influence.analysis.selection import with_source_signals
+
+    res = sliding_result()
+    src = with_source_signals(res.summary.assign(pos=res.summary.source_pos), res, CFG)
+    cand = src[src.is_candidate].reset_index(drop=True)
+    # entropy grows with position: a document-wide top 20% would come from the last block only
+    for rule in ("entropy_in_topk", "recency", "attn_snapkv"):
+        kept = cand[selection_draws(cand, rule, 0.2)[0]]
+        assert kept.groupby("block").size().tolist() == [3, 3, 3, 3, 6], rule  # round(0.2 * 16), round(0.2 * 28)
+    latest = cand[selection_draws(cand, "recency", 0.2)[0]].groupby("block").pos.min()
+    assert (latest.to_numpy() == cand.groupby("block").pos.max().to_numpy() - 8 * np.array([2, 2, 2, 2, 5])).all()
+    sel = selection(src, CFG, ["recency", "random"])
+    c = sel[(sel.subset == "candidates") & (sel.budget == 0.2)]
+    assert set(c.budget_effective.round(4)) == {round(3 / 16, 4), round(6 / 28, 4)}
+
+
+def test_claim_1_needs_a_target_beyond_far():
+    from forward_influence.analysis.analyze import ablation_rows
+    from forward_influence.analysis.claims import claim1_absent
+
+    res = sliding_result(horizon=4)  # d_tau 0..3
+    assert claim1_absent(res, ablation_rows(res.influence), far=2) == ""
+    why = claim1_absent(res, ablation_rows(res.influence), far=128)
+    assert why.startswith("claim 1 not tested: no target lies beyond far = 128") and "--horizon" in why
+    a = analyze(res, AnalyzeConfig(n_boot=50))
+    fam = a.claims[a.claims.role == "claim"].set_index("claim")
+    assert (fam.loc[["1a", "1b"], "verdict"] == "not tested").all() and fam.loc["1a", "note"] == why

@@ -200,6 +200,43 @@ def test_run_dir_round_trip_and_unversioned_runs(tmp_path):
     pd.testing.assert_frame_equal(MeasureResult.load(run).summary, res.summary)
 
 
+def test_version_2_run_is_read_with_its_buckets_recomputed_from_tau(tmp_path):
+    """Schema 2 counted split-mode near/far from the source: its stored summary is never read."""
+    from forward_influence.store.tables import summarize_influence
+
+    run = tiny_run(tmp_path / "run")
+    edit_run_json(run, schema_version=2, distance_from=None)
+    stored = pd.read_parquet(run / "summary.parquet")
+    stored.assign(fi_near=999.0, fi_far=999.0).to_parquet(run / "summary.parquet")  # what a v2 run may hold
+    res = MeasureResult.load(run)
+    pd.testing.assert_frame_equal(res.summary, summarize_influence(res.influence), check_dtype=False)
+    assert (res.summary.fi_near == res.summary.fi_total).all()  # every target within near = 32 of tau = N
+
+
+def test_previous_version_checkpoint_is_not_resumed(tmp_path):
+    store = PartStore(tmp_path)
+    store.write(0, {"t": pd.DataFrame({"a": [1]})}, {"doc_id": "d0"})
+    assert store.done(0, "d0") and "schema_version" not in store.read(0)[1]
+    meta = store.path(0) / "meta.json"
+    meta.write_text(json.dumps({"doc_id": "d0"}))  # a checkpoint written by schema 2 (no version stamp)
+    assert not store.done(0, "d0")
+    meta.write_text(json.dumps({"doc_id": "d0", "schema_version": SCHEMA_VERSION - 1}))
+    assert not store.done(0, "d0")
+
+
+@pytest.mark.parametrize("mode", ["split", "sliding"])
+def test_buckets_count_from_the_eviction_time_in_both_modes(mode):
+    """The convention, pinned: targets 50, 100 and 200 queries after the source are 10, 60 and 160 after its eviction:
+    near (d_tau <= 32), mid and far (d_tau > 128). Counted from the source they would be mid, mid and far."""
+    from forward_influence.store.tables import summarize_influence
+
+    inf = pd.DataFrame({"doc_id": "d", "mode": mode, "split_pos": pd.array([100 if mode == "split" else pd.NA] * 3, dtype="Int64"),
+                        "source_pos": 60, "layer": pd.array([pd.NA] * 3, dtype="Int64"), "kv_head": pd.array([pd.NA] * 3, dtype="Int64"),
+                        "target_pos": [110, 160, 260], "distance": [50, 100, 200], "distance_tau": [10, 60, 160], "kl": [1.0, 2.0, 4.0]})
+    s = summarize_influence(inf, near=32, far=128).iloc[0]
+    assert (s.fi_near, s.fi_mid, s.fi_far, s.fi_total) == (1.0, 2.0, 4.0, 7.0)
+
+
 @pytest.mark.parametrize("case", BAD_RUNS)
 def test_bad_run_dir_one_line(case, tmp_path):
     run = tiny_run(tmp_path / "run")
