@@ -26,8 +26,10 @@ FISHER_TARGETS = ("sample", "topk")
 #: may change them; any other difference makes an out dir refuse the run.
 NON_SEMANTIC = frozenset({"out", "batch_size", "progress", "report", "ray"})
 
-RAY_HELP = ("run on a Ray cluster: auto (join the running one), local:N (start N local workers) or HOST:PORT of a head; "
-            "needs pip install 'forward_influence[ray]'")
+RAY_HELP = (
+    "run on a Ray cluster: auto (join the running one), local:N (start N local workers) or HOST:PORT of a head; "
+    "needs pip install 'forward_influence[ray]'"
+)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -100,9 +102,12 @@ class MeasureConfig(ConfigBase):
 
     model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
     doc: str | None = _f(None, "documents: .json/.jsonl/.txt/SQuAD file (default: built-in SQuAD Wikipedia articles)")
-    generate: str | None = _f(None, "instead of --doc, measure the model's own continuations of prompts: a .json/.jsonl file of objects "
-                              "with text or prompt (id or key names them; IFEval's input_data.jsonl works), a generations.jsonl of an "
-                              "earlier run (its ids are measured as they are), or synthetic:KIND (passkey, multikey, vartrack)")
+    generate: str | None = _f(
+        None,
+        "instead of --doc, measure the model's own continuations of prompts: a .json/.jsonl file of objects "
+        "with text or prompt (id or key names them; IFEval's input_data.jsonl works), a generations.jsonl of an "
+        "earlier run (its ids are measured as they are), or synthetic:KIND (passkey, multikey, vartrack)",
+    )
     max_new_tokens: int = _f(256, "--generate: most tokens generated per prompt")
     min_new_tokens: int = _f(0, "--generate: end-of-sequence is suppressed before this many new tokens")
     temperature: float = _f(0.0, "--generate: 0 = greedy; > 0 samples (seeded from --seed and the prompt id)")
@@ -114,16 +119,24 @@ class MeasureConfig(ConfigBase):
     n_prefix: tuple[int, ...] = _f((512,), "split position(s) N, comma-separated", type="ints")
     n_future: int = _f(256, "future tokens F scored after each split")
     horizon: int = _f(128, "sliding mode: queries scored after each source's eviction (distances 0..H-1 from it)")
-    delay: int | None = _f(None, "sliding mode: D, the queries that see a token before it is evicted (tau = i + D; default: --window)")
+    delay: int | None = _f(
+        None, "sliding mode: D, the queries that see a token before it is evicted (tau = i + D; default: --window)"
+    )
     stride: int = _f(1, "ablate every K-th source position")
-    positions: tuple[int, ...] | None = _f(None, "explicit source positions, comma-separated (overrides --stride)", type="ints")
-    method: str = _f("exact", "exact: the ablation engine; fisher: a fast second-order estimate for all tokens at once (split mode)")
+    positions: tuple[int, ...] | None = _f(
+        None, "explicit source positions, comma-separated (overrides --stride)", type="ints"
+    )
+    method: str = _f(
+        "exact", "exact: the ablation engine; fisher: a fast second-order estimate for all tokens at once (split mode)"
+    )
     samples: int = _f(8, "fisher: sampled targets per position (or k of --fisher-targets topk)")
     fisher_targets: str = _f("sample", "fisher: sample targets from p_t, or take the top-k with exact weights (topk)")
     fisher_blocks: int = _f(1, "fisher: future blocks (distance resolution); costs blocks x samples backward passes")
     layer: int | None = _f(None, "ablate at this layer only (default: all layers)")
     kv_head: int | None = _f(None, "ablate this KV head only (needs --layer)")
-    max_tokens: int | None = _f(None, "truncate every document to its first M tokens (split mode: at most N + F anyway)")
+    max_tokens: int | None = _f(
+        None, "truncate every document to its first M tokens (split mode: at most N + F anyway)"
+    )
     max_docs: int | None = _f(None, "use the first M documents")
     doc_ids: tuple[str, ...] | None = _f(None, "use only these document ids, comma-separated", type="strs")
     topk: int = _f(10, "k of the top-k entropies")
@@ -146,12 +159,12 @@ class MeasureConfig(ConfigBase):
             object.__setattr__(self, "delay", self.window)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MeasureConfig":
+    def from_dict(cls, d: dict[str, Any]) -> MeasureConfig:
         """A stored config; one written before ``delay`` existed measured
         sliding mode with the source evicted right after it (delay 1)."""
         return super().from_dict({"delay": 1, **d})
 
-    def validate(self) -> "MeasureConfig":
+    def validate(self) -> MeasureConfig:
         """Check values; raise :class:`InputError` naming the valid choices."""
         if self.doc is not None and self.generate is not None:
             raise InputError("give --doc (documents) or --generate (prompts to continue), not both")
@@ -165,9 +178,13 @@ class MeasureConfig(ConfigBase):
         if self.method not in METHODS:
             raise InputError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
         if self.method == "fisher" and self.mode != "split":
-            raise InputError("--method fisher estimates split-mode FI; use --mode split (or --method exact for sliding)")
+            raise InputError(
+                "--method fisher estimates split-mode FI; use --mode split (or --method exact for sliding)"
+            )
         if self.fisher_targets not in FISHER_TARGETS:
-            raise InputError(f"--fisher-targets must be one of {', '.join(FISHER_TARGETS)}; got {self.fisher_targets!r}")
+            raise InputError(
+                f"--fisher-targets must be one of {', '.join(FISHER_TARGETS)}; got {self.fisher_targets!r}"
+            )
         for name in ("samples", "fisher_blocks"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
@@ -182,14 +199,18 @@ class MeasureConfig(ConfigBase):
         if self.positions is not None and any(p < 0 for p in self.positions):
             raise InputError(f"--positions must be >= 0; got {self.positions}")
         if self.max_tokens is not None and self.max_tokens < self.tokens_needed():
-            raise InputError(f"--max-tokens {self.max_tokens} is below the {self.tokens_needed()} tokens this mode needs; raise it")
+            raise InputError(
+                f"--max-tokens {self.max_tokens} is below the {self.tokens_needed()} tokens this mode needs; raise it"
+            )
         if self.max_docs is not None and self.max_docs < 1:
             raise InputError(f"--max-docs must be >= 1; got {self.max_docs}")
         for name in ("max_new_tokens", "synthetic_examples", "synthetic_length"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise InputError(f"--min-new-tokens must be in [0, --max-new-tokens = {self.max_new_tokens}]; got {self.min_new_tokens}")
+            raise InputError(
+                f"--min-new-tokens must be in [0, --max-new-tokens = {self.max_new_tokens}]; got {self.min_new_tokens}"
+            )
         if self.temperature < 0:
             raise InputError(f"--temperature must be >= 0 (0: greedy); got {self.temperature}")
         if not 0 < self.top_p <= 1:

@@ -62,7 +62,9 @@ AGREE_TOL = 1e-3  # max relative difference of KL row totals
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--shape", choices=sorted(SHAPES), default=None, help="random model of a study shape instead of --model")
+    ap.add_argument(
+        "--shape", choices=sorted(SHAPES), default=None, help="random model of a study shape instead of --model"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--n-prefix", default="512,1024")
@@ -92,7 +94,10 @@ def main() -> None:
     if dev.type == "cpu":
         retain_freed_memory()  # as load_model does (forward_influence.runtime.host)
     rt = runtime_info()
-    print(f"model {name} {type(model).__name__} dtype={dtype} device={dev} threads={rt['threads']} heap_retained={rt['heap_retained']}")
+    print(
+        f"model {name} {type(model).__name__} dtype={dtype} device={dev} threads={rt['threads']} "
+        f"heap_retained={rt['heap_retained']}"
+    )
     last = None
     for n in ns:
         fl = flops_per_ablation(model.config, n, f)
@@ -149,21 +154,38 @@ def main() -> None:
         frac = a_eng * fl["total"] / 1e9 / peak
         frac_naive = a_naive * fl["total"] / 1e9 / peak
         print(
-            f"N={n} F={f}: {len(pos)} ablations, batch={bs}, interleaved with the naive loop and {args.probe_s:g} s matmul probes\n"
-            f"  FLOPs/ablation {fl['total'] / 1e9:.1f} G (linear {fl['linear'] / 1e9:.1f}, attention {fl['attention'] / 1e9:.1f}, lm_head {fl['lm_head'] / 1e9:.1f})\n"
-            f"  matmul {probe.n}^3 {str(dtype).removeprefix('torch.')}: sustained {peak:.1f} GFLOP/s over {probe.time:.0f} s of probes (best single {probe.burst:.1f})\n"
-            f"  naive  {a_naive:8.3f} abl/s  {frac_naive:.2f} of peak ({frac_naive * peak / probe.burst:.2f} of best single)\n"
-            f"  engine {a_eng:8.3f} abl/s  {frac:.2f} of peak ({frac * peak / probe.burst:.2f} of best single)   speedup {a_eng / a_naive:.2f}x\n"
-            f"  after the first batch (a split's fixed rows paid): naive {steady_naive:.3f} abl/s, engine {steady:.3f} abl/s, speedup {steady / steady_naive:.2f}x\n"
+            f"N={n} F={f}: {len(pos)} ablations, batch={bs}, interleaved with the naive loop and {args.probe_s:g} s "
+            "matmul probes\n"
+            f"  FLOPs/ablation {fl['total'] / 1e9:.1f} G (linear {fl['linear'] / 1e9:.1f}, "
+            f"attention {fl['attention'] / 1e9:.1f}, lm_head {fl['lm_head'] / 1e9:.1f})\n"
+            f"  matmul {probe.n}^3 {str(dtype).removeprefix('torch.')}: sustained {peak:.1f} GFLOP/s over "
+            f"{probe.time:.0f} s of probes (best single {probe.burst:.1f})\n"
+            f"  naive  {a_naive:8.3f} abl/s  {frac_naive:.2f} of peak ({frac_naive * peak / probe.burst:.2f} of best "
+            "single)\n"
+            f"  engine {a_eng:8.3f} abl/s  {frac:.2f} of peak ({frac * peak / probe.burst:.2f} of best single)   "
+            f"speedup {a_eng / a_naive:.2f}x\n"
+            f"  after the first batch (a split's fixed rows paid): naive {steady_naive:.3f} abl/s, engine "
+            f"{steady:.3f} abl/s, speedup {steady / steady_naive:.2f}x\n"
             f"  KL row totals, engine vs naive logits with the centred KL: max rel diff {rel.max():.2e} "
-            + (f"(tol {AGREE_TOL:g}) {'OK' if rel.max() <= AGREE_TOL else 'MISMATCH'}\n" if dtype == torch.float32 else
-               f"(not checked in {str(dtype).removeprefix('torch.')}: both forwards carry rounding noise of the size of the precision floor below; "
-               "the agreement check is a float32 one)\n")
-            + f"  KL row totals, engine vs naive float32 KL: max rel diff {rel32.max():.2e} (the float32 sum's own error; "
+            + (
+                f"(tol {AGREE_TOL:g}) {'OK' if rel.max() <= AGREE_TOL else 'MISMATCH'}\n"
+                if dtype == torch.float32
+                else f"(not checked in {str(dtype).removeprefix('torch.')}: both forwards carry rounding noise "
+                "of the size of the precision floor below; "
+                "the agreement check is a float32 one)\n"
+            )
+            + f"  KL row totals, engine vs naive float32 KL: max rel diff {rel32.max():.2e} "
+            + "(the float32 sum's own error; "
             f"smallest row total {tot_e.min():.1e})\n"
             f"  noise floor (batched vs lone null row): max {res.noise_floor.max():.1e}; "
-            f"{'later batches reused the first null row (bitwise batch-invariant)' if res.shared_reference else 'a null row in every batch'}\n"
-            f"  precision floor (dithered null row, one extra row per split): median {np.median(res.precision_floor):.1e}, "
+            + (
+                "later batches reused the first null row (bitwise batch-invariant)"
+                if res.shared_reference
+                else "a null row in every batch"
+            )
+            + "\n"
+            "  precision floor (dithered null row, one extra row per split): median "
+            f"{np.median(res.precision_floor):.1e}, "
             f"max {res.precision_floor.max():.1e}; smallest KL cell {res.kl.min():.1e}"
         )
         last = (a_eng / a_naive, frac)
@@ -177,7 +199,8 @@ def main() -> None:
             mems.append((b, m.delta_mb))
         slope = (mems[-1][1] - mems[0][1]) / (mems[-1][0] - mems[0][0])
         print(
-            f"  peak memory over baseline ({m.source}): " + ", ".join(f"B={b}: {mb:.0f} MB" for b, mb in mems)
+            f"  peak memory over baseline ({m.source}): "
+            + ", ".join(f"B={b}: {mb:.0f} MB" for b, mb in mems)
             + f"; {slope:.1f} MB per extra row vs prefix cache {prefix_mb:.0f} MB"
         )
     print(f"speedup_vs_naive={last[0]:.2f} fraction_of_peak={last[1]:.2f}")

@@ -2,7 +2,8 @@
 
 Runs (resumable; each into ``runs/bench/<name>``):
 
-1. fidelity on the 11 CC BY papers of ``data/arxiv.json`` (N = 1,024 compressed, F = 128 teacher-forced), budgets 20%, 40%;
+1. fidelity on the 11 CC BY papers of ``data/arxiv.json`` (N = 1,024 compressed, F = 128 teacher-forced),
+   budgets 20%, 40%;
 2. fidelity on the built-in SQuAD articles (first 8 with >= 1,152 tokens), same settings;
 3. synthetic retrieval (passkey, multi-key, variable tracking) at 2k and 4k tokens, depths 0.1 / 0.5 / 0.9;
 4. IFEval decoding on the first 3 prompts of ``data/ifeval/input_data.jsonl``, 96 new
@@ -37,25 +38,54 @@ from forward_influence.hf.models import load_model
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 OUT = ROOT / "runs" / "bench"
-ORDER = ["full", "infokv", "snapkv", "pyramidkv", "expected_attention", "h2o", "tova", "streaming_llm", "knorm", "random"]
+ORDER = [
+    "full",
+    "infokv",
+    "snapkv",
+    "pyramidkv",
+    "expected_attention",
+    "h2o",
+    "tova",
+    "streaming_llm",
+    "knorm",
+    "random",
+]
 
 
 def runs(out: Path = OUT, small: bool = False) -> dict[str, BenchConfig]:
     common = dict(progress=False, report=True)
     doc = dict(n_prefix=256, n_future=64, n_samples=2) if small else {}
     cfgs = {
-        "papers": BenchConfig(task="fidelity", doc=str(DATA / "arxiv.json"), budgets=(0.2, 0.4),
-                              out=str(out / "papers"), **doc, **common),
-        "squad": BenchConfig(task="fidelity", budgets=(0.2, 0.4), **({"n_samples": 8} | doc), out=str(out / "squad"), **common),
-        "retrieval": BenchConfig(task="retrieval", budgets=(0.2, 0.4), lengths=(2048,) if small else (2048, 4096),
-                                 **(dict(kinds=("passkey",), n_samples=2) if small else {}), out=str(out / "retrieval"), **common),
-        "ifeval": BenchConfig(task="ifeval", ifeval_data=str(DATA / "ifeval" / "input_data.jsonl"), budgets=(48.0, 96.0),
-                              n_samples=1 if small else 3, max_new_tokens=32 if small else 96, out=str(out / "ifeval"), **common),
+        "papers": BenchConfig(
+            task="fidelity", doc=str(DATA / "arxiv.json"), budgets=(0.2, 0.4), out=str(out / "papers"), **doc, **common
+        ),
+        "squad": BenchConfig(
+            task="fidelity", budgets=(0.2, 0.4), **({"n_samples": 8} | doc), out=str(out / "squad"), **common
+        ),
+        "retrieval": BenchConfig(
+            task="retrieval",
+            budgets=(0.2, 0.4),
+            lengths=(2048,) if small else (2048, 4096),
+            **(dict(kinds=("passkey",), n_samples=2) if small else {}),
+            out=str(out / "retrieval"),
+            **common,
+        ),
+        "ifeval": BenchConfig(
+            task="ifeval",
+            ifeval_data=str(DATA / "ifeval" / "input_data.jsonl"),
+            budgets=(48.0, 96.0),
+            n_samples=1 if small else 3,
+            max_new_tokens=32 if small else 96,
+            out=str(out / "ifeval"),
+            **common,
+        ),
     }
     return cfgs
 
 
-def cell(df: pd.DataFrame, metric: str, method: str, budget: float, rng: np.random.Generator, fmt: str = "{:.3f}") -> str:
+def cell(
+    df: pd.DataFrame, metric: str, method: str, budget: float, rng: np.random.Generator, fmt: str = "{:.3f}"
+) -> str:
     x = df[(df.method == method) & (df.budget == budget)].sort_values("sample_id")[metric].to_numpy(dtype=float)
     if x.size == 0:
         return "–"
@@ -70,8 +100,12 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=None, help="comma-separated runs to do now, e.g. ifeval (default: all four); "
-                    "the tables of runs not done are left out")
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated runs to do now, e.g. ifeval (default: all four); "
+        "the tables of runs not done are left out",
+    )
     ap.add_argument("--small", action="store_true", help="an end-to-end check in a few minutes, under runs/bench-small")
     args = ap.parse_args(argv)
     out = OUT.with_name("bench-small") if args.small else OUT
@@ -99,8 +133,22 @@ def main(argv: list[str] | None = None) -> None:
                     r += [cell(res[corpus], "kl", m, b, rng), cell(res[corpus], "delta_nll", m, b, rng, "{:+.3f}")]
             rows.append(r)
         md.append("Document fidelity (mean KL to the full cache / change in NLL, nats; 95% intervals over documents)\n")
-        md.append(table(["method", "papers KL 20%", "papers ΔNLL 20%", "papers KL 40%", "papers ΔNLL 40%",
-                         "SQuAD KL 20%", "SQuAD ΔNLL 20%", "SQuAD KL 40%", "SQuAD ΔNLL 40%"], rows))
+        md.append(
+            table(
+                [
+                    "method",
+                    "papers KL 20%",
+                    "papers ΔNLL 20%",
+                    "papers KL 40%",
+                    "papers ΔNLL 40%",
+                    "SQuAD KL 20%",
+                    "SQuAD ΔNLL 20%",
+                    "SQuAD KL 40%",
+                    "SQuAD ΔNLL 40%",
+                ],
+                rows,
+            )
+        )
     if "retrieval" in res:
         r_df = res["retrieval"]
         rows = []
@@ -110,18 +158,29 @@ def main(argv: list[str] | None = None) -> None:
                 sub = r_df[r_df.length == length]
                 r += [cell(sub, "exact_match", m, b, rng, "{:.2f}") for b in (0.2, 0.4)]
             rows.append(r)
-        md.append(f"\nSynthetic retrieval exact match ({r_df.sample_id.nunique()} examples: 3 kinds x 2 lengths x 3 depths)\n")
+        md.append(
+            f"\nSynthetic retrieval exact match ({r_df.sample_id.nunique()} examples: 3 kinds x 2 lengths x 3 depths)\n"
+        )
         md.append(table(["method", "2k @ 20%", "2k @ 40%", "4k @ 20%", "4k @ 40%"], rows))
     if "ifeval" in res:
         i_df = res["ifeval"]
-        rows = [[m] + [cell(i_df, met, m, b, rng, "{:.2f}") for b in (48.0, 96.0) for met in ("inst_loose", "agree_tokens")]
-                for m in ORDER]
-        md.append(f"\nIFEval ({i_df.sample_id.nunique()} prompts, {every['ifeval'].max_new_tokens} new tokens; instruction-level loose accuracy and token agreement "
-                  "with the full cache)\n")
+        rows = [
+            [m] + [cell(i_df, met, m, b, rng, "{:.2f}") for b in (48.0, 96.0) for met in ("inst_loose", "agree_tokens")]
+            for m in ORDER
+        ]
+        md.append(
+            f"\nIFEval ({i_df.sample_id.nunique()} prompts, {every['ifeval'].max_new_tokens} new tokens; "
+            "instruction-level loose accuracy and token agreement "
+            "with the full cache)\n"
+        )
         md.append(table(["method", "inst. loose @48", "agree @48", "inst. loose @96", "agree @96"], rows))
     secs = {n: json.loads((Path(c.out) / "run.json").read_text())["seconds_total"] for n, c in todo.items()}
-    text = "\n".join(md) + "\n\nWall time (run.json seconds_total): " + ", ".join(f"{n} {v:.0f} s" for n, v in secs.items()) \
+    text = (
+        "\n".join(md)
+        + "\n\nWall time (run.json seconds_total): "
+        + ", ".join(f"{n} {v:.0f} s" for n, v in secs.items())
         + f"; total {sum(secs.values()) / 60:.1f} min\n"
+    )
     (out / ("headline.md" if args.only is None else f"headline_{'_'.join(todo)}.md")).write_text(text)
     print(text)
 

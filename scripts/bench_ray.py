@@ -75,18 +75,20 @@ def driver_rows_per_s(n: int, f: int) -> tuple[int, float, float]:
     from forward_influence.measurement.units import UnitResult, assemble_document, influence_frame
 
     t = n + f
-    doc = TokenizedDocument(Document("synthetic", "x" * t), torch.zeros(t, dtype=torch.long),
-                            np.zeros((t, 2), dtype=np.int64), ["x"] * t)
+    doc = TokenizedDocument(
+        Document("synthetic", "x" * t), torch.zeros(t, dtype=torch.long), np.zeros((t, 2), dtype=np.int64), ["x"] * t
+    )
     rng = np.random.default_rng(0)
     kl = rng.lognormal(-12, 3, size=(n, f))
     tokens = pd.DataFrame({"doc_id": pd.Series(["synthetic"] * t, dtype="string"), "pos": np.arange(t)})
     signals = {"tokens": tokens, "source_signals": tokens.assign(split_pos=pd.array([n] * t, dtype="Int64"))}
     cfg = MeasureConfig(n_prefix=(n,), n_future=f)
-    t0 = time.perf_counter()
-    frame = influence_frame("synthetic", "split", n, range(n), np.broadcast_to(np.arange(n, t), kl.shape), kl, None, None,
-                            np.full(n, n))
-    blob = pickle.dumps(UnitResult(0, 0, frame, signals, np.zeros(f), True, np.zeros(f), 0, kl.size, 0.0, 0.0),
-                        protocol=5)  # what a worker sends (Ray: pickle 5)
+    frame = influence_frame(
+        "synthetic", "split", n, range(n), np.broadcast_to(np.arange(n, t), kl.shape), kl, None, None, np.full(n, n)
+    )
+    blob = pickle.dumps(
+        UnitResult(0, 0, frame, signals, np.zeros(f), True, np.zeros(f), 0, kl.size, 0.0, 0.0), protocol=5
+    )  # what a worker sends (Ray: pickle 5)
     t1 = time.perf_counter()
     unit = pickle.loads(blob)
     tables, meta = assemble_document(cfg, doc, [unit])
@@ -118,22 +120,41 @@ def main() -> None:
     import ray
 
     torch.set_num_threads(args.threads)
-    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a load above the core count "
-          "slows multi-threaded torch far more than one-thread workers)")
-    cfg = MeasureConfig(model=args.model, doc=args.doc, max_docs=args.max_docs, n_prefix=(args.n_prefix,),
-                        n_future=args.n_future, stride=args.stride, batch_size=args.batch_size, words=False,
-                        progress=False, report=False, device="cpu")
+    print(
+        f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (a load above the core count "
+        "slows multi-threaded torch far more than one-thread workers)"
+    )
+    cfg = MeasureConfig(
+        model=args.model,
+        doc=args.doc,
+        max_docs=args.max_docs,
+        n_prefix=(args.n_prefix,),
+        n_future=args.n_future,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        words=False,
+        progress=False,
+        report=False,
+        device="cpu",
+    )
     source = ModelSource(args.model, device="cpu")
     t0 = time.perf_counter()
     lm = source()
     start = {"single": time.perf_counter() - t0}
     t0 = time.perf_counter()
     root = str(Path(__file__).resolve().parents[1])  # workers import this tree
-    ray.init(num_cpus=2 * args.threads, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}})
+    ray.init(
+        num_cpus=2 * args.threads,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}},
+    )
     start["ray_init"] = time.perf_counter() - t0
-    specs = {"local:1": ClusterSpec("local:1", threads=args.threads),
-             "local:2": ClusterSpec("local:2", threads=max(1, args.threads // 2))}
+    specs = {
+        "local:1": ClusterSpec("local:1", threads=args.threads),
+        "local:2": ClusterSpec("local:2", threads=max(1, args.threads // 2)),
+    }
     pools = {}
     try:
         for name, spec in specs.items():
@@ -164,10 +185,16 @@ def main() -> None:
         verdict = "exact" if exact else ("within 1e-9" if worst <= REL_TOL else "DIFFERENT")
         print(f"tables {name} vs single: {verdict} (max relative difference {worst:.1e})")
     med = {k: statistics.median(v) for k, v in times.items()}
-    print("median run s: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()) + f"; load average at end {os.getloadavg()[0]:.1f}")
+    print(
+        "median run s: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in med.items())
+        + f"; load average at end {os.getloadavg()[0]:.1f}"
+    )
     rows, rate, per_row, sent = driver_rows_per_s(args.driver_n, args.driver_f)
-    print(f"driver: {rows} influence rows received, assembled and checkpointed at {rate:,.0f} rows/s "
-          f"({sent:.0f} bytes/row sent by the worker, {per_row:.1f} bytes/row in parquet)")
+    print(
+        f"driver: {rows} influence rows received, assembled and checkpointed at {rate:,.0f} rows/s "
+        f"({sent:.0f} bytes/row sent by the worker, {per_row:.1f} bytes/row in parquet)"
+    )
     print(f"ray_overhead={med['local:1'] / med['single']:.2f} scaling_2={med['local:1'] / med['local:2']:.2f}")
 
 

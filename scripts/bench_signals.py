@@ -49,7 +49,10 @@ def main() -> None:
     tdoc = next(t for t in (tokenize(lm.tokenizer, d, max_tokens=args.tokens) for d in docs) if len(t) >= args.tokens)
     ids = tdoc.input_ids
     model = lm.model
-    print(f"model {lm.name} on {lm.device} ({lm.dtype}), document {tdoc.doc.doc_id!r}: {len(ids)} tokens, threads={torch.get_num_threads()}")
+    print(
+        f"model {lm.name} on {lm.device} ({lm.dtype}), document {tdoc.doc.doc_id!r}: {len(ids)} tokens, "
+        f"threads={torch.get_num_threads()}"
+    )
 
     @torch.no_grad()
     def plain():

@@ -50,9 +50,23 @@ for line in sys.stdin:
 
 def start(tree: Path, args: argparse.Namespace) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(tree), "FI_RETAIN_HEAP": os.environ.get("FI_RETAIN_HEAP", "1")}
-    p = subprocess.Popen([sys.executable, "-c", WORKER, str(args.threads), str(args.n_prefix), str(args.n_future),
-                          str(args.n_positions), str(args.batch_size)], cwd=tree, env=env, text=True,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            str(args.threads),
+            str(args.n_prefix),
+            str(args.n_future),
+            str(args.n_positions),
+            str(args.batch_size),
+        ],
+        cwd=tree,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     line = p.stdout.readline().strip()
     if line != "ready":
         raise SystemExit(f"bench_versus: the worker in {tree} did not start (said {line!r})")
@@ -89,8 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         p.stdin.close()
         p.wait(timeout=60)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"median ablations/s: this {med['this']:.2f}, other {med['other']:.2f} "
-          f"(N={args.n_prefix}, F={args.n_future}, {args.n_positions} positions, batch {args.batch_size}, {args.threads} threads)")
+    print(
+        f"median ablations/s: this {med['this']:.2f}, other {med['other']:.2f} "
+        f"(N={args.n_prefix}, F={args.n_future}, {args.n_positions} positions, batch {args.batch_size}, "
+        f"{args.threads} threads)"
+    )
     print(f"engine_ratio={med['this'] / med['other']:.3f}")
     return 0
 

@@ -57,8 +57,11 @@ SKIP = [
 ]
 # (pattern, arguments appended): the long runs, on fewer documents and shorter contexts
 SMALL = [
-    (r"^fi-measure .*--generate (data|synthetic)",
-     "--max-docs 1 --synthetic-examples 1 --max-new-tokens 200 --min-new-tokens 200 --delay 16 --horizon 64 --stride 16"),
+    (
+        r"^fi-measure .*--generate (data|synthetic)",
+        "--max-docs 1 --synthetic-examples 1 --max-new-tokens 200 --min-new-tokens 200 --delay 16 --horizon 64 "
+        "--stride 16",
+    ),
     (r"^fi-measure .*--generate runs/", "--max-docs 1 --n-prefix 128 --n-future 64"),
     (r"^fi-measure .*--method fisher", "--max-docs 1 --n-prefix 256 --n-future 64 --samples 2"),
     (r"^fi-measure .*--mode sliding", "--max-docs 1 --max-tokens 384 --stride 16"),
@@ -69,11 +72,17 @@ SMALL = [
     (r"^fi-bench ", "--n-samples 1 --n-prefix 256 --n-future 64 --methods full,snapkv,infokv --bootstrap 200"),
     (r"scripts/headline_(claims|generations)\.py|scripts/(bench_headline|validate_compressors)\.py", "--small"),
     (r"scripts/validate_fisher\.py", "--docs 1 --n-prefix 256 --n-future 128 --stride 32 --samples 2 --far 64"),
-    (r"scripts/tune_infokv\.py", "--max-docs 1 --n-prefix 256 --n-future 64 --budgets 0.2 --mixes 0 0.05 --norms zscore"),
+    (
+        r"scripts/tune_infokv\.py",
+        "--max-docs 1 --n-prefix 256 --n-future 64 --budgets 0.2 --mixes 0 0.05 --norms zscore",
+    ),
     (r"scripts/bench_ablation\.py", "--n-prefix 256 --n-future 64 --n-positions 8 --probe-s 0.2"),
     (r"scripts/bench_signals\.py", "--tokens 512 --reps 1"),
     (r"scripts/bench_compress\.py", "--lengths 512 --repeats 1"),
-    (r"scripts/bench_ray\.py", "--max-docs 1 --n-prefix 128 --n-future 64 --stride 8 --repeats 1 --driver-n 256 --driver-f 64"),
+    (
+        r"scripts/bench_ray\.py",
+        "--max-docs 1 --n-prefix 128 --n-future 64 --stride 8 --repeats 1 --driver-n 256 --driver-f 64",
+    ),
     (r"scripts/profile_engine\.py", "--n-prefix 256 --n-future 64 --n-positions 8"),
     (r"scripts/precision_floor\.py", "--n-prefix 256 --n-future 64 --n-positions 4"),
 ]
@@ -182,8 +191,15 @@ def run_lab(clone: Path, env: dict[str, str], timeout: float) -> tuple[bool, str
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     args = f"--no-browser --ip 127.0.0.1 --port {port} --IdentityProvider.token=''"
-    proc = subprocess.Popen(["make", "lab", f"LAB_ARGS={args}"], cwd=clone, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "lab", f"LAB_ARGS={args}"],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -223,7 +239,9 @@ def execute(cmd: Command, clone: Path, env: dict[str, str], timeout: float) -> t
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--list", action="store_true", help="print the commands and their classification; run nothing")
-    ap.add_argument("--pages", default=None, help="comma-separated pages (default: README.md, data/README.md, docs/*.md)")
+    ap.add_argument(
+        "--pages", default=None, help="comma-separated pages (default: README.md, data/README.md, docs/*.md)"
+    )
     ap.add_argument("--clone", default=None, help="where to clone (default: a new temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the clone afterwards")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per command")
@@ -242,8 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     subprocess.run(["make", "setup"], cwd=clone, check=True)
     print(f"setup: make setup in {time.perf_counter() - t:.0f} s ({clone})", flush=True)
-    env = dict(os.environ, PATH=f"{clone / '.venv/bin'}:{os.environ['PATH']}", VIRTUAL_ENV=str(clone / ".venv"),
-               MPLBACKEND="Agg")
+    env = dict(
+        os.environ,
+        PATH=f"{clone / '.venv/bin'}:{os.environ['PATH']}",
+        VIRTUAL_ENV=str(clone / ".venv"),
+        MPLBACKEND="Agg",
+    )
     counts, page = {"ok": 0, "failed": 0, "skipped": 0}, None
     for c in cmds:
         if c.page != page:

@@ -24,8 +24,10 @@ from typing import Any
 SPLIT = dict(mode="split", n_prefix=(1024,), n_future=384, stride=16)
 SLIDING = dict(mode="sliding", max_tokens=1024, delay=32, horizon=256, stride=8)
 #: --small: the same code on short contexts (far d_tau > 128 still has targets: F = 160, H = 160)
-SMALL = {"split": dict(mode="split", n_prefix=(256,), n_future=160, stride=16),
-         "sliding": dict(mode="sliding", max_tokens=384, delay=32, horizon=160, stride=8)}
+SMALL = {
+    "split": dict(mode="split", n_prefix=(256,), n_future=160, stride=16),
+    "sliding": dict(mode="sliding", max_tokens=384, delay=32, horizon=160, stride=8),
+}
 
 #: SQuAD dev articles: the headline set (1-8) and the replication set (9-24), 1-based, inclusive.
 SQUAD_HEADLINE = (1, 8)
@@ -50,9 +52,11 @@ def corpora(papers: str, small: bool = False) -> dict[str, dict[str, Any]]:
     head, rep = SQUAD_HEADLINE, SQUAD_REPLICATION
     if small:
         head, rep = (1, 2), (9, 10)
-    return {"papers": dict(doc=papers, max_docs=2 if small else None),
-            "squad": dict(doc=None, doc_ids=squad_ids(*head)),
-            "squad_rep": dict(doc=None, doc_ids=squad_ids(*rep))}
+    return {
+        "papers": dict(doc=papers, max_docs=2 if small else None),
+        "squad": dict(doc=None, doc_ids=squad_ids(*head)),
+        "squad_rep": dict(doc=None, doc_ids=squad_ids(*rep)),
+    }
 
 
 def runs(papers: str, small: bool = False) -> dict[str, dict[str, Any]]:

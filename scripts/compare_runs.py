@@ -29,10 +29,37 @@ import numpy as np
 import pandas as pd
 
 # JSON keys (at any depth) that record when/where a run happened, not what it computed
-VOLATILE = ("seconds", "time", "date", "created", "started", "finished", "elapsed", "wall", "path", "dir", "out",
-            "version", "git", "sha", "host", "threads", "runtime", "heap", "pid", "library", "python", "platform", "cache")
+VOLATILE = (
+    "seconds",
+    "time",
+    "date",
+    "created",
+    "started",
+    "finished",
+    "elapsed",
+    "wall",
+    "path",
+    "dir",
+    "out",
+    "version",
+    "git",
+    "sha",
+    "host",
+    "threads",
+    "runtime",
+    "heap",
+    "pid",
+    "library",
+    "python",
+    "platform",
+    "cache",
+)
 
-VOLATILE_KEYS = {"run_id", "written", "source"}  # exact keys: a run's id, when it was written, where the weights were read
+VOLATILE_KEYS = {
+    "run_id",
+    "written",
+    "source",
+}  # exact keys: a run's id, when it was written, where the weights were read
 
 
 def volatile(key: str) -> bool:
@@ -82,7 +109,10 @@ def compare_table(a: pd.DataFrame, b: pd.DataFrame, name: str, rtol: float, atol
             xs, ys = np.array([str(v) for v in x], dtype=object), np.array([str(v) for v in y], dtype=object)
             if (xs != ys).any():
                 i = int(np.flatnonzero(xs != ys)[0])
-                out.append(f"{name}.{c}: {int((xs != ys).sum())} values differ (first row {i}: {xs[i][:60]!r} vs {ys[i][:60]!r})")
+                out.append(
+                    f"{name}.{c}: {int((xs != ys).sum())} values differ (first row {i}: {xs[i][:60]!r} vs "
+                    f"{ys[i][:60]!r})"
+                )
 
 
 def compare_runs(a: Path, b: Path, rtol: float = 1e-6, atol: float = 1e-12) -> list[str]:

@@ -97,12 +97,17 @@ def main() -> None:
     t = int(ids.shape[0])
     n = n_kept(BUDGET * t, t)
     cr_exact = 1.0 - (n + 0.5) / t  # kvpress keeps int(t * (1 - cr)) = n, as ours does
-    print(f"transformers {transformers.__version__}; {lm.name}; document {docs[0].doc_id!r}, {t} tokens; "
-          f"budget {BUDGET} -> {n} entries per (layer, head)")
+    print(
+        f"transformers {transformers.__version__}; {lm.name}; document {docs[0].doc_id!r}, {t} tokens; "
+        f"budget {BUDGET} -> {n} entries per (layer, head)"
+    )
 
     cases = {  # ours: (our name, kwargs), kvpress press
         "snapkv": (dict(window=64, kernel=5), SnapKVPress(compression_ratio=cr_exact, window_size=64, kernel_size=5)),
-        "pyramidkv": (dict(window=64, kernel=5, beta=20, budget=1 - 0.8), PyramidKVPress(compression_ratio=0.8, window_size=64, kernel_size=5, beta=20)),
+        "pyramidkv": (
+            dict(window=64, kernel=5, beta=20, budget=1 - 0.8),
+            PyramidKVPress(compression_ratio=0.8, window_size=64, kernel_size=5, beta=20),
+        ),
         "expected_attention": (dict(n_future=512, n_sink=4), ExpectedAttentionPress(compression_ratio=cr_exact)),
         "streaming_llm": (dict(n_sink=4), StreamingLLMPress(compression_ratio=cr_exact, n_sink=4)),
         "knorm": ({}, KnormPress(compression_ratio=cr_exact)),
@@ -111,11 +116,23 @@ def main() -> None:
     agreements = {}
     record = {
         "what": "kvpress's kept positions per method, layer and KV head (hex bitmask, bit p = position p kept); "
-                "written by scripts/crosscheck_kvpress.py, read by tests/model/test_kvpress_reference_model.py",
-        "versions": {"kvpress": _version("kvpress"), "transformers": transformers.__version__, "torch": torch.__version__},
-        "model": lm.name, "dtype": "float32", "device": "cpu",
-        "input": {"file": "data/arxiv.json", "doc_index": 0, "doc_id": docs[0].doc_id, "max_tokens": N_TOKENS,
-                  "n_tokens": t, "ids_sha256": ids_sha256(ids)},
+        "written by scripts/crosscheck_kvpress.py, read by tests/model/test_kvpress_reference_model.py",
+        "versions": {
+            "kvpress": _version("kvpress"),
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        },
+        "model": lm.name,
+        "dtype": "float32",
+        "device": "cpu",
+        "input": {
+            "file": "data/arxiv.json",
+            "doc_index": 0,
+            "doc_id": docs[0].doc_id,
+            "max_tokens": N_TOKENS,
+            "n_tokens": t,
+            "ids_sha256": ids_sha256(ids),
+        },
         "methods": {},
     }
     for name, (kwargs, press) in cases.items():
@@ -125,7 +142,11 @@ def main() -> None:
         def score(module, hidden_states, keys, values, attentions, kw, _orig=original, _press=press):
             s = _orig(module, hidden_states, keys, values, attentions, kw)  # (1, Hkv, T)
             k_len = keys.shape[2]
-            m = _press.get_layer_budget(module, k_len) if hasattr(_press, "get_layer_budget") else compute_n_kept(k_len, _press.compression_ratio)
+            m = (
+                _press.get_layer_budget(module, k_len)
+                if hasattr(_press, "get_layer_budget")
+                else compute_n_kept(k_len, _press.compression_ratio)
+            )
             kept[module.layer_idx] = s[0].topk(m, dim=-1).indices.sort(-1).values
             their_scores[module.layer_idx] = s[0].float()
             return s
@@ -152,11 +173,21 @@ def main() -> None:
                     s = their_scores[l][h, swapped]
                     worst_gap = max(worst_gap, float((s.max() - s.min()) / s.abs().max().clamp_min(1e-30)))
         agreements[name] = same / total
-        record["methods"][name] = {"ours": {"name": name, **kwargs}, "press": repr(press),
-                                   "kept": [[kept_mask(kept[l][h].tolist()) for h in range(kept[l].shape[0])]
-                                            for l in sorted(kept)]}
-        note = "" if same == total else f"; swapped entries' kvpress scores within {worst_gap:.1e} (relative) of each other"
-        diff = "scores differ by design (ours: recency; kvpress: 0/1)" if name == "streaming_llm" else f"max |score diff| {max_diff:.1e}"
+        record["methods"][name] = {
+            "ours": {"name": name, **kwargs},
+            "press": repr(press),
+            "kept": [[kept_mask(kept[l][h].tolist()) for h in range(kept[l].shape[0])] for l in sorted(kept)],
+        }
+        note = (
+            ""
+            if same == total
+            else f"; swapped entries' kvpress scores within {worst_gap:.1e} (relative) of each other"
+        )
+        diff = (
+            "scores differ by design (ours: recency; kvpress: 0/1)"
+            if name == "streaming_llm"
+            else f"max |score diff| {max_diff:.1e}"
+        )
         print(f"{name:20s} identical kept sets {same}/{total} = {same / total:.2f}; {diff}{note}")
 
     if args.out:

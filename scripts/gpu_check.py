@@ -87,8 +87,9 @@ import resource  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field, replace  # noqa: E402
-from typing import Any, Callable, Iterator  # noqa: E402
+from typing import Any
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -145,18 +146,51 @@ class Plan:
 
 
 FULL = Plan(
-    study="llama3.1-8b", embedded="smollm2-135m", engine_ns=(1024, 4096), n_future=256, engine_positions=64,
-    naive_positions=8, batch_sweep=(16, 32, 64, 128, 256), score_bytes_sweep=(256 * MiB, 1 * GiB, 4 * GiB),
-    logit_bytes_sweep=(512 * MiB, 2 * GiB, 8 * GiB), embedded_n=1024, embedded_positions=64, fisher_n=4096,
-    compress_lengths=(16384, 32768), compress_optional=(65536,), entropy_bytes_sweep=(128 * MiB, 1 * GiB),
-    decode_prompt=4096, decode_new=48, probe_n=8192, probe_s=0.5, check_stride=1, check_archs=("llama", "qwen2"),
+    study="llama3.1-8b",
+    embedded="smollm2-135m",
+    engine_ns=(1024, 4096),
+    n_future=256,
+    engine_positions=64,
+    naive_positions=8,
+    batch_sweep=(16, 32, 64, 128, 256),
+    score_bytes_sweep=(256 * MiB, 1 * GiB, 4 * GiB),
+    logit_bytes_sweep=(512 * MiB, 2 * GiB, 8 * GiB),
+    embedded_n=1024,
+    embedded_positions=64,
+    fisher_n=4096,
+    compress_lengths=(16384, 32768),
+    compress_optional=(65536,),
+    entropy_bytes_sweep=(128 * MiB, 1 * GiB),
+    decode_prompt=4096,
+    decode_new=48,
+    probe_n=8192,
+    probe_s=0.5,
+    check_stride=1,
+    check_archs=("llama", "qwen2"),
     budgets=dict(env=20, correct=45, engine_bf16=60, naive=20, fisher=20, compress=60, decode=25, engine_fp32=35),
 )
 TINY = Plan(
-    study="tiny", embedded="tiny", engine_ns=(64,), n_future=16, engine_positions=8, naive_positions=4,
-    batch_sweep=(2, 4), score_bytes_sweep=(64 << 10, 8 * MiB), logit_bytes_sweep=(1 * MiB, 128 * MiB),
-    embedded_n=64, embedded_positions=8, fisher_n=128, compress_lengths=(256,), compress_optional=(512,), entropy_bytes_sweep=(64 << 10, 128 * MiB),
-    decode_prompt=128, decode_new=8, probe_n=256, probe_s=0.05, check_stride=3, check_archs=("llama", "qwen2"),
+    study="tiny",
+    embedded="tiny",
+    engine_ns=(64,),
+    n_future=16,
+    engine_positions=8,
+    naive_positions=4,
+    batch_sweep=(2, 4),
+    score_bytes_sweep=(64 << 10, 8 * MiB),
+    logit_bytes_sweep=(1 * MiB, 128 * MiB),
+    embedded_n=64,
+    embedded_positions=8,
+    fisher_n=128,
+    compress_lengths=(256,),
+    compress_optional=(512,),
+    entropy_bytes_sweep=(64 << 10, 128 * MiB),
+    decode_prompt=128,
+    decode_new=8,
+    probe_n=256,
+    probe_s=0.05,
+    check_stride=3,
+    check_archs=("llama", "qwen2"),
     budgets=dict(env=60, correct=120, engine_bf16=60, naive=60, fisher=60, compress=60, decode=60, engine_fp32=60),
 )
 
@@ -271,6 +305,7 @@ def timed(dev: torch.device, fn: Callable[[], Any]) -> tuple[float, Any, int]:
 # Sections
 # --------------------------------------------------------------------------- #
 
+
 def section_env(run: Run) -> None:
     import transformers
 
@@ -306,31 +341,56 @@ def section_correct(run: Run) -> None:
         for arch in run.plan.check_archs:
             model = checks.tiny_model(arch, device=dev, dtype=dtype)
             for kernel in checks.kernels(model):
-                run.run_checks(f"engine_split_{arch}_{kernel}_{tag}", kernel=kernel, fn=lambda: checks.check_split(
-                    model, ids, kernel, positions, name=f"engine_split_{arch}_{kernel}_{tag}"))
-                run.run_checks(f"engine_sliding_{arch}_{kernel}_{tag}", kernel=kernel, fn=lambda: checks.check_sliding(
-                    model, ids, kernel, sources, name=f"engine_sliding_{arch}_{kernel}_{tag}"))
+                run.run_checks(
+                    f"engine_split_{arch}_{kernel}_{tag}",
+                    kernel=kernel,
+                    fn=lambda: checks.check_split(
+                        model, ids, kernel, positions, name=f"engine_split_{arch}_{kernel}_{tag}"
+                    ),
+                )
+                run.run_checks(
+                    f"engine_sliding_{arch}_{kernel}_{tag}",
+                    kernel=kernel,
+                    fn=lambda: checks.check_sliding(
+                        model, ids, kernel, sources, name=f"engine_sliding_{arch}_{kernel}_{tag}"
+                    ),
+                )
         eager = checks.tiny_model("llama", attn="eager", device=dev, dtype=dtype)
         for kernel in checks.kernels(eager):
-            run.run_checks(f"engine_layer_head_{kernel}_{tag}", kernel=kernel, fn=lambda: checks.check_layer_head(
-                eager, ids, kernel, name=f"engine_layer_head_{kernel}_{tag}"))
+            run.run_checks(
+                f"engine_layer_head_{kernel}_{tag}",
+                kernel=kernel,
+                fn=lambda: checks.check_layer_head(eager, ids, kernel, name=f"engine_layer_head_{kernel}_{tag}"),
+            )
         for mode in ("split", "sliding"):
-            run.run_checks(f"engine_kernels_agree_{mode}_{tag}", kernel="flash", fn=lambda: checks.check_kernels_agree(
-                eager, ids, mode, name=f"engine_kernels_agree_{mode}_{tag}"))
+            run.run_checks(
+                f"engine_kernels_agree_{mode}_{tag}",
+                kernel="flash",
+                fn=lambda: checks.check_kernels_agree(eager, ids, mode, name=f"engine_kernels_agree_{mode}_{tag}"),
+            )
         fi = torch.rand(64, generator=torch.Generator().manual_seed(5)).double()
         for comp in (get_compressor("streaming_llm", budget=0.4, n_sink=2), FIOracle(budget=0.4, fi=fi)):
             name = f"compress_continuation_{comp.name}_{tag}"
             run.run_checks(name, fn=lambda: checks.check_compressed_continuation(eager, prompt, 64, comp, name=name))
     model = checks.tiny_model("llama", device=dev)
-    run.run_checks("engine_batched_equals_single_fp32", fn=lambda: checks.check_batched_equals_single(
-        model, ids, name="engine_batched_equals_single_fp32"))
+    run.run_checks(
+        "engine_batched_equals_single_fp32",
+        fn=lambda: checks.check_batched_equals_single(model, ids, name="engine_batched_equals_single_fp32"),
+    )
     run.run_checks("engine_null_rows_fp32", fn=lambda: checks.check_null_rows(model, ids, name="engine_null_rows_fp32"))
-    run.run_checks("engine_wrong_position_caught_fp32", fn=lambda: checks.check_wrong_position_caught(
-        model, ids, name="engine_wrong_position_caught_fp32"))
+    run.run_checks(
+        "engine_wrong_position_caught_fp32",
+        fn=lambda: checks.check_wrong_position_caught(model, ids, name="engine_wrong_position_caught_fp32"),
+    )
     fids = torch.randint(0, checks.TINY_VOCAB, (36,), generator=torch.Generator().manual_seed(1))
-    run.run_checks("fisher_m0_is_ablation_fp32", fn=lambda: checks.check_fisher_ablation(model, fids, name="fisher_m0_is_ablation_fp32"))
+    run.run_checks(
+        "fisher_m0_is_ablation_fp32",
+        fn=lambda: checks.check_fisher_ablation(model, fids, name="fisher_m0_is_ablation_fp32"),
+    )
     m64 = checks.tiny_model("llama", device=dev, dtype=torch.float64)
-    run.run_checks("fisher_gradient_fd_fp64", fn=lambda: checks.check_fisher_gradient(m64, fids, name="fisher_gradient_fd_fp64"))
+    run.run_checks(
+        "fisher_gradient_fd_fp64", fn=lambda: checks.check_fisher_gradient(m64, fids, name="fisher_gradient_fd_fp64")
+    )
     run.line("info_bad_kernels", ",".join(sorted(run.bad_kernels)) or "none")
 
 
@@ -368,7 +428,9 @@ def engine_section(dtype: torch.dtype) -> Callable[[Run], None]:
     def section(run: Run) -> None:
         plan, dev, tag = run.plan, run.dev, DTYPE_TAG[dtype]
         sweeps = run.dtype == dtype  # the sections' dtype gives the recommendations
-        n_pos = plan.engine_positions if dtype != torch.float32 or dev.type == "cpu" else max(4, plan.engine_positions // 4)
+        n_pos = (
+            plan.engine_positions if dtype != torch.float32 or dev.type == "cpu" else max(4, plan.engine_positions // 4)
+        )
         model = run.model(plan.study, dtype)
         probe = MatmulProbe(dev, dtype, plan.probe_s, n=plan.probe_n)
         probe()
@@ -400,7 +462,9 @@ def engine_section(dtype: torch.dtype) -> Callable[[Run], None]:
         n = max(plan.engine_ns)
         best: dict[str, tuple[float, Any]] = {}
 
-        def sweep(field_name: str, values: tuple, make_kw: Callable[[Any], dict], n_pos_for: Callable[[Any], int]) -> None:
+        def sweep(
+            field_name: str, values: tuple, make_kw: Callable[[Any], dict], n_pos_for: Callable[[Any], int]
+        ) -> None:
             for v in values:
                 rate, _, peak, _ = measure_engine(run, model, n, n_pos_for(v), **make_kw(v))
                 run.line(f"speed_sweep_{field_name}_{v}_{tag}_n{n}_abl_per_s", rate)
@@ -415,12 +479,19 @@ def engine_section(dtype: torch.dtype) -> Callable[[Run], None]:
         usable = [k for k in checks.kernels(model) if k not in run.bad_kernels]
         if usable:
             sweep("kernel", tuple(usable), lambda k: {"batch_size": bs, "kernel": k}, lambda _: bs)
-        sweep("score_bytes", plan.score_bytes_sweep, lambda s: {"batch_size": bs, "kernel": "matmul", "max_score_bytes": s}, lambda _: bs)
+        sweep(
+            "score_bytes",
+            plan.score_bytes_sweep,
+            lambda s: {"batch_size": bs, "kernel": "matmul", "max_score_bytes": s},
+            lambda _: bs,
+        )
         for key in ("logit_bytes", "kl_bytes"):
             if key == "kl_bytes":  # swept together with logit_bytes: one KL pass per logit chunk
                 run.line(recommendation_name(dev.type, key), best["logit_bytes"][1])
                 continue
-            sweep(key, plan.logit_bytes_sweep, lambda s: {"batch_size": bs, "logit_bytes": s, "kl_bytes": s}, lambda _: bs)
+            sweep(
+                key, plan.logit_bytes_sweep, lambda s: {"batch_size": bs, "logit_bytes": s, "kl_bytes": s}, lambda _: bs
+            )
 
     return section
 
@@ -575,7 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_check: --budgets takes name=seconds pairs, got {args.budgets!r}", file=sys.stderr)
         return 2
     if set(given) - set(SECTIONS):
-        print(f"gpu_check: unknown sections in --budgets {sorted(set(given) - set(SECTIONS))}; valid: {', '.join(SECTIONS)}", file=sys.stderr)
+        print(
+            f"gpu_check: unknown sections in --budgets {sorted(set(given) - set(SECTIONS))}; "
+            f"valid: {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
         return 2
     plan = replace(plan, budgets={**plan.budgets, **given})
     run = Run(dev, plan, args.tiny)

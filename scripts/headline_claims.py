@@ -53,8 +53,11 @@ def measure_and_analyze(name: str, kw: dict, out: Path, tables: Path, cfg: Analy
     _LM = globals().get("_LM") or load_model("smollm2-135m", device="cpu", dtype="float32")
     run_dir = out / name
     res = measure(MeasureConfig(out=str(run_dir), progress=False, report=False, **kw), _LM)
-    print(f"{name}: {res.summary.doc_id.nunique()} docs, {len(res.summary)} sources, measured in "
-          f"{res.meta.get('seconds_total', 0):.0f} s", flush=True)
+    print(
+        f"{name}: {res.summary.doc_id.nunique()} docs, {len(res.summary)} sources, measured in "
+        f"{res.meta.get('seconds_total', 0):.0f} s",
+        flush=True,
+    )
     if measure_only:
         return
     a, path = analyze_run(run_dir, cfg, result=res)
@@ -63,9 +66,20 @@ def measure_and_analyze(name: str, kw: dict, out: Path, tables: Path, cfg: Analy
     a.claims.assign(corpus=corpus).to_csv(tables / f"claims_{name}.csv", index=False)
     a.claim_documents.assign(corpus=corpus, mode=mode).to_csv(tables / f"claims_{name}_documents.csv", index=False)
     log = tables / "claims_runs.csv"
-    row = dict(run=name, corpus=corpus, role=ROLE[corpus], mode=mode, documents=res.summary.doc_id.nunique(), sources=len(res.summary),
-               seconds_total=res.meta.get("seconds_total"), git_sha=res.meta.get("git_sha"), finished=res.meta.get("finished"),
-               settings=json.dumps({k: list(v) if isinstance(v, tuple) and k != "doc_ids" else v for k, v in kw.items() if k != "doc_ids"}))
+    row = dict(
+        run=name,
+        corpus=corpus,
+        role=ROLE[corpus],
+        mode=mode,
+        documents=res.summary.doc_id.nunique(),
+        sources=len(res.summary),
+        seconds_total=res.meta.get("seconds_total"),
+        git_sha=res.meta.get("git_sha"),
+        finished=res.meta.get("finished"),
+        settings=json.dumps(
+            {k: list(v) if isinstance(v, tuple) and k != "doc_ids" else v for k, v in kw.items() if k != "doc_ids"}
+        ),
+    )
     old = pd.read_csv(log) if log.is_file() else pd.DataFrame(columns=list(row))
     pd.concat([old[old["run"] != name], pd.DataFrame([row])], ignore_index=True).to_csv(log, index=False)
     print(f"{name}: claims -> {tables / f'claims_{name}.csv'}; report {path / 'report.html'}", flush=True)
@@ -91,7 +105,10 @@ def combine(tables: Path, figures: Path, cfg: AnalyzeConfig, out_md: Path, small
     mask = family._primary_mode(values) & (values["role"] == "claim").to_numpy()
     vals = values[mask].copy()
     vals["panel"] = [c if c in REPLICATES else f"{c} (replication)" for c in vals["corpus"]]
-    save_figure(forest(vals, fam, title="Each claim per document: headline corpora and the replication set"), figures / "claims_forest")
+    save_figure(
+        forest(vals, fam, title="Each claim per document: headline corpora and the replication set"),
+        figures / "claims_forest",
+    )
     print(md)
 
 
@@ -99,12 +116,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/claims")
     ap.add_argument("--papers", default="data/arxiv.json", help="relative to the repository root")
-    ap.add_argument("--n-boot", type=int, default=999, help="bootstrap resamples of the descriptive summaries (the claims use none)")
-    ap.add_argument("--only", default=None, help=f"comma-separated runs to do now (default: all, in order: {','.join(ORDER)})")
+    ap.add_argument(
+        "--n-boot", type=int, default=999, help="bootstrap resamples of the descriptive summaries (the claims use none)"
+    )
+    ap.add_argument(
+        "--only", default=None, help=f"comma-separated runs to do now (default: all, in order: {','.join(ORDER)})"
+    )
     ap.add_argument("--measure-only", action="store_true", help="measure (resumably), write nothing else: a queue")
-    ap.add_argument("--tables-only", action="store_true", help="rebuild the combined tables and figures from the committed per-run CSVs")
-    ap.add_argument("--small", action="store_true", help="end-to-end check: 2 documents per corpus, short contexts, 99 resamples; "
-                    "output under runs/claims-small only (docs/ untouched)")
+    ap.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="rebuild the combined tables and figures from the committed per-run CSVs",
+    )
+    ap.add_argument(
+        "--small",
+        action="store_true",
+        help="end-to-end check: 2 documents per corpus, short contexts, 99 resamples; "
+        "output under runs/claims-small only (docs/ untouched)",
+    )
     args = ap.parse_args()
     os.chdir(ROOT)  # document paths are recorded as given; keep them relative to the repo
     if args.small:

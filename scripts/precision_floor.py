@@ -55,21 +55,37 @@ def main() -> None:
     truth = exact.kl
     tot = truth.sum(1)
     print(f"{args.model}, N={n}, F={f}, {len(pos)} sources; cells = (source, target) KLs")
-    print(f"  true FI (float32 engine): median cell {np.median(truth):.2e}, 90th percentile {np.percentile(truth, 90):.2e}")
-    print(f"  float32 precision floor: median {np.median(exact.precision_floor):.2e}, max {exact.precision_floor.max():.2e}; "
-          f"cells below it {np.mean(truth < exact.precision_floor[None]):.2f}")
+    print(
+        f"  true FI (float32 engine): median cell {np.median(truth):.2e}, "
+        f"90th percentile {np.percentile(truth, 90):.2e}"
+    )
+    print(
+        f"  float32 precision floor: median {np.median(exact.precision_floor):.2e}, max "
+        f"{exact.precision_floor.max():.2e}; "
+        f"cells below it {np.mean(truth < exact.precision_floor[None]):.2f}"
+    )
     pf = low.precision_floor
     err = np.abs(low.kl - truth)
-    print(f"  bfloat16 precision floor: median {np.median(pf):.2e}, max {pf.max():.2e}; "
-          f"noise floor (batched vs lone null row): median {np.median(low.noise_floor):.2e}")
-    print(f"  bfloat16 engine error per cell: median {np.median(err):.2e} (/ median precision floor = {np.median(err) / np.median(pf):.2f}); "
-          f"cells below the floor {np.mean(low.kl < pf[None]):.2f}")
+    print(
+        f"  bfloat16 precision floor: median {np.median(pf):.2e}, max {pf.max():.2e}; "
+        f"noise floor (batched vs lone null row): median {np.median(low.noise_floor):.2e}"
+    )
+    print(
+        f"  bfloat16 engine error per cell: median {np.median(err):.2e} "
+        f"(/ median precision floor = {np.median(err) / np.median(pf):.2f}); "
+        f"cells below the floor {np.mean(low.kl < pf[None]):.2f}"
+    )
     for name, x in (("engine", low.kl), ("naive loop (HF forward)", naive)):
         rel = np.abs(x.sum(1) - tot) / tot
         r = np.corrcoef(np.log(truth.ravel() + 1e-12), np.log(np.abs(x.ravel()) + 1e-12))[0, 1]
-        print(f"  bfloat16 {name}: source totals off by a median factor {np.median(rel):.3g} (max {rel.max():.3g}); "
-              f"log-KL correlation with float32 {r:.2f}")
-    print(f"precision_floor_bf16={np.median(pf):.2e} error_bf16={np.median(err):.2e} precision_floor_fp32={np.median(exact.precision_floor):.2e}")
+        print(
+            f"  bfloat16 {name}: source totals off by a median factor {np.median(rel):.3g} (max {rel.max():.3g}); "
+            f"log-KL correlation with float32 {r:.2f}"
+        )
+    print(
+        f"precision_floor_bf16={np.median(pf):.2e} error_bf16={np.median(err):.2e} "
+        f"precision_floor_fp32={np.median(exact.precision_floor):.2e}"
+    )
 
 
 if __name__ == "__main__":

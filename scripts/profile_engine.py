@@ -95,7 +95,10 @@ def main() -> None:
     t = time.perf_counter()
     eng.split(ids, n, f, [Ablation((p,)) for p in pos], prefill=pre)
     wall = time.perf_counter() - t
-    print(f"engine N={n} F={f} batch={eng.auto_batch_size(n, f)}: " + timers.report(wall, len(pos), {"lm_head+kl": kl_time[0]}))
+    print(
+        f"engine N={n} F={f} batch={eng.auto_batch_size(n, f)}: "
+        + timers.report(wall, len(pos), {"lm_head+kl": kl_time[0]})
+    )
 
     timers.remove()
     timers = Timers(model)

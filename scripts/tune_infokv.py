@@ -40,13 +40,17 @@ PAPERS = ROOT / "data" / "arxiv.json"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--doc", default=str(PAPERS), help="documents (default data/arxiv.json; none: the built-in SQuAD articles)")
+    ap.add_argument(
+        "--doc", default=str(PAPERS), help="documents (default data/arxiv.json; none: the built-in SQuAD articles)"
+    )
     ap.add_argument("--n-prefix", type=int, default=1024)
     ap.add_argument("--n-future", type=int, default=128)
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.2, 0.4])
     ap.add_argument("--mixes", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--norms", nargs="+", default=["max", "sum", "zscore", "rank"])
-    ap.add_argument("--reps", default=",".join(REPS), help=f"representation readings, comma-separated (default {','.join(REPS)})")
+    ap.add_argument(
+        "--reps", default=",".join(REPS), help=f"representation readings, comma-separated (default {','.join(REPS)})"
+    )
     ap.add_argument("--max-docs", type=int, default=None)
     ap.add_argument("--out", default=str(ROOT / "runs" / "tune_infokv"))
     args = ap.parse_args()
@@ -74,17 +78,27 @@ def main() -> None:
             cache = base.fork(InfoKV(budget=budget, norm=norm, mix=mix, rep=rep))
             cache.cut(budget * n)
             out = cache.extend(ids[n:], all_logits=True)
-            rows.append(dict(doc_id=doc.doc_id, budget=budget, norm="snapkv" if mix == 0 else norm, mix=mix,
-                             rep="-" if mix == 0 else rep,
-                             kl=float(centred_kl(ref, out).mean()),
-                             dnll=torch.nn.functional.cross_entropy(out[:-1], ids[n + 1 :]).item() - nll_ref))
+            rows.append(
+                dict(
+                    doc_id=doc.doc_id,
+                    budget=budget,
+                    norm="snapkv" if mix == 0 else norm,
+                    mix=mix,
+                    rep="-" if mix == 0 else rep,
+                    kl=float(centred_kl(ref, out).mean()),
+                    dnll=torch.nn.functional.cross_entropy(out[:-1], ids[n + 1 :]).item() - nll_ref,
+                )
+            )
         print(f"{doc.doc_id}: done ({time.time() - t0:.0f} s)", flush=True)
     df = pd.DataFrame(rows)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     df.to_csv(Path(args.out) / "fidelity.csv", index=False)
     se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
-    table = df.groupby(["budget", "norm", "mix", "rep"]).agg(kl=("kl", "mean"), kl_se=("kl", se), dnll=("dnll", "mean"),
-                                                       docs=("doc_id", "nunique")).reset_index()
+    table = (
+        df.groupby(["budget", "norm", "mix", "rep"])
+        .agg(kl=("kl", "mean"), kl_se=("kl", se), dnll=("dnll", "mean"), docs=("doc_id", "nunique"))
+        .reset_index()
+    )
     print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
     for r in table.itertuples(index=False):
         print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in r) + " |")

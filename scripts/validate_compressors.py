@@ -40,11 +40,32 @@ def main() -> None:
     lm = load_model("smollm2-135m")
     doc = str(PAPERS)
     t0 = time.time()
-    measure(MeasureConfig(doc=doc, n_prefix=(n,), n_future=f, max_docs=docs, out=str(out / "fi512"), words=False,
-                          progress=False, report=False), model=lm)
+    measure(
+        MeasureConfig(
+            doc=doc,
+            n_prefix=(n,),
+            n_future=f,
+            max_docs=docs,
+            out=str(out / "fi512"),
+            words=False,
+            progress=False,
+            report=False,
+        ),
+        model=lm,
+    )
     t1 = time.time()
-    cfg = BenchConfig(task="fidelity", doc=doc, n_prefix=n, n_future=f, n_samples=docs, budgets=(0.2, 0.4),
-                      methods=None, fi_run=str(out / "fi512"), out=str(out / "validation"), progress=False)
+    cfg = BenchConfig(
+        task="fidelity",
+        doc=doc,
+        n_prefix=n,
+        n_future=f,
+        n_samples=docs,
+        budgets=(0.2, 0.4),
+        methods=None,
+        fi_run=str(out / "fi512"),
+        out=str(out / "validation"),
+        progress=False,
+    )
     res = run_bench(cfg, model=lm)
     write_report(cfg.out)
     t2 = time.time()
@@ -55,8 +76,10 @@ def main() -> None:
     print("additivity:", json.dumps(fit))
     share = res[res.budget == 0.2].groupby("method").fi_kept_share.mean()
     print(f"fi-measure {t1 - t0:.0f} s, fi-bench {t2 - t1:.0f} s")
-    print(f"oracle_share={share['fi_oracle']:.3f} infokv_share={share['infokv']:.3f} snapkv_share={share['snapkv']:.3f} "
-          f"additivity_spearman={fit.get('spearman', float('nan')):.2f}")
+    print(
+        f"oracle_share={share['fi_oracle']:.3f} infokv_share={share['infokv']:.3f} snapkv_share={share['snapkv']:.3f} "
+        f"additivity_spearman={fit.get('spearman', float('nan')):.2f}"
+    )
 
 
 if __name__ == "__main__":

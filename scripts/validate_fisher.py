@@ -81,30 +81,47 @@ def main() -> None:
         tpos = np.arange(n, n + f)
         for k, s in enumerate(sources):
             dist_t, dist_b = tpos - s, centres - s
-            rows.append(dict(
-                doc_id=d.doc_id, pos=s,
-                exact_total=ex[k].sum(), exact_near=ex[k][dist_t <= args.near].sum(), exact_far=ex[k][dist_t > args.far].sum(),
-                fisher_total=tot.kl[s, 0], fisher_se=tot.stderr[s, 0],
-                fisher_near=blk.kl[s][dist_b <= args.near].sum(), fisher_far=blk.kl[s][dist_b > args.far].sum(),
-            ))
+            rows.append(
+                dict(
+                    doc_id=d.doc_id,
+                    pos=s,
+                    exact_total=ex[k].sum(),
+                    exact_near=ex[k][dist_t <= args.near].sum(),
+                    exact_far=ex[k][dist_t > args.far].sum(),
+                    fisher_total=tot.kl[s, 0],
+                    fisher_se=tot.stderr[s, 0],
+                    fisher_near=blk.kl[s][dist_b <= args.near].sum(),
+                    fisher_far=blk.kl[s][dist_b > args.far].sum(),
+                )
+            )
         print(f"{d.doc_id}: exact {len(sources)} sources, fisher all {n} (+{blocks} blocks)", flush=True)
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "fisher_vs_exact.parquet", index=False)
-    timing = dict(t_exact=t_exact, n_exact=n_exact, t_fisher=t_fisher, t_fisher_blocks=t_fisher_b, blocks=blocks, args=vars(args))
+    timing = dict(
+        t_exact=t_exact, n_exact=n_exact, t_fisher=t_fisher, t_fisher_blocks=t_fisher_b, blocks=blocks, args=vars(args)
+    )
     (out / "timing.json").write_text(json.dumps(timing, indent=2))
     cfg = AnalyzeConfig(n_boot=999)
     rng = np.random.default_rng(0)
     res = {}
-    print(f"\nSpearman rho, estimate vs exact (within documents, pooled; 95% CI resampling {df.doc_id.nunique()} documents):")
+    print(
+        f"\nSpearman rho, estimate vs exact (within documents, pooled; 95% CI resampling {df.doc_id.nunique()} "
+        "documents):"
+    )
     for b in ("total", "near", "far"):
         sub = df[(df[f"exact_{b}"] > 0)] if b != "total" else df
         if len(sub) == 0 or sub.groupby("doc_id").size().max() < 4:
             print(f"  {b:5s} too few sources with a nonzero exact {b} (raise --n-prefix / lower --stride)")
             res[b] = float("nan")
             continue
-        per = sub.groupby("doc_id").apply(lambda g: pd.Series({"rho": float(spearman(g[f"exact_{b}"].to_numpy(), g[f"fisher_{b}"].to_numpy())), "n": len(g)}), include_groups=False)
+        per = sub.groupby("doc_id").apply(
+            lambda g: pd.Series(
+                {"rho": float(spearman(g[f"exact_{b}"].to_numpy(), g[f"fisher_{b}"].to_numpy())), "n": len(g)}
+            ),
+            include_groups=False,
+        )
         est, lo, hi = group_mean_ci(per["rho"].to_numpy(), per.index.to_numpy(), cfg, rng, weights=per["n"].to_numpy())
         res[b] = est
         print(f"  {b:5s} rho={est:.3f} [{lo:.3f}, {hi:.3f}]  ({int(per['n'].sum())} sources with nonzero exact {b})")
@@ -126,7 +143,9 @@ def main() -> None:
     for name, m in regimes.items():
         r = ratio[m]
         if len(r):
-            print(f"  {name:42s} {r.median():+.2f} [{r.quantile(.25):+.2f}, {r.quantile(.75):+.2f}]  n={int(m.sum())}")
+            print(
+                f"  {name:42s} {r.median():+.2f} [{r.quantile(0.25):+.2f}, {r.quantile(0.75):+.2f}]  n={int(m.sum())}"
+            )
     rel_se = (df.fisher_se / df.fisher_total).median()
     print(f"median relative standard error of the estimate ({args.samples} samples): {rel_se:.2f}")
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -136,8 +155,13 @@ def main() -> None:
         ax.scatter(df.exact_total[m], df.fisher_total[m], s=10, alpha=0.7, color=col, label=c)
     lo_, hi_ = df[["exact_total", "fisher_total"]].min().min(), df[["exact_total", "fisher_total"]].max().max()
     ax.plot([lo_, hi_], [lo_, hi_], "k--", lw=1, label="y = x")
-    ax.set(xscale="log", yscale="log", xlabel="exact FI total (engine)", ylabel=f"Fisher estimate ({args.samples} samples)",
-           title=f"Fisher vs exact, N={n}, F={f}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="exact FI total (engine)",
+        ylabel=f"Fisher estimate ({args.samples} samples)",
+        title=f"Fisher vs exact, N={n}, F={f}",
+    )
     ax.legend(fontsize=8)
     fig.savefig(out / "calibration.png", dpi=120, bbox_inches="tight")
     fig.savefig(out / "calibration.svg", bbox_inches="tight")
@@ -146,14 +170,20 @@ def main() -> None:
     speed = per_abl * n / (t_fisher / ndocs)
     speed_b = per_abl * n / (t_fisher_b / ndocs)
     print(f"exact engine: {per_abl:.3f} s per ablation -> {per_abl * n:.0f} s for all {n} tokens of a document")
-    print(f"fisher: {t_fisher / ndocs:.1f} s per document (totals), {t_fisher_b / ndocs:.1f} s with {blocks} blocks (near/far)")
-    print(f"speedup totals {speed:.1f}x, with distance blocks {speed_b:.1f}x; calibration plot {out / 'calibration.png'}")
+    print(
+        f"fisher: {t_fisher / ndocs:.1f} s per document (totals), {t_fisher_b / ndocs:.1f} s with {blocks} blocks "
+        "(near/far)"
+    )
+    print(
+        f"speedup totals {speed:.1f}x, with distance blocks {speed_b:.1f}x; calibration plot {out / 'calibration.png'}"
+    )
     print(f"spearman_total={res['total']:.2f} speedup={speed:.1f}")
 
 
 if __name__ == "__main__":
     torch.manual_seed(0)
     import faulthandler
+
     if os.environ.get("FI_DUMP"):
         faulthandler.dump_traceback_later(int(os.environ["FI_DUMP"]), exit=True)
     main()

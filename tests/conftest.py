@@ -80,8 +80,13 @@ def tiny_chat_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens(specials)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
 
 
 def tiny_chat_model(seed: int = 0):
@@ -93,7 +98,9 @@ def tiny_chat_model(seed: int = 0):
 
     tok = tiny_chat_tokenizer()
     cfg = tiny_config("llama").to_dict()
-    cfg.update(vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    cfg.update(
+        vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id
+    )
     torch.manual_seed(seed)
     m = LlamaForCausalLM(LlamaConfig(**cfg)).eval()
     with torch.no_grad():
@@ -153,7 +160,9 @@ class TinySource:
         if self.fault or self.delay:
             model.get_input_embeddings().register_forward_pre_hook(hook)
         revision = f"pid{os.getpid()}" if self.revision == "pid" else self.revision
-        return LoadedModel(model, tok, f"tiny-{self.arch}", "tests/conftest.py", revision, torch.device("cpu"), torch.float32)
+        return LoadedModel(
+            model, tok, f"tiny-{self.arch}", "tests/conftest.py", revision, torch.device("cpu"), torch.float32
+        )
 
 
 @pytest.fixture(params=["llama", "qwen2"])

@@ -41,8 +41,9 @@ word (its first subword), since a word's subword pieces are not independent.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,18 +109,34 @@ class AnalyzeConfig:
 
     near: int | None = dataclasses.field(default=None, metadata={"help": "near bucket d <= near (default: the run's)"})
     far: int | None = dataclasses.field(default=None, metadata={"help": "far bucket d > far (default: the run's)"})
-    budgets: tuple[float, ...] = dataclasses.field(default=(0.2, 0.4), metadata={"help": "fractions of tokens kept by the selection rules", "type": "floats"})
-    sinks: int = dataclasses.field(default=4, metadata={"help": "positions < sinks are attention sinks (reported with and without)"})
-    block: int = dataclasses.field(default=BLOCK, metadata={"help": "sliding mode: measured candidates per competing block (consecutive positions; a short last block joins its neighbour)"})
+    budgets: tuple[float, ...] = dataclasses.field(
+        default=(0.2, 0.4), metadata={"help": "fractions of tokens kept by the selection rules", "type": "floats"}
+    )
+    sinks: int = dataclasses.field(
+        default=4, metadata={"help": "positions < sinks are attention sinks (reported with and without)"}
+    )
+    block: int = dataclasses.field(
+        default=BLOCK,
+        metadata={
+            "help": "sliding mode: measured candidates per competing block (consecutive positions; a short last block "
+            "joins its neighbour)"
+        },
+    )
     entropy: str = dataclasses.field(default="entropy_in_topk", metadata={"help": "entropy signal the claims use"})
     attention: str = dataclasses.field(default="attn_snapkv", metadata={"help": "attention signal the claims use"})
     n_boot: int = dataclasses.field(default=999, metadata={"help": "bootstrap resamples"})
     confidence: float = dataclasses.field(default=0.95, metadata={"help": "confidence level of the intervals"})
     n_random: int = dataclasses.field(default=32, metadata={"help": "draws of the random selection rule"})
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the bootstrap and the random rule"})
-    segment: str = dataclasses.field(default="all", metadata={"help": "runs of fi-measure --generate: restrict sources, candidates and claim 2's words to generated or prompt tokens (all, generated, prompt)"})
+    segment: str = dataclasses.field(
+        default="all",
+        metadata={
+            "help": "runs of fi-measure --generate: restrict sources, candidates and claim 2's words to generated or "
+            "prompt tokens (all, generated, prompt)"
+        },
+    )
 
-    def validate(self) -> "AnalyzeConfig":
+    def validate(self) -> AnalyzeConfig:
         if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
             raise InputError(f"--budgets must be fractions in (0, 1]; got {list(self.budgets)}")
         if not 0 < self.confidence < 1:
@@ -129,7 +146,9 @@ class AnalyzeConfig:
         if self.sinks < 0 or self.n_random < 1:
             raise InputError("--sinks must be >= 0 and --n-random >= 1")
         if self.block < 4:
-            raise InputError(f"--block must be >= 4 candidates (a rule keeps a fraction of each block); got {self.block}")
+            raise InputError(
+                f"--block must be >= 4 candidates (a rule keeps a fraction of each block); got {self.block}"
+            )
         for name in ("entropy", "attention"):
             if getattr(self, name) not in SIGNALS:
                 raise InputError(f"--{name} must be one of {', '.join(SIGNALS)}; got {getattr(self, name)!r}")
@@ -166,7 +185,12 @@ def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.
 
 
 # --------------------------------------------------------------- correlations
-def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: Sequence[str] = SIGNALS, targets: Sequence[str] = FI_TARGETS) -> pd.DataFrame:
+def correlations(
+    src: pd.DataFrame,
+    cfg: AnalyzeConfig | None = None,
+    signals: Sequence[str] = SIGNALS,
+    targets: Sequence[str] = FI_TARGETS,
+) -> pd.DataFrame:
     """Spearman and Kendall of FI targets with signals, pooled and per document.
 
     *Pooled* is the within-unit coefficient averaged over units (weights: the
@@ -207,25 +231,56 @@ def correlations(src: pd.DataFrame, cfg: AnalyzeConfig | None = None, signals: S
                             coef[j] = f(x[m], y[m], pos[m] if control == "position" else None)
                             weight[j] = n if method == "spearman" else n * (n - 1) / 2
                         est, lo, hi = group_mean_ci(coef, np.array(docs)[unit_doc], cfg, rng, weights=weight)
-                        rows.append(dict(scope="pooled", doc_id=None, subset=subset, control=control, signal=signal,
-                                         target=target, method=method, estimate=est, ci_low=lo, ci_high=hi,
-                                         n_tokens=int(ok.sum()), n_docs=len(docs)))
+                        rows.append(
+                            dict(
+                                scope="pooled",
+                                doc_id=None,
+                                subset=subset,
+                                control=control,
+                                signal=signal,
+                                target=target,
+                                method=method,
+                                estimate=est,
+                                ci_low=lo,
+                                ci_high=hi,
+                                n_tokens=int(ok.sum()),
+                                n_docs=len(docs),
+                            )
+                        )
                 if subset != "candidates":
                     continue
                 for d in docs:
                     ix = doc_of == d
                     for method in CORRELATIONS:
                         est, lo, hi = token_bootstrap(x[ix], y[ix], method, None, cfg, rng)
-                        rows.append(dict(scope="document", doc_id=d, subset=subset, control="none", signal=signal,
-                                         target=target, method=method, estimate=est, ci_low=lo, ci_high=hi,
-                                         n_tokens=int(ok[ix].sum()), n_docs=1))
+                        rows.append(
+                            dict(
+                                scope="document",
+                                doc_id=d,
+                                subset=subset,
+                                control="none",
+                                signal=signal,
+                                target=target,
+                                method=method,
+                                estimate=est,
+                                ci_low=lo,
+                                ci_high=hi,
+                                n_tokens=int(ok[ix].sum()),
+                                n_docs=1,
+                            )
+                        )
     out = pd.DataFrame(rows)
     out["doc_id"] = out["doc_id"].astype("string")
     return out
 
 
 # ---------------------------------------------------------------- word classes
-def word_class_tests(tokens: pd.DataFrame, cfg: AnalyzeConfig | None = None, columns: Sequence[str] = ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far"), level: str = "word") -> pd.DataFrame:
+def word_class_tests(
+    tokens: pd.DataFrame,
+    cfg: AnalyzeConfig | None = None,
+    columns: Sequence[str] = ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far"),
+    level: str = "word",
+) -> pd.DataFrame:
     """Content vs. function words: Mann–Whitney U, its p-value, and the
     rank-biserial effect (positive: content higher) with an interval from
     resampling documents. ``level="word"``: one value per word, its first
@@ -252,19 +307,39 @@ def word_class_tests(tokens: pd.DataFrame, cfg: AnalyzeConfig | None = None, col
         # a resample with document multiplicities m has U = m' U_kl m.
         con = [v[ix][(cls[ix] == "content") & np.isfinite(v[ix])] for ix in by_doc]
         fun = [np.sort(v[ix][(cls[ix] == "function") & np.isfinite(v[ix])]) for ix in by_doc]
-        u_kl = np.array([[(np.searchsorted(fb, ca, "left") + np.searchsorted(fb, ca, "right")).sum() / 2 for fb in fun] for ca in con])
+        u_kl = np.array(
+            [
+                [(np.searchsorted(fb, ca, "left") + np.searchsorted(fb, ca, "right")).sum() / 2 for fb in fun]
+                for ca in con
+            ]
+        )
         n_con = np.array([len(x) for x in con], dtype=float)
         n_fun = np.array([len(x) for x in fun], dtype=float)
 
         def eff(m: np.ndarray, u_kl=u_kl, n_con=n_con, n_fun=n_fun) -> np.ndarray:
             den = (m @ n_con) * (m @ n_fun)
             with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(den > 0, 2 * np.einsum("rk,kl,rl->r", m, u_kl, m) / np.where(den > 0, den, 1.0) - 1, np.nan)
+                return np.where(
+                    den > 0, 2 * np.einsum("rk,kl,rl->r", m, u_kl, m) / np.where(den > 0, den, 1.0) - 1, np.nan
+                )
 
         est, lo, hi = cluster_bootstrap(len(docs), eff, cfg, rng)
-        rows.append(dict(level=level, column=c, n_content=len(a), n_function=len(b), median_content=float(np.median(a)),
-                         median_function=float(np.median(b)), u=float(test.statistic), p_value=float(test.pvalue),
-                         rank_biserial=est, ci_low=lo, ci_high=hi, n_docs=len(docs)))
+        rows.append(
+            dict(
+                level=level,
+                column=c,
+                n_content=len(a),
+                n_function=len(b),
+                median_content=float(np.median(a)),
+                median_function=float(np.median(b)),
+                u=float(test.statistic),
+                p_value=float(test.pvalue),
+                rank_biserial=est,
+                ci_low=lo,
+                ci_high=hi,
+                n_docs=len(docs),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -296,7 +371,18 @@ class Analysis:
     segment_claims: pd.DataFrame
     meta: dict[str, Any]
 
-    TABLES = ("correlations", "selection", "selection_summary", "distance_curves", "word_tests", "word_groups", "function_bias", "claims", "claim_documents", "segment_claims")
+    TABLES = (
+        "correlations",
+        "selection",
+        "selection_summary",
+        "distance_curves",
+        "word_tests",
+        "word_groups",
+        "function_bias",
+        "claims",
+        "claim_documents",
+        "segment_claims",
+    )
 
 
 def in_segment(df: pd.DataFrame, segment: str) -> pd.DataFrame:
@@ -309,7 +395,10 @@ def in_segment(df: pd.DataFrame, segment: str) -> pd.DataFrame:
     if segment == "all":
         return df
     if "segment" not in df.columns:
-        raise InputError(f"--segment {segment} needs a run of fi-measure --generate (this run's tokens have no prompt/generated segment)")
+        raise InputError(
+            f"--segment {segment} needs a run of fi-measure --generate (this run's tokens have no prompt/generated "
+            "segment)"
+        )
     return df[(df["segment"] == segment).fillna(False).to_numpy(bool)].reset_index(drop=True)
 
 
@@ -320,13 +409,16 @@ def segments_of(result: MeasureResult) -> list[str]:
     return [s for s in ("prompt", "generated") if (result.tokens["segment"] == s).any()]
 
 
-def _claims_table(result: MeasureResult, cfg: AnalyzeConfig, sel: pd.DataFrame, cand: pd.DataFrame,
-                  rules: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _claims_table(
+    result: MeasureResult, cfg: AnalyzeConfig, sel: pd.DataFrame, cand: pd.DataFrame, rules: Sequence[str]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The claims of one run restricted to ``cfg.segment`` (with a ``segment``
     column), their per-document values, and the function-word bias table claim 3 reads."""
     run = result.config
     has_words = "word_class" in cand.columns
-    bias = function_bias(cand, cfg, [r for r in rules if r != "fi_oracle"]) if has_words and len(cand) else pd.DataFrame()
+    bias = (
+        function_bias(cand, cfg, [r for r in rules if r != "fi_oracle"]) if has_words and len(cand) else pd.DataFrame()
+    )
     absent = claim1_absent(result, ablation_rows(result.influence), buckets(result, cfg)[1])
     note = f"{run.method} estimate" if run.method != "exact" else ""
     words = in_segment(result.tokens, cfg.segment) if has_words else pd.DataFrame()
@@ -360,10 +452,14 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     src = in_segment(source_table(result, cfg), cfg.segment)
     where = "" if cfg.segment == "all" else f" in the {cfg.segment} segment"
     if src["doc_id"].nunique() < 1 or len(src) < 4:
-        raise InputError(f"the run has fewer than 4 measured sources{where}; measure more (lower --stride or more documents)")
+        raise InputError(
+            f"the run has fewer than 4 measured sources{where}; measure more (lower --stride or more documents)"
+        )
     if int(src["is_candidate"].sum()) < 4:
-        raise InputError(f"the run has fewer than 4 measured sources{where} that compete for a budget (the first --sinks positions, "
-                         "and in split mode the --window before N, do not); measure more (a larger --n-prefix or lower --stride)")
+        raise InputError(
+            f"the run has fewer than 4 measured sources{where} that compete for a budget (the first --sinks positions, "
+            "and in split mode the --window before N, do not); measure more (a larger --n-prefix or lower --stride)"
+        )
     rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
     sel = selection(src, cfg, rules)
     cand = in_segment(candidate_tokens(result, cfg), cfg.segment)
@@ -372,7 +468,17 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     has_words = "word_class" in cand.columns
     # one value per word (its first subword): subword pieces of a word are not independent
     words = word_class_tests(tok_fi, cfg) if has_words else pd.DataFrame()
-    groups = pd.concat([by_group(tok_fi, g, ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far")) for g in ("word_class", "upos")], ignore_index=True) if has_words else pd.DataFrame()
+    groups = (
+        pd.concat(
+            [
+                by_group(tok_fi, g, ("entropy_in_topk", "entropy_in", "surprisal", "fi_total", "fi_far"))
+                for g in ("word_class", "upos")
+            ],
+            ignore_index=True,
+        )
+        if has_words
+        else pd.DataFrame()
+    )
     claims_table, claim_docs, bias = _claims_table(result, cfg, sel, cand, rules)
     tables = dict(
         sources=src,
@@ -386,9 +492,33 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
         function_bias=bias,
         claims=claims_table,
         claim_documents=claim_docs,
-        segment_claims=segment_claims(result, cfg) if cfg.segment == "all" and len(segments_of(result)) else pd.DataFrame(),
+        segment_claims=segment_claims(result, cfg)
+        if cfg.segment == "all" and len(segments_of(result))
+        else pd.DataFrame(),
     )
     near, far = buckets(result, cfg)
-    meta = {"analyze_config": cfg.to_dict(), "segment": cfg.segment, "segments": segments_of(result), "near": near, "far": far,
-            "run": {k: result.meta.get(k) for k in ("run_id", "config", "model", "versions", "git_sha", "seed", "noise_floor_max", "precision_floor_median", "share_below_precision_floor", "seconds_total", "generation", "skipped")}}
+    meta = {
+        "analyze_config": cfg.to_dict(),
+        "segment": cfg.segment,
+        "segments": segments_of(result),
+        "near": near,
+        "far": far,
+        "run": {
+            k: result.meta.get(k)
+            for k in (
+                "run_id",
+                "config",
+                "model",
+                "versions",
+                "git_sha",
+                "seed",
+                "noise_floor_max",
+                "precision_floor_median",
+                "share_below_precision_floor",
+                "seconds_total",
+                "generation",
+                "skipped",
+            )
+        },
+    }
     return Analysis(meta=meta, **tables)

@@ -42,7 +42,8 @@ kept, attention minus recency) carry estimate, interval and p, no verdict.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,10 +79,29 @@ AGAINST = {
     "3": "negative: attention under-selects function words",
 }
 #: Claim 2's readings beside the pre-declared one: (reading, word level, column or None for cfg.entropy).
-CLAIM2_READINGS = (("word mean", "mean", None), ("all tokens", "token", None),
-                   ("entropy_out_topk", "first", "entropy_out_topk"), ("surprisal", "first", "surprisal"))
-COLUMNS = ["claim", "reading", "role", "mode", "statement", "statistic", "against", "estimate", "ci_low", "ci_high",
-           "p_value", "p_adjusted", "verdict", "n_docs", "note"]
+CLAIM2_READINGS = (
+    ("word mean", "mean", None),
+    ("all tokens", "token", None),
+    ("entropy_out_topk", "first", "entropy_out_topk"),
+    ("surprisal", "first", "surprisal"),
+)
+COLUMNS = [
+    "claim",
+    "reading",
+    "role",
+    "mode",
+    "statement",
+    "statistic",
+    "against",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "verdict",
+    "n_docs",
+    "note",
+]
 VALUE_COLUMNS = ["claim", "reading", "role", "statistic", "doc_id", "value", "weight"]
 
 
@@ -96,12 +116,21 @@ def _per_document(values: pd.Series, docs: pd.Series) -> pd.Series:
     return pd.Series(total[keep] / n[keep], index=ids[keep])
 
 
-def _values(claim: str, reading: str, role: str, statistic: str, per_doc: pd.Series, weights: Any = None) -> dict[str, Any]:
+def _values(
+    claim: str, reading: str, role: str, statistic: str, per_doc: pd.Series, weights: Any = None
+) -> dict[str, Any]:
     """Columns of :data:`VALUE_COLUMNS` for one reading (concatenated by :func:`claim_values`)."""
     n = len(per_doc)
     w = np.ones(n) if weights is None else np.asarray(weights, float)
-    return dict(claim=[claim] * n, reading=[reading] * n, role=[role] * n, statistic=[statistic] * n,
-                doc_id=list(per_doc.index.astype(str)), value=list(per_doc.to_numpy(float)), weight=list(w))
+    return dict(
+        claim=[claim] * n,
+        reading=[reading] * n,
+        role=[role] * n,
+        statistic=[statistic] * n,
+        doc_id=list(per_doc.index.astype(str)),
+        value=list(per_doc.to_numpy(float)),
+        weight=list(w),
+    )
 
 
 def claim2_words(tokens: pd.DataFrame, level: str) -> pd.DataFrame:
@@ -124,15 +153,19 @@ def _claim2(tokens: pd.DataFrame, column: str, level: str) -> tuple[pd.Series, n
     w = claim2_words(tokens, level)
     if column not in w.columns or not len(w):
         return None
-    t = per_document_rank_biserial(w[column].to_numpy(float), w["word_class"].astype("string").fillna("other").to_numpy(),
-                                   w["doc_id"].astype(str).to_numpy())
+    t = per_document_rank_biserial(
+        w[column].to_numpy(float),
+        w["word_class"].astype("string").fillna("other").to_numpy(),
+        w["doc_id"].astype(str).to_numpy(),
+    )
     t = t[t["weight"] > 0]
     # weights n_content * n_function: the weighted mean is the pooled within-document rank-biserial
     return pd.Series(t["rank_biserial"].to_numpy(), index=t["doc_id"].to_numpy()), t["weight"].to_numpy()
 
 
-def claim_values(sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cfg: Any, mode: str,
-                 distance_claims: bool = True) -> pd.DataFrame:
+def claim_values(
+    sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cfg: Any, mode: str, distance_claims: bool = True
+) -> pd.DataFrame:
     """Every claim's (and every reading's) value per document.
 
     Parameters
@@ -171,35 +204,74 @@ def claim_values(sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cf
                 continue
             role = CLAIM if reading == "primary" else SENSITIVITY
             e, a = ent.loc[keep], att_t.loc[keep]
-            frames.append(_values("1a", reading, role, f"far-FI share kept (d_τ > far), {ent_name} − {att}, budget {budget:g}",
-                                  _per_document(e["kept_share_far"] - a["kept_share_far"], e["doc_id"])))
-            frames.append(_values("1b", reading, role, f"near fraction (d_τ ≤ near) of kept FI, {att} − {ent_name}, budget {budget:g}",
-                                  _per_document(a["near_frac"] - e["near_frac"], e["doc_id"])))
+            frames.append(
+                _values(
+                    "1a",
+                    reading,
+                    role,
+                    f"far-FI share kept (d_τ > far), {ent_name} − {att}, budget {budget:g}",
+                    _per_document(e["kept_share_far"] - a["kept_share_far"], e["doc_id"]),
+                )
+            )
+            frames.append(
+                _values(
+                    "1b",
+                    reading,
+                    role,
+                    f"near fraction (d_τ ≤ near) of kept FI, {att} − {ent_name}, budget {budget:g}",
+                    _per_document(a["near_frac"] - e["near_frac"], e["doc_id"]),
+                )
+            )
         if "recency" in by_rule:
             rec = by_rule["recency"].loc[ent.index]
-            frames.append(_values("1a", "attention − recency", DESCRIPTIVE, f"far-FI share kept, {att} − recency, budget {budget:g}",
-                                  _per_document(att_t["kept_share_far"] - rec["kept_share_far"], ent["doc_id"])))
+            frames.append(
+                _values(
+                    "1a",
+                    "attention − recency",
+                    DESCRIPTIVE,
+                    f"far-FI share kept, {att} − recency, budget {budget:g}",
+                    _per_document(att_t["kept_share_far"] - rec["kept_share_far"], ent["doc_id"]),
+                )
+            )
     if len(tokens) and "word_class" in tokens:
-        readings = [("primary", "first", ent_name)] + [(r, lv, col or ent_name) for r, lv, col in CLAIM2_READINGS if (col or ent_name, lv) != (ent_name, "first")]
+        readings = [("primary", "first", ent_name)] + [
+            (r, lv, col or ent_name) for r, lv, col in CLAIM2_READINGS if (col or ent_name, lv) != (ent_name, "first")
+        ]
         for reading, level, column in readings:
             got = _claim2(tokens, column, level)
             if got is None:
                 continue
             what = {"first": "first subword", "mean": "mean over a word's subwords", "token": "every token"}[level]
-            frames.append(_values("2", reading, CLAIM if reading == "primary" else SENSITIVITY,
-                                  f"rank-biserial of {column}, content vs function words ({what})", *got))
+            frames.append(
+                _values(
+                    "2",
+                    reading,
+                    CLAIM if reading == "primary" else SENSITIVITY,
+                    f"rank-biserial of {column}, content vs function words ({what})",
+                    *got,
+                )
+            )
     b = bias[(bias["rule"] == att) & (bias["budget"] == budget)] if len(bias) else bias
     if len(b):
         later = b["block"] != 0 if "block" in b else pd.Series(False, index=b.index)
         for reading, bb in (("primary", b), ("without first block", b[later])):
             if reading != "primary" and (mode != "sliding" or not later.any() or later.all()):
                 continue
-            frames.append(_values("3", reading, CLAIM if reading == "primary" else SENSITIVITY,
-                                  f"function share of {att} top-{budget:g} minus candidates' share", _per_document(bb["excess"], bb["doc_id"])))
+            frames.append(
+                _values(
+                    "3",
+                    reading,
+                    CLAIM if reading == "primary" else SENSITIVITY,
+                    f"function share of {att} top-{budget:g} minus candidates' share",
+                    _per_document(bb["excess"], bb["doc_id"]),
+                )
+            )
     return pd.DataFrame({c: [x for f in frames for x in f[c]] for c in VALUE_COLUMNS})
 
 
-def claims_from_values(values: pd.DataFrame, cfg: Any, mode: str = "", note: str = "", keys: Sequence[str] = ()) -> pd.DataFrame:
+def claims_from_values(
+    values: pd.DataFrame, cfg: Any, mode: str = "", note: str = "", keys: Sequence[str] = ()
+) -> pd.DataFrame:
     """One row per (``keys``..., claim, reading) of :func:`claim_values`-shaped
     ``values``: estimate, the sign-flip p and the interval that inverts it;
     Holm over the ``claim`` rows (the family: every claim row passed in) with
@@ -210,8 +282,17 @@ def claims_from_values(values: pd.DataFrame, cfg: Any, mode: str = "", note: str
     for key, g in values.groupby(by, sort=False):
         head = dict(zip(by, key))
         res = claim_test(g["value"].to_numpy(float), g["weight"].to_numpy(float), cfg, np.random.default_rng(cfg.seed))
-        rows.append({"mode": mode, **head, "statement": STATEMENTS[head["claim"]], "against": AGAINST[head["claim"]], "direction": 1,
-                     "note": note, **res})
+        rows.append(
+            {
+                "mode": mode,
+                **head,
+                "statement": STATEMENTS[head["claim"]],
+                "against": AGAINST[head["claim"]],
+                "direction": 1,
+                "note": note,
+                **res,
+            }
+        )
     if not rows:
         return pd.DataFrame(columns=[*keys, *COLUMNS])
     out = pd.DataFrame(rows)
@@ -235,12 +316,24 @@ def _family_notes(out: pd.DataFrame, fam: pd.Series, alpha: float) -> None:
     floor[family] = smallest_p_adjusted(out.loc[family, "n_docs"].to_numpy())
     m = int(family.sum())
     for i in out.index[family & ~few & (floor >= alpha)]:
-        _add_note(out, i, f"cannot be decided: with {out.at[i, 'n_docs']} documents and {m} claims the smallest possible "
-                          f"p (Holm) is {floor[i]:.3g} >= {alpha:g}; needs >= {documents_needed(m, alpha)} documents")
+        _add_note(
+            out,
+            i,
+            f"cannot be decided: with {out.at[i, 'n_docs']} documents and {m} claims the smallest possible "
+            f"p (Holm) is {floor[i]:.3g} >= {alpha:g}; needs >= {documents_needed(m, alpha)} documents",
+        )
 
 
-def claims(sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cfg: Any, mode: str,
-           distance_claims: bool = True, note: str = "", absent: str = "") -> pd.DataFrame:
+def claims(
+    sel: pd.DataFrame,
+    tokens: pd.DataFrame,
+    bias: pd.DataFrame,
+    cfg: Any,
+    mode: str,
+    distance_claims: bool = True,
+    note: str = "",
+    absent: str = "",
+) -> pd.DataFrame:
     """The claims table of one run (see the module docstring).
 
     Parameters are those of :func:`claim_values`; ``note`` is added to every
@@ -256,9 +349,26 @@ def claims(sel: pd.DataFrame, tokens: pd.DataFrame, bias: pd.DataFrame, cfg: Any
     """
     out = claims_from_values(claim_values(sel, tokens, bias, cfg, mode, distance_claims), cfg, mode, note)
     if not distance_claims and absent:
-        missing = [dict(claim=c, reading="primary", role=CLAIM, mode=mode, statement=STATEMENTS[c], statistic="", against=AGAINST[c],
-                        estimate=np.nan, ci_low=np.nan, ci_high=np.nan, p_value=np.nan, p_adjusted=np.nan, verdict=NOT_TESTED,
-                        n_docs=0, note="; ".join(x for x in (note, absent) if x)) for c in ("1a", "1b")]
+        missing = [
+            dict(
+                claim=c,
+                reading="primary",
+                role=CLAIM,
+                mode=mode,
+                statement=STATEMENTS[c],
+                statistic="",
+                against=AGAINST[c],
+                estimate=np.nan,
+                ci_low=np.nan,
+                ci_high=np.nan,
+                p_value=np.nan,
+                p_adjusted=np.nan,
+                verdict=NOT_TESTED,
+                n_docs=0,
+                note="; ".join(x for x in (note, absent) if x),
+            )
+            for c in ("1a", "1b")
+        ]
         out = pd.concat([pd.DataFrame(missing), out], ignore_index=True)
     return out[COLUMNS].reset_index(drop=True) if len(out) else pd.DataFrame(columns=COLUMNS)
 
@@ -271,8 +381,10 @@ def claim1_absent(result: Any, influence: pd.DataFrame, far: int) -> str:
         return "claim 1 not tested: a Fisher estimate with one future block places each estimate at one distance"
     if not far_targets(influence, far):
         what = "--n-future" if run.mode == "split" else "--horizon"
-        return (f"claim 1 not tested: no target lies beyond far = {far} from the eviction time; "
-                f"measure with {what} >= {far + 2} (the headline runs use --n-future 384, --horizon 256)")
+        return (
+            f"claim 1 not tested: no target lies beyond far = {far} from the eviction time; "
+            f"measure with {what} >= {far + 2} (the headline runs use --n-future 384, --horizon 256)"
+        )
     return ""
 
 

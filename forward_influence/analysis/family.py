@@ -43,7 +43,9 @@ KEYS = ("corpus", "mode")
 
 
 def _primary_mode(values: pd.DataFrame) -> np.ndarray:
-    return (values["mode"].to_numpy() == values["claim"].map(PRIMARY_MODE).to_numpy()) & (values["reading"] == "primary").to_numpy()
+    return (values["mode"].to_numpy() == values["claim"].map(PRIMARY_MODE).to_numpy()) & (
+        values["reading"] == "primary"
+    ).to_numpy()
 
 
 def headline(values: pd.DataFrame, cfg: Any, corpora: list[str]) -> pd.DataFrame:
@@ -57,8 +59,13 @@ def headline(values: pd.DataFrame, cfg: Any, corpora: list[str]) -> pd.DataFrame
 
 def secondary(values: pd.DataFrame, cfg: Any, corpora: list[str]) -> pd.DataFrame:
     """Split-mode rows of the primary readings: tests without adjustment or verdict."""
-    v = values[values["corpus"].isin(corpora) & (values["mode"] == "split") & (values["role"] == CLAIM)
-               & (values["reading"] == "primary") & values["claim"].isin(SECONDARY_CLAIMS)]
+    v = values[
+        values["corpus"].isin(corpora)
+        & (values["mode"] == "split")
+        & (values["role"] == CLAIM)
+        & (values["reading"] == "primary")
+        & values["claim"].isin(SECONDARY_CLAIMS)
+    ]
     return _no_verdict(claims_from_values(v, cfg, keys=KEYS), "secondary")
 
 
@@ -77,21 +84,64 @@ def replication(values: pd.DataFrame, cfg: Any, replicates: dict[str, str | None
     for corpus, rep in replicates.items():
         h = head[head["corpus"] == corpus].set_index("claim")
         if rep is None:
-            rows += [dict(corpus=corpus, replication="", claim=c, headline_estimate=h.at[c, "estimate"], note="no replication set in the repository")
-                     for c in h.index]
+            rows += [
+                dict(
+                    corpus=corpus,
+                    replication="",
+                    claim=c,
+                    headline_estimate=h.at[c, "estimate"],
+                    note="no replication set in the repository",
+                )
+                for c in h.index
+            ]
             continue
         v = values[(values["corpus"] == rep).to_numpy() & _primary_mode(values) & (values["role"] == CLAIM).to_numpy()]
         r = claims_from_values(v, cfg, keys=KEYS).set_index("claim")
         for c in h.index:
             if c not in r.index:
-                rows.append(dict(corpus=corpus, replication=rep, claim=c, headline_estimate=h.at[c, "estimate"], note="not measured on the replication set"))
+                rows.append(
+                    dict(
+                        corpus=corpus,
+                        replication=rep,
+                        claim=c,
+                        headline_estimate=h.at[c, "estimate"],
+                        note="not measured on the replication set",
+                    )
+                )
                 continue
             x = r.loc[c]
-            rows.append(dict(corpus=corpus, replication=rep, claim=c, headline_estimate=h.at[c, "estimate"], estimate=x.estimate,
-                             ci_low=x.ci_low, ci_high=x.ci_high, p_value=x.p_value, p_adjusted=x.p_adjusted, n_docs=x.n_docs,
-                             same_sign=bool(np.sign(x.estimate) == np.sign(h.at[c, "estimate"])), verdict=x.verdict, note=x.note))
-    cols = ["corpus", "replication", "claim", "headline_estimate", "estimate", "ci_low", "ci_high", "p_value", "p_adjusted", "n_docs",
-            "same_sign", "verdict", "note"]
+            rows.append(
+                dict(
+                    corpus=corpus,
+                    replication=rep,
+                    claim=c,
+                    headline_estimate=h.at[c, "estimate"],
+                    estimate=x.estimate,
+                    ci_low=x.ci_low,
+                    ci_high=x.ci_high,
+                    p_value=x.p_value,
+                    p_adjusted=x.p_adjusted,
+                    n_docs=x.n_docs,
+                    same_sign=bool(np.sign(x.estimate) == np.sign(h.at[c, "estimate"])),
+                    verdict=x.verdict,
+                    note=x.note,
+                )
+            )
+    cols = [
+        "corpus",
+        "replication",
+        "claim",
+        "headline_estimate",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "p_adjusted",
+        "n_docs",
+        "same_sign",
+        "verdict",
+        "note",
+    ]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
@@ -104,8 +154,12 @@ def tables(values: pd.DataFrame, cfg: Any, replicates: dict[str, str | None]) ->
     (the family), ``secondary``, ``beside`` and ``replication``."""
     corpora = list(replicates)
     head = headline(values, cfg, corpora)
-    return dict(headline=head, secondary=secondary(values, cfg, corpora), beside=beside(values, cfg, corpora),
-                replication=replication(values, cfg, replicates, head))
+    return dict(
+        headline=head,
+        secondary=secondary(values, cfg, corpora),
+        beside=beside(values, cfg, corpora),
+        replication=replication(values, cfg, replicates, head),
+    )
 
 
 def _p(x: float) -> str:
@@ -117,27 +171,53 @@ def markdown(t: dict[str, pd.DataFrame], budget: float) -> str:
     replication, and the rows beside them (no verdicts)."""
     from forward_influence.analysis.inference import interval_text
 
-    out = [f"**The family** (8 pre-declared tests; p (Holm) over all of them; verdict from p (Holm); the interval inverts the "
-           f"test and excludes 0 exactly when the unadjusted p < 0.05; budget {budget:g}: the share of each unit's candidates kept)", "",
-           "| corpus | claim | mode | documents | statistic | estimate | 95% CI | p | p (Holm) | verdict |",
-           "|---|---|---|---:|---|---:|---|---:|---:|---|"]
+    out = [
+        "**The family** (8 pre-declared tests; p (Holm) over all of them; verdict from p (Holm); the interval "
+        "inverts the "
+        f"test and excludes 0 exactly when the unadjusted p < 0.05; budget {budget:g}: the share of each unit's "
+        "candidates kept)",
+        "",
+        "| corpus | claim | mode | documents | statistic | estimate | 95% CI | p | p (Holm) | verdict |",
+        "|---|---|---|---:|---|---:|---|---:|---:|---|",
+    ]
     for r in t["headline"].itertuples():
-        out.append(f"| {r.corpus} | {r.claim} | {r.mode} | {r.n_docs} | {r.statistic} | {r.estimate:+.3f} | {interval_text(r.ci_low, r.ci_high)} | "
-                   f"{_p(r.p_value)} | {_p(r.p_adjusted)} | **{r.verdict}** |")
-    out += ["", "**Replication** (the same tests on documents not used to state the claims; p (Holm) within the replication set's family)", "",
-            "| corpus | claim | replication set | documents | headline estimate | replication estimate | 95% CI | p | p (Holm) | same sign | verdict |",
-            "|---|---|---|---:|---:|---:|---|---:|---:|---|---|"]
+        out.append(
+            f"| {r.corpus} | {r.claim} | {r.mode} | {r.n_docs} | {r.statistic} | {r.estimate:+.3f} | "
+            f"{interval_text(r.ci_low, r.ci_high)} | "
+            f"{_p(r.p_value)} | {_p(r.p_adjusted)} | **{r.verdict}** |"
+        )
+    out += [
+        "",
+        "**Replication** (the same tests on documents not used to state the claims; p (Holm) within the replication "
+        "set's family)",
+        "",
+        "| corpus | claim | replication set | documents | headline estimate | replication estimate | 95% CI | p | p "
+        "(Holm) | same sign | verdict |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---|---|",
+    ]
     for r in t["replication"].itertuples():
         if not r.replication or not np.isfinite(r.estimate):
             out.append(f"| {r.corpus} | {r.claim} | — | | {r.headline_estimate:+.3f} | | | | | | {r.note} |")
             continue
-        out.append(f"| {r.corpus} | {r.claim} | {r.replication} | {r.n_docs} | {r.headline_estimate:+.3f} | {r.estimate:+.3f} | "
-                   f"{interval_text(r.ci_low, r.ci_high)} | {_p(r.p_value)} | {_p(r.p_adjusted)} | {'yes' if r.same_sign else 'no'} | **{r.verdict}** |")
+        out.append(
+            f"| {r.corpus} | {r.claim} | {r.replication} | {r.n_docs} | {r.headline_estimate:+.3f} | "
+            f"{r.estimate:+.3f} | "
+            f"{interval_text(r.ci_low, r.ci_high)} | {_p(r.p_value)} | {_p(r.p_adjusted)} | "
+            f"{'yes' if r.same_sign else 'no'} | **{r.verdict}** |"
+        )
     side = pd.concat([t["secondary"], t["beside"]], ignore_index=True)
-    out += ["", "**Beside the family** (secondary split-mode tests, other readings, position control: unadjusted p, no verdict)", "",
-            "| corpus | claim | mode | reading | documents | statistic | estimate | 95% CI | p |", "|---|---|---|---|---:|---|---:|---|---:|"]
+    out += [
+        "",
+        "**Beside the family** (secondary split-mode tests, other readings, position control: unadjusted p, no "
+        "verdict)",
+        "",
+        "| corpus | claim | mode | reading | documents | statistic | estimate | 95% CI | p |",
+        "|---|---|---|---|---:|---|---:|---|---:|",
+    ]
     for r in side.itertuples():
         reading = "secondary (split)" if r.role == "secondary" else r.reading
-        out.append(f"| {r.corpus} | {r.claim} | {r.mode} | {reading} | {r.n_docs} | {r.statistic} | {r.estimate:+.3f} | "
-                   f"{interval_text(r.ci_low, r.ci_high)} | {_p(r.p_value)} |")
+        out.append(
+            f"| {r.corpus} | {r.claim} | {r.mode} | {reading} | {r.n_docs} | {r.statistic} | {r.estimate:+.3f} | "
+            f"{interval_text(r.ci_low, r.ci_high)} | {_p(r.p_value)} |"
+        )
     return "\n".join(out)

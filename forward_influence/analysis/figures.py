@@ -18,8 +18,8 @@ True
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -85,7 +85,9 @@ class _JointAxes:
                 ax.spines[side].set_visible(False)
 
 
-def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str = "fi_far", title: str | None = None) -> Figure:
+def entropy_vs_influence(
+    src: pd.DataFrame, x: str = "entropy_in_topk", y: str = "fi_far", title: str | None = None
+) -> Figure:
     """Hexbin of a signal against log10 FI, with marginal distributions per word class.
 
     The joint panel shows the density of all sources; each word class's median
@@ -105,8 +107,26 @@ def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str =
     g.ax_joint.hexbin(df[x], df["log_fi"], gridsize=grid, cmap="Greys", mincnt=1, bins="log")
     for c in order:
         d = df[df["word_class"] == c]
-        g.ax_joint.scatter(d[x].median(), d["log_fi"].median(), s=90, marker="X", color=CLASS_COLORS[c], edgecolor="white", zorder=3, label=f"{c} median (n={len(d)})")
-    kw = dict(hue="word_class", hue_order=order, palette=CLASS_COLORS, stat="density", common_norm=False, element="step", fill=False, legend=False)
+        g.ax_joint.scatter(
+            d[x].median(),
+            d["log_fi"].median(),
+            s=90,
+            marker="X",
+            color=CLASS_COLORS[c],
+            edgecolor="white",
+            zorder=3,
+            label=f"{c} median (n={len(d)})",
+        )
+    kw = dict(
+        hue="word_class",
+        hue_order=order,
+        palette=CLASS_COLORS,
+        stat="density",
+        common_norm=False,
+        element="step",
+        fill=False,
+        legend=False,
+    )
     sns.histplot(data=df, x=x, ax=g.ax_marg_x, **kw)
     sns.histplot(data=df, y="log_fi", ax=g.ax_marg_y, **kw)
     for ax in (g.ax_marg_x, g.ax_marg_y):
@@ -120,7 +140,9 @@ def entropy_vs_influence(src: pd.DataFrame, x: str = "entropy_in_topk", y: str =
     return g.figure
 
 
-def fi_vs_distance(curves: pd.DataFrame, subset: str = "candidates", rules: Sequence[str] | None = None, title: str | None = None) -> Figure:
+def fi_vs_distance(
+    curves: pd.DataFrame, subset: str = "candidates", rules: Sequence[str] | None = None, title: str | None = None
+) -> Figure:
     """Mean KL of the kept tokens against distance, one line per selection rule,
     one panel per budget; bands are 95% bootstrap intervals over documents."""
     df = curves[curves["subset"] == subset].copy()
@@ -135,8 +157,19 @@ def fi_vs_distance(curves: pd.DataFrame, subset: str = "candidates", rules: Sequ
     hue_order = [r for r in RULE_COLORS if r in set(df["rule"])]
     for ax, b in zip(axes[0], budgets):
         d = df[df["budget"] == b]
-        sns.lineplot(data=d, x="d_mid", y="mean_kl", hue="rule", hue_order=hue_order, palette=RULE_COLORS,
-                     errorbar=("ci", 95), n_boot=500, seed=0, marker="o", ax=ax)
+        sns.lineplot(
+            data=d,
+            x="d_mid",
+            y="mean_kl",
+            hue="rule",
+            hue_order=hue_order,
+            palette=RULE_COLORS,
+            errorbar=("ci", 95),
+            n_boot=500,
+            seed=0,
+            marker="o",
+            ax=ax,
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         tau = "distance_from" in d and (d["distance_from"] == "tau").any()
@@ -151,7 +184,9 @@ def fi_vs_distance(curves: pd.DataFrame, subset: str = "candidates", rules: Sequ
     return fig
 
 
-def word_class_bars(tokens: pd.DataFrame, value: str = "entropy_in_topk", min_count: int = 30, title: str | None = None) -> Figure:
+def word_class_bars(
+    tokens: pd.DataFrame, value: str = "entropy_in_topk", min_count: int = 30, title: str | None = None
+) -> Figure:
     """Median of a per-token value by word class and by UPOS (95% bootstrap intervals)."""
     df = tokens[np.isfinite(tokens[value].to_numpy(float))].copy()
     df["word_class"] = df["word_class"].astype("string").fillna("other").astype(str)
@@ -165,13 +200,37 @@ def word_class_bars(tokens: pd.DataFrame, value: str = "entropy_in_topk", min_co
     fig = Figure(figsize=(11, 4))
     a, b = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 3]})
     cls_order = [c for c in CLASS_COLORS if c in set(df["word_class"])]
-    sns.barplot(data=df, x="word_class", y=value, order=cls_order, hue="word_class", hue_order=cls_order, palette=CLASS_COLORS,
-                estimator="median", errorbar=("ci", 95), n_boot=300, seed=0, ax=a, legend=False)
+    sns.barplot(
+        data=df,
+        x="word_class",
+        y=value,
+        order=cls_order,
+        hue="word_class",
+        hue_order=cls_order,
+        palette=CLASS_COLORS,
+        estimator="median",
+        errorbar=("ci", 95),
+        n_boot=300,
+        seed=0,
+        ax=a,
+        legend=False,
+    )
     a.set_xlabel("")
     a.set_ylabel(f"median {value.replace('_', ' ')}")
-    sns.barplot(data=df[df["upos"].isin(keep)], x="upos", y=value, order=upos_order, hue="upos",
-                palette={u: CLASS_COLORS.get(upos_cls[u], "#999999") for u in upos_order},
-                estimator="median", errorbar=("ci", 95), n_boot=300, seed=0, ax=b, legend=False)
+    sns.barplot(
+        data=df[df["upos"].isin(keep)],
+        x="upos",
+        y=value,
+        order=upos_order,
+        hue="upos",
+        palette={u: CLASS_COLORS.get(upos_cls[u], "#999999") for u in upos_order},
+        estimator="median",
+        errorbar=("ci", 95),
+        n_boot=300,
+        seed=0,
+        ax=b,
+        legend=False,
+    )
     b.set_xlabel(f"UPOS (coloured by word class; ≥ {min_count} tokens)")
     b.set_ylabel("")
     b.tick_params(axis="x", rotation=45)
@@ -183,7 +242,10 @@ def word_class_bars(tokens: pd.DataFrame, value: str = "entropy_in_topk", min_co
 
 def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidates", title: str | None = None) -> Figure:
     """Word-class mix of the tokens each rule keeps, per budget (stacked shares)."""
-    df = selection_summary[(selection_summary["subset"] == subset) & selection_summary["quantity"].isin(["share_content", "share_function"])]
+    df = selection_summary[
+        (selection_summary["subset"] == subset)
+        & selection_summary["quantity"].isin(["share_content", "share_function"])
+    ]
     wide = df.pivot_table(index=["budget", "rule"], columns="quantity", values="estimate").reset_index()
     wide["share_other"] = 1 - wide["share_content"] - wide["share_function"]
     budgets = sorted(wide["budget"].unique())
@@ -194,7 +256,9 @@ def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidate
         w = w.loc[[r for r in RULE_COLORS if r in w.index]]
         bottom = np.zeros(len(w))
         for c in ("content", "function", "other"):
-            ax.bar([RULE_LABELS.get(r, r) for r in w.index], w[f"share_{c}"], bottom=bottom, color=CLASS_COLORS[c], label=c)
+            ax.bar(
+                [RULE_LABELS.get(r, r) for r in w.index], w[f"share_{c}"], bottom=bottom, color=CLASS_COLORS[c], label=c
+            )
             bottom += w[f"share_{c}"].to_numpy()
         ax.set_title(f"budget {bud:.0%}")
         ax.set_ylim(0, 1)
@@ -207,7 +271,15 @@ def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidate
     return fig
 
 
-def token_strip_html(tokens: pd.DataFrame, src: pd.DataFrame, doc_id: str, split_pos: int | None = None, value: str = "fi_total", max_tokens: int = 1500, cmap: str = "viridis") -> str:
+def token_strip_html(
+    tokens: pd.DataFrame,
+    src: pd.DataFrame,
+    doc_id: str,
+    split_pos: int | None = None,
+    value: str = "fi_total",
+    max_tokens: int = 1500,
+    cmap: str = "viridis",
+) -> str:
     """The document's text with every measured token coloured by log10 FI (HTML).
 
     Tokens that were not ablated keep a white background; hovering shows the
@@ -222,23 +294,32 @@ def token_strip_html(tokens: pd.DataFrame, src: pd.DataFrame, doc_id: str, split
     lo, hi = (np.log10(vals.min()), np.log10(vals.max())) if vals.size else (0.0, 1.0)
     cm = matplotlib.colormaps[cmap]
     spans = []
-    for p, t, e in zip(tok["pos"], token_text(tok).astype(str), tok.get("entropy_in_topk", pd.Series(np.nan, index=tok.index))):
+    for p, t, e in zip(
+        tok["pos"], token_text(tok).astype(str), tok.get("entropy_in_topk", pd.Series(np.nan, index=tok.index))
+    ):
         text = html.escape(t).replace("\n", "<br>")
         if p in fi:
             v = fi[p]
             x = (np.log10(v) - lo) / (hi - lo) if v > 0 and hi > lo else 0.0
             r, g, b, _ = cm(float(np.clip(x, 0, 1)))
             fg = "#000" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "#fff"
-            style = f"background:rgb({int(r*255)},{int(g*255)},{int(b*255)});color:{fg}"
-            spans.append(f'<span class="m" style="{style}" title="pos {p} · {value} {v:.3g} · entropy {e:.3g}">{text}</span>')
+            style = f"background:rgb({int(r * 255)},{int(g * 255)},{int(b * 255)});color:{fg}"
+            spans.append(
+                f'<span class="m" style="{style}" title="pos {p} · {value} {v:.3g} · entropy {e:.3g}">{text}</span>'
+            )
         else:
             spans.append(f'<span title="pos {p}">{text}</span>')
     bar = "".join(
-        f'<span style="background:rgb({int(c[0]*255)},{int(c[1]*255)},{int(c[2]*255)});display:inline-block;width:12px">&nbsp;</span>'
+        f'<span style="background:rgb({int(c[0] * 255)},{int(c[1] * 255)},{int(c[2] * 255)});'
+        'display:inline-block;width:12px">&nbsp;</span>'
         for c in (cm(x) for x in np.linspace(0, 1, 20))
     )
     legend = f'<div class="legend">log10 {value}: {lo:.1f} {bar} {hi:.1f} · white = not ablated</div>'
-    return f'<div class="strip"><div class="strip-title">{html.escape(str(doc_id))}' + (f" · split N={split_pos}" if split_pos is not None else "") + f"</div>{legend}<p>{''.join(spans)}</p></div>"
+    return (
+        f'<div class="strip"><div class="strip-title">{html.escape(str(doc_id))}'
+        + (f" · split N={split_pos}" if split_pos is not None else "")
+        + f"</div>{legend}<p>{''.join(spans)}</p></div>"
+    )
 
 
 def forest(values: pd.DataFrame, table: pd.DataFrame, title: str | None = None) -> Figure:

@@ -36,4 +36,5 @@ def html_table(df: pd.DataFrame, left: tuple[str, ...] = (), table_id: str | Non
 def image_tag(path: Path, alt: str) -> str:
     """A ``<figure>`` with the PNG at ``path`` inlined (base64) and ``alt`` as its caption."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+    alt = html.escape(alt)
+    return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'

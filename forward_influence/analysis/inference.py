@@ -57,7 +57,8 @@ per-document values all share one sign (anything else has ``p >= 1/64``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -93,8 +94,14 @@ def _sign_patterns(n: int) -> np.ndarray:
     return 1.0 - 2.0 * bits
 
 
-def sign_flip_test(values: np.ndarray, weights: np.ndarray | None = None, rng: np.random.Generator | None = None,
-                   n_perm: int = N_PERM, exact_max: int = EXACT_MAX_DOCS, alpha: float | None = None) -> SignFlipResult:
+def sign_flip_test(
+    values: np.ndarray,
+    weights: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+    n_perm: int = N_PERM,
+    exact_max: int = EXACT_MAX_DOCS,
+    alpha: float | None = None,
+) -> SignFlipResult:
     """Document-level sign-flip permutation test of H0 "the per-document values
     are symmetric about 0".
 
@@ -161,7 +168,9 @@ def sign_flip_test(values: np.ndarray, weights: np.ndarray | None = None, rng: n
     return SignFlipResult(stat, p, nd, exact)
 
 
-def inversion_interval(values: np.ndarray, weights: np.ndarray, signs: np.ndarray, alpha: float, exact: bool) -> tuple[float, float]:
+def inversion_interval(
+    values: np.ndarray, weights: np.ndarray, signs: np.ndarray, alpha: float, exact: bool
+) -> tuple[float, float]:
     """The shifts ``delta`` whose sign-flip test (:func:`sign_flip_test`, the
     same ``signs``) does not reject ``x - delta`` at ``alpha``: ``(low, high)``,
     ``±inf`` where unbounded.
@@ -189,7 +198,10 @@ def inversion_interval(values: np.ndarray, weights: np.ndarray, signs: np.ndarra
     sf, su = flip @ (w * x), ~flip @ (w * x)
     trivial = (wf <= 0) | (wu <= 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mf, mu = np.where(trivial, 0.0, sf / np.where(trivial, 1.0, wf)), np.where(trivial, 0.0, su / np.where(trivial, 1.0, wu))
+        mf, mu = (
+            np.where(trivial, 0.0, sf / np.where(trivial, 1.0, wf)),
+            np.where(trivial, 0.0, su / np.where(trivial, 1.0, wu)),
+        )
     tol_f = TIE_RTOL * np.abs(x[None, :] - mf[:, None]) @ w / (2 * np.where(trivial, 1.0, wf))
     tol_u = TIE_RTOL * np.abs(x[None, :] - mu[:, None]) @ w / (2 * np.where(trivial, 1.0, wu))
     lo = np.where(trivial, -np.inf, np.where(mf <= mu, mf - tol_f, mu - tol_u))
@@ -270,7 +282,15 @@ def documents_needed(m: int, alpha: float = 0.05) -> int:
     return n
 
 
-def claim_verdict(estimate: float, p_adjusted: float, direction: int = 1, *, n_docs: int, alpha: float = 0.05, min_docs: int = MIN_DOCS) -> str:
+def claim_verdict(
+    estimate: float,
+    p_adjusted: float,
+    direction: int = 1,
+    *,
+    n_docs: int,
+    alpha: float = 0.05,
+    min_docs: int = MIN_DOCS,
+) -> str:
     """Supported / not supported / inconclusive from an (adjusted) p-value.
 
     *Supported* when ``p_adjusted < alpha`` and ``sign(estimate) * direction >
@@ -286,7 +306,12 @@ def claim_verdict(estimate: float, p_adjusted: float, direction: int = 1, *, n_d
         raise ValueError(f"direction must be 1 or -1; got {direction}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha}")
-    if n_docs < min_docs or not (np.isfinite(estimate) and np.isfinite(p_adjusted)) or p_adjusted >= alpha or estimate == 0:
+    if (
+        n_docs < min_docs
+        or not (np.isfinite(estimate) and np.isfinite(p_adjusted))
+        or p_adjusted >= alpha
+        or estimate == 0
+    ):
         return INCONCLUSIVE
     return SUPPORTED if estimate * direction > 0 else NOT_SUPPORTED
 
@@ -310,11 +335,20 @@ def claim_test(values: np.ndarray, weights: np.ndarray | None, cfg: Any, rng: np
     ok = np.isfinite(x) & (w > 0)
     x, w = x[ok], w[ok]
     test = sign_flip_test(x, w, rng=rng, alpha=1 - cfg.confidence)
-    return dict(estimate=test.statistic, ci_low=test.ci_low, ci_high=test.ci_high, p_value=test.p_value, n_docs=test.n_docs,
-                exact=test.exact, ci_method="sign-flip inversion")
+    return dict(
+        estimate=test.statistic,
+        ci_low=test.ci_low,
+        ci_high=test.ci_high,
+        p_value=test.p_value,
+        n_docs=test.n_docs,
+        exact=test.exact,
+        ci_method="sign-flip inversion",
+    )
 
 
-def adjust_claims(df: pd.DataFrame, alpha: float = 0.05, by: str | Sequence[str] | None = None, min_docs: int = MIN_DOCS) -> pd.DataFrame:
+def adjust_claims(
+    df: pd.DataFrame, alpha: float = 0.05, by: str | Sequence[str] | None = None, min_docs: int = MIN_DOCS
+) -> pd.DataFrame:
     """Holm-adjust a claims table and decide its verdicts.
 
     ``df`` needs columns estimate, p_value, direction (±1) and n_docs. Returns
@@ -323,14 +357,18 @@ def adjust_claims(df: pd.DataFrame, alpha: float = 0.05, by: str | Sequence[str]
     NaN p-value are not counted in the family.
     """
     out = df.copy()
-    keys = np.zeros(len(out), dtype=int) if by is None else out.groupby(by, sort=False, dropna=False).ngroup().to_numpy()
+    keys = (
+        np.zeros(len(out), dtype=int) if by is None else out.groupby(by, sort=False, dropna=False).ngroup().to_numpy()
+    )
     p = out["p_value"].to_numpy(float)
     adj = np.full(len(out), np.nan)
     for k in np.unique(keys):
         adj[keys == k] = holm(p[keys == k])
     out["p_adjusted"] = adj
-    out["verdict"] = [claim_verdict(e, pa, int(d), n_docs=int(n), alpha=alpha, min_docs=min_docs)
-                      for e, pa, d, n in zip(out["estimate"], adj, out["direction"], out["n_docs"])]
+    out["verdict"] = [
+        claim_verdict(e, pa, int(d), n_docs=int(n), alpha=alpha, min_docs=min_docs)
+        for e, pa, d, n in zip(out["estimate"], adj, out["direction"], out["n_docs"])
+    ]
     return out
 
 
@@ -353,7 +391,9 @@ def word_level(tokens: pd.DataFrame) -> pd.DataFrame:
     return df.drop_duplicates(["doc_id", "pos"], keep="first") if "pos" in df.columns else df
 
 
-def per_document_rank_biserial(values: np.ndarray, classes: np.ndarray, docs: np.ndarray, positive: str = "content", negative: str = "function") -> pd.DataFrame:
+def per_document_rank_biserial(
+    values: np.ndarray, classes: np.ndarray, docs: np.ndarray, positive: str = "content", negative: str = "function"
+) -> pd.DataFrame:
     """Rank-biserial ``P(A > B) − P(A < B)`` of class ``positive`` (A) against
     ``negative`` (B) within each document (pass one value per word, see
     :func:`word_level`).
@@ -375,5 +415,13 @@ def per_document_rank_biserial(values: np.ndarray, classes: np.ndarray, docs: np
         a, b = values[ix & (classes == positive)], np.sort(values[ix & (classes == negative)])
         n = len(a) * len(b)
         u = (np.searchsorted(b, a, "left") + np.searchsorted(b, a, "right")).sum() / 2  # ties count half
-        rows.append(dict(doc_id=d, rank_biserial=2 * u / n - 1 if n else np.nan, n_positive=len(a), n_negative=len(b), weight=float(n)))
+        rows.append(
+            dict(
+                doc_id=d,
+                rank_biserial=2 * u / n - 1 if n else np.nan,
+                n_positive=len(a),
+                n_negative=len(b),
+                weight=float(n),
+            )
+        )
     return pd.DataFrame(rows, columns=["doc_id", "rank_biserial", "n_positive", "n_negative", "weight"])

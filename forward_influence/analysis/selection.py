@@ -22,7 +22,8 @@ and ``confidence`` (an :class:`~forward_influence.analysis.analyze.AnalyzeConfig
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -93,7 +94,9 @@ def with_source_signals(df: pd.DataFrame, result: MeasureResult, cfg: Any) -> pd
         block = np.zeros(len(df), dtype=np.int64)
         for d in pd.unique(docs):
             ix = docs == d
-            block[ix] = np.maximum(np.searchsorted(starts.get(d, np.array([0])), df["pos"].to_numpy()[ix], "right") - 1, 0)
+            block[ix] = np.maximum(
+                np.searchsorted(starts.get(d, np.array([0])), df["pos"].to_numpy()[ix], "right") - 1, 0
+            )
         df["block"] = block
         df["unit"] = (df["doc_id"].astype(str) + "@b" + df["block"].astype(str)).astype("string")
     else:
@@ -152,11 +155,14 @@ def selection_draws(df: pd.DataFrame, rule: str, budget: float, n_random: int = 
 def _per_unit(weights: np.ndarray, unit: np.ndarray, n_units: int) -> np.ndarray:
     """Sums of ``weights`` ``(draws, rows)`` within each unit: ``(draws, n_units)``."""
     rows = np.arange(len(weights))[:, None] * n_units + unit[None, :]
-    return np.bincount(rows.ravel(), weights=weights.ravel(), minlength=len(weights) * n_units).reshape(len(weights), n_units)
+    return np.bincount(rows.ravel(), weights=weights.ravel(), minlength=len(weights) * n_units).reshape(
+        len(weights), n_units
+    )
 
 
-def _kept(draws: np.ndarray, unit: np.ndarray, n_units: int, fi: dict[str, np.ndarray], wc: np.ndarray,
-          oracle: np.ndarray) -> dict[str, np.ndarray]:
+def _kept(
+    draws: np.ndarray, unit: np.ndarray, n_units: int, fi: dict[str, np.ndarray], wc: np.ndarray, oracle: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per unit, what the kept rows of each draw carry, averaged over the draws (NaN draws skipped)."""
     d = draws.astype(float)
     k = _per_unit(d, unit, n_units)
@@ -193,7 +199,11 @@ def selection(src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES) -> pd.D
         uniq, first, unit = np.unique(df["unit"].astype(str).to_numpy(), return_index=True, return_inverse=True)
         order = np.argsort(first)  # units in order of appearance
         fi = {t: df[t].to_numpy(float) for t in FI_TARGETS}
-        wc = df["word_class"].astype("string").fillna("other").to_numpy() if "word_class" in df else np.full(len(df), "other")
+        wc = (
+            df["word_class"].astype("string").fillna("other").to_numpy()
+            if "word_class" in df
+            else np.full(len(df), "other")
+        )
         block = df["block"].to_numpy() if "block" in df else np.zeros(len(df), dtype=np.int64)
         n = np.bincount(unit, minlength=len(uniq))
         for budget in cfg.budgets:
@@ -202,15 +212,41 @@ def selection(src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES) -> pd.D
                 draws = selection_draws(df, rule, budget, cfg.n_random, cfg.seed)
                 vals = _kept(draws, unit, len(uniq), fi, wc, oracle)
                 k = _per_unit(draws[:1].astype(float), unit, len(uniq))[0].astype(int)
-                frames.append(pd.DataFrame(dict(subset=subset, unit=uniq[order], doc_id=df["doc_id"].to_numpy()[first[order]],
-                                                block=block[first[order]].astype(int), rule=rule, budget=budget, n=n[order], k=k[order],
-                                                budget_effective=k[order] / n[order], **{key: v[order] for key, v in vals.items()})))
+                frames.append(
+                    pd.DataFrame(
+                        dict(
+                            subset=subset,
+                            unit=uniq[order],
+                            doc_id=df["doc_id"].to_numpy()[first[order]],
+                            block=block[first[order]].astype(int),
+                            rule=rule,
+                            budget=budget,
+                            n=n[order],
+                            k=k[order],
+                            budget_effective=k[order] / n[order],
+                            **{key: v[order] for key, v in vals.items()},
+                        )
+                    )
+                )
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     out["doc_id"] = out["doc_id"].astype("string")
     return out
 
 
-def selection_summary(sel: pd.DataFrame, cfg: Any, columns: Sequence[str] = ("kept_share_total", "kept_share_near", "kept_share_far", "near_frac", "share_function", "share_content", "jaccard", "budget_effective")) -> pd.DataFrame:
+def selection_summary(
+    sel: pd.DataFrame,
+    cfg: Any,
+    columns: Sequence[str] = (
+        "kept_share_total",
+        "kept_share_near",
+        "kept_share_far",
+        "near_frac",
+        "share_function",
+        "share_content",
+        "jaccard",
+        "budget_effective",
+    ),
+) -> pd.DataFrame:
     """Mean over units of each selection column per (subset, rule, budget), with
     intervals from resampling documents."""
     rng = np.random.default_rng(cfg.seed)
@@ -218,13 +254,25 @@ def selection_summary(sel: pd.DataFrame, cfg: Any, columns: Sequence[str] = ("ke
     for (subset, rule, budget), g in sel.groupby(["subset", "rule", "budget"], sort=False):
         for c in columns:
             est, lo, hi = group_mean_ci(g[c].to_numpy(float), g["doc_id"].to_numpy(), cfg, rng)
-            rows.append(dict(subset=subset, rule=rule, budget=budget, quantity=c, estimate=est, ci_low=lo, ci_high=hi,
-                             n_units=len(g), n_docs=g["doc_id"].nunique()))
+            rows.append(
+                dict(
+                    subset=subset,
+                    rule=rule,
+                    budget=budget,
+                    quantity=c,
+                    estimate=est,
+                    ci_low=lo,
+                    ci_high=hi,
+                    n_units=len(g),
+                    n_docs=g["doc_id"].nunique(),
+                )
+            )
     return pd.DataFrame(rows)
 
 
-def distance_curves(result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES,
-                    distance_from: str = "tau") -> pd.DataFrame:
+def distance_curves(
+    result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES, distance_from: str = "tau"
+) -> pd.DataFrame:
     """Mean KL of the kept tokens as a function of distance, per document.
 
     Distances count from the eviction time (``distance_from="tau"``,
@@ -252,7 +300,11 @@ def distance_curves(result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: S
                 wt = wt[wt["w"] > 0]
                 m = base.merge(wt, on=key, how="inner")
                 m["wkl"] = m["kl"] * m["w"]
-                g = m.groupby(["doc_id", "bin"], sort=True).agg(wkl=("wkl", "sum"), w=("w", "sum"), n=("kl", "size")).reset_index()
+                g = (
+                    m.groupby(["doc_id", "bin"], sort=True)
+                    .agg(wkl=("wkl", "sum"), w=("w", "sum"), n=("kl", "size"))
+                    .reset_index()
+                )
                 g["mean_kl"] = g["wkl"] / g["w"]
                 g = g.assign(subset=subset, rule=rule, budget=budget)
                 frames.append(g.drop(columns=["wkl", "w"]))
@@ -288,7 +340,9 @@ def function_bias(cand: pd.DataFrame, cfg: Any, rules: Sequence[str]) -> pd.Data
     uniq, first, unit = np.unique(df["unit"].astype(str).to_numpy(), return_index=True, return_inverse=True)
     order = np.argsort(first)
     block = df["block"].to_numpy() if "block" in df else np.zeros(len(df), dtype=np.int64)
-    base = np.bincount(unit, weights=is_fun, minlength=len(uniq)) / np.maximum(np.bincount(unit, minlength=len(uniq)), 1)
+    base = np.bincount(unit, weights=is_fun, minlength=len(uniq)) / np.maximum(
+        np.bincount(unit, minlength=len(uniq)), 1
+    )
     for budget in cfg.budgets:
         for rule in rules:
             if rule not in ("random", "recency") and rule not in df.columns:
@@ -296,10 +350,23 @@ def function_bias(cand: pd.DataFrame, cfg: Any, rules: Sequence[str]) -> pd.Data
             draws = selection_draws(df, rule, budget, cfg.n_random, cfg.seed).astype(float)
             k = _per_unit(draws, unit, len(uniq))
             with np.errstate(invalid="ignore", divide="ignore"):
-                kept = np.nanmean(np.where(k > 0, _per_unit(draws * is_fun[None, :], unit, len(uniq)) / k, np.nan), axis=0)
-            rows.append(pd.DataFrame(dict(unit=uniq[order], doc_id=df["doc_id"].to_numpy()[first[order]], block=block[first[order]].astype(int),
-                                          rule=rule, budget=budget, share_function_kept=kept[order], share_function_base=base[order],
-                                          excess=kept[order] - base[order])))
+                kept = np.nanmean(
+                    np.where(k > 0, _per_unit(draws * is_fun[None, :], unit, len(uniq)) / k, np.nan), axis=0
+                )
+            rows.append(
+                pd.DataFrame(
+                    dict(
+                        unit=uniq[order],
+                        doc_id=df["doc_id"].to_numpy()[first[order]],
+                        block=block[first[order]].astype(int),
+                        rule=rule,
+                        budget=budget,
+                        share_function_kept=kept[order],
+                        share_function_base=base[order],
+                        excess=kept[order] - base[order],
+                    )
+                )
+            )
     cols = ["unit", "doc_id", "block", "rule", "budget", "share_function_kept", "share_function_base", "excess"]
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=cols)
     out["doc_id"] = out["doc_id"].astype("string")  # no candidates (e.g. a segment of sinks and window only): empty

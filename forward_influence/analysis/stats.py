@@ -20,13 +20,13 @@ The bootstrap functions take ``cfg`` with ``n_boot`` and ``confidence``
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy import stats
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-
 
 
 def verdict(lo: float, hi: float, direction: int = 1, null: float = 0.0) -> str:
@@ -122,7 +122,9 @@ def _interval(res: Any) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def token_bootstrap(x: np.ndarray, y: np.ndarray, method: str, z: np.ndarray | None, cfg: Any, rng: np.random.Generator) -> tuple[float, float, float]:
+def token_bootstrap(
+    x: np.ndarray, y: np.ndarray, method: str, z: np.ndarray | None, cfg: Any, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """Correlation and its interval from resampling tokens (pairs) of one document."""
     f = CORRELATIONS[method]
     ok = np.isfinite(x) & np.isfinite(y) & (np.isfinite(z) if z is not None else True)
@@ -138,18 +140,29 @@ def token_bootstrap(x: np.ndarray, y: np.ndarray, method: str, z: np.ndarray | N
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = stats.bootstrap(data, stat, paired=True, vectorized=True, n_resamples=cfg.n_boot,
-                              confidence_level=cfg.confidence, method="percentile", rng=rng)
+        res = stats.bootstrap(
+            data,
+            stat,
+            paired=True,
+            vectorized=True,
+            n_resamples=cfg.n_boot,
+            confidence_level=cfg.confidence,
+            method="percentile",
+            rng=rng,
+        )
     return (est, *_interval(res))
 
 
-def _bootstrap_ci(data: tuple[np.ndarray, ...], stat: Callable[..., np.ndarray], cfg: Any, rng: np.random.Generator) -> tuple[float, float, str]:
+def _bootstrap_ci(
+    data: tuple[np.ndarray, ...], stat: Callable[..., np.ndarray], cfg: Any, rng: np.random.Generator
+) -> tuple[float, float, str]:
     """BCa interval of ``stats.bootstrap``; percentile from the same resamples
     where BCa is undefined (all resamples equal, or NaN resamples)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = stats.bootstrap(data, stat, vectorized=True, n_resamples=cfg.n_boot,
-                              confidence_level=cfg.confidence, method="BCa", rng=rng)
+        res = stats.bootstrap(
+            data, stat, vectorized=True, n_resamples=cfg.n_boot, confidence_level=cfg.confidence, method="BCa", rng=rng
+        )
     lo, hi = _interval(res)
     if np.isfinite(lo) and np.isfinite(hi):
         return lo, hi, "BCa"
@@ -161,7 +174,9 @@ def _bootstrap_ci(data: tuple[np.ndarray, ...], stat: Callable[..., np.ndarray],
     return float(lo), float(hi), "percentile"
 
 
-def document_bootstrap(n_groups: int, statistic: Callable[[np.ndarray], np.ndarray], cfg: Any, rng: np.random.Generator) -> tuple[float, float, float, str]:
+def document_bootstrap(
+    n_groups: int, statistic: Callable[[np.ndarray], np.ndarray], cfg: Any, rng: np.random.Generator
+) -> tuple[float, float, float, str]:
     """:func:`cluster_bootstrap` and the method its interval came from
     ("BCa", "percentile" where BCa is undefined, "none" below 2 groups)."""
     est = float(statistic(np.ones((1, n_groups)))[0])
@@ -173,13 +188,17 @@ def document_bootstrap(n_groups: int, statistic: Callable[[np.ndarray], np.ndarr
         i = np.moveaxis(np.asarray(i), axis, -1)
         flat = i.reshape(-1, i.shape[-1])  # (R, s)
         rows = np.arange(len(flat))[:, None] * n_groups
-        m = np.bincount((rows + flat).ravel(), minlength=len(flat) * n_groups).reshape(len(flat), n_groups)  # (R, n_groups)
+        m = np.bincount((rows + flat).ravel(), minlength=len(flat) * n_groups).reshape(
+            len(flat), n_groups
+        )  # (R, n_groups)
         return statistic(m.astype(float)).reshape(i.shape[:-1])
 
     return (est, *_bootstrap_ci((np.arange(n_groups),), stat, cfg, rng))
 
 
-def cluster_bootstrap(n_groups: int, statistic: Callable[[np.ndarray], np.ndarray], cfg: Any, rng: np.random.Generator) -> tuple[float, float, float]:
+def cluster_bootstrap(
+    n_groups: int, statistic: Callable[[np.ndarray], np.ndarray], cfg: Any, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """A statistic of whole groups (documents) and its BCa interval from
     resampling groups with replacement.
 
@@ -204,7 +223,9 @@ def ratio_statistic(num: np.ndarray, den: np.ndarray) -> Callable[[np.ndarray], 
     return f
 
 
-def document_means(values: np.ndarray, groups: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def document_means(
+    values: np.ndarray, groups: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per group (document): ids, weighted mean of the finite ``values`` and
     their total weight; groups without weight are left out.
 
@@ -221,7 +242,9 @@ def document_means(values: np.ndarray, groups: np.ndarray, weights: np.ndarray |
     return uniq[ok], num[ok] / den[ok], den[ok]
 
 
-def group_mean_ci(values: np.ndarray, groups: np.ndarray, cfg: Any, rng: np.random.Generator, weights: np.ndarray | None = None) -> tuple[float, float, float]:
+def group_mean_ci(
+    values: np.ndarray, groups: np.ndarray, cfg: Any, rng: np.random.Generator, weights: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """Mean of ``values`` (NaN skipped, optionally weighted) with a BCa interval
     from resampling the ``groups`` (documents)."""
     _, mean, den = document_means(values, groups, weights)

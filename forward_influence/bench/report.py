@@ -18,6 +18,9 @@ from forward_influence.bench.summary import METRICS, load_run
 
 LOWER_IS_BETTER = {"kl", "delta_nll", "nll"}
 
+#: run.json fields the report shows as provenance
+PROVENANCE = ("config", "model", "versions", "git_sha", "seed", "started")
+
 
 def quality_vs_budget(summary: pd.DataFrame, task: str, metric: str) -> Figure:
     """One line per method: ``metric`` (mean, 95% interval) against the budget."""
@@ -28,8 +31,14 @@ def quality_vs_budget(summary: pd.DataFrame, task: str, metric: str) -> Figure:
     ax = fig.subplots()
     palette = dict(zip(sorted(d.method.unique()), sns.color_palette("tab20", d.method.nunique())))
     for method, g in d.groupby("method"):
-        ax.plot(g.budget, g["mean"], marker="o", label=method, color=palette[method],
-                lw=2.5 if method in ("infokv", "snapkv", "full") else 1.2)
+        ax.plot(
+            g.budget,
+            g["mean"],
+            marker="o",
+            label=method,
+            color=palette[method],
+            lw=2.5 if method in ("infokv", "snapkv", "full") else 1.2,
+        )
         ax.fill_between(g.budget, g.lo, g.hi, color=palette[method], alpha=0.12)
     ax.set_xlabel("cache budget" + (" (tokens)" if task == "ifeval" else " (fraction kept)"))
     ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
@@ -64,9 +73,16 @@ def additivity_figure(d: pd.DataFrame, fit: dict[str, float]) -> Figure:
     lo = float(min(d.fi_dropped.min(), d.kl_sum.min()))
     hi = float(max(d.fi_dropped.max(), d.kl_sum.max()))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="additive (y = x)")
-    ax.set(xscale="log", yscale="log", xlabel="sum of single-token FI of the dropped tokens",
-           ylabel="measured KL of the cut cache (sum over F)")
-    ax.set_title(f"Additivity: Spearman {fit.get('spearman', float('nan')):.2f}, median ratio {fit.get('median_ratio', float('nan')):.2f}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="sum of single-token FI of the dropped tokens",
+        ylabel="measured KL of the cut cache (sum over F)",
+    )
+    ax.set_title(
+        f"Additivity: Spearman {fit.get('spearman', float('nan')):.2f}, "
+        f"median ratio {fit.get('median_ratio', float('nan')):.2f}"
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -89,18 +105,29 @@ def write_report(out: str | Path) -> Path:
         figs.append((paths[0], "Measured KL of each cut against the summed FI of its dropped tokens"))
         (out / "additivity.json").write_text(json.dumps(fit, indent=2) + "\n")
     table = summary.copy()
-    show = ["task", "metric", "method", "budget", "n", "mean", "lo", "hi"] + [c for c in ("vs_full", "vs_full_lo", "vs_full_hi", "vs_snapkv", "vs_snapkv_lo", "vs_snapkv_hi") if c in table]
-    body = [f"<h1>fi-bench: {html.escape(meta['config']['task'])}</h1>",
-            f"<p>{len(meta['samples'])} samples; methods {', '.join(meta['methods'])}; budgets {meta['budgets']}; "
-            f"{meta.get('seconds_total', 0):.0f} s.</p>",
-            "<h2>Summary</h2>", html_table(table[show], left=("task", "metric", "method"))]
+    show = ["task", "metric", "method", "budget", "n", "mean", "lo", "hi"] + [
+        c for c in ("vs_full", "vs_full_lo", "vs_full_hi", "vs_snapkv", "vs_snapkv_lo", "vs_snapkv_hi") if c in table
+    ]
+    body = [
+        f"<h1>fi-bench: {html.escape(meta['config']['task'])}</h1>",
+        f"<p>{len(meta['samples'])} samples; methods {', '.join(meta['methods'])}; budgets {meta['budgets']}; "
+        f"{meta.get('seconds_total', 0):.0f} s.</p>",
+        "<h2>Summary</h2>",
+        html_table(table[show], left=("task", "metric", "method")),
+    ]
     if fit:
         body += ["<h2>Additivity</h2>", f"<pre>{html.escape(json.dumps(fit, indent=2))}</pre>"]
     body += ["<h2>Figures</h2>"] + [image_tag(p, alt) for p, alt in figs]
-    body += ["<h2>Config and provenance</h2>", f"<pre>{html.escape(json.dumps({k: meta[k] for k in ('config', 'model', 'versions', 'git_sha', 'seed', 'started')}, indent=2, default=str))}</pre>"]
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.l{text-align:left}img{max-width:100%}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>fi-bench</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    body += [
+        "<h2>Config and provenance</h2>",
+        f"<pre>{html.escape(json.dumps({k: meta[k] for k in PROVENANCE}, indent=2, default=str))}</pre>",
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}.l{text-align:left}img{max-width:100%}"
+    )
+    head = f"<head><meta charset='utf-8'><title>fi-bench</title><style>{style}</style></head>"
+    page = f"<!doctype html><html>{head}<body>{''.join(body)}</body></html>"
     tmp = out / ".report.html.tmp"
     tmp.write_text(page)
     tmp.replace(out / "report.html")

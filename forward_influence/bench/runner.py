@@ -41,7 +41,9 @@ def build_task(cfg: BenchConfig) -> Any:
         return Retrieval(kinds=cfg.kinds, lengths=cfg.lengths, depths=cfg.depths)
     if cfg.task == "qa":
         return ReadingQA(path=cfg.doc, max_context=cfg.max_context, n_samples=cfg.n_samples)
-    return IFEval(path=cfg.ifeval_data, n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens, interval=cfg.interval)
+    return IFEval(
+        path=cfg.ifeval_data, n_samples=cfg.n_samples, max_new_tokens=cfg.max_new_tokens, interval=cfg.interval
+    )
 
 
 class FITable:
@@ -59,8 +61,10 @@ class FITable:
         if mc.mode != "split" or mc.method != "exact":
             raise InputError(f"--fi-run {run_dir} must be an exact split-mode run (it is {mc.method} {mc.mode})")
         if tuple(mc.n_prefix) != (cfg.n_prefix,) or mc.n_future != cfg.n_future:
-            raise InputError(f"--fi-run {run_dir} measured N={list(mc.n_prefix)}, F={mc.n_future}: use "
-                             f"--n-prefix {mc.n_prefix[0]} --n-future {mc.n_future}")
+            raise InputError(
+                f"--fi-run {run_dir} measured N={list(mc.n_prefix)}, F={mc.n_future}: use "
+                f"--n-prefix {mc.n_prefix[0]} --n-future {mc.n_future}"
+            )
         s = res.summary
         self.summary = s[s["layer"].isna()]
         self.stride = mc.stride if mc.positions is None else None
@@ -82,18 +86,31 @@ class FITable:
                 kept.append(float(fi[pos[h].cpu()].sum()))
         kept_mean = float(np.mean(kept))
         scale = self.stride or 1
-        return {"fi_kept_share": kept_mean / total if total > 0 else float("nan"),
-                "fi_dropped": (total - kept_mean) * scale, "fi_measured": float(measured.sum())}
+        return {
+            "fi_kept_share": kept_mean / total if total > 0 else float("nan"),
+            "fi_dropped": (total - kept_mean) * scale,
+            "fi_measured": float(measured.sum()),
+        }
 
 
-def _rows(s: Sample, method: str, budget: float, metrics: dict[str, float], seconds: float, task: str) -> dict[str, Any]:
+def _rows(
+    s: Sample, method: str, budget: float, metrics: dict[str, float], seconds: float, task: str
+) -> dict[str, Any]:
     meta = {k: v for k, v in s.meta.items() if isinstance(v, (int, float, str))}
-    return {"task": task, "sample_id": s.sample_id, "method": method, "budget": float(budget), **meta, **metrics,
-            "seconds": seconds}
+    return {
+        "task": task,
+        "sample_id": s.sample_id,
+        "method": method,
+        "budget": float(budget),
+        **meta,
+        **metrics,
+        "seconds": seconds,
+    }
 
 
-def run_prefill_sample(lm: LoadedModel, task: Any, s: Sample, methods: list[str], budgets: tuple[float, ...],
-                       seed: int, fi: FITable | None) -> list[dict[str, Any]]:
+def run_prefill_sample(
+    lm: LoadedModel, task: Any, s: Sample, methods: list[str], budgets: tuple[float, ...], seed: int, fi: FITable | None
+) -> list[dict[str, Any]]:
     model, tok = lm.model, lm.tokenizer
     n = int(s.context.shape[0])
     order = sorted(methods, key=lambda m: m != "infokv")  # InfoKV's prefill records the most
@@ -130,7 +147,16 @@ def run_prefill_sample(lm: LoadedModel, task: Any, s: Sample, methods: list[str]
                 metrics.update(fi.kept_metrics(cache, oracle_fi.fi, n))
             if method == "full":
                 full_metrics = metrics
-            rows.append(_rows(s, method, budget, metrics, time.perf_counter() - t0 + (ref_seconds if method == "full" else 0), task.name))
+            rows.append(
+                _rows(
+                    s,
+                    method,
+                    budget,
+                    metrics,
+                    time.perf_counter() - t0 + (ref_seconds if method == "full" else 0),
+                    task.name,
+                )
+            )
     return rows
 
 
@@ -142,8 +168,9 @@ def _extra(method: str, seed: int, oracle: FIOracle | None) -> dict[str, Any]:
     return {}
 
 
-def run_decoding_sample(lm: LoadedModel, task: IFEval, s: Sample, methods: list[str], budgets: tuple[float, ...],
-                        seed: int) -> list[dict[str, Any]]:
+def run_decoding_sample(
+    lm: LoadedModel, task: IFEval, s: Sample, methods: list[str], budgets: tuple[float, ...], seed: int
+) -> list[dict[str, Any]]:
     model, tok = lm.model, lm.tokenizer
     t0 = time.perf_counter()
     ref = task.reference(model, s, Full(), tok)
@@ -160,8 +187,11 @@ def run_decoding_sample(lm: LoadedModel, task: IFEval, s: Sample, methods: list[
                 rows.append(_rows(s, method, budget, full_metrics, ref_seconds, task.name))
                 continue
             comp = get_compressor(method, **_extra(method, seed, None))
-            rows.append(_rows(s, method, budget, task.score(model, s, comp, budget, ref, tok),
-                              time.perf_counter() - t0, task.name))
+            rows.append(
+                _rows(
+                    s, method, budget, task.score(model, s, comp, budget, ref, tok), time.perf_counter() - t0, task.name
+                )
+            )
     return rows
 
 
@@ -193,13 +223,17 @@ class BenchJob:
 
     def run(self, unit: BenchUnit) -> pd.DataFrame:
         if self.cfg.setting == "prefill":
-            rows = run_prefill_sample(self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed, self.fi)
+            rows = run_prefill_sample(
+                self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed, self.fi
+            )
         else:
             rows = run_decoding_sample(self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed)
         return pd.DataFrame(rows)
 
 
-def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None) -> pd.DataFrame:
+def run_bench(
+    cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None
+) -> pd.DataFrame:
     """Run ``cfg``; with ``cfg.out`` checkpoint per sample (a rerun resumes)
     and write ``results.parquet``, ``summary.parquet`` and ``run.json``.
 
@@ -240,8 +274,11 @@ def run_bench(cfg: BenchConfig, model: LoadedModel | None = None, *, source: Any
     finished_parts = [p for p in parts if p is not None]
     results = pd.concat(finished_parts, ignore_index=True) if finished_parts else pd.DataFrame()
     if out is not None:
-        meta.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds_total=round(time.perf_counter() - t0, 3),
-                    failed_units=failed)
+        meta.update(
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            seconds_total=round(time.perf_counter() - t0, 3),
+            failed_units=failed,
+        )
         _write_outputs(cfg, out, meta, results, failed, store)
     results.attrs["failed_units"] = failed  # set after writing: parquet would keep it
     return results
@@ -257,7 +294,9 @@ def _samples(cfg: BenchConfig, task: Any, tokenizer: Any) -> list[Sample]:
     return samples
 
 
-def _run_samples(cfg: BenchConfig, pool: Any, job: BenchJob, samples: list[Sample], store: PartStore | None) -> tuple[list[pd.DataFrame | None], list[dict[str, Any]]]:
+def _run_samples(
+    cfg: BenchConfig, pool: Any, job: BenchJob, samples: list[Sample], store: PartStore | None
+) -> tuple[list[pd.DataFrame | None], list[dict[str, Any]]]:
     """Run the samples not checkpointed yet; returns every sample's results
     (None where it failed) and the failed units."""
     parts: list[pd.DataFrame | None] = [None] * len(samples)
@@ -281,8 +320,14 @@ def _run_samples(cfg: BenchConfig, pool: Any, job: BenchJob, samples: list[Sampl
     return parts, failed
 
 
-def _write_outputs(cfg: BenchConfig, out: Path, meta: dict[str, Any], results: pd.DataFrame, failed: list[dict[str, Any]],
-                   store: PartStore) -> None:
+def _write_outputs(
+    cfg: BenchConfig,
+    out: Path,
+    meta: dict[str, Any],
+    results: pd.DataFrame,
+    failed: list[dict[str, Any]],
+    store: PartStore,
+) -> None:
     """``run.json`` (partial: the finished samples stay in ``.parts`` for the
     rerun), or the tables, the summary and ``run.json`` (complete)."""
     if failed:

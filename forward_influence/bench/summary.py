@@ -34,7 +34,9 @@ REQUIRED_COLUMNS = {
 }
 
 
-def paired_interval(x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: np.random.Generator) -> tuple[float, float, float]:
+def paired_interval(
+    x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: np.random.Generator
+) -> tuple[float, float, float]:
     """Mean of ``x - y`` (or of ``x``) and its 95% percentile bootstrap interval
     (:func:`scipy.stats.bootstrap`; NaN pairs dropped; one value: the value).
 
@@ -51,8 +53,9 @@ def paired_interval(x: np.ndarray, y: np.ndarray | None, n_resamples: int, rng: 
         return m, m, m
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # all values equal: a degenerate (but right) interval
-        res = stats.bootstrap((d,), np.mean, vectorized=True, n_resamples=n_resamples, confidence_level=0.95,
-                              method="percentile", rng=rng)
+        res = stats.bootstrap(
+            (d,), np.mean, vectorized=True, n_resamples=n_resamples, confidence_level=0.95, method="percentile", rng=rng
+        )
     return m, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -65,14 +68,22 @@ def summarize_bench(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 
         metrics = [m for m in METRICS.get(task, ()) + EXTRA if m in df.columns]
         for metric in metrics:
             wide = df.pivot_table(index="sample_id", columns=["method", "budget"], values=metric, aggfunc="mean")
-            for (method, budget) in wide.columns:
+            for method, budget in wide.columns:
                 x = wide[(method, budget)].to_numpy(dtype=float)
-                row = {"task": task, "metric": metric, "method": method, "budget": budget, "n": int(np.isfinite(x).sum())}
+                row = {
+                    "task": task,
+                    "metric": metric,
+                    "method": method,
+                    "budget": budget,
+                    "n": int(np.isfinite(x).sum()),
+                }
                 row["mean"], row["lo"], row["hi"] = paired_interval(x, None, n_resamples, rng)
                 for ref in ("full", "snapkv"):
                     if (ref, budget) in wide.columns and ref != method:
                         y = wide[(ref, budget)].to_numpy(dtype=float)
-                        row[f"vs_{ref}"], row[f"vs_{ref}_lo"], row[f"vs_{ref}_hi"] = paired_interval(x, y, n_resamples, rng)
+                        row[f"vs_{ref}"], row[f"vs_{ref}_lo"], row[f"vs_{ref}_hi"] = paired_interval(
+                            x, y, n_resamples, rng
+                        )
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -91,6 +102,9 @@ def load_run(out: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFram
 
     meta = read_run_json(out, "fi-bench")
     if meta.get("status") != "complete":
-        raise InputError(f"{out}: the fi-bench run did not finish (status {meta.get('status')!r}); rerun the same command to resume it")
+        raise InputError(
+            f"{out}: the fi-bench run did not finish (status {meta.get('status')!r}); rerun the same command to "
+            "resume it"
+        )
     tables = read_tables(out, REQUIRED_COLUMNS, meta, "fi-bench")
     return meta, tables["results"], tables["summary"]

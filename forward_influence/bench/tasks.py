@@ -112,10 +112,18 @@ class PrefillTask:
             return ""
         c = cache.fork()
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        ids = torch.cat([s.context.to(s.query.device), s.query])  # the cache holds the context: generate runs the query on
+        ids = torch.cat(
+            [s.context.to(s.query.device), s.query]
+        )  # the cache holds the context: generate runs the query on
         with decoding.apply(c.model, c.compressor, None, cache=c) as run:
-            out = generate(c.model, ids, max_new_tokens=self.answer_tokens, eos=eos, **run.generate_kwargs,
-                           stop_when=lambda new: "\n" in tokenizer.decode(new, skip_special_tokens=True).strip())
+            out = generate(
+                c.model,
+                ids,
+                max_new_tokens=self.answer_tokens,
+                eos=eos,
+                **run.generate_kwargs,
+                stop_when=lambda new: "\n" in tokenizer.decode(new, skip_special_tokens=True).strip(),
+            )
         return tokenizer.decode(out, skip_special_tokens=True).strip().split("\n")[0]
 
     def reference(self, cache: CompressedCache, s: Sample, tokenizer: Any) -> dict[str, Any]:
@@ -128,8 +136,12 @@ class PrefillTask:
     def score(self, cache: CompressedCache, s: Sample, ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
         logits, nll = self._forced(cache, s)
         kl = centred_kl(ref["logits"], logits)  # (Q + A,) per position
-        out = {"kl": float(kl.mean()), "kl_sum": float(kl.sum()), "nll": float(nll.mean()),
-               "delta_nll": float(nll.mean()) - ref["nll"]}
+        out = {
+            "kl": float(kl.mean()),
+            "kl_sum": float(kl.sum()),
+            "nll": float(nll.mean()),
+            "delta_nll": float(nll.mean()) - ref["nll"],
+        }
         if s.answer is not None:
             greedy = self._greedy(cache, s, tokenizer)
             gold = normalise_answer(s.answer)
@@ -163,8 +175,15 @@ class Fidelity(PrefillTask):
             ids = tokenize(tokenizer, d, max_tokens=need).input_ids
             if ids.shape[0] < need:
                 continue
-            out.append(Sample(d.doc_id, ids[: self.n_prefix], ids[:0], ids[self.n_prefix : need],
-                              meta={"doc_id": d.doc_id, "length": self.n_prefix}))
+            out.append(
+                Sample(
+                    d.doc_id,
+                    ids[: self.n_prefix],
+                    ids[:0],
+                    ids[self.n_prefix : need],
+                    meta={"doc_id": d.doc_id, "length": self.n_prefix},
+                )
+            )
             if self.n_samples is not None and len(out) >= self.n_samples:
                 break
         if not out:
@@ -193,8 +212,16 @@ class Retrieval(PrefillTask):
                         ctx = tokenizer(ex.context, add_special_tokens=True, return_tensors="pt")["input_ids"][0]
                         q = tokenizer(ex.question, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
                         a = tokenizer(ex.answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-                        out.append(Sample(f"{kind}-{length}-{depth}-{i}", ctx, q, a, ex.answer,
-                                          {"kind": kind, "length": length, "depth": depth}))
+                        out.append(
+                            Sample(
+                                f"{kind}-{length}-{depth}-{i}",
+                                ctx,
+                                q,
+                                a,
+                                ex.answer,
+                                {"kind": kind, "length": length, "depth": depth},
+                            )
+                        )
         return out
 
 
@@ -210,7 +237,9 @@ class ReadingQA(PrefillTask):
     n_samples: int | None = None
     name: ClassVar[str] = "qa"
     #: per article: (title, text, [(question, answer, answer char start, question id)])
-    _articles: list[tuple[str, str, list[tuple[str, str, int, str]]]] | None = field(default=None, init=False, repr=False)
+    _articles: list[tuple[str, str, list[tuple[str, str, int, str]]]] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def read(self) -> None:
         if self._articles is not None:
@@ -233,8 +262,10 @@ class ReadingQA(PrefillTask):
                             ans = qa["answers"][0]
                             qas.append((qa["question"], ans["text"], offset + int(ans["answer_start"]), str(qa["id"])))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
-                raise InputError(f"{path}: SQuAD article {k} is malformed ({type(e).__name__}: {e}); "
-                                 "each paragraph needs a context and qas with question, id and answers") from None
+                raise InputError(
+                    f"{path}: SQuAD article {k} is malformed ({type(e).__name__}: {e}); "
+                    "each paragraph needs a context and qas with question, id and answers"
+                ) from None
             found = find_control(text)
             if found is not None:
                 raise InputError(f"{path}: SQuAD article {k}: {control_message(found[1], f'at character {found[0]}')}")
@@ -247,13 +278,16 @@ class ReadingQA(PrefillTask):
         rng = random.Random(seed)
         out = []
         for title, text, qas in self._articles:
-            enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=True, truncation=True,
-                            max_length=self.max_context)
+            enc = tokenizer(
+                text, return_offsets_mapping=True, add_special_tokens=True, truncation=True, max_length=self.max_context
+            )
             end_char = enc["offset_mapping"][-1][1]
             ok = [q for q in qas if q[2] + len(q[1]) <= end_char]
             ctx = torch.tensor(enc["input_ids"])
             for question, answer, _, qid in rng.sample(ok, min(self.questions_per_article, len(ok))):
-                q = tokenizer(f"\nQuestion: {question}\nAnswer:", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+                q = tokenizer(f"\nQuestion: {question}\nAnswer:", add_special_tokens=False, return_tensors="pt")[
+                    "input_ids"
+                ][0]
                 a = tokenizer(" " + answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
                 out.append(Sample(qid, ctx, q, a, answer, {"doc_id": title, "length": int(ctx.shape[0])}))
             if self.n_samples is not None and len(out) >= self.n_samples:

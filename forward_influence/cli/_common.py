@@ -7,7 +7,8 @@ import dataclasses
 import logging
 import sys
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from forward_influence.errors import InputError
 
@@ -63,7 +64,10 @@ def report_failed(prog: str, failed: list[dict[str, Any]]) -> int:
     """Name the units that kept failing (one line each) and return exit status 1."""
     for f in failed:
         print(f"{prog}: unit {f['unit']} failed after {f['attempts']} attempts: {f['error']}", file=sys.stderr)
-    print(f"{prog}: {len(failed)} unit(s) failed, run status partial; rerun the same command to retry them", file=sys.stderr)
+    print(
+        f"{prog}: {len(failed)} unit(s) failed, run status partial; rerun the same command to retry them",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -30,8 +30,10 @@ def print_claims(claims) -> None:  # noqa: ANN001
         if r.verdict == "not tested":
             print(f"  claim {r.claim:<3} {r.verdict:<14} {r.note}")
             continue
-        print(f"  claim {r.claim:<3} {r.verdict:<14} {r.estimate:+.3f} {interval_text(r.ci_low, r.ci_high):<18} "
-              f"p {r.p_value:.3g}, p_Holm {r.p_adjusted:.3g}, {r.n_docs} docs  {r.statistic}")
+        print(
+            f"  claim {r.claim:<3} {r.verdict:<14} {r.estimate:+.3f} {interval_text(r.ci_low, r.ci_high):<18} "
+            f"p {r.p_value:.3g}, p_Holm {r.p_adjusted:.3g}, {r.n_docs} docs  {r.statistic}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
     a, path = analyze_run(args.run_dir, cfg, args.out)
     seg = "" if cfg.segment == "all" else f", {cfg.segment} tokens"
-    print(f"fi-analyze: {a.sources['doc_id'].nunique()} documents, {len(a.sources)} sources; claims ({a.claims['mode'].iloc[0] if len(a.claims) else '?'} mode{seg}):")
+    print(
+        f"fi-analyze: {a.sources['doc_id'].nunique()} documents, {len(a.sources)} sources; claims "
+        f"({a.claims['mode'].iloc[0] if len(a.claims) else '?'} mode{seg}):"
+    )
     print_claims(a.claims)
     for name, g in a.segment_claims.groupby("segment", sort=False) if len(a.segment_claims) else ():
         print(f"fi-analyze: claims on the {name} tokens:")

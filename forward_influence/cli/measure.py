@@ -56,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     print(top[cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     skipped = len(res.meta.get("skipped") or [])
     print(
-        f"fi-measure: {s.doc_id.nunique()} " + ("documents" if cfg.generate is None else f"generations ({skipped} skipped)")
+        f"fi-measure: {s.doc_id.nunique()} "
+        + ("documents" if cfg.generate is None else f"generations ({skipped} skipped)")
         + f", {len(s)} ablations, "
-        + (f"noise floor max {res.meta['noise_floor_max']:.2e}" if res.meta.get("noise_floor_max") is not None else f"{cfg.method} estimate")
+        + (
+            f"noise floor max {res.meta['noise_floor_max']:.2e}"
+            if res.meta.get("noise_floor_max") is not None
+            else f"{cfg.method} estimate"
+        )
         + precision_floor_text(res.meta)
         + f", {res.meta['seconds_total']:.1f} s -> {cfg.out}"
     )

@@ -1,8 +1,9 @@
 """KV-cache compressors: InfoKV and the baselines, prefill and decoding (DESIGN §6).
 
 >>> from forward_influence.compress import list_compressors
->>> list_compressors()
-['full', 'random', 'streaming_llm', 'knorm', 'snapkv', 'pyramidkv', 'tova', 'h2o', 'expected_attention', 'infokv', 'fi_oracle']
+>>> list_compressors()  # doctest: +NORMALIZE_WHITESPACE
+['full', 'random', 'streaming_llm', 'knorm', 'snapkv', 'pyramidkv', 'tova', 'h2o',
+ 'expected_attention', 'infokv', 'fi_oracle']
 
 Prefill::
 
@@ -18,7 +19,14 @@ Decoding (transformers' ``generate`` inside the block)::
 # Registration order is the listing order (baselines first, InfoKV and the oracle last): keep these in order.
 # isort: off
 from forward_influence.compress.base import (
-    Compressor, FeatureSpec, LayerView, TokenFeatures, get_compressor, list_compressors, n_kept, register,
+    Compressor,
+    FeatureSpec,
+    LayerView,
+    TokenFeatures,
+    get_compressor,
+    list_compressors,
+    n_kept,
+    register,
     top_entries,
 )
 from forward_influence.compress.simple import Full, KNorm, Random, StreamingLLM
@@ -32,8 +40,29 @@ from forward_influence.compress.decoding import Decoding, DecodingConfig, apply
 # isort: on
 
 __all__ = [
-    "CompressedCache", "Compressor", "Decoding", "DecodingConfig", "ExpectedAttention", "FIOracle", "FeatureSpec", "Full",
-    "H2O", "InfoKV", "KNorm", "LayerView", "PyramidKV", "Random", "SnapKV", "StreamingLLM", "TOVA",
-    "TokenFeatures", "apply", "compress_prompt", "get_compressor", "list_compressors", "n_kept", "register",
+    "CompressedCache",
+    "Compressor",
+    "Decoding",
+    "DecodingConfig",
+    "ExpectedAttention",
+    "FIOracle",
+    "FeatureSpec",
+    "Full",
+    "H2O",
+    "InfoKV",
+    "KNorm",
+    "LayerView",
+    "PyramidKV",
+    "Random",
+    "SnapKV",
+    "StreamingLLM",
+    "TOVA",
+    "TokenFeatures",
+    "apply",
+    "compress_prompt",
+    "get_compressor",
+    "list_compressors",
+    "n_kept",
+    "register",
     "top_entries",
 ]

@@ -35,8 +35,9 @@ recent entry is kept (:func:`top_entries`), so a cut is deterministic.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -74,7 +75,6 @@ def top_entries(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
     # newest first, then a stable descending sort: among equal scores the newest comes first
     order = s.flip(-1).sort(dim=-1, descending=True, stable=True).indices[:, : min(n_keep, n)]  # (Hkv, n_keep)
     return (n - 1 - order).sort(dim=-1).values  # (Hkv, n_keep) back to position order
-
 
 
 @dataclass
@@ -193,7 +193,9 @@ class Compressor:
         """Token features :meth:`finish` needs, or None."""
         return None
 
-    def finish(self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None) -> list[torch.Tensor]:
+    def finish(
+        self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None
+    ) -> list[torch.Tensor]:
         """Revise every layer's scores once all layers are known. Default: as is."""
         return scores
 

@@ -90,7 +90,7 @@ class CompressedCache:
         self.last_scores: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- state
-    def fork(self, compressor: Compressor | None = None) -> "CompressedCache":
+    def fork(self, compressor: Compressor | None = None) -> CompressedCache:
         """A copy sharing every tensor (nothing is modified in place, so cutting
         or extending the copy leaves this cache as it is), optionally under
         another compressor whose inputs this cache recorded (:meth:`can_fork`):
@@ -114,9 +114,11 @@ class CompressedCache:
         if type(compressor).observe is not Compressor.observe:
             if type(compressor) is not type(mine) or dataclasses.replace(compressor, budget=mine.budget) != mine:
                 return False
-        return (compressor.features() in (None, self.spec)
-                and compressor.recent_queries() <= mine.recent_queries()
-                and (mine.needs_attn_inputs or not compressor.needs_attn_inputs))
+        return (
+            compressor.features() in (None, self.spec)
+            and compressor.recent_queries() <= mine.recent_queries()
+            and (mine.needs_attn_inputs or not compressor.needs_attn_inputs)
+        )
 
     def sizes(self) -> list[int]:
         """Entries per layer."""
@@ -143,14 +145,14 @@ class CompressedCache:
                 keys, pos = tap.key, new_pos
             self.compressor.observe(tap, pos, keys, self.state[l])
 
-    def begin_block(self, n_tokens: int) -> "Block":
+    def begin_block(self, n_tokens: int) -> Block:
         """Callbacks for a forward of ``n_tokens`` tokens over this cache (the
         :class:`forward_influence.hf.compressed_cache.BlockStore` protocol)."""
         hook = RepChange(self.n_layers, n_tokens, self.spec.early_layer) if self.spec is not None else None
         rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
         return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs_attn_inputs, rep=rep)
 
-    def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: "Block") -> None:
+    def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: Block) -> None:
         """Append the block's own entries ``kv`` (per layer ``(1, Hkv, C, D)``) at
         positions ``length..length+C-1``; ``hidden`` ``(C, Dm)`` gives the logits
         (kept in ``block.logits`` when ``block.want_logits``) and the entropies."""
@@ -165,7 +167,9 @@ class CompressedCache:
                 self.kv[l] = (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
                 p0 = self.positions[l]
                 self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
-        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[-max(1, self.compressor.recent_queries()):]
+        self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[
+            -max(1, self.compressor.recent_queries()) :
+        ]
         if block.want_logits or self.spec is not None:
             block.logits = self._logits(hidden, block.all_logits)
         if self.spec is not None:
@@ -186,11 +190,19 @@ class CompressedCache:
         block = self.begin_block(int(ids.shape[0]))
         block.want_logits, block.all_logits = True, all_logits
         if not self.kv:
-            out = forwards.record_prefill(self.model, ids, layer_hooks=block.layer_hooks, on_tap=block.on_tap,
-                                          attn_inputs=block.attn_inputs)
+            out = forwards.record_prefill(
+                self.model, ids, layer_hooks=block.layer_hooks, on_tap=block.on_tap, attn_inputs=block.attn_inputs
+            )
         else:
-            out = forwards.continue_forward(self.model, self.kv, ids, self.length, on_tap=block.on_tap,
-                                            layer_hooks=block.layer_hooks, attn_inputs=block.attn_inputs)
+            out = forwards.continue_forward(
+                self.model,
+                self.kv,
+                ids,
+                self.length,
+                on_tap=block.on_tap,
+                layer_hooks=block.layer_hooks,
+                attn_inputs=block.attn_inputs,
+            )
         self.end_block(out.kv, out.hidden, block)
         return block.logits
 
@@ -222,10 +234,19 @@ class CompressedCache:
             k, v = self.kv[l]
             n = k.shape[2]
             view = LayerView(
-                layer=l, n_layers=self.n_layers, keys=k[0], values=v[0], positions=self.positions[l],
-                queries=self.queries[l], query_positions=self.query_positions, scaling=self._scaling[l],
-                n_keep=comp.layer_budget(l, self.n_layers, n, keep), state=self.state[l],
-                module=self._modules[l], model=self.model, step=self.cuts,
+                layer=l,
+                n_layers=self.n_layers,
+                keys=k[0],
+                values=v[0],
+                positions=self.positions[l],
+                queries=self.queries[l],
+                query_positions=self.query_positions,
+                scaling=self._scaling[l],
+                n_keep=comp.layer_budget(l, self.n_layers, n, keep),
+                state=self.state[l],
+                module=self._modules[l],
+                model=self.model,
+                step=self.cuts,
             )
             views.append(view)
             scores.append(comp.layer_scores(view))  # (Hkv, n) with the sinks at +inf
@@ -242,7 +263,9 @@ class CompressedCache:
 
 
 @torch.no_grad()
-def compress_prompt(model: Any, input_ids: torch.Tensor, compressor: Compressor) -> tuple[CompressedCache, torch.Tensor]:
+def compress_prompt(
+    model: Any, input_ids: torch.Tensor, compressor: Compressor
+) -> tuple[CompressedCache, torch.Tensor]:
     """Prefill ``input_ids`` ``(T,)`` with full attention, then cut the cache to
     ``compressor.budget`` (the layers keep ``budget x T`` entries on average).
 

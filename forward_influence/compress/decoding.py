@@ -32,8 +32,9 @@ entry; sinks are kept only by a method's ``n_sink``.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -63,7 +64,9 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         if not (self.cache_budget > 0 and (self.cache_budget < 1 or float(self.cache_budget).is_integer())):
-            raise ValueError(f"cache_budget must be a token count >= 1 or a fraction in (0, 1), got {self.cache_budget}")
+            raise ValueError(
+                f"cache_budget must be a token count >= 1 or a fraction in (0, 1), got {self.cache_budget}"
+            )
         if self.interval < 1:
             raise ValueError(f"interval must be >= 1, got {self.interval}")
         if self.prefill_budget is not None and not 0 < self.prefill_budget <= 1:
@@ -138,8 +141,12 @@ class Decoding:
 
 
 @contextlib.contextmanager
-def apply(model: Any, compressor: Compressor, config: DecodingConfig | None = DecodingConfig(),
-          cache: CompressedCache | None = None) -> Iterator[Decoding]:
+def apply(
+    model: Any,
+    compressor: Compressor,
+    config: DecodingConfig | None = DecodingConfig(),
+    cache: CompressedCache | None = None,
+) -> Iterator[Decoding]:
     """Decode with ``compressor`` inside the block: every forward of ``model``
     (``model.generate`` or :func:`forward_influence.hf.generation.generate`) runs
     over a cut cache, cut by ``config``'s policy.

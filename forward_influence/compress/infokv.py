@@ -114,7 +114,9 @@ class InfoKV(SnapKV):
         rep = features.rep_change[layer if self.rep == "per_layer" else -1]  # (T,)
         return features.entropy.to(positions.device)[positions] * rep.to(positions.device)[positions]
 
-    def finish(self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None) -> list[torch.Tensor]:
+    def finish(
+        self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None
+    ) -> list[torch.Tensor]:
         if features is None:
             raise ValueError("InfoKV needs token features (entropy, representation change): build the cache with it")
         out = []

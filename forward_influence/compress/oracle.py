@@ -32,8 +32,9 @@ class FIOracle(Compressor):
             raise ValueError("fi_oracle needs measured FI: FIOracle.from_result(result, doc_id, budget=...)")
 
     @classmethod
-    def from_result(cls, result: Any, doc_id: str, budget: float = 1.0, split_pos: int | None = None,
-                    column: str = "fi_total") -> "FIOracle":
+    def from_result(
+        cls, result: Any, doc_id: str, budget: float = 1.0, split_pos: int | None = None, column: str = "fi_total"
+    ) -> FIOracle:
         """From a :class:`~forward_influence.MeasureResult` (or its ``summary``
         table): the position ablations of ``doc_id`` at split ``split_pos``
         (the only split if None)."""
@@ -50,7 +51,7 @@ class FIOracle(Compressor):
         return cls.from_frame(s, budget, column)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, budget: float = 1.0, column: str = "fi_total") -> "FIOracle":
+    def from_frame(cls, frame: pd.DataFrame, budget: float = 1.0, column: str = "fi_total") -> FIOracle:
         """From a table with ``source_pos`` and ``column`` columns."""
         n = int(frame["source_pos"].max()) + 1
         fi = np.full(n, np.nan)

@@ -56,7 +56,9 @@ class SnapKV(Compressor):
         mean = scores.window_attention(q, view.keys, qpos, view.positions, view.scaling)  # (Hq, n)
         g = mean.shape[0] // hkv
         if view.n_keep < w:  # the window does not fit: every entry competes
-            seen_by = w - torch.searchsorted(qpos, view.positions.contiguous())  # (Hkv, n) window queries at or after each entry
+            seen_by = w - torch.searchsorted(
+                qpos, view.positions.contiguous()
+            )  # (Hkv, n) window queries at or after each entry
             mean = mean * (w / seen_by.clamp_min(1)).repeat_interleave(g, dim=0)  # (Hq, n) mean over those queries
             return scores.pooled_group_mean(mean, hkv, self.kernel)  # (Hkv, n)
         per_kv = mean.view(hkv, g, n)  # (Hkv, g, n) the query heads of each KV head

@@ -43,9 +43,10 @@ import collections
 import logging
 import os
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from forward_influence.config import INSTALL_HINT, parse_address, ray_available  # noqa: F401  (the one --ray validation)
 from forward_influence.errors import InputError
@@ -170,7 +171,7 @@ class RayPool:
         self.on_event: Callable[[RayPool, str], None] | None = None
 
     # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "RayPool":
+    def __enter__(self) -> RayPool:
         if self.n_local is not None:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; read when ray is imported
         import ray
@@ -187,7 +188,11 @@ class RayPool:
     def _init(self, ray: Any) -> None:
         root = str(Path(__file__).resolve().parents[1])  # workers import this tree
         env = {"PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
-        kw: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "runtime_env": {"env_vars": env}}
+        kw: dict[str, Any] = {
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+            "runtime_env": {"env_vars": env},
+        }
         if self.n_local is not None:
             cpus = max(os.cpu_count() or 1, self.n_local * (self.spec.threads or 1))
             ray.init(num_cpus=cpus, _node_ip_address="127.0.0.1", include_dashboard=False, **kw)
@@ -195,7 +200,10 @@ class RayPool:
             try:
                 ray.init(address=self.address, **kw)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                raise InputError(f"--ray {self.address}: no Ray cluster there ({_one_line(e)}); start one with `ray start --head` or use local:N") from None
+                raise InputError(
+                    f"--ray {self.address}: no Ray cluster there ({_one_line(e)}); start one with `ray start --head` "
+                    "or use local:N"
+                ) from None
         self.started_ray = True
 
     def _plan(self, ray: Any) -> None:
@@ -203,7 +211,9 @@ class RayPool:
         gpus = int(res.get(self.spec.gpu_resource, 0))
         self.gpu = self.device != "cpu" and gpus > 0
         if self.device.startswith("cuda") and not self.gpu:
-            raise InputError(f"--device {self.device} but the Ray cluster has no {self.spec.gpu_resource}; use --device cpu or auto")
+            raise InputError(
+                f"--device {self.device} but the Ray cluster has no {self.spec.gpu_resource}; use --device cpu or auto"
+            )
         env_threads = os.environ.get("FI_NUM_THREADS")
         cpus = int(res.get("CPU", 1))
         if self.n_local is not None:
@@ -219,10 +229,15 @@ class RayPool:
         if not self.n:
             self.n = max(1, cpus // self.threads)
         if self.gpu and self.n > gpus:
-            raise InputError(f"--ray asks for {self.n} GPU workers but the cluster has {gpus} {self.spec.gpu_resource}; use local:{gpus}")
+            raise InputError(
+                f"--ray asks for {self.n} GPU workers but the cluster has {gpus} {self.spec.gpu_resource}; use "
+                f"local:{gpus}"
+            )
         if not self.gpu and self.n * self.threads > cpus:
-            raise InputError(f"--ray asks for {self.n} CPU workers of {self.threads} threads but the cluster has {cpus} CPUs; "
-                             "ask for fewer workers or set FI_NUM_THREADS lower")
+            raise InputError(
+                f"--ray asks for {self.n} CPU workers of {self.threads} threads but the cluster has {cpus} CPUs; "
+                "ask for fewer workers or set FI_NUM_THREADS lower"
+            )
 
     def _new_actor(self, ray: Any) -> Any:
         opts: dict[str, Any] = {"max_restarts": self.spec.max_restarts, "max_task_retries": self.spec.max_task_retries}
@@ -240,7 +255,9 @@ class RayPool:
         try:
             reports = ray.get([a.report.remote() for a in actors], timeout=START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
-            raise InputError(f"Ray workers did not start within {START_TIMEOUT_S:.0f} s; check `ray status` for free resources") from None
+            raise InputError(
+                f"Ray workers did not start within {START_TIMEOUT_S:.0f} s; check `ray status` for free resources"
+            ) from None
         for r in reports:
             if r.get("error"):
                 raise InputError(f"a Ray worker could not load the model: {r['error']}")
@@ -287,10 +304,18 @@ class RayPool:
         """Where the run ran, for ``run.json``."""
         import ray
 
-        return {"backend": "ray", "address": self.spec.address, "ray_version": ray.__version__,
-                "workers": len(self.reports), "actor": f"{self.spec.gpu_resource}" if self.gpu else "CPU",
-                "threads": self.threads, "hosts": sorted({r["host"] for r in self.reports}),
-                "worker_restarts": self.restarts, "actors_replaced": self.replaced, "units_requeued": self.requeued}
+        return {
+            "backend": "ray",
+            "address": self.spec.address,
+            "ray_version": ray.__version__,
+            "workers": len(self.reports),
+            "actor": f"{self.spec.gpu_resource}" if self.gpu else "CPU",
+            "threads": self.threads,
+            "hosts": sorted({r["host"] for r in self.reports}),
+            "worker_restarts": self.restarts,
+            "actors_replaced": self.replaced,
+            "units_requeued": self.requeued,
+        }
 
     def worker_pid(self, i: int) -> int:
         """Process id of worker ``i`` now (answers while it runs a unit)."""
@@ -343,7 +368,13 @@ class RayPool:
                 idle.append(i)
             outcome = Outcome(unit, result, attempts=attempts[k]) if error is None else None
             if error is not None and attempts[k] < self.spec.max_attempts:
-                log.warning("unit %s failed (attempt %d of %d: %s); retrying", unit.name, attempts[k], self.spec.max_attempts, error)
+                log.warning(
+                    "unit %s failed (attempt %d of %d: %s); retrying",
+                    unit.name,
+                    attempts[k],
+                    self.spec.max_attempts,
+                    error,
+                )
                 self.requeued += 1
                 queue.appendleft((k, unit))
             elif error is not None:

@@ -19,10 +19,12 @@ it fails).
 
 >>> reports = [{"model": {"revision": "a", "device": "cuda:0"}, "versions": {"torch": "2.13"}, "git_sha": None}] * 2
 >>> check_agreement(reports)
->>> check_agreement([reports[0], {**reports[0], "versions": {"torch": "2.12"}}])
-Traceback (most recent call last):
-...
-forward_influence.errors.InputError: Ray workers disagree on versions.torch: '2.13' on worker 0 (host ?), '2.12' on worker 1 (host ?); install the same package versions and model on every node
+>>> try:
+...     check_agreement([reports[0], {**reports[0], "versions": {"torch": "2.12"}}])
+... except InputError as e:
+...     print(*str(e).split("; "), sep="\\n")
+Ray workers disagree on versions.torch: '2.13' on worker 0 (host ?), '2.12' on worker 1 (host ?)
+install the same package versions and model on every node
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from forward_influence.errors import InputError
 from forward_influence.hf.models import LoadedModel, load_model
@@ -113,7 +116,8 @@ def check_agreement(reports: list[dict[str, Any]]) -> None:
         for key in sorted(set(ref) | set(other)):
             if ref.get(key) != other.get(key):
                 raise InputError(
-                    f"Ray workers disagree on {key}: {ref.get(key)!r} on worker 0 (host {reports[0].get('host', '?')}), "
+                    f"Ray workers disagree on {key}: {ref.get(key)!r} on worker 0 "
+                    f"(host {reports[0].get('host', '?')}), "
                     f"{other.get(key)!r} on worker {i} (host {rep.get('host', '?')}); "
                     "install the same package versions and model on every node"
                 )
@@ -132,7 +136,7 @@ class LocalPool:
         self.lm = lm
         self.report = worker_report(lm)
 
-    def __enter__(self) -> "LocalPool":
+    def __enter__(self) -> LocalPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

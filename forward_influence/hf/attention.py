@@ -47,8 +47,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ from forward_influence.runtime.devices import defaults_for
 ATTN_NAME = "forward_influence"
 
 
-_STATE: contextvars.ContextVar["_Mode | None"] = contextvars.ContextVar("fi_attention_state", default=None)
+_STATE: contextvars.ContextVar[_Mode | None] = contextvars.ContextVar("fi_attention_state", default=None)
 
 
 _REGISTERED = False
@@ -137,7 +138,7 @@ class _Mode:
     bias: torch.Tensor | None = None  # "bias" mode: (P,) added to prefix-key logits
     bias_layers: frozenset[int] | None = None  # None: every layer
     bias_heads: frozenset[int] | None = None  # None: every KV head
-    on_tap: Callable[["AttentionTap"], None] | None = None  # sees every layer's attention inputs
+    on_tap: Callable[[AttentionTap], None] | None = None  # sees every layer's attention inputs
     attn_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by pre-hooks when wanted
     record_block: bool = False  # "ablate" mode: also keep each layer's new K/V in keys/values
     # derived per forward (built lazily on first layer)
@@ -180,12 +181,16 @@ def _use_flash(mode: _Mode, query: torch.Tensor) -> bool:
     # the fused path hides prefix entries from every query of a row: needs tau <= start
     ok = ok and bool((mode.batch.tau[mode._prefix_valid.any(1).cpu()] <= mode.start).all())
     if mode.kernel == "flash" and not ok:
-        raise RuntimeError("kernel='flash' needs a fused kernel for this device and dtype (CPU: float32; CUDA: "
-                           "float16/bfloat16/float32) and prefix hiding from tau <= start")
+        raise RuntimeError(
+            "kernel='flash' needs a fused kernel for this device and dtype (CPU: float32; CUDA: "
+            "float16/bfloat16/float32) and prefix hiding from tau <= start"
+        )
     return ok and (mode.kernel == "flash" or defaults_for(query.device).kernel == "flash")
 
 
-def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
+def _ablated_attention_flash(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode
+) -> torch.Tensor:
     """Fused path: the shared prefix through a fused attention kernel that
     returns the log-sum-exp (:func:`_lse_kernel`), merged with each row's own
     block by log-sum-exp.
@@ -213,7 +218,9 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
         after = (qpos[None, :] >= mode.batch.tau.to(dev)[:, None]).repeat(1, g)  # (B, g*C) folded
         per_head = bool((sel.any(1) != sel.all(1)).any())  # some row hides at some heads only
         hs = sel if per_head else sel.any(1, keepdim=True)  # (B, Hkv or 1)
-        hide = hide | (hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :])  # (B, Hkv|1, g*C, C)
+        hide = hide | (
+            hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :]
+        )  # (B, Hkv|1, g*C, C)
     if hide.dim() == 2:
         hide = hide[None, None]  # (1, 1, g*C, C)
     bmask = torch.zeros(hide.shape, dtype=query.dtype, device=dev).masked_fill_(hide, float("-inf"))
@@ -227,7 +234,9 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
             gone = sel[:, :, None] & rows[:, None, :]  # (B, Hkv, P)
             pmask.masked_fill_(gone[:, :, None], float("-inf"))
             dead = gone.all(-1)  # (B, Hkv) every prefix entry hidden
-        out_p, lse_p = attend(q, pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1), pmask, scaling)  # (B, Hkv, g*C, D), (B, Hkv, g*C)
+        out_p, lse_p = attend(
+            q, pk.expand(b, -1, -1, -1), pv.expand(b, -1, -1, -1), pmask, scaling
+        )  # (B, Hkv, g*C, D), (B, Hkv, g*C)
         if dead is not None and bool(dead.any()):  # fully masked rows: CPU gives out 0, lse 0; CUDA may give NaN
             lse_p = lse_p.masked_fill(dead[:, :, None], float("-inf"))
             out_p = out_p.masked_fill(dead[:, :, None, None], 0.0)
@@ -241,7 +250,9 @@ def _ablated_attention_flash(module: Any, query: torch.Tensor, key: torch.Tensor
     return out.reshape(b, hkv, g, c, d).permute(0, 3, 1, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
 
 
-def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
+def _ablated_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode
+) -> torch.Tensor:
     """Attention of ``B`` rows over a shared prefix plus their own block.
 
     query ``(B, Hq, C, D)``, key/value ``(B, Hkv, C, D)``, prefix
@@ -280,8 +291,12 @@ def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         c1 = min(c, c0 + chunk)
         n = c1 - c0
         qpos = mode.start + torch.arange(c0, c1, device=dev)  # (n,) absolute query positions
-        qc = qg[:, :, :, c0:c1].permute(1, 0, 2, 3, 4).contiguous().view(hkv, b, g * n, d)  # (Hkv, B, g*n, D) small copy
-        s_pre = torch.bmm(qc.view(hkv, b * g * n, d), pk_t).view(hkv, b, g, n, p)  # (Hkv, B, g, n, P) shared prefix, B folded into M
+        qc = (
+            qg[:, :, :, c0:c1].permute(1, 0, 2, 3, 4).contiguous().view(hkv, b, g * n, d)
+        )  # (Hkv, B, g*n, D) small copy
+        s_pre = torch.bmm(qc.view(hkv, b * g * n, d), pk_t).view(
+            hkv, b, g, n, p
+        )  # (Hkv, B, g, n, P) shared prefix, B folded into M
         s_blk = torch.matmul(qc, kt[:, :, 0, :, :c1]).view(hkv, b, g, n, c1)  # (Hkv, B, g, n, c1) own block keys
         if s_pre.dtype != torch.float32:
             s_pre, s_blk = s_pre.float(), s_blk.float()
@@ -306,12 +321,16 @@ def _ablated_attention(module: Any, query: torch.Tensor, key: torch.Tensor, valu
         s_blk.sub_(m).exp_()
         denom = s_pre.sum(-1, keepdim=True) + s_blk.sum(-1, keepdim=True)  # (Hkv, B, g, n, 1)
         o = torch.bmm(s_pre.to(value.dtype).view(hkv, b * g * n, p), pv0).view(hkv, b, g, n, d)  # (Hkv, B, g, n, D)
-        o += torch.matmul(s_blk.to(value.dtype).view(hkv, b, g * n, c1), vt[:, :, 0, :c1]).view(hkv, b, g, n, d)  # (Hkv, B, g, n, D)
+        o += torch.matmul(s_blk.to(value.dtype).view(hkv, b, g * n, c1), vt[:, :, 0, :c1]).view(
+            hkv, b, g, n, d
+        )  # (Hkv, B, g, n, D)
         out[:, :, :, c0:c1] = o / denom.to(o.dtype)
     return out.permute(1, 3, 0, 2, 4).reshape(b, c, hq, d)  # (B, C, Hq, D)
 
 
-def _biased_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode) -> torch.Tensor:
+def _biased_attention(
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode
+) -> torch.Tensor:
     """Differentiable attention of one row over the prefix plus its own block,
     with ``mode.bias`` ``(P,)`` added to the logits of every block query for
     prefix key ``j`` (at the selected layers / KV heads): ``bias_j = log m_j``
@@ -344,7 +363,16 @@ def _biased_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     return out.to(query.dtype).view(hkv, g, c, d).permute(2, 0, 1, 3).reshape(1, c, hq, d)  # (1, C, Hq, D)
 
 
-def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Any, scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[torch.Tensor, None]:
+def _attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     mode = _STATE.get()
     if mode is None:
         raise RuntimeError("forward_influence attention used outside attention_mode()")
@@ -352,8 +380,18 @@ def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch
         scaling = 1.0 / math.sqrt(query.shape[-1])
     layer = module.layer_idx
     if mode.on_tap is not None:
-        mode.on_tap(AttentionTap(layer, module, query[0], key[0], value[0], scaling,
-                                 0 if mode.kind == "record" else mode.start, mode.attn_inputs.pop(layer, None)))
+        mode.on_tap(
+            AttentionTap(
+                layer,
+                module,
+                query[0],
+                key[0],
+                value[0],
+                scaling,
+                0 if mode.kind == "record" else mode.start,
+                mode.attn_inputs.pop(layer, None),
+            )
+        )
     if mode.kind == "record":
         mode.keys[layer] = key
         mode.values[layer] = value

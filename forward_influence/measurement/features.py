@@ -28,7 +28,8 @@ row: 1 for a model with no layer after ``l0``.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as Fn

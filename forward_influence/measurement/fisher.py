@@ -60,8 +60,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -130,8 +131,14 @@ class FisherEstimator:
         self.blocks = blocks
         self.seed = seed
 
-    def log_probs(self, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], future: torch.Tensor, bias: torch.Tensor,
-                  layers: Sequence[int] | None = None, kv_heads: Sequence[int] | None = None) -> torch.Tensor:
+    def log_probs(
+        self,
+        prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        future: torch.Tensor,
+        bias: torch.Tensor,
+        layers: Sequence[int] | None = None,
+        kv_heads: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """``(F, V)`` float32 log-probabilities of the future with ``bias`` on the prefix keys."""
         h = forwards.biased_forward(self.model, prefix, future, bias, layers, kv_heads)[0]  # (F, Dm)
         return torch.log_softmax(anatomy.logits_from_hidden(self.model, h), dim=-1)  # (F, V)
@@ -163,7 +170,9 @@ class FisherEstimator:
         est = np.zeros((len(srcs), len(bounds)))
         se = np.full((len(srcs), len(bounds)), np.nan)
         with _frozen(self.model), torch.enable_grad():
-            bias = torch.zeros(n, device=dev, dtype=torch.promote_types(self.model.dtype, torch.float32), requires_grad=True)
+            bias = torch.zeros(
+                n, device=dev, dtype=torch.promote_types(self.model.dtype, torch.float32), requires_grad=True
+            )
             logp = self.log_probs(prefix, future, bias, layers, kv_heads)  # (F, V)
             p = logp.detach().exp()
             passes = [(k, r) for k in range(len(bounds)) for r in range(self.samples)]
@@ -189,15 +198,22 @@ class FisherEstimator:
         return FisherResult(kl=est, stderr=se, block_bounds=bounds, seconds=time.perf_counter() - t0)
 
 
-def exact_fisher(model: Any, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], future: torch.Tensor,
-                 layers: Sequence[int] | None = None, kv_heads: Sequence[int] | None = None) -> np.ndarray:
+def exact_fisher(
+    model: Any,
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    future: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    kv_heads: Sequence[int] | None = None,
+) -> np.ndarray:
     """``½ Σ_t E_{y~p_t}[g_{t,i}(y)²]`` for every prefix ``i`` from the full
     Jacobian ``∂ log p / ∂ b`` — ``F × V`` backward passes: for tests on tiny models."""
     est = FisherEstimator(model)
     n = prefix[0][0].shape[2]
     with _frozen(model):
         bias0 = torch.zeros(n, dtype=torch.promote_types(model.dtype, torch.float32), device=model.device)
-        jac = torch.autograd.functional.jacobian(lambda b: est.log_probs(prefix, future, b, layers, kv_heads), bias0, vectorize=True)  # (F, V, N)
+        jac = torch.autograd.functional.jacobian(
+            lambda b: est.log_probs(prefix, future, b, layers, kv_heads), bias0, vectorize=True
+        )  # (F, V, N)
         with torch.no_grad():
             p = est.log_probs(prefix, future, bias0, layers, kv_heads).exp()  # (F, V)
     return (0.5 * (p[..., None].double() * jac.double() ** 2).sum((0, 1))).cpu().numpy()

@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,11 +103,24 @@ def _synthetic_prompts(kind: str, cfg: Any, tokenizer: Any) -> list[Prompt]:
         try:
             ex = synthetic.make_example(name, cfg.synthetic_length, depth, cfg.seed * 1000 + i, tokenizer)
         except ValueError as e:
-            raise InputError(f"--synthetic-length {cfg.synthetic_length} is too short for {name} examples ({e}); raise it") from None
+            raise InputError(
+                f"--synthetic-length {cfg.synthetic_length} is too short for {name} examples ({e}); raise it"
+            ) from None
         question = ex.question.strip().split("?")[0] + "?"
         text = f"{ex.context.strip()}\n\n{question}\n{REASON}"
-        out.append(Prompt(f"{name}-{i}", text, {"kind": name, "length": cfg.synthetic_length, "depth": depth,
-                                                "answer": ex.answer.strip(), "source": f"{SYNTHETIC}{kind}"}))
+        out.append(
+            Prompt(
+                f"{name}-{i}",
+                text,
+                {
+                    "kind": name,
+                    "length": cfg.synthetic_length,
+                    "depth": depth,
+                    "answer": ex.answer.strip(),
+                    "source": f"{SYNTHETIC}{kind}",
+                },
+            )
+        )
     return out
 
 
@@ -118,7 +132,9 @@ def check_source(spec: str) -> None:
     if not path.is_file():
         raise InputError(f"--generate {path}: file not found; give a .json/.jsonl of prompts or synthetic:KIND")
     if path.suffix not in (".json", ".jsonl"):
-        raise InputError(f"--generate {path}: unknown suffix {path.suffix!r}; use .json or .jsonl (objects with text or prompt)")
+        raise InputError(
+            f"--generate {path}: unknown suffix {path.suffix!r}; use .json or .jsonl (objects with text or prompt)"
+        )
 
 
 def _file_prompts(path: Path) -> list[Prompt]:
@@ -126,14 +142,20 @@ def _file_prompts(path: Path) -> list[Prompt]:
     out = []
     for i, obj in enumerate(read_objects(path)):
         if not isinstance(obj, dict):
-            raise InputError(f"{path}: item {i} is a {type(obj).__name__}, not an object; give objects with text or prompt")
+            raise InputError(
+                f"{path}: item {i} is a {type(obj).__name__}, not an object; give objects with text or prompt"
+            )
         name = obj.get("id", obj.get("key", obj.get("doc_id")))
         name = str(name) if name is not None else f"prompt{i}"
         stored = obj if "generated_ids" in obj and "prompt_ids" in obj else None
-        text = obj.get("prompt") if stored is not None else obj.get("text", obj.get("prompt"))  # a stored line's text is its generation
+        text = (
+            obj.get("prompt") if stored is not None else obj.get("text", obj.get("prompt"))
+        )  # a stored line's text is its generation
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"{path}: item {i} ({name!r}) has no non-empty text or prompt field; give one")
-        meta = (stored or {}).get("meta") or {k: obj[k] for k in ("key", "instruction_id_list", "kind", "depth", "answer") if k in obj}
+        meta = (stored or {}).get("meta") or {
+            k: obj[k] for k in ("key", "instruction_id_list", "kind", "depth", "answer") if k in obj
+        }
         out.append(Prompt(name, text, {**meta, "source": str(path)}, stored))
     return out
 
@@ -150,7 +172,7 @@ def load_prompts(cfg: Any, tokenizer: Any) -> list[Prompt]:
     """
     spec = cfg.generate
     if spec.startswith(SYNTHETIC):
-        prompts = _synthetic_prompts(spec[len(SYNTHETIC):], cfg, tokenizer)
+        prompts = _synthetic_prompts(spec[len(SYNTHETIC) :], cfg, tokenizer)
     else:
         prompts = _file_prompts(Path(spec))
     return select_documents(prompts, spec, max_docs=cfg.max_docs, doc_ids=cfg.doc_ids)
@@ -160,7 +182,9 @@ def chat_prompt_ids(tokenizer: Any, text: str) -> torch.Tensor:
     """``(P,)`` ids of ``text`` as a user turn in the chat template, ending in
     the generation prompt; without a template, ``text`` with special tokens."""
     if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt"
+        )
         ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         return torch.as_tensor(ids, dtype=torch.long).reshape(-1)
     return torch.tensor(tokenizer(text, add_special_tokens=True)["input_ids"], dtype=torch.long)
@@ -168,9 +192,15 @@ def chat_prompt_ids(tokenizer: Any, text: str) -> torch.Tensor:
 
 def settings(cfg: Any) -> dict[str, Any]:
     """The generation settings of a run (what must agree for a reuse)."""
-    return {"max_new_tokens": cfg.max_new_tokens, "min_new_tokens": cfg.min_new_tokens,
-            "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": None if cfg.temperature == 0 else 0,
-            "do_sample": cfg.temperature > 0, "seed": cfg.seed}
+    return {
+        "max_new_tokens": cfg.max_new_tokens,
+        "min_new_tokens": cfg.min_new_tokens,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": None if cfg.temperature == 0 else 0,
+        "do_sample": cfg.temperature > 0,
+        "seed": cfg.seed,
+    }
 
 
 def prompt_seed(seed: int, doc_id: str) -> int:
@@ -210,8 +240,17 @@ def generate_ids(model: Any, tokenizer: Any, prompt_ids: torch.Tensor, gen: dict
     """
     eos = stop_ids(model, tokenizer)
     return hf_generation.generate(
-        model, prompt_ids, max_new_tokens=gen["max_new_tokens"], min_new_tokens=gen["min_new_tokens"], do_sample=gen["do_sample"],
-        temperature=gen["temperature"], top_p=gen["top_p"], eos=eos, pad=tokenizer.pad_token_id, seed=seed)
+        model,
+        prompt_ids,
+        max_new_tokens=gen["max_new_tokens"],
+        min_new_tokens=gen["min_new_tokens"],
+        do_sample=gen["do_sample"],
+        temperature=gen["temperature"],
+        top_p=gen["top_p"],
+        eos=eos,
+        pad=tokenizer.pad_token_id,
+        seed=seed,
+    )
 
 
 def decode_offsets(tokenizer: Any, ids: list[int]) -> tuple[str, np.ndarray]:
@@ -255,14 +294,21 @@ def special_ids(tokenizer: Any) -> set[int]:
     return set(tokenizer.all_special_ids) | {int(i) for i, t in added.items() if getattr(t, "special", False)}
 
 
-def document_from_ids(tokenizer: Any, doc_id: str, prompt_ids: list[int], generated_ids: list[int], meta: dict[str, Any] | None = None) -> TokenizedDocument:
+def document_from_ids(
+    tokenizer: Any, doc_id: str, prompt_ids: list[int], generated_ids: list[int], meta: dict[str, Any] | None = None
+) -> TokenizedDocument:
     """The measured document of a generation: ``prompt_ids + generated_ids``
     as they are, text and offsets by :func:`decode_offsets`, ``n_prompt`` the boundary."""
     ids = list(prompt_ids) + list(generated_ids)
     text, offsets = decode_offsets(tokenizer, ids)
     doc = Document(doc_id, text, {**(meta or {}), "n_prompt": len(prompt_ids), "n_generated": len(generated_ids)})
-    return TokenizedDocument(doc, torch.tensor(ids, dtype=torch.long), offsets, list(tokenizer.convert_ids_to_tokens(ids)),
-                             n_prompt=len(prompt_ids))
+    return TokenizedDocument(
+        doc,
+        torch.tensor(ids, dtype=torch.long),
+        offsets,
+        list(tokenizer.convert_ids_to_tokens(ids)),
+        n_prompt=len(prompt_ids),
+    )
 
 
 class GenerationStore:
@@ -276,7 +322,9 @@ class GenerationStore:
                 if isinstance(obj, dict) and "id" in obj:
                     self.lines[str(obj["id"])] = obj
 
-    def find(self, doc_id: str, prompt_ids: list[int], gen: dict[str, Any], model: dict[str, Any]) -> dict[str, Any] | None:
+    def find(
+        self, doc_id: str, prompt_ids: list[int], gen: dict[str, Any], model: dict[str, Any]
+    ) -> dict[str, Any] | None:
         """The stored line for this prompt if its prompt ids, settings and model agree."""
         line = self.lines.get(doc_id)
         if line is None or line.get("prompt_ids") != prompt_ids or line.get("settings") != gen:
@@ -303,7 +351,9 @@ class GenerationStore:
             tmp.replace(self.path)
 
 
-def generate_all(cfg: Any, lm: Any, out: Path | None, progress: Callable[[], None] | None = None) -> tuple[list[TokenizedDocument], dict[str, Any]]:
+def generate_all(
+    cfg: Any, lm: Any, out: Path | None, progress: Callable[[], None] | None = None
+) -> tuple[list[TokenizedDocument], dict[str, Any]]:
     """Continue every prompt of ``cfg.generate`` (reusing stored generations).
 
     Parameters
@@ -331,7 +381,10 @@ def generate_all(cfg: Any, lm: Any, out: Path | None, progress: Callable[[], Non
         if p.stored is not None:  # a line of an earlier run's generations.jsonl: measured as it is
             line = p.stored
             if any((line.get("model") or {}).get(k) != model.get(k) for k in ("name", "revision")):
-                raise InputError(f"--generate: {p.doc_id!r} was generated by {line.get('model', {}).get('name')!r}; measure it with that --model")
+                raise InputError(
+                    f"--generate: {p.doc_id!r} was generated by {line.get('model', {}).get('name')!r}; measure it "
+                    "with that --model"
+                )
             counts["from_file"] += 1
         else:
             ids = chat_prompt_ids(lm.tokenizer, p.text).tolist()
@@ -341,18 +394,38 @@ def generate_all(cfg: Any, lm: Any, out: Path | None, progress: Callable[[], Non
             else:
                 seed = prompt_seed(cfg.seed, p.doc_id)
                 new = generate_ids(lm.model, lm.tokenizer, torch.tensor(ids), gen, seed)
-                line = {"id": p.doc_id, "prompt": p.text, "prompt_ids": ids, "generated_ids": new,
-                        "text": lm.tokenizer.decode(new, skip_special_tokens=True), "settings": gen, "prompt_seed": seed,
-                        "eos_token_ids": stop_ids(lm.model, lm.tokenizer), "model": model, "meta": p.meta}
+                line = {
+                    "id": p.doc_id,
+                    "prompt": p.text,
+                    "prompt_ids": ids,
+                    "generated_ids": new,
+                    "text": lm.tokenizer.decode(new, skip_special_tokens=True),
+                    "settings": gen,
+                    "prompt_seed": seed,
+                    "eos_token_ids": stop_ids(lm.model, lm.tokenizer),
+                    "model": model,
+                    "meta": p.meta,
+                }
                 counts["generated"] += 1
         store.put(line)
-        docs.append(document_from_ids(lm.tokenizer, p.doc_id, line["prompt_ids"], line["generated_ids"], {**p.meta, "prompt": p.text}))
+        docs.append(
+            document_from_ids(
+                lm.tokenizer, p.doc_id, line["prompt_ids"], line["generated_ids"], {**p.meta, "prompt": p.text}
+            )
+        )
         if progress is not None:
             progress()
     store.keep([p.doc_id for p in prompts])
     # generations taken from a file were made with their own settings, not this run's flags
-    made = {json.dumps(line.get("settings"), sort_keys=True) for line in (p.stored for p in prompts) if line is not None}
-    return docs, {"source": cfg.generate, "settings": gen if counts["from_file"] < len(prompts) else None,
-                  **({"stored_settings": [json.loads(m) for m in sorted(made)]} if made else {}),
-                  "chat_template": bool(getattr(lm.tokenizer, "chat_template", None)),
-                  "file": FILE if out is not None else None, "n_prompts": len(prompts), **counts}
+    made = {
+        json.dumps(line.get("settings"), sort_keys=True) for line in (p.stored for p in prompts) if line is not None
+    }
+    return docs, {
+        "source": cfg.generate,
+        "settings": gen if counts["from_file"] < len(prompts) else None,
+        **({"stored_settings": [json.loads(m) for m in sorted(made)]} if made else {}),
+        "chat_template": bool(getattr(lm.tokenizer, "chat_template", None)),
+        "file": FILE if out is not None else None,
+        "n_prompts": len(prompts),
+        **counts,
+    }

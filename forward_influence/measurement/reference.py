@@ -7,7 +7,8 @@ entry, run the future through the stock transformers forward
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,9 @@ import torch
 from forward_influence.hf import cache_api
 
 
-def naive_split_logits(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> Iterator[torch.Tensor]:
+def naive_split_logits(
+    model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]
+) -> Iterator[torch.Tensor]:
     """The naive reference loop: for the reference (first) and each ablation, copy
     the prefix cache, delete the entry, run the future through the stock HF
     forward. Yields float32 logits ``(F, V)``: reference first, then one per position."""
@@ -32,7 +35,9 @@ def float32_kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (lp.exp() * (lp - lq)).sum(-1)
 
 
-def naive_split_kl(model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]) -> np.ndarray:
+def naive_split_kl(
+    model: Any, input_ids: torch.Tensor, n_prefix: int, n_future: int, positions: Iterable[int]
+) -> np.ndarray:
     """KL rows ``(A, F)`` of the naive loop (:func:`naive_split_logits`), float32 KL."""
     it = naive_split_logits(model, input_ids, n_prefix, n_future, positions)
     ref = next(it)

@@ -64,18 +64,26 @@ def _problem(cfg: MeasureConfig, tdoc: TokenizedDocument) -> str | None:
     t, p, name = len(tdoc), tdoc.n_prompt, tdoc.doc.doc_id
     if p is None and t < cfg.tokens_needed():
         what = "--n-prefix + --n-future" if cfg.mode == "split" else "--delay + --horizon + 1"
-        return f"document {name!r} has {t} tokens, fewer than {what} = {cfg.tokens_needed()}; lower them or drop it with --doc-ids"
+        return (
+            f"document {name!r} has {t} tokens, fewer than {what} = {cfg.tokens_needed()}; "
+            "lower them or drop it with --doc-ids"
+        )
     if p is not None and t - p < _generated_needed(cfg, p):
         what = "--delay + --horizon" if cfg.mode == "sliding" else "--n-prefix + --n-future minus the prompt"
-        return (f"generation {name!r} has {t - p} new tokens after its {p}-token prompt, fewer than {what} = "
-                f"{_generated_needed(cfg, p)}; raise --min-new-tokens to {_generated_needed(cfg, p)}")
+        return (
+            f"generation {name!r} has {t - p} new tokens after its {p}-token prompt, fewer than {what} = "
+            f"{_generated_needed(cfg, p)}; raise --min-new-tokens to {_generated_needed(cfg, p)}"
+        )
     if cfg.positions is not None:
         if cfg.mode == "split":
             ok, where = sources_for(cfg, max(cfg.n_prefix)), f"< {max(cfg.n_prefix)}"
         else:
             ok, where = sliding_sources(cfg, tdoc), f"in [{p or 0}, {sliding_limit(cfg, t)})"
         if not ok:
-            return f"--positions {list(cfg.positions)[:5]} are all out of range for document {name!r}: sources must be {where}"
+            return (
+                f"--positions {list(cfg.positions)[:5]} are all out of range for document {name!r}: "
+                f"sources must be {where}"
+            )
     return None
 
 
@@ -103,11 +111,16 @@ def _check_model(cfg: MeasureConfig, prov: dict[str, Any]) -> None:
 
 
 def _run_meta(cfg: MeasureConfig, pool: Any, docs: list[TokenizedDocument]) -> dict[str, Any]:
-    documents = [{"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})} for d in docs]
+    documents = [
+        {"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})}
+        for d in docs
+    ]
     return run_meta(cfg, pool, documents=documents, distance_from=DISTANCE_FROM)
 
 
-def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None) -> MeasureResult:
+def measure(
+    config: MeasureConfig, model: LoadedModel | None = None, *, source: Any = None, cluster: Any = None
+) -> MeasureResult:
     """Measure Forward Influence (and per-token signals) for every document.
 
     Parameters
@@ -142,7 +155,9 @@ def measure(config: MeasureConfig, model: LoadedModel | None = None, *, source: 
     out, finished = resume_state(cfg.out, cfg)
     if finished:
         return MeasureResult.load(out)
-    source = source or ModelSource(cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation)
+    source = source or ModelSource(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation
+    )
     with open_pool(cfg.ray, model, source, cfg.device, cluster) as pool:
         tdocs, extra = _prepare_documents(cfg, pool, docs, out)
         meta = {**_run_meta(cfg, pool, tdocs), **extra}
@@ -168,12 +183,16 @@ def _input_documents(cfg: MeasureConfig) -> list[Any]:
 
     check_source(cfg.generate)  # before the model loads (the prompts themselves need its tokenizer)
     if cfg.ray is not None:
-        raise InputError("--generate runs on one machine: generate first without --ray, then measure its "
-                         "OUT/generations.jsonl with --generate OUT/generations.jsonl --ray ...")
+        raise InputError(
+            "--generate runs on one machine: generate first without --ray, then measure its "
+            "OUT/generations.jsonl with --generate OUT/generations.jsonl --ray ..."
+        )
     return []
 
 
-def _prepare_documents(cfg: MeasureConfig, pool: Any, docs: list[Any], out: Path | None) -> tuple[list[TokenizedDocument], dict[str, Any]]:
+def _prepare_documents(
+    cfg: MeasureConfig, pool: Any, docs: list[Any], out: Path | None
+) -> tuple[list[TokenizedDocument], dict[str, Any]]:
     """Check the model, tokenize and check the documents (or generate them),
     check the spaCy model: everything that fails before the first unit runs.
     Returns the documents and ``run.json``'s extra fields."""
@@ -186,17 +205,28 @@ def _prepare_documents(cfg: MeasureConfig, pool: Any, docs: list[Any], out: Path
     if cfg.generate is None:
         return tdocs, {}
     if getattr(pool, "lm", None) is None:
-        raise InputError("--generate runs on one machine: generate first without --ray, then measure its OUT/generations.jsonl on the cluster")
+        raise InputError(
+            "--generate runs on one machine: generate first without --ray, then measure its OUT/generations.jsonl on "
+            "the cluster"
+        )
     return _generated_documents(cfg, pool.lm, out)
 
 
-def _result(cfg: MeasureConfig, meta: dict[str, Any], done_docs: list[Any], failed: list[dict[str, Any]],
-            seconds: float, cpu_seconds: float) -> MeasureResult:
+def _result(
+    cfg: MeasureConfig,
+    meta: dict[str, Any],
+    done_docs: list[Any],
+    failed: list[dict[str, Any]],
+    seconds: float,
+    cpu_seconds: float,
+) -> MeasureResult:
     """The finished documents' tables concatenated, with ``meta`` completed."""
     parts = [d for d in done_docs if d is not None]
     doc_meta = [m for _, m in parts]
     names = list(parts[0][0]) if parts else ["tokens", "influence", "summary", "source_signals"]
-    cat = {name: pd.concat([p[name] for p, _ in parts], ignore_index=True) if parts else pd.DataFrame() for name in names}
+    cat = {
+        name: pd.concat([p[name] for p, _ in parts], ignore_index=True) if parts else pd.DataFrame() for name in names
+    }
     floors = [m["noise_floor_max"] for m in doc_meta if m["noise_floor_max"] is not None]
     meta.update(
         status="partial" if failed else "complete",
@@ -213,7 +243,9 @@ def _result(cfg: MeasureConfig, meta: dict[str, Any], done_docs: list[Any], fail
     return MeasureResult(meta=meta, **cat)
 
 
-def _generated_documents(cfg: MeasureConfig, lm: LoadedModel, out: Path | None) -> tuple[list[TokenizedDocument], dict[str, Any]]:
+def _generated_documents(
+    cfg: MeasureConfig, lm: LoadedModel, out: Path | None
+) -> tuple[list[TokenizedDocument], dict[str, Any]]:
     """The generations of ``cfg.generate`` that this mode can measure (cut to
     the tokens it reads), and ``run.json``'s ``generation`` and ``skipped``.
     A generation too short is skipped with a warning; none usable raises
@@ -230,20 +262,29 @@ def _generated_documents(cfg: MeasureConfig, lm: LoadedModel, out: Path | None) 
         usable, skipped = [], []
         for td in docs:
             if limit is not None and len(td) > limit:
-                td = dataclasses.replace(td, input_ids=td.input_ids[:limit], offsets=td.offsets[:limit], tokens=td.tokens[:limit],
-                                         n_prompt=min(td.n_prompt, limit))
+                td = dataclasses.replace(
+                    td,
+                    input_ids=td.input_ids[:limit],
+                    offsets=td.offsets[:limit],
+                    tokens=td.tokens[:limit],
+                    n_prompt=min(td.n_prompt, limit),
+                )
             why = _problem(cfg, td)
             if why is None:
                 usable.append(td)
                 continue
-            skipped.append({"doc_id": td.doc.doc_id, "reason": why, "n_prompt": td.n_prompt, "n_generated": len(td) - td.n_prompt})
+            skipped.append(
+                {"doc_id": td.doc.doc_id, "reason": why, "n_prompt": td.n_prompt, "n_generated": len(td) - td.n_prompt}
+            )
         if not usable:
             need = max(_generated_needed(cfg, td.n_prompt) for td in docs)
             longest = max(len(td) - td.n_prompt for td in docs)
             if longest >= need:  # long enough, but no source where --positions asks
                 raise InputError(f"none of the {len(docs)} generations can be measured: {skipped[0]['reason']}")
-            raise InputError(f"none of the {len(docs)} generations is long enough for {cfg.mode} mode (it needs {need} new tokens, "
-                             f"the longest has {longest}); raise --min-new-tokens to {need} (and --max-new-tokens with it)")
+            raise InputError(
+                f"none of the {len(docs)} generations is long enough for {cfg.mode} mode (it needs {need} new tokens, "
+                f"the longest has {longest}); raise --min-new-tokens to {need} (and --max-new-tokens with it)"
+            )
         for sk in skipped:  # only when the run goes on; otherwise the error line says it all
             log.warning("skipped %s", sk["reason"])
     except InputError:
@@ -254,7 +295,9 @@ def _generated_documents(cfg: MeasureConfig, lm: LoadedModel, out: Path | None) 
     return usable, {"generation": info, "skipped": skipped}
 
 
-def _run_units(cfg: MeasureConfig, pool: Any, tdocs: list[TokenizedDocument], store: PartStore | None) -> tuple[list[Any], list[dict[str, Any]]]:
+def _run_units(
+    cfg: MeasureConfig, pool: Any, tdocs: list[TokenizedDocument], store: PartStore | None
+) -> tuple[list[Any], list[dict[str, Any]]]:
     """Run every unfinished document's units on ``pool``; assemble and
     checkpoint each document as its last unit arrives.
 
@@ -277,7 +320,9 @@ def _run_units(cfg: MeasureConfig, pool: Any, tdocs: list[TokenizedDocument], st
         bar.update(1)
         k = oc.unit.doc_index
         if oc.error is not None:
-            failed.append({"unit": oc.unit.name, "doc_id": tdocs[k].doc.doc_id, "error": oc.error, "attempts": oc.attempts})
+            failed.append(
+                {"unit": oc.unit.name, "doc_id": tdocs[k].doc.doc_id, "error": oc.error, "attempts": oc.attempts}
+            )
             pending.pop(k, None)  # the document cannot be assembled; drop what arrived
             continue
         if k not in pending:

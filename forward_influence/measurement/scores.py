@@ -20,7 +20,9 @@ def _key_positions(k_pos: torch.Tensor, hkv: int) -> torch.Tensor:
     return k_pos if k_pos.dim() == 2 else k_pos[None].expand(hkv, -1)  # (Hkv, m)
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, scaling: float) -> torch.Tensor:
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """Causal attention weights of ``q`` over ``k``.
 
     Parameters
@@ -43,7 +45,9 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos
     return torch.softmax(s, dim=-1)
 
 
-def window_attention(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, scaling: float) -> torch.Tensor:
+def window_attention(
+    q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, scaling: float
+) -> torch.Tensor:
     """Mean attention of the queries (a SnapKV observation window) per query
     head: ``(Hq, m)`` float32."""
     probs = attention_probs(q, k, q_pos, k_pos, scaling)  # (Hkv, g, n, m)
@@ -59,8 +63,14 @@ def pooled_group_mean(per_head: torch.Tensor, n_kv: int, kernel: int) -> torch.T
     return per_head.view(n_kv, hq // n_kv, m).mean(1)  # (Hkv, m)
 
 
-def cumulative_attention(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, scaling: float,
-                         chunk_bytes: int = 128 << 20) -> torch.Tensor:
+def cumulative_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    scaling: float,
+    chunk_bytes: int = 128 << 20,
+) -> torch.Tensor:
     """H2O's accumulated attention: ``sum_q a[q, j]`` over all queries, per
     query head ``(Hq, m)`` float64, computed in query chunks."""
     hq, n, _ = q.shape

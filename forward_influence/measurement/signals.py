@@ -89,8 +89,17 @@ from forward_influence.measurement.kl import entropy
 
 #: The signals a selection rule or claim may rank by (all obey the causality rule).
 SELECTION_SIGNALS = (
-    "entropy_in_topk", "entropy_in", "entropy_out_topk", "entropy_out", "surprisal",
-    "attn_snapkv", "attn_h2o", "key_norm", "rep_change", "rep_change_layers", "entropy_rep",
+    "entropy_in_topk",
+    "entropy_in",
+    "entropy_out_topk",
+    "entropy_out",
+    "surprisal",
+    "attn_snapkv",
+    "attn_h2o",
+    "key_norm",
+    "rep_change",
+    "rep_change_layers",
+    "entropy_rep",
 )
 #: Signals that depend on the eviction time (stored per split / source).
 SOURCE_SIGNALS = ("attn_snapkv", "attn_h2o")
@@ -140,9 +149,11 @@ class SignalConfig:
             raise ValueError(f"kernel must be odd and >= 1, got {self.kernel}")
 
     @classmethod
-    def from_measure(cls, cfg: Any) -> "SignalConfig":
+    def from_measure(cls, cfg: Any) -> SignalConfig:
         if cfg.mode == "split":
-            return cls(topk=cfg.topk, window=cfg.window, rep_layer=cfg.rep_layer, splits=tuple(cfg.n_prefix), words=cfg.words)
+            return cls(
+                topk=cfg.topk, window=cfg.window, rep_layer=cfg.rep_layer, splits=tuple(cfg.n_prefix), words=cfg.words
+            )
         return cls(topk=cfg.topk, window=cfg.window, rep_layer=cfg.rep_layer, delay=cfg.delay, words=cfg.words)
 
     def check_ready(self) -> None:
@@ -153,7 +164,9 @@ class SignalConfig:
             load_spacy()
 
 
-def _band(q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float, width: int, chunk_bytes: int) -> torch.Tensor:
+def _band(
+    q: torch.Tensor, k: torch.Tensor, pos: torch.Tensor, scaling: float, width: int, chunk_bytes: int
+) -> torch.Tensor:
     """``B[h, q, d] = a[q, q - d]`` for ``d < width`` (0 where ``q - d < 0``):
     the attention of each query head to the ``width`` most recent keys,
     ``(Hq, T, width)`` float64, computed in query chunks."""
@@ -232,7 +245,9 @@ class SignalCollector:
         for s in sorted(range(len(self.taus)), key=lambda s: self.taus[s]):
             n = self.taus[s]
             if n > done:
-                acc[:, :n] += scores.cumulative_attention(q[:, done:n], k[:, :n], pos[done:n], pos[:n], scaling, self.cfg.chunk_bytes)
+                acc[:, :n] += scores.cumulative_attention(
+                    q[:, done:n], k[:, :n], pos[done:n], pos[:n], scaling, self.cfg.chunk_bytes
+                )
                 done = n
             seen = torch.arange(n, 0, -1, device=q.device, dtype=torch.float64)  # N - j queries before N see key j
             self.h2o[s, layer, :, :n] = self._group_mean(acc[:, :n] / seen).cpu()
@@ -305,17 +320,23 @@ class SignalCollector:
         for s, n in enumerate(self.taus):
             pos = np.arange(n if n is not None else self.t - self.cfg.delay + 1, dtype=np.int64)
             tau = np.full(len(pos), n, dtype=np.int64) if n is not None else pos + self.cfg.delay
-            frames.append(pd.DataFrame({
-                "doc_id": pd.Series([doc_id] * len(pos), dtype="string"),
-                "split_pos": pd.array([n] * len(pos), dtype="Int64"),
-                "pos": pos,
-                "tau": tau,
-                "attn_snapkv": snap[s, : len(pos)],
-                "attn_h2o": h2o[s, : len(pos)],
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "doc_id": pd.Series([doc_id] * len(pos), dtype="string"),
+                        "split_pos": pd.array([n] * len(pos), dtype="Int64"),
+                        "pos": pos,
+                        "tau": tau,
+                        "attn_snapkv": snap[s, : len(pos)],
+                        "attn_h2o": h2o[s, : len(pos)],
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)
 
-    def finish(self, prefill: forwards.Prefill, tokens: pd.DataFrame, tdoc: Any) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def finish(
+        self, prefill: forwards.Prefill, tokens: pd.DataFrame, tdoc: Any
+    ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Add signal (and word) columns to ``tokens``; build ``source_signals`` and ``token_layers``."""
         cols = self.logit_signals(prefill.hidden, tdoc.input_ids)
         tokens = tokens.assign(**cols)
@@ -335,15 +356,21 @@ class SignalCollector:
         cells = t * nl * nkv
         frames = []
         for s, n in enumerate(self.taus):
-            frames.append(pd.DataFrame({
-                "doc_id": pd.Series([doc_id] * cells, dtype="string"),
-                "split_pos": pd.array([n] * cells, dtype="Int64"),
-                "pos": np.tile(np.arange(t), nl * nkv).astype(np.int64),
-                "layer": np.repeat(np.arange(nl), nkv * t).astype(np.int16),
-                "kv_head": np.tile(np.repeat(np.arange(nkv), t), nl).astype(np.int16),
-                "attn_snapkv": self.snap[s].numpy().reshape(-1).astype(np.float32),
-                "attn_h2o": self.h2o[s].numpy().reshape(-1).astype(np.float32),
-                "key_norm": self.knorm.numpy().reshape(-1).astype(np.float32),
-                "rep_change": np.repeat(self.rep.numpy()[:, None, :], nkv, axis=1).reshape(-1).astype(np.float32),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "doc_id": pd.Series([doc_id] * cells, dtype="string"),
+                        "split_pos": pd.array([n] * cells, dtype="Int64"),
+                        "pos": np.tile(np.arange(t), nl * nkv).astype(np.int64),
+                        "layer": np.repeat(np.arange(nl), nkv * t).astype(np.int16),
+                        "kv_head": np.tile(np.repeat(np.arange(nkv), t), nl).astype(np.int16),
+                        "attn_snapkv": self.snap[s].numpy().reshape(-1).astype(np.float32),
+                        "attn_h2o": self.h2o[s].numpy().reshape(-1).astype(np.float32),
+                        "key_norm": self.knorm.numpy().reshape(-1).astype(np.float32),
+                        "rep_change": np.repeat(self.rep.numpy()[:, None, :], nkv, axis=1)
+                        .reshape(-1)
+                        .astype(np.float32),
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)

@@ -32,10 +32,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("passkey", "multikey", "vartrack")
-FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
-          "There and back again. ")
-WORDS = ("apple", "river", "candle", "falcon", "meadow", "copper", "lantern", "orchid", "glacier", "harbor",
-         "thimble", "saffron", "quartz", "willow", "ember", "tundra", "marble", "violet", "cobalt", "juniper")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+WORDS = (
+    "apple",
+    "river",
+    "candle",
+    "falcon",
+    "meadow",
+    "copper",
+    "lantern",
+    "orchid",
+    "glacier",
+    "harbor",
+    "thimble",
+    "saffron",
+    "quartz",
+    "willow",
+    "ember",
+    "tundra",
+    "marble",
+    "violet",
+    "cobalt",
+    "juniper",
+)
 
 
 @dataclass
@@ -87,8 +106,16 @@ def _units_for(length: int, tokenizer: Any, reserve: str) -> list[str]:
     return [FILLER] * n
 
 
-def make_example(kind: str, length: int, depth: float, seed: int, tokenizer: Any = None, n_keys: int = 4,
-                 value_type: str = "number", hops: int = 3) -> RetrievalExample:
+def make_example(
+    kind: str,
+    length: int,
+    depth: float,
+    seed: int,
+    tokenizer: Any = None,
+    n_keys: int = 4,
+    value_type: str = "number",
+    hops: int = 3,
+) -> RetrievalExample:
     """Generate one example (deterministic in all arguments)."""
     if kind not in KINDS:
         raise ValueError(f"unknown retrieval kind {kind!r}; valid: {', '.join(KINDS)}")
@@ -100,7 +127,8 @@ def make_example(kind: str, length: int, depth: float, seed: int, tokenizer: Any
         needle = f"The pass key is {key}. Remember it. {key} is the pass key. "
         units = _units_for(length, tokenizer, needle)
         context = "There is important information hidden in this text. Find it and memorise it. " + _fill(
-            units, {int(depth * len(units)): needle})
+            units, {int(depth * len(units)): needle}
+        )
         return RetrievalExample(kind, context, "\nWhat is the pass key? The pass key is", f" {key}", length, depth)
     if kind == "multikey":
         words = rng.sample(WORDS, n_keys)
@@ -116,9 +144,18 @@ def make_example(kind: str, length: int, depth: float, seed: int, tokenizer: Any
         free = [k for k in range(len(units) + 1) if k not in slots]
         for k, nd in zip(rng.sample(free, n_keys - 1), [nd for i, nd in enumerate(needles) if i != target]):
             slots[k] = nd
-        question = f"\nWhat is the special magic {noun} for {words[target]}? The special magic {noun} for {words[target]} is:"
-        return RetrievalExample(kind, _fill(units, slots), question, f" {values[target]}", length, depth,
-                                {"n_keys": n_keys, "value_type": value_type, "key": words[target]})
+        question = (
+            f"\nWhat is the special magic {noun} for {words[target]}? The special magic {noun} for {words[target]} is:"
+        )
+        return RetrievalExample(
+            kind,
+            _fill(units, slots),
+            question,
+            f" {values[target]}",
+            length,
+            depth,
+            {"n_keys": n_keys, "value_type": value_type, "key": words[target]},
+        )
     # vartrack
     names = ["".join(rng.choices(string.ascii_uppercase, k=5)) for _ in range(2 * hops)]
     values = [str(v) for v in rng.sample(range(10000, 99999), 2)]
@@ -137,5 +174,6 @@ def make_example(kind: str, length: int, depth: float, seed: int, tokenizer: Any
     for k, s in zip(free, stmts[1]):  # distractor chain, in order elsewhere
         slots[k] = s
     question = f"\nWhat is the value of VAR {chains[0][-1]}? VAR {chains[0][-1]} ="
-    return RetrievalExample(kind, _fill(units, slots), question, f" {values[0]}", length, depth,
-                            {"hops": hops, "chain": chains[0]})
+    return RetrievalExample(
+        kind, _fill(units, slots), question, f" {values[0]}", length, depth, {"hops": hops, "chain": chains[0]}
+    )

@@ -17,8 +17,9 @@ without (the hooks only observe).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,18 @@ from forward_influence.measurement.engine import Ablation, ForwardInfluenceEngin
 from forward_influence.measurement.fisher import FisherEstimator
 from forward_influence.store.tables import summarize_influence
 
-INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
+INFLUENCE_COLUMNS = [
+    "doc_id",
+    "mode",
+    "split_pos",
+    "source_pos",
+    "layer",
+    "kv_head",
+    "target_pos",
+    "distance",
+    "distance_tau",
+    "kl",
+]
 
 #: Sliding mode: sources per unit. Each unit may prefill its document again
 #: (about ``T / (S (D + H))`` of the unit's work: 6% at T = 4096, D + H = 160).
@@ -146,7 +158,17 @@ def tokens_table(tdoc: TokenizedDocument) -> pd.DataFrame:
     return df
 
 
-def influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequence[int], targets: np.ndarray, kl: np.ndarray, layer: int | None, kv_head: int | None, taus: np.ndarray) -> pd.DataFrame:
+def influence_frame(
+    doc_id: str,
+    mode: str,
+    split_pos: int | None,
+    sources: Sequence[int],
+    targets: np.ndarray,
+    kl: np.ndarray,
+    layer: int | None,
+    kv_head: int | None,
+    taus: np.ndarray,
+) -> pd.DataFrame:
     """Long table from ``kl`` ``(S, n)`` with ``targets`` ``(S, n)`` absolute
     query positions and ``taus`` ``(S,)`` each source's eviction time."""
     s, n = kl.shape
@@ -170,7 +192,9 @@ def influence_frame(doc_id: str, mode: str, split_pos: int | None, sources: Sequ
     )
 
 
-def measure_unit(engine: ForwardInfluenceEngine, unit: Unit, cfg: MeasureConfig, prefill: Any = None, progress: bool = False) -> tuple[UnitResult, Any]:
+def measure_unit(
+    engine: ForwardInfluenceEngine, unit: Unit, cfg: MeasureConfig, prefill: Any = None, progress: bool = False
+) -> tuple[UnitResult, Any]:
     """Measure one unit; returns its result and the document's prefill (for reuse).
 
     Parameters
@@ -200,25 +224,35 @@ def measure_unit(engine: ForwardInfluenceEngine, unit: Unit, cfg: MeasureConfig,
     if cfg.method == "fisher":
         n = unit.split
         sources = sources_for(cfg, n)
-        est = FisherEstimator(engine.model, samples=cfg.samples, targets=cfg.fisher_targets, blocks=cfg.fisher_blocks, seed=cfg.seed)
+        est = FisherEstimator(
+            engine.model, samples=cfg.samples, targets=cfg.fisher_targets, blocks=cfg.fisher_blocks, seed=cfg.seed
+        )
         r = est.split(ids, n, cfg.n_future, sources, layers, heads, prefill=prefill)
         centres = np.array([n + (a + b - 1) // 2 for a, b in r.block_bounds])
         targets = np.broadcast_to(centres, r.kl.shape)
-        influence = influence_frame(doc_id, "split", n, sources, targets, r.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n))
+        influence = influence_frame(
+            doc_id, "split", n, sources, targets, r.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n)
+        )
         influence = influence.assign(kl_se=r.stderr.reshape(-1))
     elif cfg.mode == "split":
         n = unit.split
         sources = sources_for(cfg, n)
         bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} N={n}", disable=not progress, leave=False)
-        res = engine.split(ids, n, cfg.n_future, [Ablation((s,), layers, heads) for s in sources], prefill=prefill, progress=bar.update)
+        res = engine.split(
+            ids, n, cfg.n_future, [Ablation((s,), layers, heads) for s in sources], prefill=prefill, progress=bar.update
+        )
         bar.close()
         targets = np.broadcast_to(np.arange(n, n + cfg.n_future), res.kl.shape)
-        influence = influence_frame(doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n))
+        influence = influence_frame(
+            doc_id, "split", n, sources, targets, res.kl, cfg.layer, cfg.kv_head, np.full(len(sources), n)
+        )
         floor, shared, precision = res.noise_floor, res.shared_reference, res.precision_floor
     else:
         sources = list(unit.sources)
         bar = tqdm(total=len(sources), desc=f"{doc_id[:24]} sliding", disable=not progress, leave=False)
-        res = engine.sliding(ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update, delay=cfg.delay)
+        res = engine.sliding(
+            ids, sources, cfg.horizon, layers, heads, prefill=prefill, progress=bar.update, delay=cfg.delay
+        )
         bar.close()
         taus = np.asarray(sources, dtype=np.int64) + cfg.delay
         targets = taus[:, None] + np.arange(cfg.horizon)[None, :]
@@ -226,22 +260,40 @@ def measure_unit(engine: ForwardInfluenceEngine, unit: Unit, cfg: MeasureConfig,
         floor, precision = res.noise_floor, res.precision_floor
     if cfg.method != "fisher" and precision is not None:
         below, cells = int((res.kl < precision[None, :]).sum()), int(res.kl.size)
-    result = UnitResult(unit.doc_index, unit.part, influence, signals, floor, shared, precision, below, cells,
-                        round(t_prefill, 3), round(time.perf_counter() - t1, 3))
+    result = UnitResult(
+        unit.doc_index,
+        unit.part,
+        influence,
+        signals,
+        floor,
+        shared,
+        precision,
+        below,
+        cells,
+        round(t_prefill, 3),
+        round(time.perf_counter() - t1, 3),
+    )
     return result, prefill
 
 
 _NO_PRECISION = {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
 
 
-def assemble_document(cfg: MeasureConfig, tdoc: TokenizedDocument, results: Sequence[UnitResult]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+def assemble_document(
+    cfg: MeasureConfig, tdoc: TokenizedDocument, results: Sequence[UnitResult]
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     """A document's tables and meta (floors, timings) from all its unit results."""
     results = sorted(results, key=lambda r: r.part)
     first = results[0].signals
     assert first is not None, "part 0 carries the document's signals"
     influence = pd.concat([r.influence for r in results], ignore_index=True)
     summary = summarize_influence(influence, cfg.near, cfg.far).assign(method=cfg.method)
-    tables = {"tokens": first["tokens"], "influence": influence, "summary": summary, "source_signals": first["source_signals"]}
+    tables = {
+        "tokens": first["tokens"],
+        "influence": influence,
+        "summary": summary,
+        "source_signals": first["source_signals"],
+    }
     if "token_layers" in first:
         tables["token_layers"] = first["token_layers"]
     floors = [r.noise_floor for r in results if r.noise_floor is not None]
@@ -297,4 +349,3 @@ class MeasureJob:
         result, prefill = measure_unit(self._engine, unit, self.config, prefill=cached, progress=self.progress)
         self._last = (key, prefill)
         return result
-

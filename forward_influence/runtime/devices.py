@@ -31,8 +31,9 @@ reference machine (README, *Figures measured here*).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 KERNELS = ("flash", "matmul")
 
@@ -82,13 +83,25 @@ class DeviceDefaults:
 
 DEFAULTS: dict[str, DeviceDefaults] = {
     "cpu": DeviceDefaults(
-        dtype="float32", kernel="flash", batch_cap=16, batch_memory_fraction=0.5,
-        score_bytes=8 << 20, logit_bytes=128 << 20, kl_bytes=4 << 20, workspace_free_fraction=None,
+        dtype="float32",
+        kernel="flash",
+        batch_cap=16,
+        batch_memory_fraction=0.5,
+        score_bytes=8 << 20,
+        logit_bytes=128 << 20,
+        kl_bytes=4 << 20,
+        workspace_free_fraction=None,
         entropy_logit_bytes=128 << 20,
     ),
     "cuda": DeviceDefaults(
-        dtype="bfloat16", kernel="matmul", batch_cap=256, batch_memory_fraction=0.5,
-        score_bytes=1 << 30, logit_bytes=2 << 30, kl_bytes=2 << 30, workspace_free_fraction=1 / 8,
+        dtype="bfloat16",
+        kernel="matmul",
+        batch_cap=256,
+        batch_memory_fraction=0.5,
+        score_bytes=1 << 30,
+        logit_bytes=2 << 30,
+        kl_bytes=2 << 30,
+        workspace_free_fraction=1 / 8,
         entropy_logit_bytes=128 << 20,
     ),
 }

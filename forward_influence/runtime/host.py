@@ -48,14 +48,14 @@ _M_MMAP_THRESHOLD = -3
 _RETAINED: bool | None = None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (musl's mallopt is a stub, and it has no mallinfo2)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc only
+        libc.gnu_get_libc_version  # noqa: B018  (an attribute lookup that fails off glibc)
     except (OSError, AttributeError):
         return None
     return libc
@@ -84,11 +84,24 @@ def retain_freed_memory() -> bool:
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mallinfo2() -> Any:
     libc = _glibc()
     fn = getattr(libc, "mallinfo2", None) if libc is not None else None  # glibc >= 2.33

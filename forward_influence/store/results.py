@@ -67,8 +67,32 @@ READABLE_VERSIONS = (2, 3)
 #: Columns every ``fi-measure`` run has, whatever its options.
 REQUIRED_COLUMNS = {
     "tokens": ("doc_id", "pos", "token_id", "token", "char_start", "char_end"),
-    "influence": ("doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"),
-    "summary": ("doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "fi_total", "fi_near", "fi_mid", "fi_far", "fi_max", "n_targets"),
+    "influence": (
+        "doc_id",
+        "mode",
+        "split_pos",
+        "source_pos",
+        "layer",
+        "kv_head",
+        "target_pos",
+        "distance",
+        "distance_tau",
+        "kl",
+    ),
+    "summary": (
+        "doc_id",
+        "mode",
+        "split_pos",
+        "source_pos",
+        "layer",
+        "kv_head",
+        "fi_total",
+        "fi_near",
+        "fi_mid",
+        "fi_far",
+        "fi_max",
+        "n_targets",
+    ),
     "source_signals": ("doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"),
 }
 
@@ -112,24 +136,33 @@ def read_run_json(out: str | Path, producer: str = "fi-measure") -> dict[str, An
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {_damaged(producer)}") from None
+        raise InputError(
+            f"{path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"{_damaged(producer)}"
+        ) from None
     if not isinstance(meta, dict):
         raise InputError(f"{path} is not a JSON object; {_damaged(producer)}")
     found = meta.get("schema_version")
     if found is not None and (type(found) is not int or found not in READABLE_VERSIONS):
-        raise InputError(f"{path} has schema_version {found!r}, but forward_influence {_own_version()} reads "
-                         f"schema_version {SCHEMA_VERSION}; {_rerun(producer)}")
+        raise InputError(
+            f"{path} has schema_version {found!r}, but forward_influence {_own_version()} reads "
+            f"schema_version {SCHEMA_VERSION}; {_rerun(producer)}"
+        )
     return meta
 
 
-def check_columns(df: pd.DataFrame, path: Path, required: tuple[str, ...], meta: dict[str, Any], producer: str = "fi-measure") -> None:
+def check_columns(
+    df: pd.DataFrame, path: Path, required: tuple[str, ...], meta: dict[str, Any], producer: str = "fi-measure"
+) -> None:
     """Refuse a table without the ``required`` columns (and so an unversioned run of another layout)."""
     missing = [c for c in required if c not in df.columns]
     if not missing:
         return
     if meta.get("schema_version") is None:
-        raise InputError(f"{path.parent}/run.json has no schema_version and {path.name} lacks columns {missing}: "
-                         f"written by an older, incompatible version; {_rerun(producer)}")
+        raise InputError(
+            f"{path.parent}/run.json has no schema_version and {path.name} lacks columns {missing}: "
+            f"written by an older, incompatible version; {_rerun(producer)}"
+        )
     raise InputError(f"{path} lacks columns {missing}; {_damaged(producer)}")
 
 
@@ -141,12 +174,21 @@ def read_parquet(path: str | Path, fix: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(path)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, its IO errors OSError
-        reason = re.sub(r"^Could not open Parquet input source '[^']*': ", "", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        reason = re.sub(
+            r"^Could not open Parquet input source '[^']*': ",
+            "",
+            str(e).splitlines()[0] if str(e) else type(e).__name__,
+        )
         raise InputError(f"{path} is not a readable Parquet table ({reason}); {fix}") from None
 
 
-def read_tables(out: str | Path, required: dict[str, tuple[str, ...]], meta: dict[str, Any], producer: str = "fi-measure",
-                optional: tuple[str, ...] = ()) -> dict[str, pd.DataFrame]:
+def read_tables(
+    out: str | Path,
+    required: dict[str, tuple[str, ...]],
+    meta: dict[str, Any],
+    producer: str = "fi-measure",
+    optional: tuple[str, ...] = (),
+) -> dict[str, pd.DataFrame]:
     """The tables ``out/<name>.parquet`` of a run whose ``run.json`` is ``meta``:
     every name in ``required`` (checked for its columns), and those of
     ``optional`` that exist.
@@ -202,7 +244,12 @@ def git_sha() -> str | None:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -294,23 +341,27 @@ class MeasureResult:
             df = getattr(self, name)
             if df is not None:
                 write_parquet_atomic(df, out / f"{name}.parquet")
-        write_json_atomic(out / "run.json", {**self.meta, "schema_version": SCHEMA_VERSION, "distance_from": DISTANCE_FROM})
+        write_json_atomic(
+            out / "run.json", {**self.meta, "schema_version": SCHEMA_VERSION, "distance_from": DISTANCE_FROM}
+        )
         return out
 
     @classmethod
-    def load(cls, out: str | Path) -> "MeasureResult":
+    def load(cls, out: str | Path) -> MeasureResult:
         """Read a finished output directory."""
         out = Path(out)
         meta = read_run_json(out)
         if meta.get("status") != "complete":
-            raise InputError(f"{out}: the run did not finish (status {meta.get('status')!r}); rerun the same command to resume it")
+            raise InputError(
+                f"{out}: the run did not finish (status {meta.get('status')!r}); rerun the same command to resume it"
+            )
         tables = read_tables(out, REQUIRED_COLUMNS, meta, optional=OPTIONAL_TABLES)
         if meta.get("distance_from") != DISTANCE_FROM:
             tables["summary"] = resummarize(tables["influence"], tables["summary"], meta)
         return cls(meta=meta, **tables)
 
     @classmethod
-    def load_if_complete(cls, out: str | Path) -> "MeasureResult | None":
+    def load_if_complete(cls, out: str | Path) -> MeasureResult | None:
         """The finished run in ``out``, or None if it has not finished (see :meth:`load`)."""
         meta = read_run_json(out)
         return cls.load(out) if meta.get("status") == "complete" else None
@@ -371,7 +422,8 @@ def precision_floor_text(meta: dict[str, Any]) -> str:
     line, or ``""`` when the run has none (Fisher runs, older runs)."""
     if meta.get("precision_floor_median") is None:
         return ""
-    return f", precision floor median {meta['precision_floor_median']:.1e} ({meta['share_below_precision_floor']:.0%} of KLs below it)"
+    median, share = meta["precision_floor_median"], meta["share_below_precision_floor"]
+    return f", precision floor median {median:.1e} ({share:.0%} of KLs below it)"
 
 
 def precision_warning(meta: dict[str, Any], limit: float = 0.25) -> str | None:

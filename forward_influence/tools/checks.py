@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,6 +90,7 @@ class Check:
 # Tiny models
 # --------------------------------------------------------------------------- #
 
+
 def tiny_ids(n: int = 48, seed: int = 1) -> torch.Tensor:
     """``(n,)`` random token ids (the tests' ``ids`` fixture)."""
     return torch.randint(0, TINY_VOCAB, (n,), generator=torch.Generator().manual_seed(seed))
@@ -109,6 +111,7 @@ def kernels(model: Any) -> list[str]:
 # Comparisons
 # --------------------------------------------------------------------------- #
 
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """Largest absolute difference relative to ``b``'s largest magnitude."""
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
@@ -128,19 +131,30 @@ def _versus_oracle(name: str, kl: np.ndarray, exact: np.ndarray, floor: np.ndarr
         return Check(name, max(errs), REL_TOL_ENGINE, detail=f"worst row {worst}")
     med_floor = float(np.median(floor))
     err = float(np.median(np.abs(kl - exact)))
-    return Check(name, err / max(med_floor, 1e-30), FLOOR_FACTOR, detail=f"median error {err:.2e} / median floor {med_floor:.2e}")
+    return Check(
+        name, err / max(med_floor, 1e-30), FLOOR_FACTOR, detail=f"median error {err:.2e} / median floor {med_floor:.2e}"
+    )
 
 
 # --------------------------------------------------------------------------- #
 # Engine checks
 # --------------------------------------------------------------------------- #
 
-def check_split(model: Any, ids: torch.Tensor, kernel: str = "auto", positions: Sequence[int] | None = None,
-                batch_size: int = 5, name: str = "engine_split") -> list[Check]:
+
+def check_split(
+    model: Any,
+    ids: torch.Tensor,
+    kernel: str = "auto",
+    positions: Sequence[int] | None = None,
+    batch_size: int = 5,
+    name: str = "engine_split",
+) -> list[Check]:
     """Split mode (N=30, F=14) against the 4-D-mask forward; in float32 also
     the precision floor (below :data:`FP32_PRECISION_FLOOR`) and the noise floor."""
     pos = list(range(SPLIT_N)) if positions is None else list(positions)
-    res = ForwardInfluenceEngine(model, batch_size=batch_size, kernel=kernel).split(ids, SPLIT_N, SPLIT_F, [Ablation((i,)) for i in pos])
+    res = ForwardInfluenceEngine(model, batch_size=batch_size, kernel=kernel).split(
+        ids, SPLIT_N, SPLIT_F, [Ablation((i,)) for i in pos]
+    )
     exact = oracle_split_kl(float32_twin(model), ids, SPLIT_N, SPLIT_F, pos)
     out = [_versus_oracle(name, res.kl, exact, res.precision_floor, model.dtype)]
     if model.dtype in (torch.float32, torch.float64):
@@ -149,29 +163,50 @@ def check_split(model: Any, ids: torch.Tensor, kernel: str = "auto", positions: 
     return out
 
 
-def check_sliding(model: Any, ids: torch.Tensor, kernel: str = "auto", sources: Sequence[int] = SLIDING_SOURCES,
-                  horizon: int = SLIDING_H, batch_size: int = 4, name: str = "engine_sliding", delay: int = 1) -> list[Check]:
+def check_sliding(
+    model: Any,
+    ids: torch.Tensor,
+    kernel: str = "auto",
+    sources: Sequence[int] = SLIDING_SOURCES,
+    horizon: int = SLIDING_H,
+    batch_size: int = 4,
+    name: str = "engine_sliding",
+    delay: int = 1,
+) -> list[Check]:
     """Sliding mode against the 4-D-mask forward hiding each source from the
     rows from its eviction time ``s + delay`` on."""
-    res = ForwardInfluenceEngine(model, batch_size=batch_size, kernel=kernel).sliding(ids, list(sources), horizon, delay=delay)
+    res = ForwardInfluenceEngine(model, batch_size=batch_size, kernel=kernel).sliding(
+        ids, list(sources), horizon, delay=delay
+    )
     exact = oracle_sliding_kl(float32_twin(model), ids, sources, horizon, delay)
     return [_versus_oracle(name, res.kl, exact, res.precision_floor, model.dtype)]
 
 
-def check_layer_head(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int = 5, layer: int = 1,
-                     name: str = "engine_layer_head") -> list[Check]:
+def check_layer_head(
+    model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int = 5, layer: int = 1, name: str = "engine_layer_head"
+) -> list[Check]:
     """Hiding ``pos`` at one layer, and at one KV head of it, against eager
     attention masked by hand (``model`` must use eager attention)."""
     abl = [Ablation((pos,), layers=(layer,)), Ablation((pos,), layers=(layer,), kv_heads=(0,))]
     res = ForwardInfluenceEngine(model, batch_size=4, kernel=kernel).split(ids, SPLIT_N, SPLIT_F, abl)
     oracle = float32_twin(model)
-    exact = np.stack([oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, layer),
-                      oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, layer, kv_head=0)])
+    exact = np.stack(
+        [
+            oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, layer),
+            oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, layer, kv_head=0),
+        ]
+    )
     return [_versus_oracle(name, res.kl, exact, res.precision_floor, model.dtype)]
 
 
-def check_kv_heads(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int = 5,
-                   layers: Sequence[int] | None = None, name: str = "engine_kv_head") -> list[Check]:
+def check_kv_heads(
+    model: Any,
+    ids: torch.Tensor,
+    kernel: str = "auto",
+    pos: int = 5,
+    layers: Sequence[int] | None = None,
+    name: str = "engine_kv_head",
+) -> list[Check]:
     """Hiding ``pos`` at one KV head of one layer, for every (layer, KV head),
     against eager attention masked by hand at that head's query group
     (``model`` must use eager attention). In float32 also two checks of the
@@ -185,20 +220,35 @@ def check_kv_heads(model: Any, ids: torch.Tensor, kernel: str = "auto", pos: int
     g = hq // n_kv
     pairs = [(l, h) for l in (range(n_layers) if layers is None else layers) for h in range(n_kv)]
     res = ForwardInfluenceEngine(model, batch_size=4, kernel=kernel).split(
-        ids, SPLIT_N, SPLIT_F, [Ablation((pos,), layers=(l,), kv_heads=(h,)) for l, h in pairs])
+        ids, SPLIT_N, SPLIT_F, [Ablation((pos,), layers=(l,), kv_heads=(h,)) for l, h in pairs]
+    )
     oracle = float32_twin(model)
     exact = np.stack([oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, kv_head=h) for l, h in pairs])
     out = [_versus_oracle(name, res.kl, exact, res.precision_floor, model.dtype)]
     smallest = float(res.kl.sum(1).min())
     out.append(Check(name + "_ablated_rows_nonzero", smallest, MIN_ABLATED_KL, below=False))
     if model.dtype in (torch.float32, torch.float64) and n_kv > 1:
-        wrong = np.stack([oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, kv_head=(h + 1) % n_kv) for l, h in pairs])
-        out.append(Check(name + "_wrong_head_caught", min(rel_err(k, w) for k, w in zip(res.kl, wrong)),
-                         WRONG_POS_FACTOR * REL_TOL_ENGINE, below=False))
+        wrong = np.stack(
+            [oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, kv_head=(h + 1) % n_kv) for l, h in pairs]
+        )
+        out.append(
+            Check(
+                name + "_wrong_head_caught",
+                min(rel_err(k, w) for k, w in zip(res.kl, wrong)),
+                WRONG_POS_FACTOR * REL_TOL_ENGINE,
+                below=False,
+            )
+        )
         if g > 1:
             inter = [oracle_layer_kl(oracle, ids, SPLIT_N, SPLIT_F, pos, l, heads=range(h, hq, n_kv)) for l, h in pairs]
-            out.append(Check(name + "_interleaved_grouping_caught", min(rel_err(k, w) for k, w in zip(res.kl, inter)),
-                             WRONG_POS_FACTOR * REL_TOL_ENGINE, below=False))
+            out.append(
+                Check(
+                    name + "_interleaved_grouping_caught",
+                    min(rel_err(k, w) for k, w in zip(res.kl, inter)),
+                    WRONG_POS_FACTOR * REL_TOL_ENGINE,
+                    below=False,
+                )
+            )
     return out
 
 
@@ -211,17 +261,34 @@ def check_kernels_agree(model: Any, ids: torch.Tensor, mode: str, name: str = "e
     for kernel in ("flash", "matmul"):
         eng = ForwardInfluenceEngine(model, batch_size=5, kernel=kernel)
         if mode == "split":
-            r = eng.split(ids, SPLIT_N, SPLIT_F, [Ablation((i,)) for i in range(0, SPLIT_N, 3)] + [Ablation((2, 9), layers=(1,), kv_heads=(1,))])
+            r = eng.split(
+                ids,
+                SPLIT_N,
+                SPLIT_F,
+                [Ablation((i,)) for i in range(0, SPLIT_N, 3)] + [Ablation((2, 9), layers=(1,), kv_heads=(1,))],
+            )
             runs[kernel], floors = r.kl, floors + [r.precision_floor]
         else:
-            a, b = eng.sliding(ids, [0, 4, 5, 17, 30], 9, layers=(0, 2)), eng.sliding(ids, [3, 11], 9, layers=(1,), kv_heads=(1,))
+            a, b = (
+                eng.sliding(ids, [0, 4, 5, 17, 30], 9, layers=(0, 2)),
+                eng.sliding(ids, [3, 11], 9, layers=(1,), kv_heads=(1,)),
+            )
             runs[kernel], floors = np.concatenate([a.kl, b.kl]), floors + [a.precision_floor]
     if model.dtype in (torch.float32, torch.float64):
-        return [Check(name, allclose_ratio(runs["flash"], runs["matmul"], REL_TOL_ENGINE, ABS_TOL_KL), 1.0, detail="allclose ratio")]
+        return [
+            Check(
+                name,
+                allclose_ratio(runs["flash"], runs["matmul"], REL_TOL_ENGINE, ABS_TOL_KL),
+                1.0,
+                detail="allclose ratio",
+            )
+        ]
     return [_versus_oracle(name, runs["flash"], runs["matmul"], np.concatenate(floors), model.dtype)]
 
 
-def check_batched_equals_single(model: Any, ids: torch.Tensor, batch_size: int = 7, name: str = "engine_batched_equals_single") -> list[Check]:
+def check_batched_equals_single(
+    model: Any, ids: torch.Tensor, batch_size: int = 7, name: str = "engine_batched_equals_single"
+) -> list[Check]:
     """Batches of ``batch_size`` give the KLs of one ablation per forward (float32)."""
     abl = [Ablation((i,)) for i in range(0, SPLIT_N, 2)]
     one = ForwardInfluenceEngine(model, batch_size=1).split(ids, SPLIT_N, SPLIT_F, abl).kl
@@ -231,12 +298,16 @@ def check_batched_equals_single(model: Any, ids: torch.Tensor, batch_size: int =
 
 def check_null_rows(model: Any, ids: torch.Tensor, name: str = "engine_null_rows") -> list[Check]:
     """Null ablations in a batch give KL 0 (float32), and the ablated row between them does not."""
-    res = ForwardInfluenceEngine(model, batch_size=3).split(ids, SPLIT_N, SPLIT_F, [Ablation(()), Ablation((4,)), Ablation(())])
+    res = ForwardInfluenceEngine(model, batch_size=3).split(
+        ids, SPLIT_N, SPLIT_F, [Ablation(()), Ablation((4,)), Ablation(())]
+    )
     value = float(np.abs(res.kl[[0, 2]]).max()) if res.kl[1].sum() > MIN_ABLATED_KL else math.inf
     return [Check(name, value, ABS_TOL_KL, detail=f"ablated row total {res.kl[1].sum():.2e}")]
 
 
-def check_wrong_position_caught(model: Any, ids: torch.Tensor, name: str = "engine_wrong_position_caught") -> list[Check]:
+def check_wrong_position_caught(
+    model: Any, ids: torch.Tensor, name: str = "engine_wrong_position_caught"
+) -> list[Check]:
     """The 4-D-mask comparison has power: an engine whose RoPE positions are
     off by one differs from the oracle by far more than the tolerance."""
     good = anatomy.position_ids
@@ -253,9 +324,11 @@ def check_wrong_position_caught(model: Any, ids: torch.Tensor, name: str = "engi
 # Compressed continuation
 # --------------------------------------------------------------------------- #
 
+
 @torch.no_grad()
-def check_compressed_continuation(model: Any, prompt: torch.Tensor, n_prompt: int, compressor: Any,
-                                  name: str = "compress_continuation") -> list[Check]:
+def check_compressed_continuation(
+    model: Any, prompt: torch.Tensor, n_prompt: int, compressor: Any, name: str = "compress_continuation"
+) -> list[Check]:
     """A cut cache continued at the true positions equals one full forward
     hiding the dropped columns from the continuation's rows (``compressor``
     must keep the same entries at every layer and head); continuing leaves
@@ -270,25 +343,42 @@ def check_compressed_continuation(model: Any, prompt: torch.Tensor, n_prompt: in
     ref = cache_api.full_forward_hiding(oracle, prompt, dropped, n_prompt)[n_prompt:]  # (F, V)
     kv = [(k.clone(), v.clone()) for k, v in cache.kv]
     out = cache.extend(prompt[n_prompt:], all_logits=True)  # (F, V)
-    untouched = all(torch.equal(k, k2[:, :, : k.shape[2]]) and torch.equal(v, v2[:, :, : v.shape[2]])
-                    for (k, v), (k2, v2) in zip(kv, cache.kv))
+    untouched = all(
+        torch.equal(k, k2[:, :, : k.shape[2]]) and torch.equal(v, v2[:, :, : v.shape[2]])
+        for (k, v), (k2, v2) in zip(kv, cache.kv)
+    )
     shift = n_prompt - len(kept) if len(kept) != n_prompt else 1
     wrong = anatomy.logits_from_hidden(model, forwards.continue_forward(model, kv, prompt[n_prompt:], shift).hidden)
     if model.dtype in (torch.float32, torch.float64):
-        first = Check(name, allclose_ratio(out.cpu().numpy(), ref.cpu().numpy(), REL_TOL_LOGITS, REL_TOL_LOGITS), 1.0,
-                      detail="allclose ratio" + ("" if same else "; kept sets differ between heads"))
+        first = Check(
+            name,
+            allclose_ratio(out.cpu().numpy(), ref.cpu().numpy(), REL_TOL_LOGITS, REL_TOL_LOGITS),
+            1.0,
+            detail="allclose ratio" + ("" if same else "; kept sets differ between heads"),
+        )
     else:  # floor: the uncut continuation's own distance to the float32 oracle
         full_ref = cache_api.full_forward_hiding(oracle, prompt, None, n_prompt)[n_prompt:]
         full, _ = compress_prompt(model, prompt[:n_prompt], get_compressor("full"))
         floor = centred_kl(full_ref, full.extend(prompt[n_prompt:], all_logits=True)).cpu().numpy()
         err = centred_kl(ref, out).cpu().numpy()
-        first = Check(name, float(np.median(err)) / max(float(np.median(floor)), 1e-30), FLOOR_FACTOR,
-                      detail=f"median KL to the oracle {np.median(err):.2e} / uncut {np.median(floor):.2e}")
+        first = Check(
+            name,
+            float(np.median(err)) / max(float(np.median(floor)), 1e-30),
+            FLOOR_FACTOR,
+            detail=f"median KL to the oracle {np.median(err):.2e} / uncut {np.median(floor):.2e}",
+        )
     if not same:
         first = Check(first.name, math.inf, first.bound, detail=first.detail)
     out = [first, Check(name + "_kept_untouched", 0.0 if untouched else 1.0, 0.0)]
     if model.dtype in (torch.float32, torch.float64):  # in 16-bit, rounding alone moves logits by more
-        out.append(Check(name + "_wrong_position_caught", float((wrong.float() - ref).abs().max()), WRONG_POS_MIN_DIFF, below=False))
+        out.append(
+            Check(
+                name + "_wrong_position_caught",
+                float((wrong.float() - ref).abs().max()),
+                WRONG_POS_MIN_DIFF,
+                below=False,
+            )
+        )
     return out
 
 
@@ -296,8 +386,15 @@ def check_compressed_continuation(model: Any, prompt: torch.Tensor, n_prompt: in
 # Fisher estimate
 # --------------------------------------------------------------------------- #
 
-def check_fisher_gradient(model: Any, ids: torch.Tensor, n: int = 24, f: int = 12, at: Sequence[int] = (0, 5, 23),
-                          name: str = "fisher_gradient_fd") -> list[Check]:
+
+def check_fisher_gradient(
+    model: Any,
+    ids: torch.Tensor,
+    n: int = 24,
+    f: int = 12,
+    at: Sequence[int] = (0, 5, 23),
+    name: str = "fisher_gradient_fd",
+) -> list[Check]:
     """d log p / d m by autograd against a central difference (step
     :data:`FD_STEP`) at a few prefix positions; use a float64 model."""
     from forward_influence.measurement.fisher import FisherEstimator
@@ -326,8 +423,14 @@ def check_fisher_gradient(model: Any, ids: torch.Tensor, n: int = 24, f: int = 1
     return [Check(name, worst, REL_TOL_GRAD)]
 
 
-def check_fisher_ablation(model: Any, ids: torch.Tensor, n: int = 24, f: int = 12, at: Sequence[int] = (0, 7, 23),
-                          name: str = "fisher_m0_is_ablation") -> list[Check]:
+def check_fisher_ablation(
+    model: Any,
+    ids: torch.Tensor,
+    n: int = 24,
+    f: int = 12,
+    at: Sequence[int] = (0, 7, 23),
+    name: str = "fisher_m0_is_ablation",
+) -> list[Check]:
     """The Fisher forward with ``m_i = 0`` (bias ``-inf``) is the engine's exact ablation of ``i``."""
     from forward_influence.measurement.fisher import FisherEstimator
 

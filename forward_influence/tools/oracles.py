@@ -4,7 +4,8 @@ layer and KV head's query group. Nothing here shares code with the engine's batc
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,11 +18,17 @@ from forward_influence.measurement.kl import centred_kl
 def oracle_split_kl(model: Any, ids: torch.Tensor, n: int, f: int, positions: Sequence[int]) -> np.ndarray:
     """``(A, F)`` KL of hiding each position from the rows ``>= n`` of one full forward."""
     ref = cache_api.full_forward_hiding(model, ids[: n + f], None, n)[n : n + f]
-    return np.stack([centred_kl(ref, cache_api.full_forward_hiding(model, ids[: n + f], i, n)[n : n + f]).cpu().numpy()
-                     for i in positions])
+    return np.stack(
+        [
+            centred_kl(ref, cache_api.full_forward_hiding(model, ids[: n + f], i, n)[n : n + f]).cpu().numpy()
+            for i in positions
+        ]
+    )
 
 
-def oracle_sliding_kl(model: Any, ids: torch.Tensor, sources: Sequence[int], horizon: int, delay: int = 1) -> np.ndarray:
+def oracle_sliding_kl(
+    model: Any, ids: torch.Tensor, sources: Sequence[int], horizon: int, delay: int = 1
+) -> np.ndarray:
     """``(S, H)`` KL of hiding source ``s`` from the rows from ``tau = s + delay``
     on (queries ``tau..tau+H-1``)."""
     full = cache_api.full_forward_hiding(model, ids, None, 0)
@@ -33,8 +40,16 @@ def oracle_sliding_kl(model: Any, ids: torch.Tensor, sources: Sequence[int], hor
     return np.stack(rows)
 
 
-def oracle_layer_kl(model: Any, ids: torch.Tensor, n: int, f: int, pos: int, layer: int, kv_head: int | None = None,
-                    heads: Sequence[int] | None = None) -> np.ndarray:
+def oracle_layer_kl(
+    model: Any,
+    ids: torch.Tensor,
+    n: int,
+    f: int,
+    pos: int,
+    layer: int,
+    kv_head: int | None = None,
+    heads: Sequence[int] | None = None,
+) -> np.ndarray:
     """``(F,)`` KL of hiding ``pos`` at one layer (and one KV head: its group of
     query heads, contiguous as transformers' ``repeat_kv``; or the query heads
     ``heads`` given explicitly) from the rows ``>= n``, in the model's eager attention."""

@@ -111,7 +111,7 @@ class PeakMemory:
     def sample(self, *_args: Any) -> None:
         self.peak = max(self.peak, heap_in_use() if self.source == "heap" else self.rss())
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()

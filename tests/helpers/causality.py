@@ -51,7 +51,9 @@ def leaks(model, ids, collector=SignalCollector) -> list[str]:
     found = []
     vocab = model.config.vocab_size
     for n in SPLITS:  # split mode: each split on its own
-        (tok_a, src_a), (tok_b, src_b) = (signals(model, x, collector, splits=SPLITS) for x in (ids, changed_from(ids, n, vocab)))
+        (tok_a, src_a), (tok_b, src_b) = (
+            signals(model, x, collector, splits=SPLITS) for x in (ids, changed_from(ids, n, vocab))
+        )
         for name in SELECTION_SIGNALS:
             if name in tok_a:
                 a, b = tok_a[name].to_numpy()[:n], tok_b[name].to_numpy()[:n]
@@ -61,7 +63,9 @@ def leaks(model, ids, collector=SignalCollector) -> list[str]:
             if not np.array_equal(a, b, equal_nan=True):
                 found.append(f"split N={n}: {name}")
     for first in (30, 50):  # sliding mode: sources with i + D <= the first changed position
-        (tok_a, src_a), (tok_b, src_b) = (signals(model, x, collector, delay=DELAY) for x in (ids, changed_from(ids, first, vocab)))
+        (tok_a, src_a), (tok_b, src_b) = (
+            signals(model, x, collector, delay=DELAY) for x in (ids, changed_from(ids, first, vocab))
+        )
         for name in SELECTION_SIGNALS:
             frame_a, frame_b = (tok_a, tok_b) if name in tok_a else (src_a, src_b)
             keep = (frame_a["pos"] + DELAY <= first).to_numpy()

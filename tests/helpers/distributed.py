@@ -44,8 +44,14 @@ def assert_same_tables(a: MeasureResult, b: MeasureResult) -> None:
 def cluster(cache_dir):
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "FI_CACHE_DIR": str(cache_dir)}
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, resources={"fi_gpu": 2},
-             log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        resources={"fi_gpu": 2},
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     print(f"Ray start-up: {time.perf_counter() - t0:.1f} s")
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

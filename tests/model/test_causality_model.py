@@ -1,4 +1,5 @@
-"""The causality rule (forward_influence.measurement.signals): a selection signal of a source: the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_causality.py."""
+"""The causality rule (forward_influence.measurement.signals): a selection signal of a source: the tests on the
+embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_causality.py."""
 
 from __future__ import annotations
 

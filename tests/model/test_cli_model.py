@@ -1,4 +1,5 @@
-"""fi-measure on the embedded SmolLM2-135M: end to end with a schema check, resume after kill -9, bad input (the fast tests are in tests/unit/test_cli.py)."""
+"""fi-measure on the embedded SmolLM2-135M: end to end with a schema check, resume after kill -9, bad input (the fast
+tests are in tests/unit/test_cli.py)."""
 
 from __future__ import annotations
 
@@ -20,20 +21,66 @@ from forward_influence.store.results import SCHEMA_VERSION, MeasureResult
 
 SMALL = ["--n-prefix", "48", "--n-future", "24", "--stride", "6", "--window", "8"]
 TOKENS_COLUMNS = {
-    "doc_id", "pos", "token_id", "token", "char_start", "char_end",
-    "entropy_in", "entropy_out", "entropy_in_topk", "entropy_out_topk", "surprisal",
-    "key_norm", "rep_change", "rep_change_layers", "entropy_rep",
-    "word_idx", "word", "upos", "tag", "word_class", "finite_verb", "is_word_start",
+    "doc_id",
+    "pos",
+    "token_id",
+    "token",
+    "char_start",
+    "char_end",
+    "entropy_in",
+    "entropy_out",
+    "entropy_in_topk",
+    "entropy_out_topk",
+    "surprisal",
+    "key_norm",
+    "rep_change",
+    "rep_change_layers",
+    "entropy_rep",
+    "word_idx",
+    "word",
+    "upos",
+    "tag",
+    "word_class",
+    "finite_verb",
+    "is_word_start",
 }
-INFLUENCE_COLUMNS = ["doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "target_pos", "distance", "distance_tau", "kl"]
+INFLUENCE_COLUMNS = [
+    "doc_id",
+    "mode",
+    "split_pos",
+    "source_pos",
+    "layer",
+    "kv_head",
+    "target_pos",
+    "distance",
+    "distance_tau",
+    "kl",
+]
 SOURCE_SIGNAL_COLUMNS = ["doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"]
-SUMMARY_COLUMNS = {"doc_id", "mode", "split_pos", "source_pos", "layer", "kv_head", "fi_total", "fi_near", "fi_mid", "fi_far", "fi_max", "n_targets"}
+SUMMARY_COLUMNS = {
+    "doc_id",
+    "mode",
+    "split_pos",
+    "source_pos",
+    "layer",
+    "kv_head",
+    "fi_total",
+    "fi_near",
+    "fi_mid",
+    "fi_far",
+    "fi_max",
+    "n_targets",
+}
+
+
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory):
     d = tmp_path_factory.mktemp("docs")
     text = (
-        "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in France. "
-        "They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their leader Rollo, "
+        "The Normans were the people who in the 10th and 11th centuries gave their name to Normandy, a region in "
+        "France. "
+        "They were descended from Norse raiders and pirates from Denmark, Iceland and Norway who, under their leader "
+        "Rollo, "
         "agreed to swear fealty to King Charles III of West Francia. "
     )
     p = d / "docs.jsonl"
@@ -56,16 +103,27 @@ def short_doc(tmp_path):
 
 BAD = {
     "missing-file": (lambda t: ["--doc", str(t / "nope.json")], "not found"),
-    "malformed-json": (lambda t: ["--doc", str((t / "bad.json", (t / "bad.json").write_text("{oops"))[0])], "not valid JSON"),
-    "empty-doc": (lambda t: ["--doc", str((t / "e.json", (t / "e.json").write_text('{"id": "e", "text": ""}'))[0])], "empty"),
+    "malformed-json": (
+        lambda t: ["--doc", str((t / "bad.json", (t / "bad.json").write_text("{oops"))[0])],
+        "not valid JSON",
+    ),
+    "empty-doc": (
+        lambda t: ["--doc", str((t / "e.json", (t / "e.json").write_text('{"id": "e", "text": ""}'))[0])],
+        "empty",
+    ),
     "too-short": (lambda t: ["--doc", str(short_doc(t))], "tokens, fewer than"),
     "unknown-model": (lambda t: ["--model", "gpt-17"], "smollm2-135m"),
     "positions-out-of-range": (lambda t: ["--positions", "5000,6000"], "out of range"),
-    "unwritable-out": (lambda t: ["--out", str((t / "file", (t / "file").write_text("x"))[0] / "sub")], "not a directory"),
+    "unwritable-out": (
+        lambda t: ["--out", str((t / "file", (t / "file").write_text("x"))[0] / "sub")],
+        "not a directory",
+    ),
     "cuda-without-gpu": (lambda t: ["--device", "cuda"], "no CUDA GPU"),
     "kv-head-without-layer": (lambda t: ["--kv-head", "1"], "needs --layer"),
     "ray-no-workers": (lambda t: ["--ray", "local:0"], "needs N >= 1 workers"),
 }
+
+
 def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     out = tmp_path / "run"
     umask = os.umask(0o022)
@@ -104,9 +162,32 @@ def test_cli_end_to_end_schema(tmp_path, docs, smollm, capsys):
     assert len(tl) == len(res.tokens) * 30 * 3 and (tl.split_pos == 48).all()
     assert not (out / ".parts").exists()
     assert "fi-measure: the study's claims on this run" in stdout and (out / "analysis" / "report.html").is_file()
+
+
 def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     out = tmp_path / "sl"
-    code, _, err = run(["--doc", str(docs), "--out", str(out), "--mode", "sliding", "--delay", "4", "--horizon", "16", "--positions", "0,5,20", "--layer", "3", "--max-docs", "1", "--no-words"], capsys)
+    code, _, err = run(
+        [
+            "--doc",
+            str(docs),
+            "--out",
+            str(out),
+            "--mode",
+            "sliding",
+            "--delay",
+            "4",
+            "--horizon",
+            "16",
+            "--positions",
+            "0,5,20",
+            "--layer",
+            "3",
+            "--max-docs",
+            "1",
+            "--no-words",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "no report (the run has fewer than 4 measured sources" in err and not (out / "analysis").exists()
     res = MeasureResult.load(out)
@@ -116,9 +197,19 @@ def test_sliding_mode_and_layer_ablation(tmp_path, docs, smollm, capsys):
     src = res.source_signals
     assert (src.tau == src.pos + 4).all() and src.split_pos.isna().all() and len(src) == len(res.tokens) - 4 + 1
     assert res.influence.split_pos.isna().all() and (res.influence.layer == 3).all()
+
+
 def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from forward_influence.cli.measure import entry; entry()", "--doc", str(docs), *SMALL, "--words"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from forward_influence.cli.measure import entry; entry()",
+        "--doc",
+        str(docs),
+        *SMALL,
+        "--words",
+    ]
     env = {**os.environ, "FI_NUM_THREADS": "1"}
     subprocess.run([*cmd, "--out", str(full)], check=True, env=env, capture_output=True)
     proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,11 +227,15 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, docs, smollm):
     for name in ("tokens", "influence", "summary", "source_signals", "token_layers"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     assert any(d.get("resumed") for d in b.meta["per_document"])
+
+
 def test_different_config_into_used_dir_refused(tmp_path, docs, smollm, capsys):
     out = tmp_path / "r"
     assert run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL], capsys)[0] == 0
     code, _, err = run(["--doc", str(docs), "--out", str(out), "--max-docs", "1", *SMALL[:-2], "--window", "4"], capsys)
     assert code == 2 and "different config" in err and "window" in err
+
+
 @pytest.mark.parametrize("case", BAD)
 def test_bad_input_one_line_no_output(case, tmp_path, docs, smollm, capsys):
     make, message = BAD[case]

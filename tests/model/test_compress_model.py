@@ -1,4 +1,5 @@
-"""Compressors: one contract matrix over every registered method (kvpress's: the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_compress.py."""
+"""Compressors: one contract matrix over every registered method (kvpress's: the tests on the embedded SmolLM2-135M;
+the fast ones and the topic's notes are in tests/unit/test_compress.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Decoding-time compression through transformers' ``generate`` (``Compressor.apply``): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_decoding.py."""
+"""Decoding-time compression through transformers' ``generate`` (``Compressor.apply``): the tests on the embedded
+SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_decoding.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ def test_generate_matches_the_old_greedy_loop_smollm(row, smollm):
     cfg = DecodingConfig(cache_budget=row["cache_budget"], interval=row["interval"])
     tokens, run = _decode(smollm.model, ids[: row["prompt_tokens"]], comp, cfg, max_new_tokens=row["max_new_tokens"])
     _check_against_old(row, tokens, run)
+
+
 def test_bench_greedy_answers_match_the_old_loop(smollm):
     from forward_influence.bench.tasks import ReadingQA
 

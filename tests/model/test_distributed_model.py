@@ -1,4 +1,5 @@
-"""fi-measure and fi-bench on a local Ray cluster (issue 19): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_distributed.py."""
+"""fi-measure and fi-bench on a local Ray cluster (issue 19): the tests on the embedded SmolLM2-135M; the fast ones and
+the topic's notes are in tests/unit/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -22,11 +23,40 @@ def test_cli_on_the_embedded_model_equals_single_process(command, cluster, smoll
     threads = torch.get_num_threads()
     docs = write_docs(tmp_path / "docs.jsonl", {f"d{i}": text(i, 4 + i) for i in range(3)})
     if command == "fi-measure":
-        argv = ["--doc", str(docs), "--n-prefix", "32,48", "--n-future", "16", "--stride", "8", "--window", "8",
-                "--batch-size", "4", "--no-words", "--no-report"]
+        argv = [
+            "--doc",
+            str(docs),
+            "--n-prefix",
+            "32,48",
+            "--n-future",
+            "16",
+            "--stride",
+            "8",
+            "--window",
+            "8",
+            "--batch-size",
+            "4",
+            "--no-words",
+            "--no-report",
+        ]
     else:
-        argv = ["--task", "fidelity", "--doc", str(docs), "--methods", "full,snapkv,infokv", "--budgets", "0.5",
-                "--n-prefix", "48", "--n-future", "16", "--bootstrap", "50", "--no-report"]
+        argv = [
+            "--task",
+            "fidelity",
+            "--doc",
+            str(docs),
+            "--methods",
+            "full,snapkv,infokv",
+            "--budgets",
+            "0.5",
+            "--n-prefix",
+            "48",
+            "--n-future",
+            "16",
+            "--bootstrap",
+            "50",
+            "--no-report",
+        ]
     entry = cli_measure.entry if command == "fi-measure" else bench.entry
     try:
         for name, extra in (("one", []), ("ray", ["--ray", "local:2"])):
@@ -36,7 +66,11 @@ def test_cli_on_the_embedded_model_equals_single_process(command, cluster, smoll
     finally:
         torch.set_num_threads(threads)  # the CLI set it from FI_NUM_THREADS
     meta = json.loads((tmp_path / "ray" / "run.json").read_text())
-    assert meta["execution"]["backend"] == "ray" and meta["execution"]["actor"] == "CPU" and meta["execution"]["workers"] == 2
+    assert (
+        meta["execution"]["backend"] == "ray"
+        and meta["execution"]["actor"] == "CPU"
+        and meta["execution"]["workers"] == 2
+    )
     assert meta["model"] == json.loads((tmp_path / "one" / "run.json").read_text())["model"]
     if command == "fi-measure":
         assert_same_tables(MeasureResult.load(tmp_path / "one"), MeasureResult.load(tmp_path / "ray"))

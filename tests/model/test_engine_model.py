@@ -1,4 +1,5 @@
-"""Exactness of the ablation engine on tiny random models (tier 1): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_engine.py."""
+"""Exactness of the ablation engine on tiny random models (tier 1): the tests on the embedded SmolLM2-135M; the fast
+ones and the topic's notes are in tests/unit/test_engine.py."""
 
 from __future__ import annotations
 

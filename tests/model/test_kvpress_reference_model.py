@@ -1,4 +1,5 @@
-"""Agreement with NVIDIA kvpress 0.5.5 as a regression test (tier 2, no kvpress needed): the tests on the embedded SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_kvpress_reference.py."""
+"""Agreement with NVIDIA kvpress 0.5.5 as a regression test (tier 2, no kvpress needed): the tests on the embedded
+SmolLM2-135M; the fast ones and the topic's notes are in tests/unit/test_kvpress_reference.py."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def reference_ids(smollm):
     return ref, ids
 
 
-from helpers.kvpress_reference import KEPT, METHODS, ROOT  # noqa: F401, F811
+from helpers.kvpress_reference import KEPT, METHODS, ROOT  # noqa: E402, F401, F811
 
 
 @pytest.mark.parametrize("name", METHODS)
@@ -55,5 +56,8 @@ def test_our_compressors_keep_what_kvpress_kept(name, smollm, reference_ids):
             if len(ours) != len(kvp) or not bool((s == s[0]).all()):
                 untied.append((l, h))
     total = sum(map(len, m["kept"]))
-    assert untied == [], f"{name}: {len(untied)} of {total} (layer, KV head) kept sets differ from kvpress's beyond exact ties: {untied[:5]}"
+    assert untied == [], (
+        f"{name}: {len(untied)} of {total} (layer, KV head) kept sets differ from kvpress's beyond exact ties: "
+        f"{untied[:5]}"
+    )
     assert len(differ) <= (2 if name == "knorm" else 0), f"{name}: tie swaps at {differ} (recorded: knorm 2, others 0)"

@@ -38,8 +38,18 @@ def sel_tables(per_doc: np.ndarray, units: int = 3, rng: np.random.Generator | N
         jitter -= jitter.mean()
         for u in range(units):
             for rule, far in (("entropy_in_topk", 0.5 + v + jitter[u]), ("attn_snapkv", 0.5)):
-                rows.append(dict(subset="candidates", unit=f"d{d}@b{u}", doc_id=f"d{d}", block=u, rule=rule, budget=0.2,
-                                 kept_share_far=far, near_frac=0.3))
+                rows.append(
+                    dict(
+                        subset="candidates",
+                        unit=f"d{d}@b{u}",
+                        doc_id=f"d{d}",
+                        block=u,
+                        rule=rule,
+                        budget=0.2,
+                        kept_share_far=far,
+                        near_frac=0.3,
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -92,14 +102,36 @@ def study(rng: np.random.Generator, content_shift: float = 0.0) -> pd.DataFrame:
         block = np.repeat(np.arange(BLOCKS), BLOCK)
         scale = np.exp(rng.normal(size=n))  # heavy-tailed FI on a per-document scale
         near, far = scale * rng.exponential(size=n), scale * rng.exponential(size=n)
-        src.append(pd.DataFrame(dict(
-            doc_id=f"d{d}", pos=np.arange(n) * 8 + 8, block=block, unit=[f"d{d}@b{b}" for b in block], is_sink=False, is_candidate=True,
-            fi_near=near, fi_far=far, fi_total=near + far + scale * rng.exponential(size=n),
-            entropy_in_topk=rng.normal(size=n), attn_snapkv=rng.lognormal(size=n),
-            word_class=np.where(rng.random(n) < 0.45, "function", "content"))))
+        src.append(
+            pd.DataFrame(
+                dict(
+                    doc_id=f"d{d}",
+                    pos=np.arange(n) * 8 + 8,
+                    block=block,
+                    unit=[f"d{d}@b{b}" for b in block],
+                    is_sink=False,
+                    is_candidate=True,
+                    fi_near=near,
+                    fi_far=far,
+                    fi_total=near + far + scale * rng.exponential(size=n),
+                    entropy_in_topk=rng.normal(size=n),
+                    attn_snapkv=rng.lognormal(size=n),
+                    word_class=np.where(rng.random(n) < 0.45, "function", "content"),
+                )
+            )
+        )
         cls = np.where(rng.random(WORDS) < 0.45, "function", "content")
-        tok.append(pd.DataFrame(dict(doc_id=f"d{d}", pos=np.arange(WORDS), word_idx=np.arange(WORDS), word_class=cls,
-                                     entropy_in_topk=rng.normal(size=WORDS) + np.where(cls == "content", content_shift, 0.0))))
+        tok.append(
+            pd.DataFrame(
+                dict(
+                    doc_id=f"d{d}",
+                    pos=np.arange(WORDS),
+                    word_idx=np.arange(WORDS),
+                    word_class=cls,
+                    entropy_in_topk=rng.normal(size=WORDS) + np.where(cls == "content", content_shift, 0.0),
+                )
+            )
+        )
     src = pd.concat(src, ignore_index=True)
     sel = selection(src, CFG, ["entropy_in_topk", "attn_snapkv"])
     bias = function_bias(src, CFG, ["attn_snapkv"])

@@ -1,4 +1,5 @@
-"""fi-measure and fi-bench on a local Ray cluster (issue 19): the tests end to end (subprocesses, clusters, notebooks); the fast ones and the topic's notes are in tests/unit/test_distributed.py."""
+"""fi-measure and fi-bench on a local Ray cluster (issue 19): the tests end to end (subprocesses, clusters, notebooks);
+the fast ones and the topic's notes are in tests/unit/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -20,14 +21,25 @@ from forward_influence.store.results import MeasureResult  # noqa: E402
 def test_driver_killed_and_rerun_resumes(cluster, tmp_path):
     docs = write_docs(tmp_path / "docs.jsonl", {f"d{i}": text(i, 1 + i % 2) for i in range(4)})
     out = tmp_path / "run"
-    kw = dict(doc=str(docs), out=str(out), words=False, progress=False, report=False, batch_size=4, n_prefix=(48,),
-              n_future=16, window=8, stride=3)
+    kw = dict(
+        doc=str(docs),
+        out=str(out),
+        words=False,
+        progress=False,
+        report=False,
+        batch_size=4,
+        n_prefix=(48,),
+        n_future=16,
+        window=8,
+        stride=3,
+    )
     driver = (
         "from conftest import TinySource\n"
         "from forward_influence import MeasureConfig, measure\n"
         "from forward_influence.execution.cluster import ClusterSpec\n"
         f"measure(MeasureConfig(**{kw!r}), source=TinySource(delay=0.3),\n"
-        f"        cluster=ClusterSpec({cluster!r}, workers=2, gpu_resource='fi_gpu', threads={torch.get_num_threads()}))\n"
+        f"        cluster=ClusterSpec({cluster!r}, workers=2, gpu_resource='fi_gpu', "
+        f"threads={torch.get_num_threads()}))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     proc = subprocess.Popen([sys.executable, "-c", driver], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

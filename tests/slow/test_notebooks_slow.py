@@ -1,4 +1,5 @@
-"""Every notebook executes on small settings (tier 3), and is committed without outputs: the tests end to end (subprocesses, clusters, notebooks); the fast ones and the topic's notes are in tests/unit/test_notebooks.py."""
+"""Every notebook executes on small settings (tier 3), and is committed without outputs: the tests end to end
+(subprocesses, clusters, notebooks); the fast ones and the topic's notes are in tests/unit/test_notebooks.py."""
 
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ from forward_influence.analysis.analyze import (
 CFG = AnalyzeConfig(n_boot=400, seed=0)
 TOL_EXACT = 1e-10  # closed forms vs scipy
 TOL_PARTIAL = 0.08  # partial rank correlation of independent-given-position data
+
+
 def planted_sources(r: float = 0.6, n_docs: int = 10, n: int = 120, seed: int = 0) -> pd.DataFrame:
     """Bivariate normal (signal, FI) with correlation r per document, each
     document on its own FI scale (which pooling must not mix)."""
@@ -39,27 +41,39 @@ def planted_sources(r: float = 0.6, n_docs: int = 10, n: int = 120, seed: int = 
     for d in range(n_docs):
         x = rng.normal(size=n)
         y = r * x + np.sqrt(1 - r * r) * rng.normal(size=n)
-        frames.append(pd.DataFrame({
-            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": np.arange(n), "is_sink": np.arange(n) < 1, "is_candidate": np.arange(n) >= 1,
-            "signal": x, "fi_total": np.exp(y) * 10.0 ** (-d),  # monotone in y, scale differs by doc
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "doc_id": f"d{d}",
+                    "unit": f"d{d}@-",
+                    "pos": np.arange(n),
+                    "is_sink": np.arange(n) < 1,
+                    "is_candidate": np.arange(n) >= 1,
+                    "signal": x,
+                    "fi_total": np.exp(y) * 10.0 ** (-d),  # monotone in y, scale differs by doc
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
 # ------------------------------------------------------------ selection rules
 def hand_table() -> pd.DataFrame:
     """Two units of 5 sources with known FI and scores."""
-    return pd.DataFrame({
-        "doc_id": ["a"] * 5 + ["b"] * 5,
-        "unit": ["a@-"] * 5 + ["b@-"] * 5,
-        "pos": list(range(5)) * 2,
-        "is_sink": [False] * 10, "is_candidate": [True] * 10,
-        "fi_total": [5.0, 1.0, 3.0, 0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 10.0],
-        "fi_near": [0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0],
-        "fi_far": [5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 10.0],
-        "score": [0.1, 0.9, 0.8, np.nan, 0.2, 1.0, 0.9, 0.1, 0.2, 0.3],
-        "word_class": ["function", "content", "content", "other", "function"] * 2,
-    })
+    return pd.DataFrame(
+        {
+            "doc_id": ["a"] * 5 + ["b"] * 5,
+            "unit": ["a@-"] * 5 + ["b@-"] * 5,
+            "pos": list(range(5)) * 2,
+            "is_sink": [False] * 10,
+            "is_candidate": [True] * 10,
+            "fi_total": [5.0, 1.0, 3.0, 0.5, 0.5, 1.0, 2.0, 3.0, 4.0, 10.0],
+            "fi_near": [0.0, 1.0, 1.0, 0.5, 0.5, 1.0, 2.0, 0.0, 0.0, 0.0],
+            "fi_far": [5.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 3.0, 4.0, 10.0],
+            "score": [0.1, 0.9, 0.8, np.nan, 0.2, 1.0, 0.9, 0.1, 0.2, 0.3],
+            "word_class": ["function", "content", "content", "other", "function"] * 2,
+        }
+    )
 
 
 def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 8):
@@ -69,14 +83,44 @@ def constructed(ent_far: float, att_far: float, spread: float, n_docs: int = 8):
     for d in range(n_docs):
         e = spread * rng.normal()
         for rule, far, near in (("entropy_in_topk", ent_far + e, 0.1), ("attn_snapkv", att_far, 0.4)):
-            rows.append(dict(subset="candidates", unit=f"d{d}@-", doc_id=f"d{d}", block=0, rule=rule, budget=0.2, kept_share_far=far, near_frac=near))
+            rows.append(
+                dict(
+                    subset="candidates",
+                    unit=f"d{d}@-",
+                    doc_id=f"d{d}",
+                    block=0,
+                    rule=rule,
+                    budget=0.2,
+                    kept_share_far=far,
+                    near_frac=near,
+                )
+            )
         for w in range(40):  # content words at higher entropy in every document
             cls = "content" if w % 2 else "function"
-            toks.append(dict(doc_id=f"d{d}", pos=w, word_idx=w, is_word_start=True, word_class=cls,
-                             entropy_in_topk=rng.normal() + (1.5 if cls == "content" else 0.0)))
+            toks.append(
+                dict(
+                    doc_id=f"d{d}",
+                    pos=w,
+                    word_idx=w,
+                    is_word_start=True,
+                    word_class=cls,
+                    entropy_in_topk=rng.normal() + (1.5 if cls == "content" else 0.0),
+                )
+            )
     sel = pd.DataFrame(rows)
-    bias = pd.DataFrame([dict(unit=f"d{d}@-", doc_id=f"d{d}", block=0, rule="attn_snapkv", budget=0.2, excess=-0.05 + 0.0125 * d + 0.001)
-                         for d in range(n_docs)])
+    bias = pd.DataFrame(
+        [
+            dict(
+                unit=f"d{d}@-",
+                doc_id=f"d{d}",
+                block=0,
+                rule="attn_snapkv",
+                budget=0.2,
+                excess=-0.05 + 0.0125 * d + 0.001,
+            )
+            for d in range(n_docs)
+        ]
+    )
     return sel, pd.DataFrame(toks), bias
 
 
@@ -87,7 +131,9 @@ def test_spearman_and_kendall_match_scipy():
     assert abs(spearman(x, y) - stats.spearmanr(x, y).statistic) < TOL_EXACT
     assert abs(kendall(x, y) - stats.kendalltau(x, y).statistic) < TOL_EXACT
     rows = rng.normal(size=(4, 2, 30))
-    np.testing.assert_allclose(kendall(rows[:, 0], rows[:, 1]), [stats.kendalltau(a, b).statistic for a, b in rows], atol=TOL_EXACT)
+    np.testing.assert_allclose(
+        kendall(rows[:, 0], rows[:, 1]), [stats.kendalltau(a, b).statistic for a, b in rows], atol=TOL_EXACT
+    )
 
 
 def test_planted_correlation_recovered_with_covering_interval():
@@ -115,10 +161,19 @@ def test_position_control_removes_a_confounded_correlation():
     frames = []
     for d in range(8):
         pos = np.arange(150)
-        frames.append(pd.DataFrame({
-            "doc_id": f"d{d}", "unit": f"d{d}@-", "pos": pos, "is_sink": pos < 1, "is_candidate": pos >= 1,
-            "signal": pos + rng.normal(scale=30, size=150), "fi_total": pos + rng.normal(scale=30, size=150),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "doc_id": f"d{d}",
+                    "unit": f"d{d}@-",
+                    "pos": pos,
+                    "is_sink": pos < 1,
+                    "is_candidate": pos >= 1,
+                    "signal": pos + rng.normal(scale=30, size=150),
+                    "fi_total": pos + rng.normal(scale=30, size=150),
+                }
+            )
+        )
     c = correlations(pd.concat(frames, ignore_index=True), CFG, signals=("signal",), targets=("fi_total",))
     p = c[(c.scope == "pooled") & (c.subset == "all") & (c.method == "spearman")].set_index("control")
     assert p.loc["none", "ci_low"] > 0.5  # strongly correlated through position
@@ -269,8 +324,16 @@ def test_function_bias_without_candidates_is_empty_not_a_crash():
     """A segment of sinks and window only (e.g. a split inside a generation's prompt) has no candidates."""
     from forward_influence.analysis.selection import function_bias
 
-    cand = pd.DataFrame({"doc_id": pd.Series(["d"] * 3, dtype="string"), "unit": ["d@-"] * 3, "pos": [0, 1, 2],
-                         "is_candidate": [False] * 3, "word_class": ["content"] * 3, "attn_snapkv": [1.0, 2.0, 3.0]})
+    cand = pd.DataFrame(
+        {
+            "doc_id": pd.Series(["d"] * 3, dtype="string"),
+            "unit": ["d@-"] * 3,
+            "pos": [0, 1, 2],
+            "is_candidate": [False] * 3,
+            "word_class": ["content"] * 3,
+            "attn_snapkv": [1.0, 2.0, 3.0],
+        }
+    )
     bias = function_bias(cand, CFG, ["attn_snapkv", "random"])
     assert len(bias) == 0 and {"doc_id", "rule", "budget", "excess"} <= set(bias.columns)
     sel, tokens, _ = constructed(0.6, 0.3, 0.02)
@@ -287,14 +350,40 @@ def test_analysis_of_a_run_without_candidates_is_one_clear_error():
     n, f = 8, 2
     src = np.repeat(np.arange(n), f)
     tgt = np.tile(np.arange(n, n + f), n)
-    influence = pd.DataFrame({"doc_id": "d", "mode": "split", "split_pos": pd.array([n] * len(src), dtype="Int64"), "source_pos": src,
-                              "layer": pd.array([pd.NA] * len(src), dtype="Int64"), "kv_head": pd.array([pd.NA] * len(src), dtype="Int64"),
-                              "target_pos": tgt, "distance": tgt - src, "distance_tau": tgt - n, "kl": 0.1})
-    tokens = pd.DataFrame({"doc_id": "d", "pos": np.arange(n + f), "token_id": 1, "token": "a", "char_start": 0, "char_end": 1})
-    signals = pd.DataFrame({"doc_id": "d", "split_pos": pd.array([n] * n, dtype="Int64"), "pos": np.arange(n), "tau": n,
-                            "attn_snapkv": 0.5, "attn_h2o": 0.5})
-    res = MeasureResult(tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=signals,
-                        meta={"config": MeasureConfig(n_prefix=(n,), n_future=f).to_dict()})  # window 32 > N
+    influence = pd.DataFrame(
+        {
+            "doc_id": "d",
+            "mode": "split",
+            "split_pos": pd.array([n] * len(src), dtype="Int64"),
+            "source_pos": src,
+            "layer": pd.array([pd.NA] * len(src), dtype="Int64"),
+            "kv_head": pd.array([pd.NA] * len(src), dtype="Int64"),
+            "target_pos": tgt,
+            "distance": tgt - src,
+            "distance_tau": tgt - n,
+            "kl": 0.1,
+        }
+    )
+    tokens = pd.DataFrame(
+        {"doc_id": "d", "pos": np.arange(n + f), "token_id": 1, "token": "a", "char_start": 0, "char_end": 1}
+    )
+    signals = pd.DataFrame(
+        {
+            "doc_id": "d",
+            "split_pos": pd.array([n] * n, dtype="Int64"),
+            "pos": np.arange(n),
+            "tau": n,
+            "attn_snapkv": 0.5,
+            "attn_h2o": 0.5,
+        }
+    )
+    res = MeasureResult(
+        tokens=tokens,
+        influence=influence,
+        summary=summarize_influence(influence),
+        source_signals=signals,
+        meta={"config": MeasureConfig(n_prefix=(n,), n_future=f).to_dict()},
+    )  # window 32 > N
     with pytest.raises(InputError, match="compete for a budget"):
         analyze(res, CFG)
 
@@ -305,14 +394,21 @@ def test_figures_module_leaves_pyplot_alone():
     import os
     import sys
 
-    code = ("import sys\nimport forward_influence.analysis.figures as F\n"
-            "print('matplotlib.pyplot' in sys.modules)\n"
-            "import numpy as np, pandas as pd\n"
-            "df = pd.DataFrame({'entropy_in_topk': np.linspace(0, 2, 50), 'fi_far': np.logspace(-6, -1, 50)})\n"
-            "fig = F.entropy_vs_influence(df)\n"
-            "import matplotlib.pyplot as plt\nprint(len(fig.axes), plt.get_fignums())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MPLBACKEND": "Agg"})
+    code = (
+        "import sys\nimport forward_influence.analysis.figures as F\n"
+        "print('matplotlib.pyplot' in sys.modules)\n"
+        "import numpy as np, pandas as pd\n"
+        "df = pd.DataFrame({'entropy_in_topk': np.linspace(0, 2, 50), 'fi_far': np.logspace(-6, -1, 50)})\n"
+        "fig = F.entropy_vs_influence(df)\n"
+        "import matplotlib.pyplot as plt\nprint(len(fig.axes), plt.get_fignums())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "MPLBACKEND": "Agg"},
+    )
     assert out.stdout.split("\n")[:2] == ["False", "3 []"]
 
 
@@ -328,16 +424,50 @@ def sliding_result(n_sources: int = 93, stride: int = 8, delay: int = 4, horizon
     tgt = (src[:, None] + delay + np.arange(horizon)[None, :]).ravel()
     s = np.repeat(src, horizon)
     na = pd.array([pd.NA] * len(s), dtype="Int64")
-    influence = pd.DataFrame({"doc_id": "d", "mode": "sliding", "split_pos": na, "source_pos": s, "layer": na, "kv_head": na,
-                              "target_pos": tgt, "distance": tgt - s, "distance_tau": tgt - s - delay, "kl": 1.0})
-    tokens = pd.DataFrame({"doc_id": "d", "pos": np.arange(t), "token_id": 1, "token": "a", "char_start": 0, "char_end": 1,
-                           "entropy_in_topk": np.arange(t, dtype=float)})
+    influence = pd.DataFrame(
+        {
+            "doc_id": "d",
+            "mode": "sliding",
+            "split_pos": na,
+            "source_pos": s,
+            "layer": na,
+            "kv_head": na,
+            "target_pos": tgt,
+            "distance": tgt - s,
+            "distance_tau": tgt - s - delay,
+            "kl": 1.0,
+        }
+    )
+    tokens = pd.DataFrame(
+        {
+            "doc_id": "d",
+            "pos": np.arange(t),
+            "token_id": 1,
+            "token": "a",
+            "char_start": 0,
+            "char_end": 1,
+            "entropy_in_topk": np.arange(t, dtype=float),
+        }
+    )
     pos = np.arange(t - delay + 1)
-    signals = pd.DataFrame({"doc_id": "d", "split_pos": pd.array([pd.NA] * len(pos), dtype="Int64"), "pos": pos, "tau": pos + delay,
-                            "attn_snapkv": -pos.astype(float), "attn_h2o": 0.5})
+    signals = pd.DataFrame(
+        {
+            "doc_id": "d",
+            "split_pos": pd.array([pd.NA] * len(pos), dtype="Int64"),
+            "pos": pos,
+            "tau": pos + delay,
+            "attn_snapkv": -pos.astype(float),
+            "attn_h2o": 0.5,
+        }
+    )
     cfg = MeasureConfig(mode="sliding", delay=delay, horizon=horizon, stride=stride, n_prefix=(8,), n_future=1)
-    return MeasureResult(tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=signals,
-                         meta={"config": cfg.to_dict()})
+    return MeasureResult(
+        tokens=tokens,
+        influence=influence,
+        summary=summarize_influence(influence),
+        source_signals=signals,
+        meta={"config": cfg.to_dict()},
+    )
 
 
 def test_sliding_blocks_hold_16_candidates_and_the_short_last_block_joins_its_neighbour():

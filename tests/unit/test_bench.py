@@ -64,13 +64,29 @@ def test_paired_interval_and_summary_on_hand_made_results():
     for i in range(6):
         rows += [
             {"task": "fidelity", "sample_id": str(i), "method": "full", "budget": 0.2, "kl": 0.0, "delta_nll": 0.0},
-            {"task": "fidelity", "sample_id": str(i), "method": "snapkv", "budget": 0.2, "kl": 0.1 + i, "delta_nll": 0.2},
-            {"task": "fidelity", "sample_id": str(i), "method": "infokv", "budget": 0.2, "kl": 0.05 + i, "delta_nll": 0.1},
+            {
+                "task": "fidelity",
+                "sample_id": str(i),
+                "method": "snapkv",
+                "budget": 0.2,
+                "kl": 0.1 + i,
+                "delta_nll": 0.2,
+            },
+            {
+                "task": "fidelity",
+                "sample_id": str(i),
+                "method": "infokv",
+                "budget": 0.2,
+                "kl": 0.05 + i,
+                "delta_nll": 0.1,
+            },
         ]
     s = summarize_bench(pd.DataFrame(rows), 500, 0)
     r = s[(s.metric == "kl") & (s.method == "infokv")].iloc[0]
     assert r["mean"] == pytest.approx(2.55) and r["vs_snapkv"] == pytest.approx(-0.05)
-    assert r["vs_snapkv_lo"] == pytest.approx(-0.05) and r["vs_snapkv_hi"] == pytest.approx(-0.05)  # constant difference
+    assert r["vs_snapkv_lo"] == pytest.approx(-0.05) and r["vs_snapkv_hi"] == pytest.approx(
+        -0.05
+    )  # constant difference
     assert r["vs_full"] == pytest.approx(2.55) and r["vs_full_lo"] < r["vs_full"] < r["vs_full_hi"]
     m, lo, hi = paired_interval(np.array([np.nan, 1.0, 3.0]), None, 200, np.random.default_rng(0))
     assert m == 2.0 and 1.0 <= lo <= hi <= 3.0
@@ -80,11 +96,20 @@ def test_ifeval_checkers_on_hand_made_responses():
     pytest.importorskip("lm_eval")
     from forward_influence.bench.ifeval import check_following
 
-    row = {"key": 1, "prompt": "Say hi without commas.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}
+    row = {
+        "key": 1,
+        "prompt": "Say hi without commas.",
+        "instruction_id_list": ["punctuation:no_comma"],
+        "kwargs": [{}],
+    }
     assert check_following(row, "Hi there my friend")["prompt_strict"] == 1.0
     assert check_following(row, "Hi, there")["prompt_strict"] == 0.0
-    row = {"key": 2, "prompt": "Answer in at least 5 sentences.", "instruction_id_list": ["length_constraints:number_sentences"],
-           "kwargs": [{"relation": "at least", "num_sentences": 5}]}
+    row = {
+        "key": 2,
+        "prompt": "Answer in at least 5 sentences.",
+        "instruction_id_list": ["length_constraints:number_sentences"],
+        "kwargs": [{"relation": "at least", "num_sentences": 5}],
+    }
     assert check_following(row, "One. Two. Three. Four. Five. Six.")["prompt_strict"] == 1.0  # needs punkt_tab
     assert check_following(row, "Just one sentence.")["prompt_strict"] == 0.0
 
@@ -92,7 +117,17 @@ def test_ifeval_checkers_on_hand_made_responses():
 # ----------------------------------------------------------------- loaders
 def test_loaders_on_small_files(tmp_path):
     lr = tmp_path / "longreason.jsonl"
-    lr.write_text(json.dumps({"example_idx": 3, "background_story": "Ann has two cats.", "final_inquiry": "How many cats? (A) 1 (B) 2", "answer": "B"}) + "\n")
+    lr.write_text(
+        json.dumps(
+            {
+                "example_idx": 3,
+                "background_story": "Ann has two cats.",
+                "final_inquiry": "How many cats? (A) 1 (B) 2",
+                "answer": "B",
+            }
+        )
+        + "\n"
+    )
     (p,) = load_longreason(lr)
     assert p.problem_id == "3" and "two cats" in p.prompt and "How many" in p.prompt and p.answer == "B"
     aime = tmp_path / "aime.json"
@@ -100,8 +135,18 @@ def test_loaders_on_small_files(tmp_path):
     (p,) = load_aime2024(aime)
     assert (p.problem_id, p.prompt, p.answer) == ("2024-I-1", "Find x.", "204")
     lcb = tmp_path / "lcb.jsonl"
-    lcb.write_text(json.dumps({"question_id": "abc1", "question_content": "Print 1.", "starter_code": "def f():",
-                               "public_test_cases": json.dumps([{"input": "", "output": "1"}]), "difficulty": "easy"}) + "\n")
+    lcb.write_text(
+        json.dumps(
+            {
+                "question_id": "abc1",
+                "question_content": "Print 1.",
+                "starter_code": "def f():",
+                "public_test_cases": json.dumps([{"input": "", "output": "1"}]),
+                "difficulty": "easy",
+            }
+        )
+        + "\n"
+    )
     (p,) = load_livecodebench(lcb)
     assert p.extra["tests"] == [{"input": "", "output": "1"}] and "Starter code" in p.prompt
     bad = tmp_path / "bad.json"
@@ -116,13 +161,16 @@ def test_loaders_on_small_files(tmp_path):
 
 
 # ----------------------------------------------------------------- config
-@pytest.mark.parametrize("kw,msg", [
-    ({"task": "nope"}, "--task must be one of"),
-    ({"budgets": (0.0,)}, "fractions of the cache kept"),
-    ({"task": "ifeval", "ifeval_data": "x", "budgets": (0.5,)}, "cache sizes in tokens"),
-    ({"task": "ifeval"}, "needs --ifeval-data"),
-    ({"fi_run": "x", "task": "qa"}, "use it with --task fidelity"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"task": "nope"}, "--task must be one of"),
+        ({"budgets": (0.0,)}, "fractions of the cache kept"),
+        ({"task": "ifeval", "ifeval_data": "x", "budgets": (0.5,)}, "cache sizes in tokens"),
+        ({"task": "ifeval"}, "needs --ifeval-data"),
+        ({"fi_run": "x", "task": "qa"}, "use it with --task fidelity"),
+    ],
+)
 def test_config_errors(kw, msg):
     with pytest.raises(InputError, match=msg):
         BenchConfig(**kw).validate()
@@ -143,8 +191,13 @@ def test_additivity_fit_on_constructed_rows():
     from forward_influence.bench.report import additivity
 
     fi = [1.0, 2.0, 3.0, 4.0, 5.0]
-    rows = pd.DataFrame({"method": ["snapkv", "random", "snapkv", "fi_oracle", "random", "full", "snapkv", "random"],
-                         "fi_dropped": fi + [9.0, np.nan, 9.0], "kl_sum": [2 * f for f in fi] + [1.0, 1.0, 0.0]})
+    rows = pd.DataFrame(
+        {
+            "method": ["snapkv", "random", "snapkv", "fi_oracle", "random", "full", "snapkv", "random"],
+            "fi_dropped": fi + [9.0, np.nan, 9.0],
+            "kl_sum": [2 * f for f in fi] + [1.0, 1.0, 0.0],
+        }
+    )
     d, fit = additivity(rows)
     assert len(d) == fit["n"] == 5 and "full" not in set(d.method)
     assert fit["spearman"] == pytest.approx(1.0) and fit["pearson_log10"] == pytest.approx(1.0)

@@ -44,7 +44,7 @@ class LeakySnapKV(SignalCollector):
         self.snap[:, layer] = scores.pooled_group_mean(mean, self.n_kv, self.cfg.kernel).double()[None]
 
 
-from helpers.causality import DELAY, SPLITS, T, _Doc, changed_from, ids, leaks, signals  # noqa: F401, F811
+from helpers.causality import DELAY, SPLITS, T, _Doc, changed_from, ids, leaks, signals  # noqa: E402, F401, F811
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

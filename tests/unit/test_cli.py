@@ -1,4 +1,5 @@
-"""fi-measure's flags without a model: the precision warning, --ray without Ray (the model tier: tests/model/test_cli_model.py)."""
+"""fi-measure's flags without a model: the precision warning, --ray without Ray (the model tier:
+tests/model/test_cli_model.py)."""
 
 from __future__ import annotations
 

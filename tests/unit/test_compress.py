@@ -31,9 +31,13 @@ from forward_influence.tools import checks
 BUDGETS = (1.0, 0.4, 0.2, 0.1)  # 0.1 keeps 6 entries: below SnapKV's / InfoKV's window of 8
 WINDOW = 8  # SnapKV's and InfoKV's window in SETTINGS
 ATTN = ("sdpa", "eager")
+
+
 def _fi_oracle(budget: float) -> FIOracle:
     g = torch.Generator().manual_seed(5)
-    frame = pd.DataFrame({"source_pos": range(T_PROMPT), "fi_total": torch.rand(T_PROMPT, generator=g).double().numpy()})
+    frame = pd.DataFrame(
+        {"source_pos": range(T_PROMPT), "fi_total": torch.rand(T_PROMPT, generator=g).double().numpy()}
+    )
     return FIOracle.from_frame(frame, budget=budget)
 
 
@@ -51,6 +55,8 @@ SETTINGS = {
     "infokv": {"window": 8, "kernel": 3, "early_layer": 0, "mix": 0.3, "norm": "max"},
     "fi_oracle": None,
 }
+
+
 def make(name: str, budget: float):
     if name == "fi_oracle":
         return _fi_oracle(budget)
@@ -74,12 +80,16 @@ def _snapkv_by_hand(model, ids: torch.Tensor, window: int, kernel: int, n_keep: 
     else every entry ranked by the mean attention of the window queries that
     see it; ties to the higher position."""
     t, hkv = ids.shape[0], model.config.num_key_value_heads
-    seen_by = torch.tensor([min(window, t - j) for j in range(t)], dtype=torch.float64)  # (T,) window queries at or after j
+    seen_by = torch.tensor(
+        [min(window, t - j) for j in range(t)], dtype=torch.float64
+    )  # (T,) window queries at or after j
     kept = []
     for att in model(ids[None], output_attentions=True).attentions:  # (1, Hq, T, T)
         a = att[0, :, -window:, :].double().sum(1) / seen_by  # (Hq, T)
         m = t if n_keep < window else t - window  # the entries that compete
-        pooled = torch.stack([a[:, max(0, j - kernel // 2) : min(m, j + kernel // 2 + 1)].sum(1) / kernel for j in range(m)], 1)
+        pooled = torch.stack(
+            [a[:, max(0, j - kernel // 2) : min(m, j + kernel // 2 + 1)].sum(1) / kernel for j in range(m)], 1
+        )
         s = pooled.view(hkv, -1, m).mean(1)  # (Hkv, m)
         layer = []
         for h in range(hkv):
@@ -99,11 +109,17 @@ class _Flat(Compressor):
 
 def _snapshot(cache: CompressedCache) -> dict:
     """Deep copies of everything a cut or an extend could change."""
-    return {"kv": [(k.clone(), v.clone()) for k, v in cache.kv], "positions": [p.clone() for p in cache.positions],
-            "queries": [None if q is None else q.clone() for q in cache.queries],
-            "state": [{n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for s in cache.state],
-            "length": cache.length, "cuts": cache.cuts, "compressor": cache.compressor,
-            "entropy": cache.entropy.clone(), "rep": cache.rep.clone()}
+    return {
+        "kv": [(k.clone(), v.clone()) for k, v in cache.kv],
+        "positions": [p.clone() for p in cache.positions],
+        "queries": [None if q is None else q.clone() for q in cache.queries],
+        "state": [{n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for s in cache.state],
+        "length": cache.length,
+        "cuts": cache.cuts,
+        "compressor": cache.compressor,
+        "entropy": cache.entropy.clone(),
+        "rep": cache.rep.clone(),
+    }
 
 
 def _assert_same(a: dict, b: dict) -> None:
@@ -133,7 +149,7 @@ def _assert_same(a: dict, b: dict) -> None:
 # it first and forks every method it can serve: CompressedCache.can_fork).
 FROM_INFOKV = ["full", "random", "streaming_llm", "knorm", "snapkv", "pyramidkv", "tova", "fi_oracle"]
 FORK_CASES = [(n, n) for n in SETTINGS] + [("infokv", n) for n in FROM_INFOKV]
-from helpers.compress import N_FUTURE, T_PROMPT, _decode, prompt  # noqa: F401, F811
+from helpers.compress import N_FUTURE, T_PROMPT, _decode, prompt  # noqa: E402, F401, F811
 
 
 def test_every_registered_method_is_in_the_matrix():
@@ -187,7 +203,9 @@ def test_positions_preserved_and_wrong_position_caught(name, models, prompt):
 def test_decoding_cache_never_exceeds_budget_plus_interval(name, models, prompt):
     model = models["sdpa"]
     cfg = DecodingConfig(cache_budget=24, interval=4)
-    tokens, run = _decode(model, prompt[:T_PROMPT], make(name, 1.0) if name != "fi_oracle" else _fi_oracle(1.0), cfg, 30)
+    tokens, run = _decode(
+        model, prompt[:T_PROMPT], make(name, 1.0) if name != "fi_oracle" else _fi_oracle(1.0), cfg, 30
+    )
     assert len(tokens) == 30 and all(0 <= t < model.config.vocab_size for t in tokens)
     limit = 24 + 4 if name != "full" else math.inf
     assert max(run.cache_sizes) <= limit, f"cache {max(run.cache_sizes)} > budget + interval"
@@ -198,7 +216,9 @@ def test_decoding_cache_never_exceeds_budget_plus_interval(name, models, prompt)
 
 def test_decoding_full_equals_plain_greedy(models, prompt):
     model = models["sdpa"]
-    tokens, _ = _decode(model, prompt[:T_PROMPT], get_compressor("full"), DecodingConfig(cache_budget=10_000, interval=4), 12)
+    tokens, _ = _decode(
+        model, prompt[:T_PROMPT], get_compressor("full"), DecodingConfig(cache_budget=10_000, interval=4), 12
+    )
     ids = prompt[:T_PROMPT].clone()
     for _ in range(12):  # reference: full forwards
         ids = torch.cat([ids, model(ids[None]).logits[0, -1].argmax()[None]])
@@ -220,11 +240,16 @@ def test_fi_oracle_keeps_the_measured_top_set(models, prompt):
 
 
 def test_fi_oracle_from_a_measure_summary():
-    summary = pd.DataFrame({
-        "doc_id": ["a"] * 4 + ["b"] * 2, "split_pos": pd.array([8] * 6, dtype="Int64"),
-        "source_pos": [0, 1, 2, 3, 0, 1], "layer": pd.array([None] * 6, dtype="Int64"),
-        "kv_head": pd.array([None] * 6, dtype="Int64"), "fi_total": [0.5, 0.1, 0.9, 0.2, 7.0, 7.0],
-    })
+    summary = pd.DataFrame(
+        {
+            "doc_id": ["a"] * 4 + ["b"] * 2,
+            "split_pos": pd.array([8] * 6, dtype="Int64"),
+            "source_pos": [0, 1, 2, 3, 0, 1],
+            "layer": pd.array([None] * 6, dtype="Int64"),
+            "kv_head": pd.array([None] * 6, dtype="Int64"),
+            "fi_total": [0.5, 0.1, 0.9, 0.2, 7.0, 7.0],
+        }
+    )
     comp = FIOracle.from_result(summary, "a", budget=0.5)
     assert comp.fi.tolist() == [0.5, 0.1, 0.9, 0.2]
     with pytest.raises(ValueError, match="no position ablations"):
@@ -244,10 +269,16 @@ def test_pyramid_budgets_fall_and_average_to_the_global_budget():
 def test_infokv_mix_zero_is_snapkv_and_mix_changes_it(budget, models, prompt):
     model = models["sdpa"]
     a, _ = compress_prompt(model, prompt[:T_PROMPT], SnapKV(budget=budget, window=WINDOW, kernel=3))
-    b, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=budget, window=WINDOW, kernel=3, mix=0.0, early_layer=0))
+    b, _ = compress_prompt(
+        model, prompt[:T_PROMPT], InfoKV(budget=budget, window=WINDOW, kernel=3, mix=0.0, early_layer=0)
+    )
     assert all(torch.equal(p, q) for p, q in zip(a.positions, b.positions))
-    c, _ = compress_prompt(model, prompt[:T_PROMPT], InfoKV(budget=budget, window=WINDOW, kernel=3, mix=1.0, early_layer=0, norm="max"))
-    assert any(not torch.equal(p, q) for p, q in zip(a.positions, c.positions)), "the entropy term changes the selection"
+    c, _ = compress_prompt(
+        model, prompt[:T_PROMPT], InfoKV(budget=budget, window=WINDOW, kernel=3, mix=1.0, early_layer=0, norm="max")
+    )
+    assert any(not torch.equal(p, q) for p, q in zip(a.positions, c.positions)), (
+        "the entropy term changes the selection"
+    )
     window = set(range(T_PROMPT - WINDOW, T_PROMPT))
     whole = [window <= set(p[h].tolist()) for p in c.positions for h in range(p.shape[0])]
     if budget * T_PROMPT >= WINDOW:
@@ -278,14 +309,17 @@ def test_decoding_below_then_above_the_window(name, models, prompt):
     cache.extend(prompt[T_PROMPT : T_PROMPT + 2])  # two decoding steps: 9 entries, a window from T - 6
     window_start = T_PROMPT + 2 - WINDOW
     before = [[set(p[h].tolist()) for h in range(p.shape[0])] for p in cache.positions]
-    assert any(len({frozenset(x for x in hs if x >= window_start) for hs in layer}) > 1 for layer in before), \
+    assert any(len({frozenset(x for x in hs if x >= window_start) for hs in layer}) > 1 for layer in before), (
         "the heads hold different window entries (the per-head path is exercised)"
+    )
     cache.cut(WINDOW)
     for l, (pos, s) in enumerate(zip(cache.positions, cache.last_scores)):
         for h in range(pos.shape[0]):
             held = sorted(before[l][h])  # the entries this head had, in order: the rows of s
             in_window = [x >= window_start for x in held]
-            assert bool(torch.isinf(s[h, in_window]).all()) and bool(torch.isfinite(s[h, [not w for w in in_window]]).all())
+            assert bool(torch.isinf(s[h, in_window]).all()) and bool(
+                torch.isfinite(s[h, [not w for w in in_window]]).all()
+            )
             assert {x for x in held if x >= window_start} <= set(pos[h].tolist()), f"layer {l} head {h}: window kept"
 
 
@@ -308,13 +342,17 @@ def test_ties_go_to_the_most_recent_entries(n_sink, models, prompt):
     assert all(p[h].tolist() == want for p in cache.positions for h in range(p.shape[0]))
 
 
-@pytest.mark.parametrize("scores, n_keep, want", [
-    ([[0.5, 0.5, 0.5, 0.1]], 2, [[1, 2]]),
-    ([[1.0, 2.0, 2.0, 2.0]], 2, [[2, 3]]),
-    ([[float("inf")] * 5], 3, [[2, 3, 4]]),
-    ([[float("nan"), 0.0, float("nan")]], 2, [[1, 2]]),
-    ([[0.3, 0.1, 0.2]], 5, [[0, 1, 2]]),
-], ids=["tie-at-the-boundary", "tie-among-the-top", "all-protected", "nan-ties", "keep-more-than-n"])
+@pytest.mark.parametrize(
+    "scores, n_keep, want",
+    [
+        ([[0.5, 0.5, 0.5, 0.1]], 2, [[1, 2]]),
+        ([[1.0, 2.0, 2.0, 2.0]], 2, [[2, 3]]),
+        ([[float("inf")] * 5], 3, [[2, 3, 4]]),
+        ([[float("nan"), 0.0, float("nan")]], 2, [[1, 2]]),
+        ([[0.3, 0.1, 0.2]], 5, [[0, 1, 2]]),
+    ],
+    ids=["tie-at-the-boundary", "tie-among-the-top", "all-protected", "nan-ties", "keep-more-than-n"],
+)
 def test_top_entries_tie_rule(scores, n_keep, want):
     assert top_entries(torch.tensor(scores), n_keep).tolist() == want
 
@@ -324,7 +362,9 @@ def test_top_entries_is_deterministic_on_a_long_tie():
     assert all(top_entries(s, 100).tolist() == [list(range(3996, 4096))] * 3 for _ in range(3))
 
 
-@pytest.mark.parametrize("name, budget", [(n, 0.4) for n in SETTINGS if n != "full"] + [("snapkv", 0.1), ("infokv", 0.1)])
+@pytest.mark.parametrize(
+    "name, budget", [(n, 0.4) for n in SETTINGS if n != "full"] + [("snapkv", 0.1), ("infokv", 0.1)]
+)
 def test_n_sink_keeps_the_first_positions(name, budget, models, prompt):
     comp = dataclasses.replace(make(name, budget), n_sink=3)
     cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
@@ -358,8 +398,12 @@ def test_infokv_rep_readings_on_given_features():
     pos = torch.arange(10)[None].expand(2, 10)
     per_layer, early_final = InfoKV(rep="per_layer"), InfoKV(rep="early_final")
     for l in range(4):
-        torch.testing.assert_close(per_layer.entropy_score(l, pos, feats), (feats.entropy * feats.rep_change[l]).expand(2, 10))
-        torch.testing.assert_close(early_final.entropy_score(l, pos, feats), (feats.entropy * feats.rep_change[-1]).expand(2, 10))
+        torch.testing.assert_close(
+            per_layer.entropy_score(l, pos, feats), (feats.entropy * feats.rep_change[l]).expand(2, 10)
+        )
+        torch.testing.assert_close(
+            early_final.entropy_score(l, pos, feats), (feats.entropy * feats.rep_change[-1]).expand(2, 10)
+        )
 
 
 def test_infokv_rep_readings_differ_on_a_model(models, prompt):
@@ -445,12 +489,16 @@ def test_fork_cut_equals_a_fresh_compression(base_name, name, models, prompt):
         fork = base.fork(make(name, budget))
         fork.cut(budget * T_PROMPT)
         fresh, _ = compress_prompt(model, prompt[:T_PROMPT], make(name, budget))
-        assert fork.sizes() == fresh.sizes() and (fork.sizes() == base.sizes()) == (name == "full"), "cut (full keeps all)"
+        assert fork.sizes() == fresh.sizes() and (fork.sizes() == base.sizes()) == (name == "full"), (
+            "cut (full keeps all)"
+        )
         for l in range(anatomy.n_layers(model)):
             assert torch.equal(fork.positions[l], fresh.positions[l]), f"layer {l}: kept positions"
             assert all(torch.equal(a, b) for a, b in zip(fork.kv[l], fresh.kv[l])), f"layer {l}: kept K/V"
             torch.testing.assert_close(fork.last_scores[l], fresh.last_scores[l], rtol=0, atol=0, equal_nan=True)
-        assert torch.equal(fork.extend(prompt[T_PROMPT:], all_logits=True), fresh.extend(prompt[T_PROMPT:], all_logits=True))
+        assert torch.equal(
+            fork.extend(prompt[T_PROMPT:], all_logits=True), fresh.extend(prompt[T_PROMPT:], all_logits=True)
+        )
         _assert_same(_snapshot(base), before)
     plain = base.fork()  # the bench's reference and task scoring: an uncut fork, extended
     plain.extend(prompt[T_PROMPT : T_PROMPT + 4])

@@ -28,7 +28,7 @@ def tiny_prompt():
     return torch.randint(0, 96, (T_PROMPT + N_FUTURE,), generator=g)[:T_PROMPT]
 
 
-from helpers.decoding import FIXTURE, _check_against_old, _decode  # noqa: F401, F811
+from helpers.decoding import FIXTURE, _check_against_old, _decode  # noqa: E402, F401, F811
 
 
 @pytest.mark.parametrize("row", FIXTURE["tiny"], ids=lambda r: f"{r['method']}-{r['attn']}-{r['cache_budget']}")
@@ -44,10 +44,17 @@ def test_generate_matches_the_old_greedy_loop_tiny(row, tiny, tiny_prompt):
 def test_bare_model_generate_inside_apply(tiny, tiny_prompt):
     """``model.generate`` itself (no wrapper, no cache passed) decodes over the cut cache."""
     model = tiny["sdpa"]
-    row = next(r for r in FIXTURE["tiny"] if r["method"] == "pyramidkv" and r["attn"] == "sdpa" and r["cache_budget"] == 24)
+    row = next(
+        r for r in FIXTURE["tiny"] if r["method"] == "pyramidkv" and r["attn"] == "sdpa" and r["cache_budget"] == 24
+    )
     with make("pyramidkv", 1.0).apply(model, DecodingConfig(cache_budget=24, interval=4)) as run:
-        out = model.generate(input_ids=tiny_prompt[None], attention_mask=torch.ones(1, T_PROMPT, dtype=torch.long),
-                             max_new_tokens=30, do_sample=False, pad_token_id=0)
+        out = model.generate(
+            input_ids=tiny_prompt[None],
+            attention_mask=torch.ones(1, T_PROMPT, dtype=torch.long),
+            max_new_tokens=30,
+            do_sample=False,
+            pad_token_id=0,
+        )
     assert out[0, T_PROMPT:].tolist() == row["tokens"] and run.cuts > 0
     assert len(set(run.cache.sizes())) > 1  # PyramidKV: the layers hold different numbers of entries
     assert _no_hooks(model)
@@ -56,8 +63,9 @@ def test_bare_model_generate_inside_apply(tiny, tiny_prompt):
 def test_full_cache_equals_plain_generate(tiny, tiny_prompt):
     model = tiny["sdpa"]
     plain = generate(model, tiny_prompt, max_new_tokens=12)
-    tokens, run = _decode(model, tiny_prompt, get_compressor("full"), DecodingConfig(cache_budget=10_000, interval=4),
-                          max_new_tokens=12)
+    tokens, run = _decode(
+        model, tiny_prompt, get_compressor("full"), DecodingConfig(cache_budget=10_000, interval=4), max_new_tokens=12
+    )
     assert tokens == plain and run.cuts == 0
 
 

@@ -47,7 +47,9 @@ def test_cuda_workspaces_are_capped_by_free_memory(monkeypatch):
     monkeypatch.setattr(host, "available_bytes", lambda device: free)
     row = DEFAULTS["cuda"]
     for key, name in (("scores", "score_bytes"), ("logits", "logit_bytes"), ("kl", "kl_bytes")):
-        assert engine._workspace(torch.device("cuda"), key, None) == min(getattr(row, name), int(free * row.workspace_free_fraction))
+        assert engine._workspace(torch.device("cuda"), key, None) == min(
+            getattr(row, name), int(free * row.workspace_free_fraction)
+        )
     assert engine._workspace(torch.device("cuda"), "scores", 777) == 777
 
 
@@ -67,8 +69,14 @@ def test_entropy_chunk_comes_from_the_table(monkeypatch):
 
 
 def test_parse_recommendations_converts_and_validates():
-    got = parse_recommendations(["speed_x=3", "recommend_cuda_score_bytes=268435456", "recommend_cuda_kernel=flash",
-                                 "recommend_cpu_batch_cap=8"])
+    got = parse_recommendations(
+        [
+            "speed_x=3",
+            "recommend_cuda_score_bytes=268435456",
+            "recommend_cuda_kernel=flash",
+            "recommend_cpu_batch_cap=8",
+        ]
+    )
     assert got == {("cuda", "score_bytes"): 268435456, ("cuda", "kernel"): "flash", ("cpu", "batch_cap"): 8}
     with pytest.raises(ValueError, match="valid: dtype, kernel"):
         parse_recommendations(["recommend_cuda_batchcap=3"])

@@ -28,18 +28,31 @@ from forward_influence.measurement.run import measure  # noqa: E402
 
 # "~" makes the fault source raise; "^" makes the workers slow (time to kill one mid-unit).
 SOURCE = TinySource(fault="raise", delay=0.25, delay_char="^")
+
+
 def small(docs: Path, **kw) -> MeasureConfig:
-    base = dict(doc=str(docs), words=False, progress=False, report=False, batch_size=4, n_prefix=(24, 48), n_future=16,
-                window=8, stride=3)
+    base = dict(
+        doc=str(docs),
+        words=False,
+        progress=False,
+        report=False,
+        batch_size=4,
+        n_prefix=(24, 48),
+        n_future=16,
+        window=8,
+        stride=3,
+    )
     return MeasureConfig(**{**base, **kw})
 
 
 def spec(**kw) -> ClusterSpec:
-    base = dict(gpu_resource="fi_gpu", threads=torch.get_num_threads(), max_restarts=2, max_task_retries=1, max_attempts=2)
+    base = dict(
+        gpu_resource="fi_gpu", threads=torch.get_num_threads(), max_restarts=2, max_task_retries=1, max_attempts=2
+    )
     return ClusterSpec("local:2", **{**base, **kw})
 
 
-from helpers.distributed import ROOT, TABLES, TEXT, assert_same_tables, cluster, docs, ray, text, write_docs  # noqa: F401, F811
+from helpers.distributed import ROOT, TABLES, TEXT, assert_same_tables, cluster, docs, ray, text, write_docs  # noqa: E402, F401, F811
 
 
 class TestSharedPool:
@@ -122,19 +135,50 @@ class TestSharedPool:
 
         from forward_influence.cli.measure import entry
 
-        m = importlib.import_module("forward_influence.measurement.run")  # the module (the package exports the function)
+        m = importlib.import_module(
+            "forward_influence.measurement.run"
+        )  # the module (the package exports the function)
         bad = write_docs(tmp_path / "bad.jsonl", {"ok": text(0), "bad": "~" + text(1)})
         monkeypatch.setattr(m, "measure", functools.partial(m.measure, cluster=pool))
         with pytest.raises(SystemExit) as e:
-            entry(["--doc", str(bad), "--out", str(tmp_path / "o"), "--ray", "local:2", "--no-words", "--no-report",
-                   "--n-prefix", "48", "--n-future", "16", "--stride", "6", "--window", "8", "--batch-size", "4"])
+            entry(
+                [
+                    "--doc",
+                    str(bad),
+                    "--out",
+                    str(tmp_path / "o"),
+                    "--ray",
+                    "local:2",
+                    "--no-words",
+                    "--no-report",
+                    "--n-prefix",
+                    "48",
+                    "--n-future",
+                    "16",
+                    "--stride",
+                    "6",
+                    "--window",
+                    "8",
+                    "--batch-size",
+                    "4",
+                ]
+            )
         err = capsys.readouterr().err
         assert e.value.code == 1
         assert "unit bad N=48 failed after 2 attempts: RuntimeError: injected fault" in err and "status partial" in err
 
     def test_bench_equals_single_process(self, pool, docs, tmp_path):
-        cfg = dict(task="fidelity", doc=str(docs), methods=("full", "snapkv", "h2o"), budgets=(0.5,), n_prefix=48,
-                   n_future=16, progress=False, report=False, bootstrap=50)
+        cfg = dict(
+            task="fidelity",
+            doc=str(docs),
+            methods=("full", "snapkv", "h2o"),
+            budgets=(0.5,),
+            n_prefix=48,
+            n_future=16,
+            progress=False,
+            report=False,
+            bootstrap=50,
+        )
         got = run_bench(BenchConfig(**cfg, ray="local:2", out=str(tmp_path / "b")), cluster=pool)
         want = run_bench(BenchConfig(**cfg), source=SOURCE)
         pd.testing.assert_frame_equal(want.drop(columns="seconds"), got.drop(columns="seconds"), check_exact=True)

@@ -31,8 +31,11 @@ check_docs = sys.modules.setdefault("check_docs", importlib.util.module_from_spe
 _spec.loader.exec_module(check_docs)
 COMMANDS = check_docs.collect()
 SHELL = [c for c in COMMANDS if c.kind == "shell"]
-PARSERS = {"fi-measure": (cli_measure.build_parser, MeasureConfig), "fi-bench": (cli_bench.build_parser, BenchConfig),
-           "fi-analyze": (cli_analyze.build_parser, None)}
+PARSERS = {
+    "fi-measure": (cli_measure.build_parser, MeasureConfig),
+    "fi-bench": (cli_bench.build_parser, BenchConfig),
+    "fi-analyze": (cli_analyze.build_parser, None),
+}
 
 
 def argv_of(text: str) -> list[str]:
@@ -64,7 +67,9 @@ def test_the_pages_have_the_commands_the_issue_names():
     # only GPU, hub, multi-machine, templates and the suite itself are skipped
     for c in COMMANDS:
         if c.action == "skip":
-            assert re.search(r"GPU|hub model|across machines|template|suite itself|checker itself|one by one|in prose", c.extra), c
+            assert re.search(
+                r"GPU|hub model|across machines|template|suite itself|checker itself|one by one|in prose", c.extra
+            ), c
 
 
 @pytest.mark.parametrize("cmd", [c for c in SHELL if c.text.split()[0] in PARSERS], ids=lambda c: f"{c.page}:{c.line}")
@@ -133,6 +138,10 @@ def _missing_imports(source: str, where: str) -> list[str]:
 def test_scripts_and_doc_examples_import_names_that_exist():
     """The scripts and the Python examples the docs show import only what the package has (a moved
     module breaks them silently: nothing else in the suite imports scripts/ or runs the pages)."""
-    missing = [m for script in sorted((ROOT / "scripts").glob("*.py")) for m in _missing_imports(script.read_text(), script.name)]
+    missing = [
+        m
+        for script in sorted((ROOT / "scripts").glob("*.py"))
+        for m in _missing_imports(script.read_text(), script.name)
+    ]
     missing += [m for c in COMMANDS if c.kind == "python" for m in _missing_imports(c.text, f"{c.page}:{c.line}")]
     assert not missing, missing

@@ -21,7 +21,11 @@ TEXT = "The quick brown fox jumps over the lazy dog."
         ("a.json", {"id": "solo", "text": TEXT}, ["solo"]),
         ("a.json", [{"article_id": "p1", "article": TEXT, "abstract": "A."}], ["p1"]),
         ("a.json", [{"article_id": "p2", "article_text": ["One.", "Two."], "abstract_text": ["A."]}], ["p2"]),
-        ("a.json", {"version": "v2.0", "data": [{"title": "T1", "paragraphs": [{"context": "P1."}, {"context": "P2."}]}]}, ["T1"]),
+        (
+            "a.json",
+            {"version": "v2.0", "data": [{"title": "T1", "paragraphs": [{"context": "P1."}, {"context": "P2."}]}]},
+            ["T1"],
+        ),
     ],
     ids=["array", "object", "arxiv-hf", "arxiv-original", "squad"],
 )
@@ -35,7 +39,9 @@ def test_layouts(tmp_path, name, content, want_ids):
 
 def test_squad_paragraphs_joined(tmp_path):
     p = tmp_path / "s.json"
-    p.write_text(json.dumps({"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "A."}, {"context": "B."}]}]}))
+    p.write_text(
+        json.dumps({"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "A."}, {"context": "B."}]}]})
+    )
     assert load_documents(p)[0].text == "A.\n\nB."
 
 

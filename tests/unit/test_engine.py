@@ -15,6 +15,8 @@ from forward_influence.tools import checks
 
 N, F = checks.SPLIT_N, checks.SPLIT_F
 rel_err = checks.rel_err
+
+
 def reference_split(model, ids, n, f, i):
     """Independent: full forward with a 4-D mask hiding column i from rows >= n."""
     return checks.oracle_split_kl(model, ids, n, f, [i])[0]
@@ -65,7 +67,9 @@ def test_sliding_delay_is_the_eviction_time(ids):
     model = tiny_model()
     eng = ForwardInfluenceEngine(model, batch_size=4)
     late, early = eng.sliding(ids, [5], 9, delay=6), eng.sliding(ids, [5], 14, delay=1).kl[0, 5:]
-    assert late.delay == 6 and rel_err(late.kl[0], early) > 1e-3  # same queries scored; the source seen by 5 more of them
+    assert (
+        late.delay == 6 and rel_err(late.kl[0], early) > 1e-3
+    )  # same queries scored; the source seen by 5 more of them
     with pytest.raises(ValueError, match="delay"):
         eng.sliding(ids, [40], 9, delay=6)  # 40 + 6 + 9 > 48
 
@@ -93,14 +97,19 @@ def test_each_kv_head_ablation_matches_its_masked_query_group(kernel, arch, ids)
     interleaved grouping (``h, h+2, h+4``), are both >= 100x the tolerance away.
     Both kernels: each applies the per-head selection in its own code."""
     got = {c.name: c for c in checks.check_kv_heads(tiny_model(arch, attn="eager"), ids, kernel=kernel)}
-    assert set(got) == {"engine_kv_head", "engine_kv_head_ablated_rows_nonzero", "engine_kv_head_wrong_head_caught",
-                        "engine_kv_head_interleaved_grouping_caught"}
+    assert set(got) == {
+        "engine_kv_head",
+        "engine_kv_head_ablated_rows_nonzero",
+        "engine_kv_head_wrong_head_caught",
+        "engine_kv_head_interleaved_grouping_caught",
+    }
     assert_checks(list(got.values()))
 
 
 def test_layer_and_head_ablations_differ_from_hiding_everywhere(ids):
     res = ForwardInfluenceEngine(tiny_model(), batch_size=4).split(
-        ids, N, F, [Ablation((5,), layers=(1,)), Ablation((5,), layers=(1,), kv_heads=(0,)), Ablation((5,))])
+        ids, N, F, [Ablation((5,), layers=(1,)), Ablation((5,), layers=(1,), kv_heads=(0,)), Ablation((5,))]
+    )
     layer1, head0, every = res.kl.sum(1)
     assert 0 < head0 and 0 < layer1
     assert not np.isclose(layer1, every) and not np.isclose(head0, layer1)
@@ -155,7 +164,11 @@ def test_attention_mode_restores_implementation(ids):
 
 @pytest.mark.parametrize(
     "abl, match",
-    [(Ablation((N,)), "out of range"), (Ablation((1,), layers=(9,)), "layers"), (Ablation((1,), kv_heads=(5,)), "kv_heads")],
+    [
+        (Ablation((N,)), "out of range"),
+        (Ablation((1,), layers=(9,)), "layers"),
+        (Ablation((1,), kv_heads=(5,)), "kv_heads"),
+    ],
     ids=["position", "layer", "head"],
 )
 def test_bad_ablations_rejected(abl, match, ids):
@@ -186,7 +199,9 @@ def test_ablation_hiding_the_whole_prefix(kernel, ids):
     kernel returns lse 0, not -inf, for a fully masked row)."""
     model = tiny_model()
     n = 3
-    res = ForwardInfluenceEngine(model, batch_size=2, kernel=kernel).split(ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))])
+    res = ForwardInfluenceEngine(model, batch_size=2, kernel=kernel).split(
+        ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))]
+    )
     ref = cache_api.full_forward_hiding(model, ids[: n + F], None, n)
     for k, cols in enumerate([range(n), [1]]):
         abl = cache_api.full_forward_hiding(model, ids[: n + F], cols, n)
@@ -219,7 +234,7 @@ def test_dither_moves_each_element_by_one_rounding_step():
         xd = x.to(dtype)
         y = forwards.dither_embeddings(xd)
         eps = torch.finfo(dtype).eps
-        rel = ((y.double() - xd.double()).abs() / xd.double().abs())
+        rel = (y.double() - xd.double()).abs() / xd.double().abs()
         assert float(rel.max()) <= 2 * eps  # one step (plus the product's rounding)
         assert float((y != xd).float().mean()) > 0.9  # and it does move (not rounded away)
         assert torch.equal(y, forwards.dither_embeddings(xd))  # deterministic
@@ -268,7 +283,9 @@ def test_cuda_fused_path_hides_the_whole_prefix(emulated_cuda_kernel, ids):
     """A row with every prefix entry hidden: the kernel's NaN row is replaced."""
     model = tiny_model()
     n = 3
-    res = ForwardInfluenceEngine(model, batch_size=2, kernel="flash").split(ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))])
+    res = ForwardInfluenceEngine(model, batch_size=2, kernel="flash").split(
+        ids, n, F, [Ablation(tuple(range(n))), Ablation((1,))]
+    )
     ref = cache_api.full_forward_hiding(model, ids[: n + F], None, n)[n:]
     every = centred_kl(ref, cache_api.full_forward_hiding(model, ids[: n + F], list(range(n)), n)[n:]).numpy()
     assert np.isfinite(res.kl).all()

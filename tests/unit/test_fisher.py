@@ -13,6 +13,8 @@ from forward_influence.tools import checks
 
 N, F = 24, 12
 REL_TOL_EPS2 = 0.05  # KL(m_i = 1 - eps) / eps^2 vs the Fisher term, eps = 1e-2
+
+
 @pytest.fixture(scope="module")
 def setup():
     model = tiny_model().double()
@@ -65,7 +67,10 @@ def test_sampling_converges_to_the_expectation(setup):
 def test_topk_with_the_whole_vocabulary_is_exact_up_to_signs(setup):
     model, ids, pre = setup
     fisher = exact_fisher(model, pre.prefix(N), ids[N:])
-    runs = [FisherEstimator(model, samples=96, targets="topk", seed=k).split(ids, N, F, prefill=pre).kl[:, 0] for k in range(6)]
+    runs = [
+        FisherEstimator(model, samples=96, targets="topk", seed=k).split(ids, N, F, prefill=pre).kl[:, 0]
+        for k in range(6)
+    ]
     mean = np.mean(runs, 0)  # only the random signs remain random
     assert np.median(np.abs(mean / fisher - 1)) < 0.1
 

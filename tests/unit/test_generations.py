@@ -25,6 +25,8 @@ from forward_influence.measurement.run import measure
 PROMPTS = ["Say something long about the sea.", "Héllo — count to ten, please."]
 #: sliding mode, tiny: D = 2, H = 4, so a generation needs 6 new tokens
 SLIDING = dict(mode="sliding", delay=2, horizon=4, window=2, stride=3, words=False, progress=False, report=False)
+
+
 @pytest.fixture(scope="module")
 def lm():
     return tiny_chat_model()
@@ -37,7 +39,7 @@ def prompts(tmp_path):
     return p
 
 
-from helpers.generations import gen_settings  # noqa: F401, F811
+from helpers.generations import gen_settings  # noqa: E402, F401, F811
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
@@ -114,8 +116,19 @@ def test_too_short_generation_skipped_with_a_reason(lm, tmp_path, caplog):
     p.write_text(json.dumps([{"id": "short", "text": "Hi"}, {"id": "long", "text": "x" * 40}]))
     n_long = len(G.chat_prompt_ids(lm.tokenizer, "x" * 40))
     # split mode needs N + F tokens in all: the long prompt + 6 new tokens has them, the short one not
-    cfg = MeasureConfig(generate=str(p), mode="split", n_prefix=(n_long,), n_future=4, stride=4, window=2, max_new_tokens=6,
-                        min_new_tokens=6, words=False, progress=False, report=False)
+    cfg = MeasureConfig(
+        generate=str(p),
+        mode="split",
+        n_prefix=(n_long,),
+        n_future=4,
+        stride=4,
+        window=2,
+        max_new_tokens=6,
+        min_new_tokens=6,
+        words=False,
+        progress=False,
+        report=False,
+    )
     with caplog.at_level("WARNING", logger="forward_influence.measurement.run"):
         res = measure(cfg, lm)
     assert res.summary.doc_id.unique().tolist() == ["long"]
@@ -176,7 +189,10 @@ def test_interrupted_generation_keeps_finished_prompts(lm, prompts, tmp_path, mo
     monkeypatch.setattr(G, "generate_ids", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         measure(MeasureConfig(**kw), lm)
-    assert len((tmp_path / "g" / "generations.jsonl").read_text().splitlines()) == 1 and not (tmp_path / "g" / "run.json").exists()
+    assert (
+        len((tmp_path / "g" / "generations.jsonl").read_text().splitlines()) == 1
+        and not (tmp_path / "g" / "run.json").exists()
+    )
     monkeypatch.setattr(G, "generate_ids", real)
     res = measure(MeasureConfig(**kw), lm)
     assert (res.meta["generation"]["reused"], res.meta["generation"]["generated"]) == (1, 1)
@@ -187,7 +203,13 @@ def test_generations_file_remeasured_without_generating(lm, prompts, tmp_path, m
     kw = dict(max_new_tokens=14, min_new_tokens=14, **SLIDING)
     first = measure(MeasureConfig(generate=str(prompts), out=str(tmp_path / "a"), **kw), lm)
     monkeypatch.setattr(G, "generate_ids", lambda *a, **k: pytest.fail("regenerated"))
-    split = measure(MeasureConfig(generate=str(tmp_path / "a" / "generations.jsonl"), **{**kw, "mode": "split", "n_prefix": (30,), "n_future": 8}), lm)
+    split = measure(
+        MeasureConfig(
+            generate=str(tmp_path / "a" / "generations.jsonl"),
+            **{**kw, "mode": "split", "n_prefix": (30,), "n_future": 8},
+        ),
+        lm,
+    )
     assert split.meta["generation"]["from_file"] == 2
     for d in ("10", "11"):
         a = first.tokens[first.tokens.doc_id == d].token_id.tolist()
@@ -197,8 +219,19 @@ def test_generations_file_remeasured_without_generating(lm, prompts, tmp_path, m
 def test_segment_restricts_the_analysis(lm, prompts, tmp_path):
     # split inside the generations, with >= 4 generated candidates (below N - window) per prompt
     n = max(len(G.chat_prompt_ids(lm.tokenizer, t)) for t in PROMPTS) + 12
-    cfg = MeasureConfig(generate=str(prompts), mode="split", n_prefix=(n,), n_future=6, window=2, stride=2, max_new_tokens=24,
-                        min_new_tokens=24, words=False, progress=False, report=False)
+    cfg = MeasureConfig(
+        generate=str(prompts),
+        mode="split",
+        n_prefix=(n,),
+        n_future=6,
+        window=2,
+        stride=2,
+        max_new_tokens=24,
+        min_new_tokens=24,
+        words=False,
+        progress=False,
+        report=False,
+    )
     res = measure(cfg, lm)
     n_prompt = {d["doc_id"]: d["n_prompt"] for d in res.meta["documents"]}
     assert sorted(n_prompt) == ["10", "11"]  # neither generation skipped as too short
@@ -216,7 +249,20 @@ def test_segment_restricts_the_analysis(lm, prompts, tmp_path):
 def test_segment_needs_a_generate_run(lm, tmp_path):
     d = tmp_path / "d.json"
     d.write_text(json.dumps({"id": "d", "text": "The sea is wide and deep. " * 4}))
-    res = measure(MeasureConfig(doc=str(d), mode="split", n_prefix=(30,), n_future=8, window=2, stride=2, words=False, progress=False, report=False), lm)
+    res = measure(
+        MeasureConfig(
+            doc=str(d),
+            mode="split",
+            n_prefix=(30,),
+            n_future=8,
+            window=2,
+            stride=2,
+            words=False,
+            progress=False,
+            report=False,
+        ),
+        lm,
+    )
     assert "segment" not in res.tokens
     with pytest.raises(InputError, match="--segment generated needs a run of fi-measure --generate"):
         analyze(res, AnalyzeConfig(segment="generated", n_boot=20))
@@ -237,11 +283,18 @@ def test_synthetic_prompts_from_the_run_seed(lm):
         G.load_prompts(MeasureConfig(generate="synthetic:sudoku"), lm.tokenizer)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--doc", "d.json", "--generate", "p.jsonl"], "give --doc (documents) or --generate (prompts to continue), not both"),
-    (["--generate", "missing.jsonl"], "file not found"),
-    (["--generate", "p.jsonl", "--top-p", "0.9"], "--top-p samples; give --temperature > 0"),
-], ids=["doc-and-generate", "missing-prompts", "top-p-without-temperature"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--doc", "d.json", "--generate", "p.jsonl"],
+            "give --doc (documents) or --generate (prompts to continue), not both",
+        ),
+        (["--generate", "missing.jsonl"], "file not found"),
+        (["--generate", "p.jsonl", "--top-p", "0.9"], "--top-p samples; give --temperature > 0"),
+    ],
+    ids=["doc-and-generate", "missing-prompts", "top-p-without-temperature"],
+)
 def test_cli_bad_generate_flags_one_line_no_output(argv, message, tmp_path, capsys, monkeypatch):
     from forward_influence.cli.measure import entry
 

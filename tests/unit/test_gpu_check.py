@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "gpu_check.py"
 # Not on the GPU machine (issue 17), and this project's optional extras.
 ABSENT = ("spacy", "gguf", "platformdirs", "accelerate", "kvpress", "lm_eval", "nltk")
-BLOCK = f"import sys\nfor _name in {ABSENT!r}:\n    sys.modules[_name] = None  # import raises ImportError; find_spec says absent\n"
+BLOCK = (
+    f"import sys\nfor _name in {ABSENT!r}:\n"
+    "    sys.modules[_name] = None  # import raises ImportError; find_spec says absent\n"
+)
 RECOMMENDED = {"batch_cap", "kernel", "score_bytes", "logit_bytes", "kl_bytes", "entropy_logit_bytes"}
 RUN_TIMEOUT_S = 600
 
@@ -40,10 +43,20 @@ def parse(stdout: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    code = BLOCK + f"import runpy\nsys.argv = [{str(SCRIPT)!r}, '--device', 'cpu', '--tiny']\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    code = (
+        BLOCK
+        + f"import runpy\nsys.argv = [{str(SCRIPT)!r}, '--device', 'cpu', '--tiny']\n"
+        + "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-                          cwd=tmp_path_factory.mktemp("elsewhere"), env=bare_env())
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        cwd=tmp_path_factory.mktemp("elsewhere"),
+        env=bare_env(),
+    )
     print(f"gpu_check --device cpu --tiny: {time.perf_counter() - t0:.1f} s")
     return proc, parse(proc.stdout)
 
@@ -64,8 +77,14 @@ def test_every_check_passed(tiny_run):
     verdicts = {k: v for k, v in lines.items() if k.startswith("check_") and v in ("pass", "FAIL")}
     assert len(verdicts) >= 30
     assert [k for k, v in verdicts.items() if v != "pass"] == []
-    for name in ("engine_split_llama_flash_fp32", "engine_sliding_qwen2_matmul_bf16", "engine_layer_head_flash_fp32",
-                 "engine_kernels_agree_sliding_fp32", "compress_continuation_fi_oracle_bf16", "fisher_gradient_fd_fp64"):
+    for name in (
+        "engine_split_llama_flash_fp32",
+        "engine_sliding_qwen2_matmul_bf16",
+        "engine_layer_head_flash_fp32",
+        "engine_kernels_agree_sliding_fp32",
+        "compress_continuation_fi_oracle_bf16",
+        "fisher_gradient_fd_fp64",
+    ):
         assert verdicts.get(f"check_{name}") == "pass", name
     assert lines["summary_checks_failed"] == "0"
 
@@ -74,8 +93,16 @@ def test_speed_and_memory_lines_are_positive_numbers(tiny_run):
     _, lines = tiny_run
     numbers = {k: float(v) for k, v in lines.items() if k.startswith(("speed_", "mem_"))}
     assert [k for k, v in numbers.items() if not (math.isfinite(v) and v > 0)] == []
-    for prefix in ("speed_engine_bf16_", "speed_engine_fp32_", "speed_embedded_", "speed_fisher_", "speed_compress_infokv_over_snapkv",
-                   "speed_decode_infokv_25pct_over_full", "speed_sweep_batch_cap_", "mem_compress_"):
+    for prefix in (
+        "speed_engine_bf16_",
+        "speed_engine_fp32_",
+        "speed_embedded_",
+        "speed_fisher_",
+        "speed_compress_infokv_over_snapkv",
+        "speed_decode_infokv_25pct_over_full",
+        "speed_sweep_batch_cap_",
+        "mem_compress_",
+    ):
         assert any(k.startswith(prefix) for k in numbers), prefix
 
 

@@ -42,16 +42,35 @@ def latin1(obj) -> bytes:
 #: name -> (file name, bytes, substrings of the one error line)
 BAD_FILES = {
     "latin1-txt": ("doc.txt", b"Caf\xe9 au lait", ["not UTF-8 at byte 3 (0xe9", "iconv"]),
-    "latin1-json": ("doc.json", latin1({"id": "a", "text": "Café"}), [f"not UTF-8 at byte {latin1({'id': 'a', 'text': 'Café'}).index(0xe9)}", "re-save it as UTF-8"]),
-    "latin1-jsonl-line2": ("doc.jsonl", GOOD_LINE.encode() + latin1({"id": "b", "text": "é"}), [f"not UTF-8 at byte {len(GOOD_LINE.encode()) + 21}"]),
+    "latin1-json": (
+        "doc.json",
+        latin1({"id": "a", "text": "Café"}),
+        [f"not UTF-8 at byte {latin1({'id': 'a', 'text': 'Café'}).index(0xE9)}", "re-save it as UTF-8"],
+    ),
+    "latin1-jsonl-line2": (
+        "doc.jsonl",
+        GOOD_LINE.encode() + latin1({"id": "b", "text": "é"}),
+        [f"not UTF-8 at byte {len(GOOD_LINE.encode()) + 21}"],
+    ),
     "latin1-squad": ("squad.json", latin1(squad("The quick brown fox, café.")), ["not UTF-8 at byte", "iconv"]),
     "bom-then-latin1": ("doc.txt", textfiles.BOM + b"ab\xff", ["not UTF-8 at byte 5 (0xff"]),
     "utf16": ("doc.txt", TEXT.encode("utf-16"), ["not UTF-8 at byte 0 (0xff", "iconv -f utf-16"]),
     "nul-txt": ("doc.txt", b"abc\x00def", ["NUL character at byte 3", "UTF-8 text without NULs"]),
-    "escape-jsonl": ("doc.jsonl", GOOD_LINE.encode() + b'{"id": "b", "text": "esc\x1b[0m"}\n', [f"U+001B at byte {len(GOOD_LINE.encode()) + 24}", "remove it"]),
-    "escaped-nul-json": ("doc.json", json.dumps([{"id": "z", "text": "a\u0000b"}]).encode(), ["document 'z': NUL character at character 1"]),
-    "too-large-json": ("big.json", json.dumps([{"id": f"d{i}", "text": TEXT} for i in range(40)]).encode(),
-                       ["above the 1 KiB limit for .json", "convert it to JSONL"]),
+    "escape-jsonl": (
+        "doc.jsonl",
+        GOOD_LINE.encode() + b'{"id": "b", "text": "esc\x1b[0m"}\n',
+        [f"U+001B at byte {len(GOOD_LINE.encode()) + 24}", "remove it"],
+    ),
+    "escaped-nul-json": (
+        "doc.json",
+        json.dumps([{"id": "z", "text": "a\u0000b"}]).encode(),
+        ["document 'z': NUL character at character 1"],
+    ),
+    "too-large-json": (
+        "big.json",
+        json.dumps([{"id": f"d{i}", "text": TEXT} for i in range(40)]).encode(),
+        ["above the 1 KiB limit for .json", "convert it to JSONL"],
+    ),
 }
 
 
@@ -99,8 +118,11 @@ def test_bad_file_one_line(case, tmp_path, monkeypatch):
     assert "\n" not in msg and all(n in msg for n in needles), msg
 
 
-@pytest.mark.parametrize("name, body", [("d.txt", TEXT), ("d.json", json.dumps([{"id": "a", "text": TEXT}])), ("d.jsonl", GOOD_LINE)],
-                         ids=["txt", "json", "jsonl"])
+@pytest.mark.parametrize(
+    "name, body",
+    [("d.txt", TEXT), ("d.json", json.dumps([{"id": "a", "text": TEXT}])), ("d.jsonl", GOOD_LINE)],
+    ids=["txt", "json", "jsonl"],
+)
 def test_bom_accepted(tmp_path, name, body):
     p = tmp_path / name
     p.write_bytes(textfiles.BOM + body.encode())
@@ -113,7 +135,9 @@ def test_read_failure_midway_and_vanished_file(tmp_path, monkeypatch):
     p.write_text(GOOD_LINE * 3)
     with monkeypatch.context() as m:
         failing_midway(m)
-        with pytest.raises(InputError, match=rf"d.jsonl: read failed at byte {len(GOOD_LINE.encode())} \(Input/output error\); check"):
+        with pytest.raises(
+            InputError, match=rf"d.jsonl: read failed at byte {len(GOOD_LINE.encode())} \(Input/output error\); check"
+        ):
             load_documents(p)
         (tmp_path / "x.json").write_text("[]")
         with pytest.raises(InputError, match=r"x.json: read failed \(Input/output error\)"):
@@ -142,7 +166,9 @@ def test_json_size_limit_is_named(tmp_path, monkeypatch):
     p = tmp_path / "big.json"
     p.write_text(json.dumps([{"id": f"d{i}", "text": TEXT} for i in range(40)]))
     monkeypatch.setattr(textfiles, "MAX_JSON_BYTES", SMALL_JSON_LIMIT)
-    with pytest.raises(InputError, match=rf"big.json is {textfiles.human_bytes(p.stat().st_size)}, above the 1 KiB limit for .json"):
+    with pytest.raises(
+        InputError, match=rf"big.json is {textfiles.human_bytes(p.stat().st_size)}, above the 1 KiB limit for .json"
+    ):
         load_documents(p)
 
 
@@ -151,16 +177,49 @@ def tiny_run(out: Path) -> Path:
     """A complete fi-measure run directory of two sources on a four-token document."""
     from forward_influence.store.tables import summarize_influence
 
-    tokens = pd.DataFrame({"doc_id": ["d0"] * 4, "pos": range(4), "token_id": [5, 6, 7, 8], "token": list("abcd"),
-                           "char_start": range(4), "char_end": range(1, 5)})
-    influence = pd.DataFrame({"doc_id": "d0", "mode": "split", "split_pos": 2, "source_pos": [0, 0, 1, 1], "layer": pd.NA,
-                              "kv_head": pd.NA, "target_pos": [2, 3, 2, 3], "distance": [2, 3, 1, 2], "distance_tau": [0, 1, 0, 1],
-                              "kl": [0.1, 0.2, 0.3, 0.4]})
+    tokens = pd.DataFrame(
+        {
+            "doc_id": ["d0"] * 4,
+            "pos": range(4),
+            "token_id": [5, 6, 7, 8],
+            "token": list("abcd"),
+            "char_start": range(4),
+            "char_end": range(1, 5),
+        }
+    )
+    influence = pd.DataFrame(
+        {
+            "doc_id": "d0",
+            "mode": "split",
+            "split_pos": 2,
+            "source_pos": [0, 0, 1, 1],
+            "layer": pd.NA,
+            "kv_head": pd.NA,
+            "target_pos": [2, 3, 2, 3],
+            "distance": [2, 3, 1, 2],
+            "distance_tau": [0, 1, 0, 1],
+            "kl": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
     influence[["split_pos", "layer", "kv_head"]] = influence[["split_pos", "layer", "kv_head"]].astype("Int64")
-    source = pd.DataFrame({"doc_id": "d0", "split_pos": pd.array([2, 2], dtype="Int64"), "pos": [0, 1], "tau": [2, 2],
-                           "attn_snapkv": [0.6, 0.4], "attn_h2o": [0.7, 0.3]})
-    meta = {"run_id": "tiny", "status": "complete", "config": MeasureConfig(n_prefix=(2,), n_future=2, out=str(out)).to_dict()}
-    return MeasureResult(tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=source, meta=meta).save(out)
+    source = pd.DataFrame(
+        {
+            "doc_id": "d0",
+            "split_pos": pd.array([2, 2], dtype="Int64"),
+            "pos": [0, 1],
+            "tau": [2, 2],
+            "attn_snapkv": [0.6, 0.4],
+            "attn_h2o": [0.7, 0.3],
+        }
+    )
+    meta = {
+        "run_id": "tiny",
+        "status": "complete",
+        "config": MeasureConfig(n_prefix=(2,), n_future=2, out=str(out)).to_dict(),
+    }
+    return MeasureResult(
+        tokens=tokens, influence=influence, summary=summarize_influence(influence), source_signals=source, meta=meta
+    ).save(out)
 
 
 def edit_run_json(out: Path, **changes) -> None:
@@ -179,15 +238,34 @@ def truncate(path: Path) -> None:
 
 #: name -> (damage done to a tiny run directory, substrings of the one error line)
 BAD_RUNS = {
-    "truncated-tokens": (lambda r: truncate(r / "tokens.parquet"), ["tokens.parquet is not a readable Parquet table", "re-run fi-measure"]),
-    "garbage-summary": (lambda r: (r / "summary.parquet").write_bytes(b"not parquet" * 20), ["summary.parquet is not a readable Parquet table"]),
+    "truncated-tokens": (
+        lambda r: truncate(r / "tokens.parquet"),
+        ["tokens.parquet is not a readable Parquet table", "re-run fi-measure"],
+    ),
+    "garbage-summary": (
+        lambda r: (r / "summary.parquet").write_bytes(b"not parquet" * 20),
+        ["summary.parquet is not a readable Parquet table"],
+    ),
     "missing-influence": (lambda r: (r / "influence.parquet").unlink(), ["influence.parquet is missing"]),
-    "newer-version": (lambda r: edit_run_json(r, schema_version=SCHEMA_VERSION + 1),
-                      [f"run.json has schema_version {SCHEMA_VERSION + 1}, but forward_influence", f"reads schema_version {SCHEMA_VERSION}",
-                       "re-run fi-measure with this version"]),
-    "unversioned-other-layout": (lambda r: (edit_run_json(r, schema_version=None), pd.read_parquet(r / "summary.parquet").drop(columns="fi_far").to_parquet(r / "summary.parquet")),
-                                 ["no schema_version", "lacks columns ['fi_far']", "re-run fi-measure"]),
-    "corrupt-run-json": (lambda r: (r / "run.json").write_text('{"status": "compl'), ["run.json is unreadable", "re-run fi-measure"]),
+    "newer-version": (
+        lambda r: edit_run_json(r, schema_version=SCHEMA_VERSION + 1),
+        [
+            f"run.json has schema_version {SCHEMA_VERSION + 1}, but forward_influence",
+            f"reads schema_version {SCHEMA_VERSION}",
+            "re-run fi-measure with this version",
+        ],
+    ),
+    "unversioned-other-layout": (
+        lambda r: (
+            edit_run_json(r, schema_version=None),
+            pd.read_parquet(r / "summary.parquet").drop(columns="fi_far").to_parquet(r / "summary.parquet"),
+        ),
+        ["no schema_version", "lacks columns ['fi_far']", "re-run fi-measure"],
+    ),
+    "corrupt-run-json": (
+        lambda r: (r / "run.json").write_text('{"status": "compl'),
+        ["run.json is unreadable", "re-run fi-measure"],
+    ),
 }
 
 
@@ -230,9 +308,20 @@ def test_buckets_count_from_the_eviction_time_in_both_modes(mode):
     near (d_tau <= 32), mid and far (d_tau > 128). Counted from the source they would be mid, mid and far."""
     from forward_influence.store.tables import summarize_influence
 
-    inf = pd.DataFrame({"doc_id": "d", "mode": mode, "split_pos": pd.array([100 if mode == "split" else pd.NA] * 3, dtype="Int64"),
-                        "source_pos": 60, "layer": pd.array([pd.NA] * 3, dtype="Int64"), "kv_head": pd.array([pd.NA] * 3, dtype="Int64"),
-                        "target_pos": [110, 160, 260], "distance": [50, 100, 200], "distance_tau": [10, 60, 160], "kl": [1.0, 2.0, 4.0]})
+    inf = pd.DataFrame(
+        {
+            "doc_id": "d",
+            "mode": mode,
+            "split_pos": pd.array([100 if mode == "split" else pd.NA] * 3, dtype="Int64"),
+            "source_pos": 60,
+            "layer": pd.array([pd.NA] * 3, dtype="Int64"),
+            "kv_head": pd.array([pd.NA] * 3, dtype="Int64"),
+            "target_pos": [110, 160, 260],
+            "distance": [50, 100, 200],
+            "distance_tau": [10, 60, 160],
+            "kl": [1.0, 2.0, 4.0],
+        }
+    )
     s = summarize_influence(inf, near=32, far=128).iloc[0]
     assert (s.fi_near, s.fi_mid, s.fi_far, s.fi_total) == (1.0, 2.0, 4.0, 7.0)
 
@@ -248,7 +337,11 @@ def test_bad_run_dir_one_line(case, tmp_path):
 
 
 # --------------------------------------------------------------- the commands
-ENTRIES = {"fi-measure": "forward_influence.cli.measure", "fi-bench": "forward_influence.cli.bench", "fi-analyze": "forward_influence.cli.analyze"}
+ENTRIES = {
+    "fi-measure": "forward_influence.cli.measure",
+    "fi-bench": "forward_influence.cli.bench",
+    "fi-analyze": "forward_influence.cli.analyze",
+}
 
 
 def cli(prog: str, argv: list[str], capsys) -> tuple[int, str]:
@@ -289,8 +382,11 @@ BENCH_INPUTS = {
 }
 BAD_FILES_IFEVAL = {
     "nul-txt": ("prompts.jsonl", b"abc\x00def", ["NUL character at byte 3"]),
-    "latin1-ifeval-line2": ("prompts.jsonl", IFEVAL_LINE.encode() + latin1({"prompt": "é"}),
-                            [f"not UTF-8 at byte {len(IFEVAL_LINE.encode()) + latin1({'prompt': 'é'}).index(0xe9)}", "iconv"]),
+    "latin1-ifeval-line2": (
+        "prompts.jsonl",
+        IFEVAL_LINE.encode() + latin1({"prompt": "é"}),
+        [f"not UTF-8 at byte {len(IFEVAL_LINE.encode()) + latin1({'prompt': 'é'}).index(0xE9)}", "iconv"],
+    ),
 }
 
 
@@ -341,12 +437,32 @@ def bench_run_dir(out: Path, **meta) -> Path:
     from forward_influence.bench.summary import summarize_bench
 
     out.mkdir()
-    results = pd.DataFrame({"task": "fidelity", "sample_id": ["s0", "s1"], "method": "full", "budget": 0.2,
-                            "kl": [0.0, 0.0], "delta_nll": [0.0, 0.0], "seconds": [1.0, 1.0]})
+    results = pd.DataFrame(
+        {
+            "task": "fidelity",
+            "sample_id": ["s0", "s1"],
+            "method": "full",
+            "budget": 0.2,
+            "kl": [0.0, 0.0],
+            "delta_nll": [0.0, 0.0],
+            "seconds": [1.0, 1.0],
+        }
+    )
     results.to_parquet(out / "results.parquet")
     summarize_bench(results, 50).to_parquet(out / "summary.parquet")
-    (out / "run.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION, "status": "complete", "config": BenchConfig().to_dict(),
-                                              "samples": ["s0", "s1"], "methods": ["full"], "budgets": [0.2], **meta}))
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "status": "complete",
+                "config": BenchConfig().to_dict(),
+                "samples": ["s0", "s1"],
+                "methods": ["full"],
+                "budgets": [0.2],
+                **meta,
+            }
+        )
+    )
     return out
 
 
@@ -360,7 +476,11 @@ def test_fi_bench_reads_its_run_dir_checked(case, tmp_path, capsys):
         needles = ["results.parquet is not a readable Parquet table", "re-run fi-bench"]
     elif case == "other-version":
         edit_run_json(out, schema_version=0)
-        needles = ["run.json has schema_version 0, but", f"reads schema_version {SCHEMA_VERSION}", "re-run fi-bench with this version"]
+        needles = [
+            "run.json has schema_version 0, but",
+            f"reads schema_version {SCHEMA_VERSION}",
+            "re-run fi-bench with this version",
+        ]
     else:
         edit_run_json(out, schema_version=None)
         pd.read_parquet(out / "summary.parquet").drop(columns="mean").to_parquet(out / "summary.parquet")

@@ -51,13 +51,17 @@ def test_interval_excludes_zero_exactly_when_p_is_below_alpha_on_random_data():
     assert 80 < n_excluding < 520  # both outcomes well represented
 
 
-@pytest.mark.parametrize("x", [
-    [0.0, 0.3, 0.1, 0.2, 0.4, 0.2, 0.1, 0.6],      # a document exactly at 0: its flip ties the observed statistic
-    [1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, -1.0],    # equal |x|: many exact ties
-    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0],
-    [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-    [2.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0],    # the flip of {2} equals the flip of {-1, -1}
-], ids=["zero", "equal-abs", "one-negative", "two-zeros", "sums-tie"])
+@pytest.mark.parametrize(
+    "x",
+    [
+        [0.0, 0.3, 0.1, 0.2, 0.4, 0.2, 0.1, 0.6],  # a document exactly at 0: its flip ties the observed statistic
+        [1.0, 1.0, 1.0, -1.0, 1.0, 1.0, 1.0, -1.0],  # equal |x|: many exact ties
+        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, -1.0],
+        [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        [2.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0],  # the flip of {2} equals the flip of {-1, -1}
+    ],
+    ids=["zero", "equal-abs", "one-negative", "two-zeros", "sums-tie"],
+)
 def test_equivalence_at_the_boundaries(x):
     x = np.array(x)
     for w in (None, np.ones(len(x)) * 3.0):
@@ -75,5 +79,3 @@ def test_five_documents_or_fewer_give_an_unbounded_interval(n_docs):
 def test_six_documents_give_a_bounded_interval():
     d = claim_test(np.linspace(0.2, 0.5, 6), None, CFG, None)
     assert np.isfinite(d["ci_low"]) and d["ci_low"] > 0 and d["p_value"] == 2 / 64
-
-

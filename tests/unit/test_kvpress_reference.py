@@ -32,4 +32,6 @@ def test_reference_file_records_its_inputs_and_versions():
     for name, m in ref["methods"].items():
         assert m["ours"]["name"] == name and len(m["kept"]) == 30 and all(len(heads) == 3 for heads in m["kept"])
         counts = [bin(int(h, 16)).count("1") for layer in m["kept"] for h in layer]
-        assert set(counts) == {300}, name  # 0.2 x 1500 (PyramidKV too: with beta 20 on this input, flat in kvpress and ours)
+        assert set(counts) == {300}, (
+            name
+        )  # 0.2 x 1500 (PyramidKV too: with beta 20 on this input, flat in kvpress and ours)

@@ -46,21 +46,33 @@ def test_heap_in_use_follows_live_tensors():
 
 def test_opt_out_keeps_glibc_defaults():
     code = "from forward_influence.runtime.host import retain_freed_memory as r; print(r())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "FI_RETAIN_HEAP": "0"},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "FI_RETAIN_HEAP": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "False"
 
 
 def test_library_calls_leave_the_allocator_alone():
     """The glibc setting is the entry points' choice (issue 16, item 5): building
     a model and an engine does not make it."""
-    code = ("from forward_influence.hf.random_models import tiny_model\n"
-            "from forward_influence.measurement.engine import ForwardInfluenceEngine\n"
-            "from forward_influence.runtime.host import runtime_info\n"
-            "ForwardInfluenceEngine(tiny_model())\n"
-            "print(runtime_info()['heap_retained'])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "from forward_influence.hf.random_models import tiny_model\n"
+        "from forward_influence.measurement.engine import ForwardInfluenceEngine\n"
+        "from forward_influence.runtime.host import runtime_info\n"
+        "ForwardInfluenceEngine(tiny_model())\n"
+        "print(runtime_info()['heap_retained'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
@@ -73,6 +85,8 @@ def test_measure_leaves_the_global_rng_alone():
 
     torch.manual_seed(1234)
     before = torch.get_rng_state()
-    measure(MeasureConfig(n_prefix=(48,), n_future=16, max_docs=1, words=False, progress=False, report=False, batch_size=4),
-            source=TinySource())
+    measure(
+        MeasureConfig(n_prefix=(48,), n_future=16, max_docs=1, words=False, progress=False, report=False, batch_size=4),
+        source=TinySource(),
+    )
     assert torch.equal(torch.get_rng_state(), before)

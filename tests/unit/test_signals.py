@@ -70,8 +70,12 @@ def test_sliding_signals_read_only_the_observation_window(arch, ids):
         padded = Fn.pad(a, (h, h))  # keys -h .. T-1+h
         h2o = torch.stack([a[:, i : i + d, i].mean(1) for i in range(n)], 1)  # (Hq, n)
         snap = torch.stack([padded[:, i : i + d, i : i + kernel].sum((1, 2)) / (d * kernel) for i in range(n)], 1)
-        np.testing.assert_allclose(col.h2o[0, layer, :, :n].numpy(), h2o.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9)
-        np.testing.assert_allclose(col.snap[0, layer, :, :n].numpy(), snap.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9)
+        np.testing.assert_allclose(
+            col.h2o[0, layer, :, :n].numpy(), h2o.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9
+        )
+        np.testing.assert_allclose(
+            col.snap[0, layer, :, :n].numpy(), snap.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9
+        )
         assert torch.isnan(col.snap[0, layer, :, n:]).all()
 
 
@@ -86,7 +90,6 @@ def test_rep_change_equals_one_minus_cos_of_hidden_states(ids):
         np.testing.assert_allclose(col.rep[layer].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(col.rep_final.numpy(), col.rep[-1].numpy())
     assert (col.rep_final.numpy() > 1e-4).all()  # the last layer moved every token
-
 
 
 @pytest.mark.parametrize("l0", [1, 2])
@@ -104,6 +107,7 @@ def test_signals_and_compressor_share_the_representation_change(ids, l0):
     assert (col.rep[: l0 + 1] == 1).all()
     if l0 == model.config.num_hidden_layers - 1:
         assert (col.rep_final == 1).all()
+
 
 def test_logit_signals_match_full_logits(ids):
     model = tiny_model()
@@ -128,7 +132,9 @@ def test_streaming_equals_unchunked(ids, mode):
     small, pre_s = collect(model, ids, chunk_bytes=4096, **mode)  # forces many query / row chunks
     big, pre_b = collect(model, ids, chunk_bytes=1 << 30, **mode)
     for name in ("h2o", "snap", "knorm", "rep", "rep_final"):
-        np.testing.assert_allclose(getattr(small, name).numpy(), getattr(big, name).numpy(), rtol=1e-6, atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(
+            getattr(small, name).numpy(), getattr(big, name).numpy(), rtol=1e-6, atol=1e-12, equal_nan=True
+        )
     a = small.logit_signals(pre_s.hidden, ids)
     b = big.logit_signals(pre_b.hidden, ids)
     for k in a:

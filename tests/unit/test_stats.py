@@ -86,7 +86,9 @@ def test_sign_flip_nan_ties_and_zero_weight():
     r = sign_flip_test(x)
     assert r.n_docs == 6 and r.p_value == sign_flip_test(x[ok]).p_value
     two_d = sign_flip_test(np.vstack([x, x[::-1]]))  # 2-D: NaN as weight 0
-    assert np.allclose(two_d.p_value, [r.p_value, sign_flip_test(x[::-1][np.isfinite(x[::-1])]).p_value], atol=TOL_EXACT)
+    assert np.allclose(
+        two_d.p_value, [r.p_value, sign_flip_test(x[::-1][np.isfinite(x[::-1])]).p_value], atol=TOL_EXACT
+    )
     assert sign_flip_test(np.array([1.0, -1.0, 2.0, -2.0])).p_value == 1.0  # T = 0: every pattern reaches it
     w = np.array([1.0, 2.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # zero weight on a finite value
     assert sign_flip_test(x, w).p_value == sign_flip_test(x[w > 0], w[w > 0]).p_value
@@ -123,11 +125,16 @@ def test_claim_verdict_rules():
 
 
 def test_adjust_claims_holm_within_the_table_and_groups():
-    df = pd.DataFrame(dict(
-        claim=["1a", "1b", "2", "3", "1a"], mode=["sliding"] * 4 + ["split"],
-        estimate=[0.3, -0.2, 0.1, 0.4, 0.3], p_value=[1 / 128, 1 / 128, 0.5, 1 / 64, 1 / 128],
-        direction=[1, 1, 1, 1, 1], n_docs=[8, 8, 8, 8, 4],
-    ))
+    df = pd.DataFrame(
+        dict(
+            claim=["1a", "1b", "2", "3", "1a"],
+            mode=["sliding"] * 4 + ["split"],
+            estimate=[0.3, -0.2, 0.1, 0.4, 0.3],
+            p_value=[1 / 128, 1 / 128, 0.5, 1 / 64, 1 / 128],
+            direction=[1, 1, 1, 1, 1],
+            n_docs=[8, 8, 8, 8, 4],
+        )
+    )
     out = adjust_claims(df, ALPHA)
     np.testing.assert_allclose(out.p_adjusted, holm(df.p_value), atol=TOL_EXACT)
     # 1/128 x5 = 0.039 carried by the running maximum to the four small p; the split row has 4 documents
@@ -158,7 +165,9 @@ def decide(x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     s, c, n = x.shape
     r = sign_flip_test(x.reshape(-1, n), None if w is None else w.reshape(-1, n))
     p_adj = holm(r.p_value.reshape(s, c))
-    return np.array([claim_verdict(e, p, 1, n_docs=n, alpha=ALPHA) for e, p in zip(r.statistic, p_adj.ravel())]).reshape(s, c)
+    return np.array(
+        [claim_verdict(e, p, 1, n_docs=n, alpha=ALPHA) for e, p in zip(r.statistic, p_adj.ravel())]
+    ).reshape(s, c)
 
 
 @pytest.mark.parametrize("scenario", ["t3", "unequal", "correlated"])
@@ -196,18 +205,32 @@ def test_cluster_bootstrap_is_scipys_bca_over_documents():
     def wmean(x, w, axis=-1):
         return (x * w).sum(axis) / w.sum(axis)
 
-    ref = stats.bootstrap((x, w), wmean, paired=True, vectorized=True, n_resamples=CFG.n_boot, method="BCa", rng=np.random.default_rng(5))
+    ref = stats.bootstrap(
+        (x, w), wmean, paired=True, vectorized=True, n_resamples=CFG.n_boot, method="BCa", rng=np.random.default_rng(5)
+    )
     np.testing.assert_allclose(got, [wmean(x, w), *ref.confidence_interval], rtol=1e-10)
-    pct = stats.bootstrap((x, w), wmean, paired=True, vectorized=True, n_resamples=CFG.n_boot, method="percentile", rng=np.random.default_rng(5))
+    pct = stats.bootstrap(
+        (x, w),
+        wmean,
+        paired=True,
+        vectorized=True,
+        n_resamples=CFG.n_boot,
+        method="percentile",
+        rng=np.random.default_rng(5),
+    )
     assert abs(got[1] - pct.confidence_interval.low) > 1e-3  # BCa, not percentile
 
 
 # ------------------------------------------------------------- word classes
 def test_word_level_keeps_each_words_first_subword_once():
-    tok = pd.DataFrame(dict(
-        doc_id=["a"] * 5 + ["b"] * 2, pos=[2, 0, 1, 3, 4, 0, 1], word_idx=pd.array([0, 0, 0, 1, None, 0, 0], dtype="Int64"),
-        v=[9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0],
-    ))
+    tok = pd.DataFrame(
+        dict(
+            doc_id=["a"] * 5 + ["b"] * 2,
+            pos=[2, 0, 1, 3, 4, 0, 1],
+            word_idx=pd.array([0, 0, 0, 1, None, 0, 0], dtype="Int64"),
+            v=[9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0],
+        )
+    )
     dup = pd.concat([tok, tok.assign(split="s2")], ignore_index=True)  # a token in two splits
     assert sorted(word_level(dup).v) == [1.0, 2.0, 3.0]
     starts = tok.drop(columns="word_idx").assign(is_word_start=[False, True, False, True, False, True, False])
@@ -222,7 +245,10 @@ def test_per_document_rank_biserial_and_sign_flip():
         frames.append(pd.DataFrame(dict(doc=f"d{d}", cls=cls, v=rng.normal(size=200) + 0.5 * (cls == "content"))))
     df = pd.concat(frames, ignore_index=True)
     t = per_document_rank_biserial(df.v, df.cls, df.doc)
-    ref = [rank_biserial(g.v[g.cls == "content"].to_numpy(), g.v[g.cls == "function"].to_numpy()) for _, g in df.groupby("doc")]
+    ref = [
+        rank_biserial(g.v[g.cls == "content"].to_numpy(), g.v[g.cls == "function"].to_numpy())
+        for _, g in df.groupby("doc")
+    ]
     np.testing.assert_allclose(t.rank_biserial, ref, atol=TOL_EXACT)
     assert (t.weight == t.n_positive * t.n_negative).all()
     assert sign_flip_test(t.rank_biserial.to_numpy(), t.weight.to_numpy()).p_value == 1 / 128  # all 8 positive

@@ -37,7 +37,7 @@ def test_alignment_invariants(name):
     words = tag_words(text)
     idx = align(text, off, words)
     assert idx.shape == (len(pieces),)
-    for (s, e), w, piece in zip(off, idx, pieces):
+    for (s, _e), w, piece in zip(off, idx, pieces):
         if piece.strip() == "":
             assert w == -1, "whitespace-only tokens map to no word"
             continue
@@ -100,7 +100,15 @@ def test_finite_verbs_and_classes():
 
 def test_mapping_table_covers_design():
     assert {u for u, c in WORD_CLASS.items() if c == "content"} == {"NOUN", "PROPN", "ADJ", "VERB", "ADV", "NUM"}
-    assert {u for u, c in WORD_CLASS.items() if c == "function"} == {"DET", "ADP", "CCONJ", "SCONJ", "PRON", "AUX", "PART"}
+    assert {u for u, c in WORD_CLASS.items() if c == "function"} == {
+        "DET",
+        "ADP",
+        "CCONJ",
+        "SCONJ",
+        "PRON",
+        "AUX",
+        "PART",
+    }
 
 
 def test_long_text_chunked_like_whole():
