@@ -294,7 +294,7 @@ def claims_from_values(
             }
         )
     if not rows:
-        return pd.DataFrame(columns=[*keys, *COLUMNS])
+        return pd.DataFrame(columns=list(dict.fromkeys([*keys, *COLUMNS])))
     out = pd.DataFrame(rows)
     fam = out["role"] == CLAIM
     adjusted = adjust_claims(out[fam], alpha=1 - cfg.confidence, min_docs=MIN_DOCS_VERDICT)

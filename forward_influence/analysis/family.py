@@ -142,7 +142,9 @@ def replication(values: pd.DataFrame, cfg: Any, replicates: dict[str, str | None
         "verdict",
         "note",
     ]
-    return pd.DataFrame(rows).reindex(columns=cols)
+    out = pd.DataFrame(rows).reindex(columns=cols)
+    out["n_docs"] = out["n_docs"].astype("Int64")
+    return out
 
 
 def _no_verdict(table: pd.DataFrame, role: str) -> pd.DataFrame:
