@@ -32,7 +32,7 @@ RAY_HELP = (
 )
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def option(default: Any, help: str, **kw: Any) -> Any:
     meta = {"help": help, **{k: kw.pop(k) for k in list(kw) if k in ("flag", "type", "nargs")}}
     if isinstance(default, (list, tuple, dict)):
         return field(default_factory=lambda: default, metadata=meta)
@@ -100,59 +100,65 @@ class ConfigBase:
 class MeasureConfig(ConfigBase):
     """Everything a Forward Influence measurement depends on."""
 
-    model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
-    doc: str | None = _f(None, "documents: .json/.jsonl/.txt/SQuAD file (default: built-in SQuAD Wikipedia articles)")
-    generate: str | None = _f(
+    model: str = option("smollm2-135m", "alias, local directory, .gguf file or hub id")
+    doc: str | None = option(
+        None, "documents: .json/.jsonl/.txt/SQuAD file (default: built-in SQuAD Wikipedia articles)"
+    )
+    generate: str | None = option(
         None,
         "instead of --doc, measure the model's own continuations of prompts: a .json/.jsonl file of objects "
         "with text or prompt (id or key names them; IFEval's input_data.jsonl works), a generations.jsonl of an "
         "earlier run (its ids are measured as they are), or synthetic:KIND (passkey, multikey, vartrack)",
     )
-    max_new_tokens: int = _f(256, "--generate: most tokens generated per prompt")
-    min_new_tokens: int = _f(0, "--generate: end-of-sequence is suppressed before this many new tokens")
-    temperature: float = _f(0.0, "--generate: 0 = greedy; > 0 samples (seeded from --seed and the prompt id)")
-    top_p: float = _f(1.0, "--generate: nucleus sampling mass (needs --temperature > 0)")
-    synthetic_examples: int = _f(8, "--generate synthetic:KIND: examples generated (needle depths spread evenly)")
-    synthetic_length: int = _f(512, "--generate synthetic:KIND: context length in tokens")
-    out: str | None = _f(None, "output directory")
-    mode: str = _f("split", "split: prefill N, score the next F; sliding: evict each token right after it")
-    n_prefix: tuple[int, ...] = _f((512,), "split position(s) N, comma-separated", type="ints")
-    n_future: int = _f(256, "future tokens F scored after each split")
-    horizon: int = _f(128, "sliding mode: queries scored after each source's eviction (distances 0..H-1 from it)")
-    delay: int | None = _f(
+    max_new_tokens: int = option(256, "--generate: most tokens generated per prompt")
+    min_new_tokens: int = option(0, "--generate: end-of-sequence is suppressed before this many new tokens")
+    temperature: float = option(0.0, "--generate: 0 = greedy; > 0 samples (seeded from --seed and the prompt id)")
+    top_p: float = option(1.0, "--generate: nucleus sampling mass (needs --temperature > 0)")
+    synthetic_examples: int = option(8, "--generate synthetic:KIND: examples generated (needle depths spread evenly)")
+    synthetic_length: int = option(512, "--generate synthetic:KIND: context length in tokens")
+    out: str | None = option(None, "output directory")
+    mode: str = option("split", "split: prefill N, score the next F; sliding: evict each token right after it")
+    n_prefix: tuple[int, ...] = option((512,), "split position(s) N, comma-separated", type="ints")
+    n_future: int = option(256, "future tokens F scored after each split")
+    horizon: int = option(128, "sliding mode: queries scored after each source's eviction (distances 0..H-1 from it)")
+    delay: int | None = option(
         None, "sliding mode: D, the queries that see a token before it is evicted (tau = i + D; default: --window)"
     )
-    stride: int = _f(1, "ablate every K-th source position")
-    positions: tuple[int, ...] | None = _f(
+    stride: int = option(1, "ablate every K-th source position")
+    positions: tuple[int, ...] | None = option(
         None, "explicit source positions, comma-separated (overrides --stride)", type="ints"
     )
-    method: str = _f(
+    method: str = option(
         "exact", "exact: the ablation engine; fisher: a fast second-order estimate for all tokens at once (split mode)"
     )
-    samples: int = _f(8, "fisher: sampled targets per position (or k of --fisher-targets topk)")
-    fisher_targets: str = _f("sample", "fisher: sample targets from p_t, or take the top-k with exact weights (topk)")
-    fisher_blocks: int = _f(1, "fisher: future blocks (distance resolution); costs blocks x samples backward passes")
-    layer: int | None = _f(None, "ablate at this layer only (default: all layers)")
-    kv_head: int | None = _f(None, "ablate this KV head only (needs --layer)")
-    max_tokens: int | None = _f(
+    samples: int = option(8, "fisher: sampled targets per position (or k of --fisher-targets topk)")
+    fisher_targets: str = option(
+        "sample", "fisher: sample targets from p_t, or take the top-k with exact weights (topk)"
+    )
+    fisher_blocks: int = option(
+        1, "fisher: future blocks (distance resolution); costs blocks x samples backward passes"
+    )
+    layer: int | None = option(None, "ablate at this layer only (default: all layers)")
+    kv_head: int | None = option(None, "ablate this KV head only (needs --layer)")
+    max_tokens: int | None = option(
         None, "truncate every document to its first M tokens (split mode: at most N + F anyway)"
     )
-    max_docs: int | None = _f(None, "use the first M documents")
-    doc_ids: tuple[str, ...] | None = _f(None, "use only these document ids, comma-separated", type="strs")
-    topk: int = _f(10, "k of the top-k entropies")
-    window: int = _f(32, "SnapKV observation window (queries)")
-    rep_layer: int = _f(2, "early layer l0 of rep_change")
-    words: bool = _f(True, "tag words with spaCy (content / function classes)")
-    near: int = _f(32, "summary: distances d <= near are 'near'")
-    far: int = _f(128, "summary: distances d > far are 'far'")
-    batch_size: int | None = _f(None, "ablations per forward (default: from free memory)")
-    device: str = _f("auto", "auto, cpu or cuda")
-    dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
-    attn_implementation: str = _f("sdpa", "model attention used for prefills: sdpa or eager")
-    ray: str | None = _f(None, RAY_HELP)
-    seed: int = _f(0, "random seed (recorded with the outputs)")
-    progress: bool = _f(True, "show progress bars")
-    report: bool = _f(True, "fi-measure: run fi-analyze on the result (RUN_DIR/analysis/report.html)")
+    max_docs: int | None = option(None, "use the first M documents")
+    doc_ids: tuple[str, ...] | None = option(None, "use only these document ids, comma-separated", type="strs")
+    topk: int = option(10, "k of the top-k entropies")
+    window: int = option(32, "SnapKV observation window (queries)")
+    rep_layer: int = option(2, "early layer l0 of rep_change")
+    words: bool = option(True, "tag words with spaCy (content / function classes)")
+    near: int = option(32, "summary: distances d <= near are 'near'")
+    far: int = option(128, "summary: distances d > far are 'far'")
+    batch_size: int | None = option(None, "ablations per forward (default: from free memory)")
+    device: str = option("auto", "auto, cpu or cuda")
+    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
+    attn_implementation: str = option("sdpa", "model attention used for prefills: sdpa or eager")
+    ray: str | None = option(None, RAY_HELP)
+    seed: int = option(0, "random seed (recorded with the outputs)")
+    progress: bool = option(True, "show progress bars")
+    report: bool = option(True, "fi-measure: run fi-analyze on the result (RUN_DIR/analysis/report.html)")
 
     def __post_init__(self) -> None:
         if self.delay is None:  # resolved once, so run.json records the number
@@ -198,10 +204,6 @@ class MeasureConfig(ConfigBase):
             raise InputError("--kv-head needs --layer (a head is a head of one layer)")
         if self.positions is not None and any(p < 0 for p in self.positions):
             raise InputError(f"--positions must be >= 0; got {self.positions}")
-        if self.max_tokens is not None and self.max_tokens < self.tokens_needed():
-            raise InputError(
-                f"--max-tokens {self.max_tokens} is below the {self.tokens_needed()} tokens this mode needs; raise it"
-            )
         if self.max_docs is not None and self.max_docs < 1:
             raise InputError(f"--max-docs must be >= 1; got {self.max_docs}")
         for name in ("max_new_tokens", "synthetic_examples", "synthetic_length"):
@@ -219,9 +221,3 @@ class MeasureConfig(ConfigBase):
             raise InputError("--top-p samples; give --temperature > 0 with it (0 is greedy)")
         check_ray(self.ray)
         return self
-
-    def tokens_needed(self) -> int:
-        """Minimum document length in tokens."""
-        if self.mode == "split":
-            return max(self.n_prefix) + self.n_future
-        return self.delay + self.horizon + 1

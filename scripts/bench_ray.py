@@ -49,12 +49,13 @@ import torch  # noqa: E402
 
 from forward_influence import MeasureConfig
 from forward_influence.execution.cluster import ClusterSpec, RayPool  # noqa: E402
-from forward_influence.execution.local import ModelSource  # noqa: E402
+from forward_influence.execution.pool import ModelSource  # noqa: E402
 from forward_influence.measurement.run import measure  # noqa: E402
+from forward_influence.store import schema  # noqa: E402
 from forward_influence.store.results import PartStore  # noqa: E402
 
 REL_TOL = 1e-9  # other thread count: KLs may differ in the last bits
-TABLES = ("tokens", "influence", "summary", "source_signals")
+TABLES = schema.TABLES
 
 
 def max_rel_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
@@ -72,7 +73,8 @@ def max_rel_diff(a: pd.DataFrame, b: pd.DataFrame) -> float:
 def driver_rows_per_s(n: int, f: int) -> tuple[int, float, float]:
     """Assemble and checkpoint one synthetic document of ``n`` sources x ``f`` targets."""
     from forward_influence.measurement.documents import Document, TokenizedDocument
-    from forward_influence.measurement.units import UnitResult, assemble_document, influence_frame
+    from forward_influence.measurement.strategies import influence_frame
+    from forward_influence.measurement.units import UnitResult, assemble_document
 
     t = n + f
     doc = TokenizedDocument(

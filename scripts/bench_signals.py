@@ -20,8 +20,8 @@ import torch
 
 from forward_influence.hf import forwards
 from forward_influence.hf.models import load_model
+from forward_influence.measurement.collector import SignalCollector, SignalConfig
 from forward_influence.measurement.documents import load_documents, tokenize
-from forward_influence.measurement.signals import SignalCollector, SignalConfig
 from forward_influence.measurement.words import tag_tokens
 
 
@@ -60,8 +60,9 @@ def main() -> None:
 
     def signals(**mode):
         col = SignalCollector(model, len(ids), SignalConfig(words=False, **mode))
-        pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
-        col.logit_signals(pre.hidden, ids)
+        pre = forwards.record_prefill(model, ids, on_tap=col.on_tap, layer_hooks=col.on_layer)
+        col.feed_logits(pre.hidden, ids)
+        col.values()
         return col
 
     t_fwd = best_of(plain, args.reps)

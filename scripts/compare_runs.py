@@ -11,7 +11,13 @@ Compares every parquet table under two run directories (``fi-measure`` or
 
 Usage::
 
-    python scripts/compare_runs.py runs/demo-before runs/demo-after [--rtol 1e-6]
+    python scripts/compare_runs.py runs/demo-before runs/demo-after [--rtol 1e-6] [--recorded]
+
+``--recorded``: runs made with other thread counts or batch sizes (a Ray run against a single
+process) agree to rounding, not bitwise: KL cells (``influence.kl``) and their totals (``summary``'s
+``fi_*``) are compared by the rule the runs' ``run.json`` records (``reproducibility``:
+``|sqrt(KL_a) - sqrt(KL_b)| <= C sqrt(precision floor)``, :mod:`forward_influence.measurement.reproducibility`),
+everything else at ``--rtol``.
 
 Prints one line per difference, then ``equal=True|False`` (exit 0 when equal, 1 otherwise).
 """
@@ -27,6 +33,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from forward_influence.measurement.reproducibility import fi_close, kl_close
 
 # JSON keys (at any depth) that record when/where a run happened, not what it computed
 VOLATILE = (
@@ -88,7 +96,9 @@ def compare_json(a: Any, b: Any, where: str, rtol: float, atol: float, out: list
         out.append(f"{where}: {str(a)[:80]!r} != {str(b)[:80]!r}")
 
 
-def compare_table(a: pd.DataFrame, b: pd.DataFrame, name: str, rtol: float, atol: float, out: list[str]) -> None:
+def compare_table(
+    a: pd.DataFrame, b: pd.DataFrame, name: str, rtol: float, atol: float, out: list[str], floor: float | None = None
+) -> None:
     if list(a.columns) != list(b.columns):
         out.append(f"{name}: columns differ: {sorted(set(a.columns) ^ set(b.columns))}")
         return
@@ -101,7 +111,12 @@ def compare_table(a: pd.DataFrame, b: pd.DataFrame, name: str, rtol: float, atol
             continue
         if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(x):
             xv, yv = x.to_numpy(dtype=float), y.to_numpy(dtype=float)
-            bad = ~(np.isclose(xv, yv, rtol=rtol, atol=atol) | (np.isnan(xv) & np.isnan(yv)))
+            close = np.isclose(xv, yv, rtol=rtol, atol=atol)
+            if floor is not None and name.endswith("influence.parquet") and c == "kl":
+                close = kl_close(xv, yv, floor)
+            elif floor is not None and name.endswith("summary.parquet") and c.startswith("fi_") and "n_targets" in a:
+                close = close | fi_close(xv, yv, a["n_targets"].to_numpy(float), floor)
+            bad = ~(close | (np.isnan(xv) & np.isnan(yv)))
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
                 out.append(f"{name}.{c}: {int(bad.sum())} of {len(xv)} differ (first row {i}: {xv[i]!r} vs {yv[i]!r})")
@@ -115,8 +130,9 @@ def compare_table(a: pd.DataFrame, b: pd.DataFrame, name: str, rtol: float, atol
                 )
 
 
-def compare_runs(a: Path, b: Path, rtol: float = 1e-6, atol: float = 1e-12) -> list[str]:
-    """Differences between run directories ``a`` and ``b`` (empty: equal)."""
+def compare_runs(a: Path, b: Path, rtol: float = 1e-6, atol: float = 1e-12, floor: float | None = None) -> list[str]:
+    """Differences between run directories ``a`` and ``b`` (empty: equal); with ``floor``, KLs and
+    their totals compared by the recorded rule at that precision floor."""
     out: list[str] = []
     files_a = {p.relative_to(a) for p in a.rglob("*") if p.suffix in (".parquet", ".json")}
     files_b = {p.relative_to(b) for p in b.rglob("*") if p.suffix in (".parquet", ".json")}
@@ -124,7 +140,7 @@ def compare_runs(a: Path, b: Path, rtol: float = 1e-6, atol: float = 1e-12) -> l
         out.append(f"{f}: only in {'first' if f in files_a else 'second'}")
     for f in sorted(files_a & files_b):
         if f.suffix == ".parquet":
-            compare_table(pd.read_parquet(a / f), pd.read_parquet(b / f), str(f), rtol, atol, out)
+            compare_table(pd.read_parquet(a / f), pd.read_parquet(b / f), str(f), rtol, atol, out, floor)
         else:
             compare_json(json.loads((a / f).read_text()), json.loads((b / f).read_text()), str(f), rtol, atol, out)
     if not files_a & files_b:
@@ -138,16 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("second", type=Path)
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--atol", type=float, default=1e-12)
+    ap.add_argument("--recorded", action="store_true", help="use the tolerance the runs' run.json records, if larger")
     args = ap.parse_args(argv)
     for d in (args.first, args.second):
         if not d.is_dir():
             print(f"compare_runs: {d} is not a directory; pass two run directories", file=sys.stderr)
             return 2
-    diffs = compare_runs(args.first, args.second, args.rtol, args.atol)
+    rtol, floor = args.rtol, None
+    if args.recorded:
+        metas = [
+            json.loads((d / "run.json").read_text()) for d in (args.first, args.second) if (d / "run.json").is_file()
+        ]
+        if len(metas) < 2 or not all(m.get("reproducibility") for m in metas):
+            print("compare_runs: --recorded needs two runs whose run.json records reproducibility", file=sys.stderr)
+            return 2
+        floor = max(m["precision_floor_max"] for m in metas)
+    diffs = compare_runs(args.first, args.second, rtol, args.atol, floor)
     n = len(list(args.first.rglob("*.parquet")))
     for d in diffs:
         print(d)
-    print(f"tables={n} differences={len(diffs)} rtol={args.rtol:g}")
+    rule = f" recorded rule at precision floor {floor:.2e}" if floor is not None else ""
+    print(f"tables={n} differences={len(diffs)} rtol={rtol:g}{rule}")
     print(f"equal={not diffs}")
     return 0 if not diffs else 1
 

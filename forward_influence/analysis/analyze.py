@@ -16,7 +16,7 @@ pooled intervals resample whole documents (``scipy.stats.bootstrap``, BCa),
 never tokens, since tokens of a document are not independent.
 
 *Position control.* In ``split`` mode early tokens are only ever seen from far
-away, so position confounds FI (DESIGN §5). ``control="position"`` gives the
+away, so position confounds FI (docs/design.md §2.1). ``control="position"`` gives the
 partial rank correlation given the token's position (ranks residualised on the
 position's rank; Kendall: the partial-τ formula).
 
@@ -54,7 +54,6 @@ from forward_influence.analysis.inference import word_level
 from forward_influence.analysis.selection import (  # noqa: F401  (re-exported: the analysis API in one place)
     BLOCK,
     FI_TARGETS,
-    RULES,
     WORD_CLASSES,
     ablation_rows,
     candidate_tokens,
@@ -81,24 +80,12 @@ from forward_influence.analysis.stats import (  # noqa: F401
     verdict,
 )
 from forward_influence.errors import InputError
+from forward_influence.store import schema
 from forward_influence.store.results import MeasureResult
 from forward_influence.store.tables import summarize_influence
 
-#: Per-token signals correlated with FI (``pos`` is the recency baseline).
-SIGNALS = (
-    "entropy_in_topk",
-    "entropy_in",
-    "entropy_out_topk",
-    "entropy_out",
-    "surprisal",
-    "attn_snapkv",
-    "attn_h2o",
-    "key_norm",
-    "rep_change",
-    "rep_change_layers",
-    "entropy_rep",
-    "pos",
-)
+#: The position: correlated with FI beside the run's signals, as the recency baseline.
+POSITION = "pos"
 #: Token segments of a run of ``fi-measure --generate`` (``all``: no restriction).
 SEGMENTS = ("all", "generated", "prompt")
 
@@ -149,9 +136,6 @@ class AnalyzeConfig:
             raise InputError(
                 f"--block must be >= 4 candidates (a rule keeps a fraction of each block); got {self.block}"
             )
-        for name in ("entropy", "attention"):
-            if getattr(self, name) not in SIGNALS:
-                raise InputError(f"--{name} must be one of {', '.join(SIGNALS)}; got {getattr(self, name)!r}")
         if self.near is not None and self.far is not None and self.far < self.near:
             raise InputError(f"--far ({self.far}) must be >= --near ({self.near})")
         if self.segment not in SEGMENTS:
@@ -187,8 +171,8 @@ def source_table(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> pd.
 # --------------------------------------------------------------- correlations
 def correlations(
     src: pd.DataFrame,
-    cfg: AnalyzeConfig | None = None,
-    signals: Sequence[str] = SIGNALS,
+    cfg: AnalyzeConfig,
+    signals: Sequence[str],
     targets: Sequence[str] = FI_TARGETS,
 ) -> pd.DataFrame:
     """Spearman and Kendall of FI targets with signals, pooled and per document.
@@ -436,11 +420,29 @@ def segment_claims(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> p
     for seg in segments_of(result):
         sub = dataclasses.replace(cfg, segment=seg)
         src = in_segment(source_table(result, sub), seg)
-        rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
+        rules = run_rules(result, src)
         sel = selection(src, sub, rules) if len(src) >= 4 else pd.DataFrame()
         cand = in_segment(candidate_tokens(result, sub), seg)
         frames.append(_claims_table(result, sub, sel, cand, rules)[0])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def run_rules(result: MeasureResult, src: pd.DataFrame) -> list[str]:
+    """The selection rules of a run (its rule signals by rank, then the baselines) that ``src`` can rank by."""
+    rules = schema.rules(schema.run_signals(result.meta))
+    return [r.name for r in rules if r.name in ("random", "fi_oracle") or r.name in src.columns]
+
+
+def check_signals(result: MeasureResult, cfg: AnalyzeConfig) -> tuple[schema.SignalSpec, ...]:
+    """The run's signals; --entropy and --attention must be among them."""
+    specs = schema.run_signals(result.meta)
+    names = schema.signal_names(specs, ranked=True)
+    for name in ("entropy", "attention"):
+        if getattr(cfg, name) not in names:
+            raise InputError(
+                f"--{name} must be one of the run's signals ({', '.join(names)}); got {getattr(cfg, name)!r}"
+            )
+    return specs
 
 
 def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis:
@@ -448,6 +450,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     ``cfg.segment``; with ``"all"``, a ``--generate`` run also gets
     :func:`segment_claims`)."""
     cfg = (cfg or AnalyzeConfig()).validate()
+    specs = check_signals(result, cfg)
     run = result.config
     src = in_segment(source_table(result, cfg), cfg.segment)
     where = "" if cfg.segment == "all" else f" in the {cfg.segment} segment"
@@ -460,7 +463,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
             f"the run has fewer than 4 measured sources{where} that compete for a budget (the first --sinks positions, "
             "and in split mode the --window before N, do not); measure more (a larger --n-prefix or lower --stride)"
         )
-    rules = [r for r in RULES if r in ("random", "fi_oracle") or r in src.columns]
+    rules = run_rules(result, src)
     sel = selection(src, cfg, rules)
     cand = in_segment(candidate_tokens(result, cfg), cfg.segment)
     keys = ["doc_id", "split_pos", "pos"] if run.mode == "split" else ["doc_id", "pos"]
@@ -483,7 +486,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
     tables = dict(
         sources=src,
         tokens=tok_fi,
-        correlations=correlations(src, cfg),
+        correlations=correlations(src, cfg, [*schema.signal_names(specs, ranked=True), POSITION]),
         selection=sel,
         selection_summary=selection_summary(sel, cfg),
         distance_curves=distance_curves(result, src, cfg, rules),
@@ -503,6 +506,7 @@ def analyze(result: MeasureResult, cfg: AnalyzeConfig | None = None) -> Analysis
         "segments": segments_of(result),
         "near": near,
         "far": far,
+        "signals": [spec.to_dict() for spec in specs],
         "run": {
             k: result.meta.get(k)
             for k in (

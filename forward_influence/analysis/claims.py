@@ -1,4 +1,4 @@
-"""The study's claims 1-3 as tests that can come out either way (docs/design.md, "The claims").
+"""The study's claims 1-3 as tests that can come out either way (docs/design.md §5).
 
 Each claim is one number per document, tested at the document level
 (:mod:`forward_influence.analysis.inference`: sign-flip p, the interval that

@@ -26,28 +26,26 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from forward_influence.store.schema import (
+    CLASS_COLORS,
+    SIGNALS_BEFORE_RECORDING,
+    SignalSpec,
+    rule_colors,
+    rule_labels,
+)
 from forward_influence.store.tables import token_text
 
+
 #: One colour per word class and per selection rule, the same in every figure.
-CLASS_COLORS = {"content": "#1b9e77", "function": "#d95f02", "other": "#7570b3"}
-RULE_COLORS = {
-    "entropy_in_topk": "#1b9e77",
-    "entropy_in": "#66a61e",
-    "attn_snapkv": "#d95f02",
-    "attn_h2o": "#e6ab02",
-    "recency": "#377eb8",
-    "random": "#7f7f7f",
-    "fi_oracle": "#000000",
-}
-RULE_LABELS = {
-    "entropy_in_topk": "entropy (top-k)",
-    "entropy_in": "entropy",
-    "attn_snapkv": "SnapKV attention",
-    "attn_h2o": "H2O attention",
-    "recency": "recency (latest)",
-    "random": "random",
-    "fi_oracle": "FI oracle",
-}
+def rule_style(specs: Sequence[SignalSpec] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(colours, labels) of the selection rules of a run's signals (``a.meta["signals"]``;
+    None: the signals every run measured before run.json recorded them)."""
+    specs = (
+        SIGNALS_BEFORE_RECORDING
+        if specs is None
+        else [SignalSpec.from_dict(s) if isinstance(s, dict) else s for s in specs]
+    )
+    return rule_colors(specs), rule_labels(specs)
 
 
 def _log_fi(v: pd.Series, floor: float | None = None) -> np.ndarray:
@@ -141,10 +139,16 @@ def entropy_vs_influence(
 
 
 def fi_vs_distance(
-    curves: pd.DataFrame, subset: str = "candidates", rules: Sequence[str] | None = None, title: str | None = None
+    curves: pd.DataFrame,
+    subset: str = "candidates",
+    rules: Sequence[str] | None = None,
+    title: str | None = None,
+    specs: Sequence[SignalSpec] | None = None,
 ) -> Figure:
     """Mean KL of the kept tokens against distance, one line per selection rule,
-    one panel per budget; bands are 95% bootstrap intervals over documents."""
+    one panel per budget; bands are 95% bootstrap intervals over documents.
+    ``specs``: the run's signals (``a.meta["signals"]``), for colours and labels."""
+    colors, labels_of = rule_style(specs)
     df = curves[curves["subset"] == subset].copy()
     if rules is not None:
         df = df[df["rule"].isin(rules)]
@@ -154,7 +158,7 @@ def fi_vs_distance(
 
     fig = Figure(figsize=(5.2 * len(budgets), 4.2))
     axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)
-    hue_order = [r for r in RULE_COLORS if r in set(df["rule"])]
+    hue_order = [r for r in colors if r in set(df["rule"])]
     for ax, b in zip(axes[0], budgets):
         d = df[df["budget"] == b]
         sns.lineplot(
@@ -163,7 +167,7 @@ def fi_vs_distance(
             y="mean_kl",
             hue="rule",
             hue_order=hue_order,
-            palette=RULE_COLORS,
+            palette=colors,
             errorbar=("ci", 95),
             n_boot=500,
             seed=0,
@@ -177,7 +181,7 @@ def fi_vs_distance(
         ax.set_ylabel("mean KL of kept tokens")
         ax.set_title(f"budget {b:.0%}")
         handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, [RULE_LABELS.get(lab, lab) for lab in labels], fontsize=8)
+        ax.legend(handles, [labels_of.get(lab, lab) for lab in labels], fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -240,8 +244,14 @@ def word_class_bars(
     return fig
 
 
-def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidates", title: str | None = None) -> Figure:
+def selection_word_mix(
+    selection_summary: pd.DataFrame,
+    subset: str = "candidates",
+    title: str | None = None,
+    specs: Sequence[SignalSpec] | None = None,
+) -> Figure:
     """Word-class mix of the tokens each rule keeps, per budget (stacked shares)."""
+    colors, labels_of = rule_style(specs)
     df = selection_summary[
         (selection_summary["subset"] == subset)
         & selection_summary["quantity"].isin(["share_content", "share_function"])
@@ -253,11 +263,11 @@ def selection_word_mix(selection_summary: pd.DataFrame, subset: str = "candidate
     axes = fig.subplots(1, len(budgets), sharey=True, squeeze=False)
     for ax, bud in zip(axes[0], budgets):
         w = wide[wide["budget"] == bud].set_index("rule")
-        w = w.loc[[r for r in RULE_COLORS if r in w.index]]
+        w = w.loc[[r for r in colors if r in w.index]]
         bottom = np.zeros(len(w))
         for c in ("content", "function", "other"):
             ax.bar(
-                [RULE_LABELS.get(r, r) for r in w.index], w[f"share_{c}"], bottom=bottom, color=CLASS_COLORS[c], label=c
+                [labels_of.get(r, r) for r in w.index], w[f"share_{c}"], bottom=bottom, color=CLASS_COLORS[c], label=c
             )
             bottom += w[f"share_{c}"].to_numpy()
         ax.set_title(f"budget {bud:.0%}")

@@ -31,15 +31,11 @@ import pandas as pd
 from forward_influence.analysis.stats import group_mean_ci
 from forward_influence.errors import InputError
 from forward_influence.store.results import MeasureResult
+from forward_influence.store.schema import FI_TARGETS, WORD_CLASSES
 from forward_influence.store.tables import bucket_distance
 
-#: The Forward Influence columns a selection is scored on.
-FI_TARGETS = ("fi_total", "fi_near", "fi_far")
-#: Selection rules: top tokens by a signal, a random draw, and the FI oracle.
-RULES = ("entropy_in_topk", "entropy_in", "attn_snapkv", "attn_h2o", "recency", "random", "fi_oracle")
 #: Sliding mode: measured candidates per competing block.
 BLOCK = 16
-WORD_CLASSES = ("content", "function", "other")
 
 
 def ablation_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +128,7 @@ def selection_draws(df: pd.DataFrame, rule: str, budget: float, n_random: int = 
     keep = np.zeros((n_draws, len(df)), dtype=bool)
     col = {"fi_oracle": "fi_total", "recency": "pos"}.get(rule, rule)
     if rule != "random" and col not in df.columns:
-        raise InputError(f"unknown selection rule {rule!r}; valid: {', '.join(RULES)} or a signal column")
+        raise InputError(f"unknown selection rule {rule!r}: recency, random, fi_oracle or a signal column of the table")
     n = np.bincount(unit, minlength=len(uniq))
     k = np.maximum(1, np.round(budget * n).astype(int))
     if rule == "random":
@@ -183,7 +179,7 @@ def _kept(
     return out
 
 
-def selection(src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES) -> pd.DataFrame:
+def selection(src: pd.DataFrame, cfg: Any, rules: Sequence[str]) -> pd.DataFrame:
     """Per unit, rule and budget: what the kept tokens carry.
 
     Columns: subset, unit, doc_id, block, rule, budget, n, k, budget_effective
@@ -271,7 +267,7 @@ def selection_summary(
 
 
 def distance_curves(
-    result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: Sequence[str] = RULES, distance_from: str = "tau"
+    result: MeasureResult, src: pd.DataFrame, cfg: Any, rules: Sequence[str], distance_from: str = "tau"
 ) -> pd.DataFrame:
     """Mean KL of the kept tokens as a function of distance, per document.
 

@@ -1,4 +1,4 @@
-"""``fi-bench``: compressors side by side, and validated against Forward Influence (DESIGN §7).
+"""``fi-bench``: compressors side by side, and validated against Forward Influence (docs/design.md §6.6).
 
 >>> from forward_influence.bench import BenchConfig, run_bench            # doctest: +SKIP
 >>> cfg = BenchConfig(task="fidelity", budgets=(0.2, 0.4), n_samples=4, out="runs/bench")

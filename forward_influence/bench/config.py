@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forward_influence.config import RAY_HELP, ConfigBase, _f, check_ray
+from forward_influence.config import RAY_HELP, ConfigBase, check_ray, option
 from forward_influence.errors import InputError
 
 TASKS = ("fidelity", "retrieval", "qa", "ifeval")
@@ -23,41 +23,45 @@ DEFAULT_BUDGETS = {"prefill": (0.2, 0.4), "decoding": (128.0, 256.0, 512.0)}
 class BenchConfig(ConfigBase):
     """Everything a compressor benchmark depends on."""
 
-    model: str = _f("smollm2-135m", "alias, local directory, .gguf file or hub id")
-    task: str = _f("fidelity", "fidelity, retrieval, qa or ifeval")
-    doc: str | None = _f(
+    model: str = option("smollm2-135m", "alias, local directory, .gguf file or hub id")
+    task: str = option("fidelity", "fidelity, retrieval, qa or ifeval")
+    doc: str | None = option(
         None, "fidelity: documents (any fi-measure source; default built-in SQuAD articles); qa: a SQuAD-format file"
     )
-    ifeval_data: str | None = _f(None, "ifeval: IFEval's input_data.jsonl")
-    methods: tuple[str, ...] | None = _f(
+    ifeval_data: str | None = option(None, "ifeval: IFEval's input_data.jsonl")
+    methods: tuple[str, ...] | None = option(
         None, "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run)", type="strs"
     )
-    budgets: tuple[float, ...] | None = _f(
+    budgets: tuple[float, ...] | None = option(
         None,
         "prefill tasks: fractions kept (default 0.2,0.4); ifeval: cache sizes in tokens (default 128,256,512)",
         type="floats",
     )
-    n_samples: int | None = _f(None, "use the first M samples (documents, generated examples, questions or prompts)")
-    out: str | None = _f(None, "output directory")
-    n_prefix: int = _f(1024, "fidelity: tokens compressed (split position N)")
-    n_future: int = _f(128, "fidelity: tokens teacher-forced after the split")
-    lengths: tuple[int, ...] = _f((1024, 2048, 4096), "retrieval: context lengths in tokens", type="ints")
-    depths: tuple[float, ...] = _f((0.1, 0.5, 0.9), "retrieval: needle depths (fraction of the context)", type="floats")
-    kinds: tuple[str, ...] = _f(("passkey", "multikey", "vartrack"), "retrieval: example kinds", type="strs")
-    max_context: int = _f(1536, "qa: article tokens kept as context")
-    max_new_tokens: int = _f(256, "ifeval: tokens generated per prompt")
-    interval: int = _f(16, "ifeval: decoding steps between cuts")
-    fi_run: str | None = _f(
+    n_samples: int | None = option(
+        None, "use the first M samples (documents, generated examples, questions or prompts)"
+    )
+    out: str | None = option(None, "output directory")
+    n_prefix: int = option(1024, "fidelity: tokens compressed (split position N)")
+    n_future: int = option(128, "fidelity: tokens teacher-forced after the split")
+    lengths: tuple[int, ...] = option((1024, 2048, 4096), "retrieval: context lengths in tokens", type="ints")
+    depths: tuple[float, ...] = option(
+        (0.1, 0.5, 0.9), "retrieval: needle depths (fraction of the context)", type="floats"
+    )
+    kinds: tuple[str, ...] = option(("passkey", "multikey", "vartrack"), "retrieval: example kinds", type="strs")
+    max_context: int = option(1536, "qa: article tokens kept as context")
+    max_new_tokens: int = option(256, "ifeval: tokens generated per prompt")
+    interval: int = option(16, "ifeval: decoding steps between cuts")
+    fi_run: str | None = option(
         None,
         "an fi-measure output dir on the same documents (split mode): FI kept per method, the FI oracle, additivity",
     )
-    bootstrap: int = _f(2000, "bootstrap resamples for the paired intervals")
-    device: str = _f("auto", "auto, cpu or cuda")
-    dtype: str = _f("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
-    ray: str | None = _f(None, RAY_HELP)
-    seed: int = _f(0, "random seed (generators, random method, bootstrap)")
-    progress: bool = _f(True, "show progress bars")
-    report: bool = _f(True, "write figures and report.html")
+    bootstrap: int = option(2000, "bootstrap resamples for the paired intervals")
+    device: str = option("auto", "auto, cpu or cuda")
+    dtype: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
+    ray: str | None = option(None, RAY_HELP)
+    seed: int = option(0, "random seed (generators, random method, bootstrap)")
+    progress: bool = option(True, "show progress bars")
+    report: bool = option(True, "write figures and report.html")
 
     non_semantic = frozenset({"out", "progress", "report", "bootstrap", "ray"})
 
@@ -92,12 +96,18 @@ class BenchConfig(ConfigBase):
 
     def method_names(self) -> list[str]:
         from forward_influence.compress import list_compressors
+        from forward_influence.compress.base import compressor_class
 
         valid = list_compressors()
-        names = list(self.methods) if self.methods else [m for m in valid if m != "fi_oracle" or self.fi_run]
+
+        def needs_fi(m: str) -> bool:
+            return "measured_fi" in compressor_class(m).inputs
+
+        names = list(self.methods) if self.methods else [m for m in valid if not needs_fi(m) or self.fi_run]
         bad = [m for m in names if m not in valid]
         if bad:
             raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
-        if "fi_oracle" in names and not self.fi_run:
-            raise InputError("method fi_oracle needs --fi-run DIR (an fi-measure run on the same documents)")
+        oracle = [m for m in names if needs_fi(m)]
+        if oracle and not self.fi_run:
+            raise InputError(f"method {oracle[0]} needs --fi-run DIR (an fi-measure run on the same documents)")
         return names

@@ -1,11 +1,13 @@
 """Run every method x budget on the same samples; checkpoint per sample.
 
 For a prefill task each sample's context is prefilled once per group of
-methods that read the same inputs (:meth:`CompressedCache.can_fork`: InfoKV's
-prefill serves every method but H2O and Expected Attention), the full-cache
-reference is computed once, and every (method, budget) is a fork of that
-prefill, cut and scored. ``full`` does not depend on the budget: it is scored
-once and repeated per budget. With ``--fi-run`` every cut is also scored
+methods that read the same inputs (:meth:`CompressedCache.can_fork`, from each
+method's :class:`~forward_influence.compress.base.Needs`: InfoKV's prefill
+serves every method but H2O and Expected Attention), the full-cache reference
+is computed once, and every (method, budget) is a fork of that prefill, cut
+and scored. A method whose result does not depend on the budget (``budget_free``:
+the full cache) is scored once and repeated per budget; one that needs
+measured FI (``inputs``) runs only with ``--fi-run``. With ``--fi-run`` every cut is also scored
 against the measured single-token FI of its document (share of FI kept; FI of
 what it dropped, for the additivity check), and ``fi_oracle`` keeps the
 measured top set.
@@ -26,9 +28,11 @@ from tqdm.auto import tqdm
 from forward_influence.bench.config import BenchConfig
 from forward_influence.bench.ifeval import IFEval
 from forward_influence.bench.tasks import Fidelity, ReadingQA, Retrieval, Sample
-from forward_influence.compress import CompressedCache, FIOracle, Full, get_compressor
+from forward_influence.compress import CompressedCache, FIOracle, Full
+from forward_influence.compress.base import compressor_class
 from forward_influence.errors import InputError
-from forward_influence.execution.local import ModelSource, open_pool
+from forward_influence.execution.choose import open_pool
+from forward_influence.execution.pool import ModelSource, Pool
 from forward_influence.hf.models import LoadedModel
 from forward_influence.store.results import PartStore, write_json_atomic, write_parquet_atomic
 from forward_influence.store.runs import resume_state, run_meta, start_run
@@ -108,12 +112,21 @@ def _rows(
     }
 
 
+def _build(method: str, budget: float, seed: int, fi: FIOracle | None) -> Any:
+    """``method`` as the bench runs it (None when an input it declares is missing: an oracle without FI)."""
+    return compressor_class(method).for_run(seed=seed, measured_fi=None if fi is None else fi.fi, budget=budget)
+
+
 def run_prefill_sample(
     lm: LoadedModel, task: Any, s: Sample, methods: list[str], budgets: tuple[float, ...], seed: int, fi: FITable | None
 ) -> list[dict[str, Any]]:
     model, tok = lm.model, lm.tokenizer
     n = int(s.context.shape[0])
-    order = sorted(methods, key=lambda m: m != "infokv")  # InfoKV's prefill records the most
+    oracle_fi = fi.oracle(s.meta.get("doc_id", s.sample_id), 1.0) if fi is not None else None
+    built = {m: _build(m, 1.0, seed, oracle_fi) for m in methods}
+    available = [m for m in methods if built[m] is not None]
+    # methods whose prefill records token features first: theirs serves the most others
+    order = sorted(available, key=lambda m: built[m].needs().features is None)
     bases: list[CompressedCache] = []
 
     def base_for(comp: Any) -> CompressedCache:
@@ -125,47 +138,28 @@ def run_prefill_sample(
         bases.append(b)
         return b
 
-    oracle_fi = fi.oracle(s.meta.get("doc_id", s.sample_id), 1.0) if fi is not None else None
     t0 = time.perf_counter()
-    ref = task.reference(base_for(get_compressor(order[0], **_extra(order[0], seed, oracle_fi))).fork(Full()), s, tok)
+    ref = task.reference(base_for(built[order[0]]).fork(Full()), s, tok)
     ref_seconds = time.perf_counter() - t0
     rows = []
     for method in order:
-        if method == "fi_oracle" and oracle_fi is None:
-            continue
-        full_metrics = None
+        once = None  # the metrics of a method whose result does not depend on the budget
         for budget in budgets:
             t0 = time.perf_counter()
-            if method == "full" and full_metrics is not None:
-                rows.append(_rows(s, method, budget, full_metrics, 0.0, task.name))
+            if once is not None:
+                rows.append(_rows(s, method, budget, once, 0.0, task.name))
                 continue
-            comp = get_compressor(method, budget=budget, **_extra(method, seed, oracle_fi))
+            comp = _build(method, budget, seed, oracle_fi)
             cache = base_for(comp).fork(comp)
             cache.cut(budget * n)
             metrics = task.score(cache, s, ref, tok)
             if oracle_fi is not None:
                 metrics.update(fi.kept_metrics(cache, oracle_fi.fi, n))
-            if method == "full":
-                full_metrics = metrics
-            rows.append(
-                _rows(
-                    s,
-                    method,
-                    budget,
-                    metrics,
-                    time.perf_counter() - t0 + (ref_seconds if method == "full" else 0),
-                    task.name,
-                )
-            )
+            if comp.budget_free:
+                once = metrics
+            extra = ref_seconds if comp.budget_free else 0.0  # the reference is the full cache's forward
+            rows.append(_rows(s, method, budget, metrics, time.perf_counter() - t0 + extra, task.name))
     return rows
-
-
-def _extra(method: str, seed: int, oracle: FIOracle | None) -> dict[str, Any]:
-    if method == "random":
-        return {"seed": seed}
-    if method == "fi_oracle":
-        return {"fi": None if oracle is None else oracle.fi}
-    return {}
 
 
 def run_decoding_sample(
@@ -177,21 +171,18 @@ def run_decoding_sample(
     ref_seconds = time.perf_counter() - t0
     rows = []
     for method in methods:
-        if method == "fi_oracle":
+        comp = _build(method, 1.0, seed, None)
+        if comp is None:  # measured FI exists only for a prefill
             continue
-        full_metrics = None
+        once = None
         for budget in budgets:
             t0 = time.perf_counter()
-            if method == "full":
-                full_metrics = full_metrics or task.score_tokens(s, ref["tokens"], ref, tok)  # no second generation
-                rows.append(_rows(s, method, budget, full_metrics, ref_seconds, task.name))
+            if comp.budget_free:
+                once = once or task.score_tokens(s, ref["tokens"], ref, tok)  # no second generation
+                rows.append(_rows(s, method, budget, once, ref_seconds, task.name))
                 continue
-            comp = get_compressor(method, **_extra(method, seed, None))
-            rows.append(
-                _rows(
-                    s, method, budget, task.score(model, s, comp, budget, ref, tok), time.perf_counter() - t0, task.name
-                )
-            )
+            metrics = task.score(model, s, comp, budget, ref, tok)
+            rows.append(_rows(s, method, budget, metrics, time.perf_counter() - t0, task.name))
     return rows
 
 
@@ -209,7 +200,7 @@ class BenchUnit:
 
 @dataclass
 class BenchJob:
-    """The benchmark as a pool job (:mod:`forward_influence.execution.local`): every
+    """The benchmark as a pool job (:mod:`forward_influence.execution.pool`): every
     method and budget on one sample."""
 
     cfg: BenchConfig
@@ -295,7 +286,7 @@ def _samples(cfg: BenchConfig, task: Any, tokenizer: Any) -> list[Sample]:
 
 
 def _run_samples(
-    cfg: BenchConfig, pool: Any, job: BenchJob, samples: list[Sample], store: PartStore | None
+    cfg: BenchConfig, pool: Pool, job: BenchJob, samples: list[Sample], store: PartStore | None
 ) -> tuple[list[pd.DataFrame | None], list[dict[str, Any]]]:
     """Run the samples not checkpointed yet; returns every sample's results
     (None where it failed) and the failed units."""

@@ -1,4 +1,4 @@
-"""Benchmark tasks (DESIGN §7): each a small class with ``prepare`` and ``score``.
+"""Benchmark tasks (docs/design.md §6.6): each a small class with ``prepare`` and ``score``.
 
 Prefill tasks compress a context once and then run a query and a
 teacher-forced target over the cut cache at their true positions:
@@ -8,7 +8,7 @@ teacher-forced target over the cut cache at their true positions:
     teacher-forced; mean KL to the full-cache predictions, the change in NLL,
     and the summed KL (for the additivity check against FI).
 :class:`Retrieval`
-    Synthetic passkey / multi-key / variable tracking (:mod:`.synthetic`):
+    Synthetic passkey / multi-key / variable tracking (:mod:`forward_influence.measurement.synthetic`):
     exact match of a short greedy answer and the gold answer's NLL.
 :class:`ReadingQA`
     SQuAD-format articles (the article is the context; answerable questions):

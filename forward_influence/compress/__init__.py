@@ -1,4 +1,4 @@
-"""KV-cache compressors: InfoKV and the baselines, prefill and decoding (DESIGN §6).
+"""KV-cache compressors: InfoKV and the baselines, prefill and decoding (docs/design.md §6).
 
 >>> from forward_influence.compress import list_compressors
 >>> list_compressors()  # doctest: +NORMALIZE_WHITESPACE
@@ -22,6 +22,7 @@ from forward_influence.compress.base import (
     Compressor,
     FeatureSpec,
     LayerView,
+    Needs,
     TokenFeatures,
     get_compressor,
     list_compressors,
@@ -35,7 +36,7 @@ from forward_influence.compress.h2o import H2O
 from forward_influence.compress.expected_attention import ExpectedAttention
 from forward_influence.compress.infokv import InfoKV
 from forward_influence.compress.oracle import FIOracle
-from forward_influence.compress.cache import CompressedCache, compress_prompt
+from forward_influence.compress.compressed_cache import CompressedCache, compress_prompt
 from forward_influence.compress.decoding import Decoding, DecodingConfig, apply
 # isort: on
 
@@ -52,6 +53,7 @@ __all__ = [
     "InfoKV",
     "KNorm",
     "LayerView",
+    "Needs",
     "PyramidKV",
     "Random",
     "SnapKV",

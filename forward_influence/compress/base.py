@@ -1,4 +1,4 @@
-"""The compressor abstraction (DESIGN §6).
+"""The compressor abstraction (docs/design.md §6.1).
 
 A compressor is a frozen dataclass whose fields are its hyperparameters. It
 turns what the model computed into one score per cache entry and per KV head,
@@ -17,7 +17,9 @@ Two optional hooks serve methods that need more than one layer's tensors:
 attention, Expected Attention's query statistics), and ``finish`` revises all
 layers' scores once the forward is complete (InfoKV needs the final logits).
 Selection, gathering and position bookkeeping live in
-:mod:`forward_influence.compress.cache`, never in a method.
+:mod:`forward_influence.compress.compressed_cache`, never in a method; what a
+method sees and declares (:class:`LayerView`, :class:`Needs`) in
+:mod:`forward_influence.compress.entries`.
 
 Two rules hold for every method:
 
@@ -34,116 +36,21 @@ recent entry is kept (:func:`top_entries`), so a cut is deterministic.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from forward_influence.compress.entries import (  # noqa: F401  (re-exported: every method's vocabulary)
+    FeatureSpec,
+    LayerView,
+    Needs,
+    TokenFeatures,
+    n_kept,
+    top_entries,
+)
 from forward_influence.hf.attention import AttentionTap
-
-
-def n_kept(keep: float, n_tokens: int) -> int:
-    """Entries kept for an average of ``keep`` (float) out of ``n_tokens``: at
-    least 1, at most ``n_tokens``, rounded down (robust to ``0.2 * 1500`` being
-    ``300.00000000000006``).
-
-    >>> n_kept(0.2 * 1500, 1500), n_kept(0.4, 10), n_kept(50.0, 20)
-    (300, 1, 20)
-    """
-    return int(min(n_tokens, max(1, math.floor(keep + 1e-6))))
-
-
-def top_entries(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
-    """Indices ``(Hkv, n_keep)`` of the highest scores per row of ``scores``
-    ``(Hkv, n)``, in ascending (position) order; NaN counts as ``-inf``.
-
-    The entries of a row are in ascending position order (as every cache
-    holds them), and ties are broken by recency: among equal scores the
-    higher index — the more recent entry — is kept. Deterministic, unlike
-    ``topk`` on ties.
-
-    >>> top_entries(torch.tensor([[0.1, 0.9, float("nan"), 0.5]]), 2).tolist()
-    [[1, 3]]
-    >>> top_entries(torch.tensor([[0.5, 0.5, 0.5, 0.1], [1.0, 2.0, 2.0, 2.0]]), 2).tolist()
-    [[1, 2], [2, 3]]
-    """
-    s = scores.to(torch.promote_types(scores.dtype, torch.float32))  # no float64 -> float32 rounding into ties
-    s = torch.nan_to_num(s, nan=float("-inf"))
-    n = s.shape[1]
-    # newest first, then a stable descending sort: among equal scores the newest comes first
-    order = s.flip(-1).sort(dim=-1, descending=True, stable=True).indices[:, : min(n_keep, n)]  # (Hkv, n_keep)
-    return (n - 1 - order).sort(dim=-1).values  # (Hkv, n_keep) back to position order
-
-
-@dataclass
-class LayerView:
-    """What a method sees of one layer when the cache is about to be cut.
-
-    Attributes
-    ----------
-    layer, n_layers : int
-    keys, values : torch.Tensor
-        ``(Hkv, n, D)`` the cache entries (keys after RoPE).
-    positions : torch.Tensor
-        ``(Hkv, n)`` int64 absolute positions of the entries, ascending per head.
-    queries : torch.Tensor
-        ``(Hq, w, D)`` the most recent queries after RoPE (the whole prompt
-        after a prefill; a rolling buffer during decoding).
-    query_positions : torch.Tensor
-        ``(w,)`` their absolute positions.
-    scaling : float
-        The attention's logit scale.
-    n_keep : int
-        Entries this layer will keep.
-    state : dict
-        What :meth:`Compressor.observe` stored for this layer; ``entry:*``
-        tensors ``(Hkv, n)`` follow the entries.
-    module, model : Any
-        The attention module (``q_proj``, ``head_dim``) and the model.
-    step : int
-        How many times this cache was cut before.
-    """
-
-    layer: int
-    n_layers: int
-    keys: torch.Tensor
-    values: torch.Tensor
-    positions: torch.Tensor
-    queries: torch.Tensor
-    query_positions: torch.Tensor
-    scaling: float
-    n_keep: int
-    state: dict = field(default_factory=dict)
-    module: Any = None
-    model: Any = None
-    step: int = 0
-
-
-@dataclass
-class TokenFeatures:
-    """Per-position token features some methods need (InfoKV).
-
-    Attributes
-    ----------
-    entropy : torch.Tensor
-        ``(T,)`` float32 top-k entropy of the distribution that predicted each
-        token (0 for position 0, which nothing predicted).
-    rep_change : torch.Tensor
-        ``(L, T)`` float32 ``1 - cos(h_{l0}, h_l)`` per layer (1 at ``l <= l0``).
-    """
-
-    entropy: torch.Tensor
-    rep_change: torch.Tensor
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Which token features a method needs: top-k entropy's ``k`` and the early layer."""
-
-    topk: int
-    early_layer: int
 
 
 @dataclass(frozen=True)
@@ -155,7 +62,19 @@ class Compressor:
     n_sink: int = 0
 
     name: ClassVar[str] = "base"
-    needs_attn_inputs: ClassVar[bool] = False  # observe() reads the attention's input hidden states
+    #: Constructor inputs a runner must supply besides the hyperparameters: "seed" (a random
+    #: draw), "measured_fi" (FI measured on the same document: an oracle, prefill only).
+    inputs: ClassVar[tuple[str, ...]] = ()
+    #: The result does not depend on the budget (the full cache): a runner scores it once.
+    budget_free: ClassVar[bool] = False
+
+    @classmethod
+    def for_run(cls, seed: int = 0, measured_fi: Any = None, **hyper: Any) -> Compressor | None:
+        """The method as a runner builds it: ``hyper`` (budget, hyperparameters) and the
+        :attr:`inputs` it declares; None when one of them is missing."""
+        if "measured_fi" in cls.inputs and measured_fi is None:
+            return None
+        return cls(**hyper, **({"seed": seed} if "seed" in cls.inputs else {}))
 
     def __post_init__(self) -> None:
         if not (isinstance(self.budget, (int, float)) and 0.0 < float(self.budget) <= 1.0):
@@ -180,18 +99,14 @@ class Compressor:
         """Entries kept at ``layer`` when the layers keep ``keep`` on average."""
         return n_kept(keep, n_tokens)
 
-    def recent_queries(self) -> int:
-        """How many recent queries ``score`` reads (decoding keeps that many)."""
-        return 1
+    def needs(self) -> Needs:
+        """What this method reads (:class:`Needs`). Default: the latest query, nothing else."""
+        return Needs()
 
     def observe(self, tap: AttentionTap, positions: torch.Tensor, keys: torch.Tensor, state: dict) -> None:
         """See a forward's block at one layer. ``positions`` ``(Hkv, n)`` and
         ``keys`` ``(Hkv, n, D)`` are the cache entries *including* the block's
         own (its new entries are the last ``C``). Default: nothing."""
-
-    def features(self) -> FeatureSpec | None:
-        """Token features :meth:`finish` needs, or None."""
-        return None
 
     def finish(
         self, scores: list[torch.Tensor], positions: list[torch.Tensor], features: TokenFeatures | None
@@ -225,9 +140,14 @@ def list_compressors() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_compressor(name: str, **kwargs: Any) -> Compressor:
-    """Build a registered method: ``get_compressor("snapkv", budget=0.2, window=32)``."""
+def compressor_class(name: str) -> Callable[..., Compressor]:
+    """The registered method called ``name`` (``-`` and case ignored)."""
     key = name.lower().replace("-", "_")
     if key not in _REGISTRY:
         raise ValueError(f"unknown compressor {name!r}; valid: {', '.join(_REGISTRY)}")
-    return _REGISTRY[key](**kwargs)
+    return _REGISTRY[key]
+
+
+def get_compressor(name: str, **kwargs: Any) -> Compressor:
+    """Build a registered method: ``get_compressor("snapkv", budget=0.2, window=32)``."""
+    return compressor_class(name)(**kwargs)

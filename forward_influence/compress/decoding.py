@@ -1,4 +1,4 @@
-"""Decoding setting: transformers' ``generate`` with the cache kept at a budget (DESIGN §6).
+"""Decoding setting: transformers' ``generate`` with the cache kept at a budget (docs/design.md §6.4).
 
 As NVIDIA kvpress does with its presses, a compressor applies to a model for
 the duration of a ``with`` block, and ``generate`` itself decodes (greedy,
@@ -14,7 +14,7 @@ sampling, stopping criteria are transformers'):
 prompt is prefilled with full attention (and optionally cut once,
 ``prefill_budget``); then each generated token runs over the kept cache at
 its true position and its entry is appended
-(:mod:`forward_influence.hf.compressed_cache`: a ``transformers.Cache`` whose
+(:mod:`forward_influence.hf.cut_cache`: a ``transformers.Cache`` whose
 layers may hold different numbers of entries). Whenever the cache exceeds the
 target and ``interval`` steps have passed since the last cut — or it reaches
 target + interval — the compressor cuts it back to the target, scoring with
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 
-from forward_influence.compress.base import Compressor
-from forward_influence.compress.cache import Block, CompressedCache
-from forward_influence.hf import compressed_cache
+from forward_influence.compress.compressed_cache import Block, CompressedCache
+from forward_influence.compress.entries import Method
+from forward_influence.hf import cut_cache
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Decoding:
     cuts: int = 0
     _since: int = 0
 
-    # --- the BlockStore protocol of forward_influence.hf.compressed_cache, with the policy after each block
+    # --- the BlockStore protocol of forward_influence.hf.cut_cache, with the policy after each block
     @property
     def length(self) -> int:
         return self.cache.length
@@ -137,13 +137,13 @@ class Decoding:
     @property
     def generate_kwargs(self) -> dict[str, Any]:
         """``{cache keyword: hf_cache}`` for ``generate``; needed when :attr:`cache` already holds tokens."""
-        return {compressed_cache.cache_kwarg(self.cache.model): self.hf_cache}
+        return {cut_cache.cache_kwarg(self.cache.model): self.hf_cache}
 
 
 @contextlib.contextmanager
 def apply(
     model: Any,
-    compressor: Compressor,
+    compressor: Method,
     config: DecodingConfig | None = DecodingConfig(),
     cache: CompressedCache | None = None,
 ) -> Iterator[Decoding]:
@@ -153,20 +153,20 @@ def apply(
 
     Parameters
     ----------
-    compressor : Compressor
+    compressor : Method
         Scores the entries at every cut (its ``budget`` field is not used
         here; ``config.cache_budget`` sets the target).
     config : DecodingConfig or None
         None: never cut.
     cache : CompressedCache, optional
         Continue this cache (e.g. a prompt cut by
-        :func:`~forward_influence.compress.cache.compress_prompt`; it is
+        :func:`~forward_influence.compress.compressed_cache.compress_prompt`; it is
         extended in place — pass a :meth:`~CompressedCache.fork`). ``generate``
         then needs ``**run.generate_kwargs`` and ``input_ids`` that start with
         the ``cache.length`` tokens it holds.
     """
     run = Decoding(CompressedCache(model, compressor) if cache is None else cache, config)
-    with compressed_cache.decode_with(model, run) as hf_cache:
+    with cut_cache.decode_with(model, run) as hf_cache:
         run.hf_cache = hf_cache
         yield run
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forward_influence.compress.base import Compressor, LayerView, register
+from forward_influence.compress.base import Compressor, LayerView, Needs, register
 from forward_influence.hf import anatomy
 from forward_influence.hf.attention import AttentionTap
 
@@ -37,7 +37,9 @@ class ExpectedAttention(Compressor):
     use_vnorm: bool = True
     epsilon: float = 0.0
     name = "expected_attention"
-    needs_attn_inputs = True
+
+    def needs(self) -> Needs:
+        return Needs(attn_inputs=True, state=True)
 
     def observe(self, tap: AttentionTap, positions: torch.Tensor, keys: torch.Tensor, state: dict) -> None:
         skip = max(0, self.n_sink - tap.start)

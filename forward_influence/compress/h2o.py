@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forward_influence.compress.base import Compressor, LayerView, register
+from forward_influence.compress.base import Compressor, LayerView, Needs, register
 from forward_influence.hf.attention import AttentionTap
 from forward_influence.measurement import scores
 
@@ -32,6 +32,9 @@ class H2O(Compressor):
         super().__post_init__()
         if not 0.0 <= self.recent_fraction < 1.0:
             raise ValueError(f"recent_fraction must be in [0, 1), got {self.recent_fraction}")
+
+    def needs(self) -> Needs:
+        return Needs(state=True)
 
     def observe(self, tap: AttentionTap, positions: torch.Tensor, keys: torch.Tensor, state: dict) -> None:
         hkv, n = positions.shape

@@ -19,8 +19,8 @@ The representation term, two readings (field ``rep``):
 ``per_layer`` (default)
     ``r_l(i) = 1 - cos(h_{l0}(i), h_l(i))``, the change from the early layer
     ``l0`` to layer ``l`` itself (1 at ``l <= l0``), so each layer's entropy
-    score differs — DESIGN §6's "weighted by its representation evolution at
-    that layer".
+    score differs: the study describes the entropy as weighted by the token's
+    representation change *at that layer* (docs/design.md §6.3).
 ``early_final``
     ``r(i) = 1 - cos(h_{l0}(i), h_{L-1}(i))``, the change from ``l0`` to the
     last layer's output, the same at every layer — the study's summary words
@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forward_influence.compress.base import FeatureSpec, TokenFeatures, register
+from forward_influence.compress.base import FeatureSpec, Needs, TokenFeatures, register
 from forward_influence.compress.snapkv import SnapKV
 
 NORMS = ("rank", "max", "zscore", "sum")
@@ -106,8 +106,8 @@ class InfoKV(SnapKV):
         if self.topk < 2:
             raise ValueError(f"topk must be >= 2, got {self.topk}")
 
-    def features(self) -> FeatureSpec:
-        return FeatureSpec(topk=self.topk, early_layer=self.early_layer)
+    def needs(self) -> Needs:
+        return Needs(recent_queries=self.window, features=FeatureSpec(topk=self.topk, early_layer=self.early_layer))
 
     def entropy_score(self, layer: int, positions: torch.Tensor, features: TokenFeatures) -> torch.Tensor:
         """``H_k(i) * r_l(i)`` ``(Hkv, n)`` of the entries at ``positions`` ``(Hkv, n)``."""

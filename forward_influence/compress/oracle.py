@@ -25,6 +25,12 @@ class FIOracle(Compressor):
 
     fi: Any = field(default=None, compare=False)
     name = "fi_oracle"
+    inputs = ("measured_fi",)
+
+    @classmethod
+    def for_run(cls, seed: int = 0, measured_fi: Any = None, **hyper: Any) -> FIOracle | None:
+        """With the measured FI of the document (``measured_fi``: the ``fi`` field), else None."""
+        return None if measured_fi is None else cls(**hyper, fi=measured_fi)
 
     def __post_init__(self) -> None:
         super().__post_init__()

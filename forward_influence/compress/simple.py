@@ -15,6 +15,7 @@ class Full(Compressor):
     """The uncompressed cache (the reference every method is compared with)."""
 
     name = "full"
+    budget_free = True
 
     def score(self, view: LayerView) -> torch.Tensor:
         return torch.zeros(view.positions.shape, device=view.keys.device)
@@ -31,6 +32,7 @@ class Random(Compressor):
 
     seed: int = 0
     name = "random"
+    inputs = ("seed",)
 
     def score(self, view: LayerView) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + view.step * 1009 + view.layer)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from forward_influence.compress.base import Compressor, LayerView, n_kept, register
+from forward_influence.compress.base import Compressor, LayerView, Needs, n_kept, register
 from forward_influence.measurement import scores
 
 
@@ -46,8 +46,8 @@ class SnapKV(Compressor):
     kernel: int = 5
     name = "snapkv"
 
-    def recent_queries(self) -> int:
-        return self.window
+    def needs(self) -> Needs:
+        return Needs(recent_queries=self.window)
 
     def score(self, view: LayerView) -> torch.Tensor:
         w = min(self.window, view.queries.shape[1])

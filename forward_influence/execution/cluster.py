@@ -24,8 +24,8 @@ Faults:
 * a dead actor is replaced by a fresh one (checked like the first ones).
 
 Workers report their model provenance, package versions and git sha
-(:func:`forward_influence.execution.local.worker_report`); if two disagree the run
-is refused (:func:`forward_influence.execution.local.check_agreement`).
+(:func:`forward_influence.execution.pool.worker_report`); if two disagree the run
+is refused (:func:`forward_influence.execution.pool.check_agreement`).
 
 >>> parse_address("local:2")
 (None, 2)
@@ -50,7 +50,7 @@ from typing import Any
 
 from forward_influence.config import INSTALL_HINT, parse_address, ray_available  # noqa: F401  (the one --ray validation)
 from forward_influence.errors import InputError
-from forward_influence.execution.local import Outcome, check_agreement
+from forward_influence.execution.pool import Outcome, check_agreement, worker_report
 
 log = logging.getLogger("forward_influence")
 
@@ -94,7 +94,6 @@ class _Worker:
     def __init__(self, source: Any, threads: int):
         import torch
 
-        from forward_influence.execution.local import worker_report
         from forward_influence.runtime.host import retain_freed_memory
 
         torch.set_num_threads(threads)
@@ -153,6 +152,7 @@ class RayPool:
     """
 
     local = False
+    lm = None  # the model lives on the workers
 
     def __init__(self, spec: ClusterSpec, source: Any, device: str = "auto"):
         if not ray_available():

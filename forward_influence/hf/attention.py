@@ -16,7 +16,7 @@ query, and the key/value states *after* RoPE. We register one function under
 
 ``bias``
     One row over the prefix with a differentiable additive bias on the
-    prefix-key logits (the Fisher estimate of :mod:`forward_influence.fisher`).
+    prefix-key logits (the Fisher estimate of :mod:`forward_influence.measurement.fisher`).
 
 ``ablate``
     A batch of ``B`` rows re-runs the same ``C`` tokens at absolute positions
@@ -33,7 +33,7 @@ query, and the key/value states *after* RoPE. We register one function under
     memory-efficient kernel, 16/32-bit) over stride-0 views of the prefix
     and an additive mask, merged with each row's block by log-sum-exp.
     ``auto`` takes the device's default kernel where it applies
-    (:mod:`forward_influence.device_defaults`).
+    (:mod:`forward_influence.runtime.devices`).
 
 Nothing else in the package imports transformers' cache or attention modules;
 the naive reference loop (:func:`prefill_cache`, :func:`cache_without`,
@@ -59,7 +59,7 @@ from forward_influence.runtime.devices import defaults_for
 ATTN_NAME = "forward_influence"
 
 
-_STATE: contextvars.ContextVar[_Mode | None] = contextvars.ContextVar("fi_attention_state", default=None)
+_STATE: contextvars.ContextVar[ForwardMode | None] = contextvars.ContextVar("fi_attention_state", default=None)
 
 
 _REGISTERED = False
@@ -124,30 +124,59 @@ class AttentionTap:
 
 
 @dataclass
-class _Mode:
-    kind: str  # "record" | "ablate"
+class ForwardMode:
+    """What every routed forward carries: the layers' recorded K/V, callbacks, the model's own
+    attention implementation (for :class:`RecordMode`)."""
+
     base_impl: str = "sdpa"
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     values: dict[int, torch.Tensor] = field(default_factory=dict)
-    on_attention: Callable[[int, torch.Tensor, torch.Tensor, float], None] | None = None
-    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
-    start: int = 0
+    on_tap: Callable[[AttentionTap], None] | None = None  # sees every layer's attention inputs
+    attn_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by pre-hooks when wanted
+
+    @property
+    def start(self) -> int:
+        """Absolute position of the forward's first query."""
+        return 0
+
+
+@dataclass
+class RecordMode(ForwardMode):
+    """A plain causal forward of one sequence that keeps every layer's K/V (the module docstring's ``record``)."""
+
+
+@dataclass
+class PrefixMode(ForwardMode):
+    """A forward of new tokens at positions ``start..`` over a given ``prefix`` K/V per layer."""
+
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()
+    start: int = 0  # type: ignore[assignment]  (a field here, 0 in the base)
+
+
+@dataclass
+class AblateMode(PrefixMode):
+    """``B`` rows over the shared prefix, each hiding what ``batch`` says (``ablate``)."""
+
     batch: AblationBatch | None = None
     max_score_bytes: int = 8 << 20
     kernel: str = "auto"  # "auto" | "flash" | "matmul"
-    bias: torch.Tensor | None = None  # "bias" mode: (P,) added to prefix-key logits
+    record_block: bool = False  # also keep each layer's new K/V in keys/values
+    # derived per forward (built lazily on the first layer)
+    prefix_idx: torch.Tensor | None = None  # (B, K) int64
+    prefix_valid: torch.Tensor | None = None  # (B, K) bool
+    block_hidden: torch.Tensor | None = None  # (B, C) bool
+
+
+@dataclass
+class BiasMode(PrefixMode):
+    """One differentiable row with ``bias`` ``(P,)`` added to the prefix-key logits (``bias``)."""
+
+    bias: torch.Tensor | None = None
     bias_layers: frozenset[int] | None = None  # None: every layer
     bias_heads: frozenset[int] | None = None  # None: every KV head
-    on_tap: Callable[[AttentionTap], None] | None = None  # sees every layer's attention inputs
-    attn_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # filled by pre-hooks when wanted
-    record_block: bool = False  # "ablate" mode: also keep each layer's new K/V in keys/values
-    # derived per forward (built lazily on first layer)
-    _prefix_idx: torch.Tensor | None = None  # (B, K) int64
-    _prefix_valid: torch.Tensor | None = None  # (B, K) bool
-    _block_hidden: torch.Tensor | None = None  # (B, C) bool
 
 
-def _prepare_hiding(mode: _Mode, n_block: int, device: torch.device) -> None:
+def _prepare_hiding(mode: AblateMode, n_block: int, device: torch.device) -> None:
     """Turn per-row position tuples into gather indices (prefix) and a block mask."""
     batch = mode.batch
     assert batch is not None
@@ -166,20 +195,20 @@ def _prepare_hiding(mode: _Mode, n_block: int, device: torch.device) -> None:
         for q in row:
             if p <= q < p + n_block:
                 block[b, q - p] = True
-    mode._prefix_idx = idx.to(device)
-    mode._prefix_valid = valid.to(device)
-    mode._block_hidden = block.to(device)
+    mode.prefix_idx = idx.to(device)
+    mode.prefix_valid = valid.to(device)
+    mode.block_hidden = block.to(device)
 
 
-def _use_flash(mode: _Mode, query: torch.Tensor) -> bool:
+def _use_flash(mode: AblateMode, query: torch.Tensor) -> bool:
     """Whether this forward's prefix attention goes through the fused kernel:
     ``kernel="flash"`` (an error where it cannot), ``"auto"`` (where it can and
-    the device's default kernel is ``flash``, :mod:`forward_influence.device_defaults`)."""
+    the device's default kernel is ``flash``, :mod:`forward_influence.runtime.devices`)."""
     if mode.kernel == "matmul":
         return False
-    ok = kernels._lse_kernel(query) is not None
+    ok = kernels.lse_kernel(query) is not None
     # the fused path hides prefix entries from every query of a row: needs tau <= start
-    ok = ok and bool((mode.batch.tau[mode._prefix_valid.any(1).cpu()] <= mode.start).all())
+    ok = ok and bool((mode.batch.tau[mode.prefix_valid.any(1).cpu()] <= mode.start).all())
     if mode.kernel == "flash" and not ok:
         raise RuntimeError(
             "kernel='flash' needs a fused kernel for this device and dtype (CPU: float32; CUDA: "
@@ -189,10 +218,10 @@ def _use_flash(mode: _Mode, query: torch.Tensor) -> bool:
 
 
 def _ablated_attention_flash(
-    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: AblateMode
 ) -> torch.Tensor:
     """Fused path: the shared prefix through a fused attention kernel that
-    returns the log-sum-exp (:func:`_lse_kernel`), merged with each row's own
+    returns the log-sum-exp (:func:`lse_kernel`), merged with each row's own
     block by log-sum-exp.
 
     The query heads of a KV group are folded into the query axis (``g*C``
@@ -209,17 +238,17 @@ def _ablated_attention_flash(
     g = hq // hkv
     p = pk.shape[2]
     dev = query.device
-    attend = kernels._lse_kernel(query)
+    attend = kernels.lse_kernel(query)
     q = query.view(b, hkv, g, c, d).reshape(b, hkv, g * c, d)  # (B, Hkv, g*C, D) folded queries
     sel = mode.batch.select[:, layer].to(dev)  # (B, Hkv)
     hide = torch.ones(c, c, dtype=torch.bool, device=dev).triu_(1).repeat(g, 1)  # (g*C, C) causal, folded
-    if mode._block_hidden.any():
+    if mode.block_hidden.any():
         qpos = mode.start + torch.arange(c, device=dev)  # (C,)
         after = (qpos[None, :] >= mode.batch.tau.to(dev)[:, None]).repeat(1, g)  # (B, g*C) folded
         per_head = bool((sel.any(1) != sel.all(1)).any())  # some row hides at some heads only
         hs = sel if per_head else sel.any(1, keepdim=True)  # (B, Hkv or 1)
         hide = hide | (
-            hs[:, :, None, None] & after[:, None, :, None] & mode._block_hidden[:, None, None, :]
+            hs[:, :, None, None] & after[:, None, :, None] & mode.block_hidden[:, None, None, :]
         )  # (B, Hkv|1, g*C, C)
     if hide.dim() == 2:
         hide = hide[None, None]  # (1, 1, g*C, C)
@@ -228,9 +257,9 @@ def _ablated_attention_flash(
     if p > 0:
         pmask = torch.zeros(b, hkv, 1, p, dtype=query.dtype, device=dev)  # (B, Hkv, 1, P) additive
         dead = None
-        if mode._prefix_valid.any():
+        if mode.prefix_valid.any():
             rows = torch.zeros(b, p, dtype=torch.bool, device=dev)  # (B, P) hidden prefix positions
-            rows.scatter_(1, mode._prefix_idx, mode._prefix_valid)
+            rows.scatter_(1, mode.prefix_idx, mode.prefix_valid)
             gone = sel[:, :, None] & rows[:, None, :]  # (B, Hkv, P)
             pmask.masked_fill_(gone[:, :, None], float("-inf"))
             dead = gone.all(-1)  # (B, Hkv) every prefix entry hidden
@@ -251,7 +280,7 @@ def _ablated_attention_flash(
 
 
 def _ablated_attention(
-    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: AblateMode
 ) -> torch.Tensor:
     """Attention of ``B`` rows over a shared prefix plus their own block.
 
@@ -265,16 +294,16 @@ def _ablated_attention(
     g = hq // hkv
     p = pk.shape[2]
     dev = query.device
-    if mode._prefix_idx is None:
+    if mode.prefix_idx is None:
         _prepare_hiding(mode, c, dev)
     if _use_flash(mode, query):
         return _ablated_attention_flash(module, query, key, value, scaling, mode)
     batch = mode.batch
     sel = batch.select[:, layer].to(dev)  # (B, Hkv) bool
     tau = batch.tau.to(dev)  # (B,)
-    kmax = mode._prefix_idx.shape[1]
-    has_prefix_hidden = bool(mode._prefix_valid.any())
-    has_block_hidden = bool(mode._block_hidden.any())
+    kmax = mode.prefix_idx.shape[1]
+    has_prefix_hidden = bool(mode.prefix_valid.any())
+    has_block_hidden = bool(mode.block_hidden.any())
 
     qg = (query * scaling).view(b, hkv, g, c, d)  # (B, Hkv, g, C, D)
     out = torch.empty(hkv, b, g, c, d, dtype=value.dtype, device=dev)  # (Hkv, B, g, C, D)
@@ -303,13 +332,13 @@ def _ablated_attention(
         after = qpos[None, :] >= tau[:, None]  # (B, n) queries past the eviction time
         if has_prefix_hidden:
             cond = sel_t[:, :, None, None, None] & after[None, :, None, :, None]  # (Hkv, B, 1, n, 1)
-            cond = cond & mode._prefix_valid[None, :, None, None, :]  # (Hkv, B, 1, n, K)
-            idx = mode._prefix_idx[None, :, None, None, :].expand(hkv, b, g, n, kmax)  # (Hkv, B, g, n, K)
+            cond = cond & mode.prefix_valid[None, :, None, None, :]  # (Hkv, B, 1, n, K)
+            idx = mode.prefix_idx[None, :, None, None, :].expand(hkv, b, g, n, kmax)  # (Hkv, B, g, n, K)
             cur = s_pre.gather(-1, idx)  # (Hkv, B, g, n, K)
             s_pre.scatter_(-1, idx, cur.masked_fill(cond, float("-inf")))
         blk_mask = torch.arange(c1, device=dev)[None, :] > torch.arange(c0, c1, device=dev)[:, None]  # (n, c1) causal
         if has_block_hidden:
-            hid = mode._block_hidden[:, :c1]  # (B, c1)
+            hid = mode.block_hidden[:, :c1]  # (B, c1)
             extra = sel_t[:, :, None, None] & after[None, :, :, None] & hid[None, :, None, :]  # (Hkv, B, n, c1)
             blk_mask = blk_mask | extra[:, :, None]  # (Hkv, B, 1, n, c1)
         s_blk.masked_fill_(blk_mask, float("-inf"))
@@ -329,7 +358,7 @@ def _ablated_attention(
 
 
 def _biased_attention(
-    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: _Mode
+    module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, mode: BiasMode
 ) -> torch.Tensor:
     """Differentiable attention of one row over the prefix plus its own block,
     with ``mode.bias`` ``(P,)`` added to the logits of every block query for
@@ -388,18 +417,17 @@ def _attention(
                 key[0],
                 value[0],
                 scaling,
-                0 if mode.kind == "record" else mode.start,
+                mode.start,
                 mode.attn_inputs.pop(layer, None),
             )
         )
-    if mode.kind == "record":
+    if isinstance(mode, RecordMode):
         mode.keys[layer] = key
         mode.values[layer] = value
-        if mode.on_attention is not None:
-            mode.on_attention(layer, query, key, scaling)
-        return kernels._causal_attention(query, key, value, scaling, mode.base_impl), None
-    if mode.kind == "bias":
+        return kernels.causal_attention(query, key, value, scaling, mode.base_impl), None
+    if isinstance(mode, BiasMode):
         return _biased_attention(module, query, key, value, scaling, mode), None
+    assert isinstance(mode, AblateMode), type(mode)
     if mode.record_block:
         mode.keys[layer] = key
         mode.values[layer] = value
@@ -416,7 +444,7 @@ def _ensure_registered() -> None:
 
 
 @contextlib.contextmanager
-def attention_mode(model: Any, mode: _Mode) -> Iterator[None]:
+def attention_mode(model: Any, mode: ForwardMode) -> Iterator[None]:
     """Route ``model``'s attention through :data:`ATTN_NAME` for the block."""
     _ensure_registered()
     previous = model.config._attn_implementation

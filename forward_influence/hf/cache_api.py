@@ -13,7 +13,7 @@ import torch
 from forward_influence.hf import anatomy
 
 
-def _cache_kwarg(model: Any) -> str:
+def cache_kwarg(model: Any) -> str:
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -25,7 +25,7 @@ def prefill_cache(model: Any, input_ids: torch.Tensor) -> Any:
 
     cache = DynamicCache()
     ids = input_ids.to(model.device)[None]
-    model(input_ids=ids, use_cache=True, **{_cache_kwarg(model): cache})
+    model(input_ids=ids, use_cache=True, **{cache_kwarg(model): cache})
     return cache
 
 
@@ -57,7 +57,7 @@ def forward_with_cache(model: Any, cache: Any, block_ids: torch.Tensor, start: i
     """HF forward of ``block_ids`` ``(C,)`` on ``cache`` at true positions ``start..``; float32 logits ``(C, V)``."""
     ids = block_ids.to(model.device)[None]  # (1, C)
     pos = anatomy.position_ids(start, ids.shape[1], 1, model.device)  # (1, C)
-    out = model(input_ids=ids, position_ids=pos, use_cache=True, **{_cache_kwarg(model): cache})
+    out = model(input_ids=ids, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache})
     return out.logits[0].float()
 
 

@@ -10,7 +10,15 @@ from typing import Any
 import torch
 
 from forward_influence.hf import anatomy
-from forward_influence.hf.attention import AblationBatch, AttentionTap, _Mode, attention_mode
+from forward_influence.hf.attention import (
+    AblateMode,
+    AblationBatch,
+    AttentionTap,
+    BiasMode,
+    ForwardMode,
+    RecordMode,
+    attention_mode,
+)
 
 
 @dataclass
@@ -34,8 +42,8 @@ class Prefill:
 
 
 @contextlib.contextmanager
-def _hooks(
-    model: Any, mode: _Mode, layer_hooks: Callable[[int, torch.Tensor], None] | None, attn_inputs: bool
+def forward_hooks(
+    model: Any, mode: ForwardMode, layer_hooks: Callable[[int, torch.Tensor], None] | None, attn_inputs: bool
 ) -> Iterator[None]:
     """Forward hooks for the block: decoder-layer outputs to ``layer_hooks(layer,
     h (C, Dm))`` (row 0) and, with ``attn_inputs``, each attention module's input
@@ -67,22 +75,21 @@ def _hooks(
 def record_prefill(
     model: Any,
     input_ids: torch.Tensor,
-    on_attention: Callable[[int, torch.Tensor, torch.Tensor, float], None] | None = None,
-    layer_hooks: Callable[[int, torch.Tensor], None] | None = None,
+    *,
     on_tap: Callable[[AttentionTap], None] | None = None,
+    layer_hooks: Callable[[int, torch.Tensor], None] | None = None,
     attn_inputs: bool = False,
 ) -> Prefill:
     """Run ``input_ids`` ``(T,)`` once, keeping every layer's K/V.
 
-    ``on_attention(layer, Q (1,Hq,T,D), K (1,Hkv,T,D), scaling)`` is called per
-    layer; ``layer_hooks(layer, h (T, Dm))`` sees each decoder layer's output;
-    ``on_tap`` gets an :class:`AttentionTap` per layer (with the attention
-    input when ``attn_inputs``).
+    ``on_tap`` gets each layer's :class:`AttentionTap` (queries ``(Hq, T, D)`` and keys
+    after RoPE, the scaling; the attention input when ``attn_inputs``);
+    ``layer_hooks(layer, h (T, Dm))`` sees each decoder layer's output.
     """
-    mode = _Mode(kind="record", on_attention=on_attention, on_tap=on_tap)
+    mode = RecordMode(on_tap=on_tap)
     ids = input_ids.to(model.device)[None]  # (1, T)
     pos = torch.arange(ids.shape[1], device=model.device)[None]  # (1, T)
-    with _hooks(model, mode, layer_hooks, attn_inputs), attention_mode(model, mode):
+    with forward_hooks(model, mode, layer_hooks, attn_inputs), attention_mode(model, mode):
         out = anatomy.base_model(model)(input_ids=ids, position_ids=pos, use_cache=False)
     kv = [(mode.keys[l], mode.values[l]) for l in range(anatomy.n_layers(model))]
     return Prefill(kv=kv, hidden=out.last_hidden_state[0])
@@ -109,7 +116,7 @@ def ablated_forward(
         ``(B, C, Dm)`` final hidden states.
     """
     p = prefix[0][0].shape[2]
-    mode = _Mode(kind="ablate", prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes, kernel=kernel)
+    mode = AblateMode(prefix=prefix, start=p, batch=batch, max_score_bytes=max_score_bytes, kernel=kernel)
     return _block_forward(model, block_ids, len(batch), mode, dither=batch.dither)
 
 
@@ -133,7 +140,7 @@ def dither_embeddings(embeds: torch.Tensor, seed: int = DITHER_SEED) -> torch.Te
 
 
 def _block_forward(
-    model: Any, block_ids: torch.Tensor, rows: int, mode: _Mode, dither: Sequence[int] = ()
+    model: Any, block_ids: torch.Tensor, rows: int, mode: AblateMode | BiasMode, dither: Sequence[int] = ()
 ) -> torch.Tensor:
     """``rows`` copies of ``block_ids`` ``(C,)`` at their true positions after
     ``mode.prefix``, attention routed through ``mode`` → ``(rows, C, Dm)``;
@@ -161,12 +168,11 @@ def biased_forward(
 ) -> torch.Tensor:
     """Run ``block_ids`` ``(C,)`` after ``prefix`` with ``bias`` ``(P,)`` added to
     the block queries' attention logits of the prefix keys (differentiable in
-    ``bias``; ``bias = log m``, see :mod:`forward_influence.fisher`).
+    ``bias``; ``bias = log m``, see :mod:`forward_influence.measurement.fisher`).
 
     Returns ``(1, C, Dm)`` final hidden states.
     """
-    mode = _Mode(
-        kind="bias",
+    mode = BiasMode(
         prefix=prefix,
         start=prefix[0][0].shape[2],
         bias=bias,
@@ -202,8 +208,8 @@ def continue_forward(
         select=torch.zeros(1, anatomy.n_layers(model), anatomy.n_kv_heads(model), dtype=torch.bool),
         tau=torch.tensor([start]),
     )
-    mode = _Mode(kind="ablate", prefix=kv, start=start, batch=batch, on_tap=on_tap, record_block=True)
-    with _hooks(model, mode, layer_hooks, attn_inputs):
+    mode = AblateMode(prefix=kv, start=start, batch=batch, on_tap=on_tap, record_block=True)
+    with forward_hooks(model, mode, layer_hooks, attn_inputs):
         hidden = _block_forward(model, block_ids, 1, mode)
     new = [(mode.keys[l], mode.values[l]) for l in range(anatomy.n_layers(model))]
     return Prefill(kv=new, hidden=hidden[0])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as Fn
 
 
-def _causal_attention(
+def causal_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float, impl: str
 ) -> torch.Tensor:
     """Plain causal attention, as ``sdpa`` or ``eager`` would compute it.
@@ -83,7 +83,7 @@ def _lse_attention_cuda(
     return out, lse[..., :m]
 
 
-def _lse_kernel(query: torch.Tensor) -> Callable | None:
+def lse_kernel(query: torch.Tensor) -> Callable | None:
     """The fused attention-with-log-sum-exp for ``query``'s device and dtype, or None."""
     if query.device.type == "cpu":
         return _lse_attention_cpu if query.dtype == torch.float32 and _flash_cpu() is not None else None

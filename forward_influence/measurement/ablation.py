@@ -43,7 +43,7 @@ class Ablation:
 NULL = Ablation(positions=())
 
 
-def _select(ablations: Sequence[Ablation], n_layers: int, n_kv: int) -> torch.Tensor:
+def select_mask(ablations: Sequence[Ablation], n_layers: int, n_kv: int) -> torch.Tensor:
     sel = torch.zeros(len(ablations), n_layers, n_kv, dtype=torch.bool)  # (B, L, Hkv)
     for b, a in enumerate(ablations):
         if not a.positions:

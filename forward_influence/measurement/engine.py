@@ -1,6 +1,6 @@
 """Forward Influence: the exact KL shift caused by removing KV-cache entries.
 
-Definition (DESIGN §2). Tokens ``x[0:T]``; an ablation removes a set of cache
+Definition (docs/design.md §1–2). Tokens ``x[0:T]``; an ablation removes a set of cache
 entries (all layers, one layer, or one KV head of one layer) from what the
 queries at or after an *eviction time* ``tau`` can see. Entries computed
 before ``tau`` keep what they read. For a future query position ``t``::
@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from forward_influence.hf import anatomy, attention, forwards
-from forward_influence.measurement.ablation import NULL, Ablation, SlidingResult, SplitResult, _select  # noqa: F401  (re-exported)
+from forward_influence.measurement.ablation import NULL, Ablation, SlidingResult, SplitResult, select_mask  # noqa: F401  (re-exported)
 from forward_influence.measurement.kl import centred_kl_delta
 from forward_influence.runtime import host
 from forward_influence.runtime.devices import defaults_for
@@ -217,7 +217,7 @@ class ForwardInfluenceEngine:
         """KL between the batched null row and a null row run alone, and
         whether their hidden states are bitwise identical."""
         one = attention.AblationBatch(
-            positions=[()], select=_select([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start])
+            positions=[()], select=select_mask([NULL], self.n_layers, self.n_kv), tau=torch.tensor([start])
         )
         alone = forwards.ablated_forward(
             self.model, prefix, block, one, self.max_score_bytes, self.kernel
@@ -242,7 +242,7 @@ class ForwardInfluenceEngine:
         t0 = taus[0] if null_tau is None else null_tau
         return attention.AblationBatch(
             positions=[tuple(a.positions) for a in rows],
-            select=_select(rows, self.n_layers, self.n_kv),
+            select=select_mask(rows, self.n_layers, self.n_kv),
             tau=torch.tensor([t0] * len(extra) + list(taus), dtype=torch.long),
             dither=(1,) if dither and null else (),
         )
@@ -259,11 +259,11 @@ class ForwardInfluenceEngine:
 
     # ------------------------------------------------------------------- API
     def prefill(
-        self, input_ids: torch.Tensor, on_attention: Callable | None = None, layer_hooks: Callable | None = None
+        self, input_ids: torch.Tensor, on_tap: Callable | None = None, layer_hooks: Callable | None = None
     ) -> forwards.Prefill:
         """One causal forward of ``input_ids`` ``(T,)`` keeping the KV cache
         (callbacks: see :func:`forward_influence.hf.forwards.record_prefill`)."""
-        return forwards.record_prefill(self.model, input_ids, on_attention, layer_hooks)
+        return forwards.record_prefill(self.model, input_ids, on_tap=on_tap, layer_hooks=layer_hooks)
 
     @torch.no_grad()
     def split(

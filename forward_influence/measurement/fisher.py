@@ -6,7 +6,7 @@ Give every prefix cache entry ``j`` a weight ``m_j`` that scales its
 unnormalised attention weight for the future queries at every layer, i.e.
 add ``b_j = log m_j`` to those queries' attention logits of key ``j``.
 ``m = 1`` is the unperturbed model; ``m_i = 0`` (``b_i = -inf``) is exactly
-the ablation of entry ``i`` (DESIGN §2, split mode).
+the ablation of entry ``i`` (docs/design.md §4, split mode).
 
 For a future position ``t`` and a target ``y`` let
 ``g_{t,i}(y) = ∂ log p_t(y) / ∂ m_i`` at ``m = 1`` (equal to ``∂/∂b_i`` at

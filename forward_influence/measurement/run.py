@@ -2,7 +2,7 @@
 
 The driver: it reads the documents, tokenises them with the model's
 tokenizer, cuts each into work units (:mod:`forward_influence.measurement.units`), has a
-pool run them (:mod:`forward_influence.execution.local`: this process, or Ray
+pool run them (:mod:`forward_influence.execution.pool`: this process, or Ray
 workers with ``--ray``), assembles each document from its units and
 checkpoints it, and writes the tables and ``run.json``. Units that keep
 failing (Ray only) leave the run ``partial``, named in ``run.json``; a rerun
@@ -23,81 +23,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from forward_influence.config import MeasureConfig
 from forward_influence.errors import InputError
-from forward_influence.execution.local import ModelSource, open_pool
+from forward_influence.execution.choose import open_pool
+from forward_influence.execution.pool import ModelSource, Pool
 from forward_influence.hf.models import LoadedModel
-from forward_influence.measurement import signals as sig
+from forward_influence.measurement.collector import registered
 from forward_influence.measurement.documents import TokenizedDocument, load_documents, tokenize
-from forward_influence.measurement.units import (  # noqa: F401
-    INFLUENCE_COLUMNS,
-    MeasureJob,
-    UnitResult,
-    assemble_document,
-    plan_units,
-    sliding_limit,
-    sliding_sources,
-    sources_for,
-    tokens_table,
-)
+from forward_influence.measurement.meta import finish_meta, start_meta
+from forward_influence.measurement.strategies import Strategy, strategy_for
+from forward_influence.measurement.units import MeasureJob, UnitResult, assemble_document
+from forward_influence.store import schema
 from forward_influence.store.results import MeasureResult, PartStore, write_json_atomic
-from forward_influence.store.runs import resume_state, run_meta, start_run
-from forward_influence.store.tables import DISTANCE_FROM
+from forward_influence.store.runs import resume_state, start_run
 
 log = logging.getLogger("forward_influence")
-
-
-def _generated_needed(cfg: MeasureConfig, n_prompt: int) -> int:
-    """Generated tokens a generation needs after an ``n_prompt``-token prompt:
-    one sliding source at ``s = n_prompt`` needs ``D + H``; split mode ``N + F`` in all."""
-    if cfg.mode == "sliding":
-        return cfg.delay + cfg.horizon
-    return max(0, cfg.tokens_needed() - n_prompt)
-
-
-def _problem(cfg: MeasureConfig, tdoc: TokenizedDocument) -> str | None:
-    """Why ``tdoc`` cannot be measured in this mode (one line naming the fix), or None."""
-    t, p, name = len(tdoc), tdoc.n_prompt, tdoc.doc.doc_id
-    if p is None and t < cfg.tokens_needed():
-        what = "--n-prefix + --n-future" if cfg.mode == "split" else "--delay + --horizon + 1"
-        return (
-            f"document {name!r} has {t} tokens, fewer than {what} = {cfg.tokens_needed()}; "
-            "lower them or drop it with --doc-ids"
-        )
-    if p is not None and t - p < _generated_needed(cfg, p):
-        what = "--delay + --horizon" if cfg.mode == "sliding" else "--n-prefix + --n-future minus the prompt"
-        return (
-            f"generation {name!r} has {t - p} new tokens after its {p}-token prompt, fewer than {what} = "
-            f"{_generated_needed(cfg, p)}; raise --min-new-tokens to {_generated_needed(cfg, p)}"
-        )
-    if cfg.positions is not None:
-        if cfg.mode == "split":
-            ok, where = sources_for(cfg, max(cfg.n_prefix)), f"< {max(cfg.n_prefix)}"
-        else:
-            ok, where = sliding_sources(cfg, tdoc), f"in [{p or 0}, {sliding_limit(cfg, t)})"
-        if not ok:
-            return (
-                f"--positions {list(cfg.positions)[:5]} are all out of range for document {name!r}: "
-                f"sources must be {where}"
-            )
-    return None
-
-
-def _check_document(cfg: MeasureConfig, tdoc: TokenizedDocument) -> None:
-    why = _problem(cfg, tdoc)
-    if why is not None:
-        raise InputError(why)
-
-
-def _document_tokens_limit(cfg: MeasureConfig) -> int | None:
-    limits = [cfg.tokens_needed()] if cfg.mode == "split" else []
-    if cfg.max_tokens is not None:
-        limits.append(cfg.max_tokens)
-    return min(limits) if limits else None
 
 
 def _check_model(cfg: MeasureConfig, prov: dict[str, Any]) -> None:
@@ -110,12 +53,12 @@ def _check_model(cfg: MeasureConfig, prov: dict[str, Any]) -> None:
         raise InputError(f"--kv-head {cfg.kv_head} out of range; the model has {n_kv} KV heads")
 
 
-def _run_meta(cfg: MeasureConfig, pool: Any, docs: list[TokenizedDocument]) -> dict[str, Any]:
-    documents = [
+def _documents(docs: list[TokenizedDocument]) -> list[dict[str, Any]]:
+    """``run.json``'s ``documents``: id, tokens and (generations) prompt tokens."""
+    return [
         {"doc_id": d.doc.doc_id, "n_tokens": len(d), **({} if d.n_prompt is None else {"n_prompt": d.n_prompt})}
         for d in docs
     ]
-    return run_meta(cfg, pool, documents=documents, distance_from=DISTANCE_FROM)
 
 
 def measure(
@@ -151,6 +94,8 @@ def measure(
         workers that disagree — before any output is written.
     """
     cfg = config.validate()
+    strategy = strategy_for(cfg)
+    strategy.check_config()
     docs = _input_documents(cfg)
     out, finished = resume_state(cfg.out, cfg)
     if finished:
@@ -159,11 +104,11 @@ def measure(
         cfg.model, device=cfg.device, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation
     )
     with open_pool(cfg.ray, model, source, cfg.device, cluster) as pool:
-        tdocs, extra = _prepare_documents(cfg, pool, docs, out)
-        meta = {**_run_meta(cfg, pool, tdocs), **extra}
+        tdocs, extra = _prepare_documents(strategy, pool, docs, out)
+        meta = start_meta(cfg, pool, _documents(tdocs), [spec.to_dict() for spec in registered()], extra)
         store = start_run(out, meta)
         t0, c0 = time.perf_counter(), time.process_time()
-        done_docs, failed = _run_units(cfg, pool, tdocs, store)
+        done_docs, failed = _run_units(strategy, pool, tdocs, store)
         meta["execution"] = pool.execution()
     result = _result(cfg, meta, done_docs, failed, time.perf_counter() - t0, time.process_time() - c0)
     if out is not None and failed:
@@ -191,25 +136,28 @@ def _input_documents(cfg: MeasureConfig) -> list[Any]:
 
 
 def _prepare_documents(
-    cfg: MeasureConfig, pool: Any, docs: list[Any], out: Path | None
+    strategy: Strategy, pool: Pool, docs: list[Any], out: Path | None
 ) -> tuple[list[TokenizedDocument], dict[str, Any]]:
     """Check the model, tokenize and check the documents (or generate them),
     check the spaCy model: everything that fails before the first unit runs.
     Returns the documents and ``run.json``'s extra fields."""
+    cfg = strategy.cfg
     _check_model(cfg, pool.provenance)
-    limit = _document_tokens_limit(cfg)
+    limit = strategy.document_limit()
     tdocs = [tokenize(pool.tokenizer, d, max_tokens=limit) for d in docs]
     for td in tdocs:
-        _check_document(cfg, td)
-    sig.SignalConfig.from_measure(cfg).check_ready()
+        why = strategy.problem(td)
+        if why is not None:
+            raise InputError(why)
+    strategy.signal_config().check_ready()
     if cfg.generate is None:
         return tdocs, {}
-    if getattr(pool, "lm", None) is None:
+    if pool.lm is None:
         raise InputError(
             "--generate runs on one machine: generate first without --ray, then measure its OUT/generations.jsonl on "
             "the cluster"
         )
-    return _generated_documents(cfg, pool.lm, out)
+    return _generated_documents(strategy, pool.lm, out)
 
 
 def _result(
@@ -223,28 +171,16 @@ def _result(
     """The finished documents' tables concatenated, with ``meta`` completed."""
     parts = [d for d in done_docs if d is not None]
     doc_meta = [m for _, m in parts]
-    names = list(parts[0][0]) if parts else ["tokens", "influence", "summary", "source_signals"]
+    names = list(parts[0][0]) if parts else list(schema.TABLES)
     cat = {
         name: pd.concat([p[name] for p, _ in parts], ignore_index=True) if parts else pd.DataFrame() for name in names
     }
-    floors = [m["noise_floor_max"] for m in doc_meta if m["noise_floor_max"] is not None]
-    meta.update(
-        status="partial" if failed else "complete",
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        seconds_total=round(seconds, 3),
-        cpu_seconds_total=round(cpu_seconds, 3),  # this process's threads: the cost on a shared machine
-        method=cfg.method,
-        noise_floor_max=max(floors) if floors else None,
-        noise_floor_mean=float(np.mean([m["noise_floor_mean"] for m in doc_meta])) if floors else None,
-        **_precision_summary(doc_meta),
-        per_document=doc_meta,
-        failed_units=failed,
-    )
+    meta = finish_meta(meta, cfg, doc_meta, failed, seconds, cpu_seconds)
     return MeasureResult(meta=meta, **cat)
 
 
 def _generated_documents(
-    cfg: MeasureConfig, lm: LoadedModel, out: Path | None
+    strategy: Strategy, lm: LoadedModel, out: Path | None
 ) -> tuple[list[TokenizedDocument], dict[str, Any]]:
     """The generations of ``cfg.generate`` that this mode can measure (cut to
     the tokens it reads), and ``run.json``'s ``generation`` and ``skipped``.
@@ -252,13 +188,14 @@ def _generated_documents(
     :class:`InputError` and removes an ``out`` this call created."""
     from forward_influence.measurement import generations
 
+    cfg = strategy.cfg
     created = out is not None and not out.exists()
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         bar = tqdm(desc="generating", disable=not cfg.progress)
         docs, info = generations.generate_all(cfg, lm, out, progress=bar.update)
         bar.close()
-        limit = _document_tokens_limit(cfg)
+        limit = strategy.document_limit()
         usable, skipped = [], []
         for td in docs:
             if limit is not None and len(td) > limit:
@@ -269,7 +206,7 @@ def _generated_documents(
                     tokens=td.tokens[:limit],
                     n_prompt=min(td.n_prompt, limit),
                 )
-            why = _problem(cfg, td)
+            why = strategy.problem(td)
             if why is None:
                 usable.append(td)
                 continue
@@ -277,7 +214,7 @@ def _generated_documents(
                 {"doc_id": td.doc.doc_id, "reason": why, "n_prompt": td.n_prompt, "n_generated": len(td) - td.n_prompt}
             )
         if not usable:
-            need = max(_generated_needed(cfg, td.n_prompt) for td in docs)
+            need = max(strategy.generated_needed(td.n_prompt) for td in docs)
             longest = max(len(td) - td.n_prompt for td in docs)
             if longest >= need:  # long enough, but no source where --positions asks
                 raise InputError(f"none of the {len(docs)} generations can be measured: {skipped[0]['reason']}")
@@ -296,7 +233,7 @@ def _generated_documents(
 
 
 def _run_units(
-    cfg: MeasureConfig, pool: Any, tdocs: list[TokenizedDocument], store: PartStore | None
+    strategy: Strategy, pool: Pool, tdocs: list[TokenizedDocument], store: PartStore | None
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Run every unfinished document's units on ``pool``; assemble and
     checkpoint each document as its last unit arrives.
@@ -313,7 +250,8 @@ def _run_units(
             done[k] = (tables, {**m, "resumed": True})
         else:
             pending[k] = {}
-            units += plan_units(cfg, k, td)
+            units += strategy.plan(k, td)
+    cfg = strategy.cfg
     failed: list[dict[str, Any]] = []
     bar = tqdm(total=len(units), desc="units", disable=not cfg.progress)
     for oc in pool.map(MeasureJob(cfg, progress=cfg.progress and pool.local), units):
@@ -335,19 +273,6 @@ def _run_units(
             done[k] = (tables, m)
     bar.close()
     return done, failed
-
-
-def _precision_summary(doc_meta: list[dict[str, Any]]) -> dict[str, Any]:
-    """Run-level precision floor: median over documents' medians, max of maxima,
-    share of KLs below their position's floor (mean over documents)."""
-    ms = [m for m in doc_meta if m.get("precision_floor_median") is not None]
-    if not ms:
-        return {"precision_floor_median": None, "precision_floor_max": None, "share_below_precision_floor": None}
-    return {
-        "precision_floor_median": float(np.median([m["precision_floor_median"] for m in ms])),
-        "precision_floor_max": max(m["precision_floor_max"] for m in ms),
-        "share_below_precision_floor": float(np.mean([m["share_below_precision_floor"] for m in ms])),
-    }
 
 
 def load_result(out: str | Path) -> MeasureResult:

@@ -1,4 +1,4 @@
-"""Words: spaCy POS tags aligned to model subword tokens (DESIGN §4).
+"""Words: spaCy POS tags aligned to model subword tokens (docs/design.md §3.3).
 
 The only module that touches spaCy. The document text is tagged by
 ``en_core_web_sm`` (or the same model shipped as the PyPI package

@@ -14,7 +14,7 @@ chunk of :class:`forward_influence.compress.CompressedCache`.
 run when the table was written. Its values are the ones the code carried
 before (engine chunks of 1 GiB scores / 2 GiB logits / 2 GiB KL, each at
 most an eighth of the free memory; batches up to 256 rows in half the free
-memory; the explicit matmul attention kernel; bfloat16 weights, DESIGN §8).
+memory; the explicit matmul attention kernel; bfloat16 weights, docs/design.md §1.3).
 ``scripts/gpu_check.py`` measures them and prints one line per field it can
 judge, ``recommend_<device>_<field>=<value>`` (e.g.
 ``recommend_cuda_batch_cap=64``); :func:`parse_recommendations` reads those
@@ -109,7 +109,7 @@ DEFAULTS: dict[str, DeviceDefaults] = {
 _CUDA_UNMEASURED = "not measured (no CUDA run yet); the value the code carried before the table"
 SOURCES: dict[str, dict[str, str]] = {
     "cpu": {
-        "dtype": "DESIGN §8 (exact FI needs float32; README *Precision*)",
+        "dtype": "docs/design.md §1.3 (exact FI needs float32; README *Precision*)",
         "kernel": "2-core CPU: PyTorch's fused CPU flash kernel (README, where the time goes)",
         "batch_cap": "2-core CPU, N=1024, F=256: 0.79 (B=8), 0.83 (16), 0.73 (32), 0.69 (64) abl/s",
         "batch_memory_fraction": "not measured (a safety margin)",
@@ -120,7 +120,7 @@ SOURCES: dict[str, dict[str, str]] = {
         "entropy_logit_bytes": "not measured",
     },
     "cuda": {
-        "dtype": "DESIGN §8 (bfloat16 weights on GPU); a precision choice, not a measurement",
+        "dtype": "docs/design.md §1.3 (bfloat16 weights on GPU); a precision choice, not a measurement",
         **{f.name: _CUDA_UNMEASURED for f in dataclasses.fields(DeviceDefaults) if f.name != "dtype"},
     },
 }

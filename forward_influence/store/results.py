@@ -49,10 +49,8 @@ import pandas as pd
 
 from forward_influence.config import MeasureConfig
 from forward_influence.errors import InputError
-from forward_influence.store.tables import DISTANCE_FROM, summarize_influence
-
-TABLES = ("tokens", "influence", "summary", "source_signals")
-OPTIONAL_TABLES = ("token_layers",)
+from forward_influence.store.schema import DISTANCE_FROM, OPTIONAL_TABLES, REQUIRED_COLUMNS, TABLES
+from forward_influence.store.tables import summarize_influence
 
 #: Layout version of an output directory (``run.json`` and its tables). Bump it
 #: when a table's columns or meaning change; readers refuse other versions.
@@ -63,38 +61,6 @@ SCHEMA_VERSION = 3
 #:    ``distance_from: tau``; version 2 counted split-mode buckets from the source).
 #: Finished runs of these versions are read (version 2's summary is recomputed from its influence table).
 READABLE_VERSIONS = (2, 3)
-
-#: Columns every ``fi-measure`` run has, whatever its options.
-REQUIRED_COLUMNS = {
-    "tokens": ("doc_id", "pos", "token_id", "token", "char_start", "char_end"),
-    "influence": (
-        "doc_id",
-        "mode",
-        "split_pos",
-        "source_pos",
-        "layer",
-        "kv_head",
-        "target_pos",
-        "distance",
-        "distance_tau",
-        "kl",
-    ),
-    "summary": (
-        "doc_id",
-        "mode",
-        "split_pos",
-        "source_pos",
-        "layer",
-        "kv_head",
-        "fi_total",
-        "fi_near",
-        "fi_mid",
-        "fi_far",
-        "fi_max",
-        "n_targets",
-    ),
-    "source_signals": ("doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"),
-}
 
 
 def _rerun(producer: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from forward_influence.store.results import (
     SCHEMA_VERSION,
@@ -37,7 +37,19 @@ def resume_state(out: str | Path | None, config: Any, producer: str = "fi-measur
     return path, finished
 
 
-def run_meta(config: Any, pool: Any, **extra: Any) -> dict[str, Any]:
+class Described(Protocol):
+    """What ``run.json`` records of an execution pool (:class:`forward_influence.execution.pool.Pool`)."""
+
+    @property
+    def provenance(self) -> dict[str, Any]: ...
+
+    @property
+    def runtime(self) -> dict[str, Any]: ...
+
+    def execution(self) -> dict[str, Any]: ...
+
+
+def run_meta(config: Any, pool: Described, **extra: Any) -> dict[str, Any]:
     """``run.json`` of a starting run: identity, config, model provenance,
     versions and runtime of ``pool`` (an execution pool), ``extra``, start time."""
     return {

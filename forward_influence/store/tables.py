@@ -20,8 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: What the near/far buckets of ``summary.parquet`` count from (recorded in run.json).
-DISTANCE_FROM = "tau"
+from forward_influence.store.schema import DISTANCE_FROM  # noqa: F401  (where the convention is declared)
 
 
 def bucket_distance(influence: pd.DataFrame) -> np.ndarray:

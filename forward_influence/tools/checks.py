@@ -104,7 +104,7 @@ def float32_twin(model: Any) -> Any:
 def kernels(model: Any) -> list[str]:
     """The engine's attention kernels that run on ``model``'s device and dtype."""
     probe = torch.empty(0, device=model.device, dtype=model.dtype)
-    return ["flash", "matmul"] if hf_kernels._lse_kernel(probe) is not None else ["matmul"]
+    return ["flash", "matmul"] if hf_kernels.lse_kernel(probe) is not None else ["matmul"]
 
 
 # --------------------------------------------------------------------------- #

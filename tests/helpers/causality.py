@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from forward_influence.hf import forwards
-from forward_influence.measurement.signals import SELECTION_SIGNALS, SignalCollector, SignalConfig
+from forward_influence.measurement.collector import SignalCollector, SignalConfig, registered
 
 T = 64
 
@@ -31,7 +31,7 @@ class _Doc:
 def signals(model, ids: torch.Tensor, collector=SignalCollector, **cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(token signals, source signals) of ``ids`` ``(T,)``."""
     col = collector(model, len(ids), SignalConfig(words=False, window=8, **cfg))
-    pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
+    pre = forwards.record_prefill(model, ids, on_tap=col.on_tap, layer_hooks=col.on_layer)
     tokens = pd.DataFrame({"doc_id": pd.Series(["d"] * len(ids), dtype="string"), "pos": np.arange(len(ids))})
     tokens, source, _ = col.finish(pre, tokens, _Doc(ids))
     return tokens, source
@@ -50,11 +50,12 @@ def leaks(model, ids, collector=SignalCollector) -> list[str]:
     when the input changes from tau on; [] when the rule holds."""
     found = []
     vocab = model.config.vocab_size
+    selection = [s.name for s in registered()]  # every registered signal may select tokens: each obeys the rule
     for n in SPLITS:  # split mode: each split on its own
         (tok_a, src_a), (tok_b, src_b) = (
             signals(model, x, collector, splits=SPLITS) for x in (ids, changed_from(ids, n, vocab))
         )
-        for name in SELECTION_SIGNALS:
+        for name in selection:
             if name in tok_a:
                 a, b = tok_a[name].to_numpy()[:n], tok_b[name].to_numpy()[:n]
             else:
@@ -66,7 +67,7 @@ def leaks(model, ids, collector=SignalCollector) -> list[str]:
         (tok_a, src_a), (tok_b, src_b) = (
             signals(model, x, collector, delay=DELAY) for x in (ids, changed_from(ids, first, vocab))
         )
-        for name in SELECTION_SIGNALS:
+        for name in selection:
             frame_a, frame_b = (tok_a, tok_b) if name in tok_a else (src_a, src_b)
             keep = (frame_a["pos"] + DELAY <= first).to_numpy()
             if not np.array_equal(frame_a[name].to_numpy()[keep], frame_b[name].to_numpy()[keep], equal_nan=True):

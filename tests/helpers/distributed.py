@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from forward_influence.store import schema
 from forward_influence.store.results import MeasureResult  # noqa: E402
 
 ray = pytest.importorskip("ray")
@@ -18,7 +19,7 @@ ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-TABLES = ("tokens", "influence", "summary", "source_signals", "token_layers")
+TABLES = schema.TABLES + schema.OPTIONAL_TABLES
 
 
 TEXT = "The Normans gave their name to Normandy, a region in France; they were descended from Norse raiders. "
@@ -38,6 +39,23 @@ def write_docs(path: Path, texts: dict[str, str]) -> Path:
 def assert_same_tables(a: MeasureResult, b: MeasureResult) -> None:
     for name in TABLES:
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
+
+
+def assert_within_recorded(a: MeasureResult, b: MeasureResult) -> float:
+    """Tables equal, but for KLs and their totals, which agree by the rule the runs record
+    (``reproducibility``, :mod:`forward_influence.measurement.reproducibility`); returns the floor used."""
+    from forward_influence.measurement.reproducibility import fi_close, kl_close
+
+    assert a.meta.get("reproducibility") and b.meta.get("reproducibility"), "a run did not record its reproducibility"
+    floor = max(a.meta["precision_floor_max"], b.meta["precision_floor_max"])
+    assert kl_close(a.influence.kl.to_numpy(), b.influence.kl.to_numpy(), floor).all()
+    for col in ("fi_total", "fi_near", "fi_mid", "fi_far"):
+        assert fi_close(
+            a.summary[col].to_numpy(), b.summary[col].to_numpy(), a.summary.n_targets.to_numpy(), floor
+        ).all(), col
+    for name in ("tokens", "source_signals", "token_layers"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name), check_exact=True, obj=name)
+    return floor
 
 
 @pytest.fixture(scope="module")

@@ -17,60 +17,21 @@ import pytest
 from conftest import FP32_PRECISION_FLOOR
 
 from forward_influence.cli.measure import entry
+from forward_influence.measurement.collector import registered
+from forward_influence.store import schema
 from forward_influence.store.results import SCHEMA_VERSION, MeasureResult
 
 SMALL = ["--n-prefix", "48", "--n-future", "24", "--stride", "6", "--window", "8"]
-TOKENS_COLUMNS = {
-    "doc_id",
-    "pos",
-    "token_id",
-    "token",
-    "char_start",
-    "char_end",
-    "entropy_in",
-    "entropy_out",
-    "entropy_in_topk",
-    "entropy_out_topk",
-    "surprisal",
-    "key_norm",
-    "rep_change",
-    "rep_change_layers",
-    "entropy_rep",
-    "word_idx",
-    "word",
-    "upos",
-    "tag",
-    "word_class",
-    "finite_verb",
-    "is_word_start",
-}
-INFLUENCE_COLUMNS = [
-    "doc_id",
-    "mode",
-    "split_pos",
-    "source_pos",
-    "layer",
-    "kv_head",
-    "target_pos",
-    "distance",
-    "distance_tau",
-    "kl",
-]
-SOURCE_SIGNAL_COLUMNS = ["doc_id", "split_pos", "pos", "tau", "attn_snapkv", "attn_h2o"]
-SUMMARY_COLUMNS = {
-    "doc_id",
-    "mode",
-    "split_pos",
-    "source_pos",
-    "layer",
-    "kv_head",
-    "fi_total",
-    "fi_near",
-    "fi_mid",
-    "fi_far",
-    "fi_max",
-    "n_targets",
-}
+WORD_COLUMNS = {"word_idx", "word", "upos", "tag", "word_class", "finite_verb", "is_word_start"}
+TOKENS_COLUMNS = (
+    set(schema.REQUIRED_COLUMNS["tokens"])
+    | {"text"}
+    | set(schema.signal_names(registered(), schema.TOKEN))
+    | WORD_COLUMNS
+)
+INFLUENCE_COLUMNS = list(schema.INFLUENCE_COLUMNS)
+SOURCE_SIGNAL_COLUMNS = [*schema.REQUIRED_COLUMNS["source_signals"], *schema.signal_names(registered(), schema.SOURCE)]
+SUMMARY_COLUMNS = set(schema.REQUIRED_COLUMNS["summary"])
 
 
 @pytest.fixture(scope="module")

@@ -198,3 +198,61 @@ def test_ruff_lint_passes():
 def test_ruff_format_is_applied():
     out = _ruff("format", "--check", "--no-cache")
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def import_cycles(graph) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (Tarjan's
+    strongly connected components of ``graph``, a grimp import graph; lazy imports count)."""
+    modules = sorted(graph.modules)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(m: str) -> None:  # recursion depth is bounded by the package's module count
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        on_stack.add(m)
+        for n in graph.find_modules_directly_imported_by(m):
+            if n not in index:
+                visit(n)
+                low[m] = min(low[m], low[n])
+            elif n in on_stack:
+                low[m] = min(low[m], index[n])
+        if low[m] == index[m]:
+            group = []
+            while True:
+                n = stack.pop()
+                on_stack.discard(n)
+                group.append(n)
+                if n == m:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for m in modules:
+        if m not in index:
+            visit(m)
+    return groups
+
+
+def test_no_two_modules_import_each_other():
+    import grimp
+
+    graph = grimp.build_graph("forward_influence", cache_dir=None)
+    cycles = import_cycles(graph)
+    assert cycles == [], "modules that import each other (directly or through others):\n" + "\n".join(map(str, cycles))
+
+
+def test_import_cycle_check_has_power():
+    import grimp
+
+    graph = grimp.ImportGraph()
+    for m in ("p.a", "p.b", "p.c", "p.d"):
+        graph.add_module(m)
+    graph.add_import(importer="p.a", imported="p.b")
+    graph.add_import(importer="p.b", imported="p.c")
+    graph.add_import(importer="p.c", imported="p.a")  # a -> b -> c -> a
+    graph.add_import(importer="p.d", imported="p.a")
+    assert import_cycles(graph) == [["p.a", "p.b", "p.c"]]

@@ -13,35 +13,33 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from forward_influence.measurement.signals import SELECTION_SIGNALS, SignalCollector
+from forward_influence.measurement import scores
+from forward_influence.measurement.collector import SignalCollector, registered
 
 
 class LeakyH2O(SignalCollector):
     """H2O over every query of the document (the pre-rule definition)."""
 
-    def on_attention(self, layer, query, key, scaling):
-        super().on_attention(layer, query, key, scaling)
-        from forward_influence.measurement import scores
-
-        q, k = query[0], key[0]
+    def on_tap(self, tap):
+        super().on_tap(tap)
+        q, k = tap.query, tap.key
         pos = torch.arange(q.shape[1])
-        acc = scores.cumulative_attention(q, k, pos, pos, scaling)  # every query, future included
+        acc = scores.cumulative_attention(q, k, pos, pos, tap.scaling)  # every query, future included
         seen = torch.arange(q.shape[1], 0, -1, dtype=torch.float64)
-        self.h2o[:, layer] = self._group_mean(acc / seen)[None]
+        self.signal("attn_h2o").per_layer[:, tap.layer] = self.ctx.group_mean(acc / seen)[None]
 
 
 class LeakySnapKV(SignalCollector):
     """SnapKV at the document end for every source (the pre-rule sliding definition)."""
 
-    def on_attention(self, layer, query, key, scaling):
-        super().on_attention(layer, query, key, scaling)
-        from forward_influence.measurement import scores
-
-        q, k = query[0], key[0]
+    def on_tap(self, tap):
+        super().on_tap(tap)
+        q, k = tap.query, tap.key
         t, w = q.shape[1], self.cfg.window
         pos = torch.arange(t)
-        mean = scores.window_attention(q[:, t - w :], k, pos[t - w :], pos, scaling)
-        self.snap[:, layer] = scores.pooled_group_mean(mean, self.n_kv, self.cfg.kernel).double()[None]
+        mean = scores.window_attention(q[:, t - w :], k, pos[t - w :], pos, tap.scaling)
+        pooled = scores.pooled_group_mean(mean, self.ctx.n_kv, self.cfg.kernel).double()
+        self.signal("attn_snapkv").per_layer[:, tap.layer] = pooled[None]
 
 
 from helpers.causality import DELAY, SPLITS, T, _Doc, changed_from, ids, leaks, signals  # noqa: E402, F401, F811
@@ -49,6 +47,7 @@ from helpers.causality import DELAY, SPLITS, T, _Doc, changed_from, ids, leaks, 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_selection_signals_see_only_the_past(arch, attn, ids):
+    """Every registered signal (the leak check iterates over the registry)."""
     assert leaks(tiny_model(arch, attn=attn), ids) == []
 
 
@@ -61,7 +60,8 @@ def test_signals_exist_for_every_evicted_source(ids):
         assert len(s) == n and np.isfinite(s[["attn_snapkv", "attn_h2o"]].to_numpy()).all()
     tok, src = signals(tiny_model(), ids, delay=DELAY)
     assert len(src) == T - DELAY + 1 and np.isfinite(src[["attn_snapkv", "attn_h2o"]].to_numpy()).all()
-    assert np.isfinite(tok[[c for c in SELECTION_SIGNALS if c in tok]].to_numpy()[1:]).all()  # entropy_in is NaN at 0
+    names = [s.name for s in registered() if s.kind == "token"]
+    assert np.isfinite(tok[names].to_numpy()[1:]).all()  # entropy_in is NaN at 0
 
 
 @pytest.mark.parametrize("leaky, where", [(LeakyH2O, "attn_h2o"), (LeakySnapKV, "attn_snapkv")])

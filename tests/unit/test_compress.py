@@ -463,18 +463,6 @@ def test_unknown_method_names_the_valid_ones():
         get_compressor("snapkvv")
 
 
-def test_kvpress_integration_needs_kvpress():
-    try:
-        import kvpress  # noqa: F401, F811
-    except ImportError:
-        with pytest.raises(ImportError, match="needs NVIDIA kvpress"):
-            import forward_influence.integrations.kvpress  # noqa: F401, F811
-    else:
-        from forward_influence.integrations.kvpress import InfoKVPress
-
-        assert InfoKVPress(compression_ratio=0.5).method.budget == 0.5
-
-
 @pytest.mark.parametrize("base_name, name", FORK_CASES, ids=[f"{a}->{b}" for a, b in FORK_CASES])
 def test_fork_cut_equals_a_fresh_compression(base_name, name, models, prompt):
     """A fork of one uncut prefill, cut to a budget, keeps the same positions,

@@ -131,8 +131,8 @@ def test_attention_call_helpers_for_the_kvpress_adapter(tiny, tiny_prompt):
     try:
         cache = DynamicCache()
         with torch.no_grad():
-            model(input_ids=tiny_prompt[None], use_cache=True, **{cache_api._cache_kwarg(model): cache})
-            model(input_ids=tiny_prompt[None, :1], use_cache=True, **{cache_api._cache_kwarg(model): cache})
+            model(input_ids=tiny_prompt[None], use_cache=True, **{cache_api.cache_kwarg(model): cache})
+            model(input_ids=tiny_prompt[None, :1], use_cache=True, **{cache_api.cache_kwarg(model): cache})
     finally:
         handle.remove()
     assert seen == [(True, True), (False, True)]

@@ -52,7 +52,18 @@ def spec(**kw) -> ClusterSpec:
     return ClusterSpec("local:2", **{**base, **kw})
 
 
-from helpers.distributed import ROOT, TABLES, TEXT, assert_same_tables, cluster, docs, ray, text, write_docs  # noqa: E402, F401, F811
+from helpers.distributed import (  # noqa: E402, F401, F811
+    ROOT,
+    TABLES,
+    TEXT,
+    assert_same_tables,
+    assert_within_recorded,
+    cluster,
+    docs,
+    ray,
+    text,
+    write_docs,
+)
 
 
 class TestSharedPool:
@@ -65,9 +76,9 @@ class TestSharedPool:
 
     @pytest.mark.parametrize("mode", ["split", "sliding"])
     def test_tables_equal_single_process(self, mode, pool, docs, tmp_path, monkeypatch):
-        from forward_influence.measurement import units
+        from forward_influence.measurement import strategies
 
-        monkeypatch.setattr(units, "SLIDING_UNIT_SOURCES", 8)  # several units per document
+        monkeypatch.setattr(strategies, "SLIDING_UNIT_SOURCES", 8)  # several units per document
         kw = {} if mode == "split" else dict(mode="sliding", delay=4, horizon=12)
         cfg = small(docs, out=str(tmp_path / "ray"), ray="local:2", **kw)
         got = measure(cfg, cluster=pool)
@@ -78,6 +89,16 @@ class TestSharedPool:
         assert meta["execution"]["workers"] == 2 and meta["execution"]["actor"] == "fi_gpu"
         assert all(d["n_units"] >= 2 for d in meta["per_document"])
         assert meta["model"]["revision"] == "tiny" and meta["config"]["ray"] == "local:2"
+
+    def test_other_batching_agrees_within_the_recorded_tolerance(self, pool, docs, tmp_path):
+        """Sliding mode recomputes each batch's stretch: a worker batching 4 sources and a process batching
+        1 differ first order, and only within the tolerance run.json records (issue 24, item 9)."""
+        kw = dict(mode="sliding", delay=4, horizon=12)
+        got = measure(small(docs, out=str(tmp_path / "ray"), ray="local:2", **kw), cluster=pool)
+        want = measure(small(docs, batch_size=1, **kw), source=SOURCE)
+        floor = assert_within_recorded(want, got)
+        assert 0 < floor < 1e-9 and got.meta["reproducibility"]["threads"][0] == torch.get_num_threads()
+        assert not (want.influence.kl.to_numpy() == got.influence.kl.to_numpy()).all()  # batching did move them
 
     def test_single_process_run_resumes_on_the_cluster(self, pool, docs, tmp_path, monkeypatch):
         from forward_influence.measurement import units
@@ -204,7 +225,7 @@ def test_workers_that_disagree_are_refused(cluster):
 
 
 def test_bad_model_in_a_worker_is_one_line(cluster):
-    from forward_influence.execution.local import ModelSource
+    from forward_influence.execution.pool import ModelSource
 
     with pytest.raises(InputError, match="a Ray worker could not load the model: InputError: unknown model 'gpt-17'"):
         with RayPool(spec(workers=1), ModelSource("gpt-17")):

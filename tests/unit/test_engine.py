@@ -47,7 +47,7 @@ def emulated_cuda_kernel(monkeypatch):
     import functools
 
     fused = functools.partial(kernels._lse_attention_cuda, op=_emulated_efficient_attention)
-    monkeypatch.setattr(kernels, "_lse_kernel", lambda query: fused)
+    monkeypatch.setattr(kernels, "lse_kernel", lambda query: fused)
 
 
 def test_split_matches_full_forward_with_4d_mask(arch, ids):

@@ -17,7 +17,7 @@ from conftest import tiny_chat_model
 from forward_influence.analysis.analyze import AnalyzeConfig, analyze
 from forward_influence.config import MeasureConfig
 from forward_influence.errors import InputError
-from forward_influence.execution import local as E  # noqa: E402  (the model source loads through it)
+from forward_influence.execution import pool as E  # noqa: E402  (the model source loads through it)
 from forward_influence.measurement import generations as G
 from forward_influence.measurement import units as U  # noqa: E402
 from forward_influence.measurement.run import measure

@@ -9,8 +9,8 @@ import torch.nn.functional as Fn
 from conftest import tiny_model
 
 from forward_influence.hf import forwards
+from forward_influence.measurement.collector import SignalCollector, SignalConfig
 from forward_influence.measurement.kl import entropy
-from forward_influence.measurement.signals import SignalCollector, SignalConfig
 
 REL_TOL = 1e-4
 T = 40
@@ -24,8 +24,19 @@ def ids():
 def collect(model, ids, **kw):
     cfg = SignalConfig(words=False, **kw)
     col = SignalCollector(model, T, cfg)
-    pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
+    pre = forwards.record_prefill(model, ids, on_tap=col.on_tap, layer_hooks=col.on_layer)
     return col, pre
+
+
+def per_layer(col, name):
+    """A registered signal's per-layer values: (splits, L, Hkv, T) for attention, (L, Hkv, T) key norms, (L, T) r_l."""
+    s = col.signal(name)
+    return s.rep if name == "rep_change" else s.per_layer
+
+
+def logit_values(col, hidden, ids):
+    col.feed_logits(hidden, ids)
+    return col.values()
 
 
 def eager_outputs(arch, ids):
@@ -48,12 +59,19 @@ def test_split_signals_equal_sums_over_eager_attention(arch, ids, splits):
             a = att[0].double()  # (Hq, T, T) eager attention probabilities
             seen = torch.arange(n, 0, -1, dtype=torch.float64)
             h2o = (a[:, :n, :n].sum(1) / seen).view(-1, g, n).mean(1)  # (Hkv, N)
-            np.testing.assert_allclose(col.h2o[s, layer, :, :n].numpy(), h2o.numpy(), rtol=REL_TOL, atol=1e-9)
+            np.testing.assert_allclose(
+                per_layer(col, "attn_h2o")[s, layer, :, :n].numpy(), h2o.numpy(), rtol=REL_TOL, atol=1e-9
+            )
             mean = a[:, n - w : n, :n].mean(1)  # (Hq, N): causal rows, keys < N
             pooled = Fn.avg_pool1d(mean[None].float(), kernel, padding=kernel // 2, stride=1)[0].double()
             snap = pooled.view(-1, g, n).mean(1)  # (Hkv, N), the window's own keys scored like the rest
-            np.testing.assert_allclose(col.snap[s, layer, :, :n].numpy(), snap.numpy(), rtol=REL_TOL, atol=1e-9)
-            assert torch.isnan(col.snap[s, layer, :, n:]).all() and torch.isnan(col.h2o[s, layer, :, n:]).all()
+            np.testing.assert_allclose(
+                per_layer(col, "attn_snapkv")[s, layer, :, :n].numpy(), snap.numpy(), rtol=REL_TOL, atol=1e-9
+            )
+            assert (
+                torch.isnan(per_layer(col, "attn_snapkv")[s, layer, :, n:]).all()
+                and torch.isnan(per_layer(col, "attn_h2o")[s, layer, :, n:]).all()
+            )
 
 
 def test_sliding_signals_read_only_the_observation_window(arch, ids):
@@ -71,12 +89,18 @@ def test_sliding_signals_read_only_the_observation_window(arch, ids):
         h2o = torch.stack([a[:, i : i + d, i].mean(1) for i in range(n)], 1)  # (Hq, n)
         snap = torch.stack([padded[:, i : i + d, i : i + kernel].sum((1, 2)) / (d * kernel) for i in range(n)], 1)
         np.testing.assert_allclose(
-            col.h2o[0, layer, :, :n].numpy(), h2o.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9
+            per_layer(col, "attn_h2o")[0, layer, :, :n].numpy(),
+            h2o.view(-1, g, n).mean(1).numpy(),
+            rtol=REL_TOL,
+            atol=1e-9,
         )
         np.testing.assert_allclose(
-            col.snap[0, layer, :, :n].numpy(), snap.view(-1, g, n).mean(1).numpy(), rtol=REL_TOL, atol=1e-9
+            per_layer(col, "attn_snapkv")[0, layer, :, :n].numpy(),
+            snap.view(-1, g, n).mean(1).numpy(),
+            rtol=REL_TOL,
+            atol=1e-9,
         )
-        assert torch.isnan(col.snap[0, layer, :, n:]).all()
+        assert torch.isnan(per_layer(col, "attn_snapkv")[0, layer, :, n:]).all()
 
 
 def test_rep_change_equals_one_minus_cos_of_hidden_states(ids):
@@ -87,9 +111,11 @@ def test_rep_change_equals_one_minus_cos_of_hidden_states(ids):
     hs = out.hidden_states  # embeddings, then layer outputs
     for layer in range(model.config.num_hidden_layers - 1):  # HF's last entry has the final norm applied
         want = 1 - Fn.cosine_similarity(hs[l0 + 1][0], hs[layer + 1][0], dim=-1) if layer > l0 else torch.ones(T)
-        np.testing.assert_allclose(col.rep[layer].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_array_equal(col.rep_final.numpy(), col.rep[-1].numpy())
-    assert (col.rep_final.numpy() > 1e-4).all()  # the last layer moved every token
+        np.testing.assert_allclose(
+            per_layer(col, "rep_change")[layer].numpy(), want.double().numpy(), rtol=1e-4, atol=1e-6
+        )
+    np.testing.assert_array_equal(col.values()["rep_change"], per_layer(col, "rep_change")[-1].numpy())
+    assert (col.values()["rep_change"] > 1e-4).all()  # the last layer moved every token
 
 
 @pytest.mark.parametrize("l0", [1, 2])
@@ -102,17 +128,17 @@ def test_signals_and_compressor_share_the_representation_change(ids, l0):
     model = tiny_model()
     col, _ = collect(model, ids, rep_layer=l0)
     cache, _ = compress_prompt(model, ids, InfoKV(budget=0.5, early_layer=l0, window=4, kernel=3))
-    np.testing.assert_array_equal(col.rep.float().numpy(), cache.rep.numpy())
-    np.testing.assert_array_equal(col.rep_final.numpy(), col.rep[-1].numpy())
-    assert (col.rep[: l0 + 1] == 1).all()
+    np.testing.assert_array_equal(per_layer(col, "rep_change").float().numpy(), cache.rep.numpy())
+    np.testing.assert_array_equal(col.values()["rep_change"], per_layer(col, "rep_change")[-1].numpy())
+    assert (per_layer(col, "rep_change")[: l0 + 1] == 1).all()
     if l0 == model.config.num_hidden_layers - 1:
-        assert (col.rep_final == 1).all()
+        assert (col.values()["rep_change"] == 1).all()
 
 
 def test_logit_signals_match_full_logits(ids):
     model = tiny_model()
     col, pre = collect(model, ids, topk=5)
-    sig = col.logit_signals(pre.hidden, ids)
+    sig = logit_values(col, pre.hidden, ids)
     with torch.no_grad():
         logits = model(ids[None]).logits[0].float()
     h = entropy(logits).numpy()
@@ -131,12 +157,12 @@ def test_streaming_equals_unchunked(ids, mode):
     model = tiny_model()
     small, pre_s = collect(model, ids, chunk_bytes=4096, **mode)  # forces many query / row chunks
     big, pre_b = collect(model, ids, chunk_bytes=1 << 30, **mode)
-    for name in ("h2o", "snap", "knorm", "rep", "rep_final"):
+    for name in ("attn_h2o", "attn_snapkv", "key_norm", "rep_change"):
         np.testing.assert_allclose(
-            getattr(small, name).numpy(), getattr(big, name).numpy(), rtol=1e-6, atol=1e-12, equal_nan=True
+            per_layer(small, name).numpy(), per_layer(big, name).numpy(), rtol=1e-6, atol=1e-12, equal_nan=True
         )
-    a = small.logit_signals(pre_s.hidden, ids)
-    b = big.logit_signals(pre_b.hidden, ids)
+    a = logit_values(small, pre_s.hidden, ids)
+    b = logit_values(big, pre_b.hidden, ids)
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, equal_nan=True)
 
@@ -145,4 +171,6 @@ def test_key_norm(ids):
     model = tiny_model()
     col, pre = collect(model, ids)
     for layer, (k, _) in enumerate(pre.kv):
-        np.testing.assert_allclose(col.knorm[layer].numpy(), k[0].norm(dim=-1).double().numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            per_layer(col, "key_norm")[layer].numpy(), k[0].norm(dim=-1).double().numpy(), rtol=1e-6
+        )

@@ -1,4 +1,4 @@
-"""Claims as tests (docs/design.md): the sign-flip test against brute force, Holm by
+"""Claims as tests (docs/design.md §5): the sign-flip test against brute force, Holm by
 hand, the family-wise error and power of the verdict rule by simulation, the
 document bootstrap of the summaries, and the word-level rank-biserial (fast
 tier, pure NumPy/SciPy). The claims' intervals: tests/unit/test_intervals.py."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from forward_influence.compress.base import Compressor, LayerView, TokenFeatures, top_entries
+from forward_influence.compress.entries import LayerView, Method, TokenFeatures, top_entries
 from forward_influence.hf import anatomy, attention, cache_api, forwards
 from forward_influence.measurement.features import RepChange, logit_chunks
 from forward_influence.measurement.kl import entropy
@@ -68,7 +68,7 @@ class CompressedCache:
         the device's ``entropy_logit_bytes``, :mod:`forward_influence.runtime.devices`).
     """
 
-    def __init__(self, model: Any, compressor: Compressor, chunk_bytes: int | None = None):
+    def __init__(self, model: Any, compressor: Method, chunk_bytes: int | None = None):
         self.model = model
         self.compressor = compressor
         self.chunk_bytes = defaults_for(model.device).entropy_logit_bytes if chunk_bytes is None else chunk_bytes
@@ -82,15 +82,15 @@ class CompressedCache:
         self._scaling: list[float] = [1.0] * self.n_layers
         self.length = 0  # tokens seen = the next absolute position
         self.cuts = 0
-        self.spec = compressor.features()
+        self.recorded = compressor.needs()  # what the prefill recorded (a fork keeps it; can_fork checks against it)
+        self.spec = self.recorded.features
         self.entropy = torch.zeros(0)  # (length,) top-k entropy that predicted each token
         self.rep = torch.zeros(self.n_layers, 0)  # (L, length)
         self._next_entropy = 0.0  # entropy of the distribution the next token will come from
-        self._observes = type(compressor).observe is not Compressor.observe
         self.last_scores: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- state
-    def fork(self, compressor: Compressor | None = None) -> CompressedCache:
+    def fork(self, compressor: Method | None = None) -> CompressedCache:
         """A copy sharing every tensor (nothing is modified in place, so cutting
         or extending the copy leaves this cache as it is), optionally under
         another compressor whose inputs this cache recorded (:meth:`can_fork`):
@@ -105,20 +105,16 @@ class CompressedCache:
             new.compressor = compressor
         return new
 
-    def can_fork(self, compressor: Compressor) -> bool:
+    def can_fork(self, compressor: Method) -> bool:
         """Whether this cache recorded everything ``compressor`` reads: its token
         features (or none), as many recent queries, the attention inputs if it
         wants them, and — for methods with state — the same method up to its
         budget."""
-        mine = self.compressor
-        if type(compressor).observe is not Compressor.observe:
+        mine, theirs = self.compressor, compressor.needs()
+        if theirs.state:
             if type(compressor) is not type(mine) or dataclasses.replace(compressor, budget=mine.budget) != mine:
                 return False
-        return (
-            compressor.features() in (None, self.spec)
-            and compressor.recent_queries() <= mine.recent_queries()
-            and (mine.needs_attn_inputs or not compressor.needs_attn_inputs)
-        )
+        return self.recorded.covers(theirs)
 
     def sizes(self) -> list[int]:
         """Entries per layer."""
@@ -131,11 +127,11 @@ class CompressedCache:
     def _tap(self, tap: attention.AttentionTap) -> None:
         l, c = tap.layer, tap.query.shape[1]
         self._modules[l], self._scaling[l] = tap.module, tap.scaling
-        keep_q = max(1, self.compressor.recent_queries())
+        keep_q = max(1, self.compressor.needs().recent_queries)
         old = self.queries[l]
         q = tap.query if old is None else torch.cat([old, tap.query], dim=1)  # (Hq, w + C, D)
         self.queries[l] = q[:, -keep_q:].clone()  # a copy: a view would keep the prefill's (Hq, T, D) alive
-        if self._observes:
+        if self.recorded.state:
             hkv = tap.key.shape[0]
             new_pos = torch.arange(tap.start, tap.start + c, device=tap.key.device)[None].expand(hkv, c)  # (Hkv, C)
             if self.kv:
@@ -147,10 +143,10 @@ class CompressedCache:
 
     def begin_block(self, n_tokens: int) -> Block:
         """Callbacks for a forward of ``n_tokens`` tokens over this cache (the
-        :class:`forward_influence.hf.compressed_cache.BlockStore` protocol)."""
+        :class:`forward_influence.hf.cut_cache.BlockStore` protocol)."""
         hook = RepChange(self.n_layers, n_tokens, self.spec.early_layer) if self.spec is not None else None
         rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
-        return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs_attn_inputs, rep=rep)
+        return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs().attn_inputs, rep=rep)
 
     def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: Block) -> None:
         """Append the block's own entries ``kv`` (per layer ``(1, Hkv, C, D)``) at
@@ -168,7 +164,7 @@ class CompressedCache:
                 p0 = self.positions[l]
                 self.positions[l] = torch.cat([p0, new_pos[None].expand(p0.shape[0], c)], dim=1)
         self.query_positions = torch.cat([self.query_positions.to(new_pos.device), new_pos])[
-            -max(1, self.compressor.recent_queries()) :
+            -max(1, self.compressor.needs().recent_queries) :
         ]
         if block.want_logits or self.spec is not None:
             block.logits = self._logits(hidden, block.all_logits)
@@ -263,9 +259,7 @@ class CompressedCache:
 
 
 @torch.no_grad()
-def compress_prompt(
-    model: Any, input_ids: torch.Tensor, compressor: Compressor
-) -> tuple[CompressedCache, torch.Tensor]:
+def compress_prompt(model: Any, input_ids: torch.Tensor, compressor: Method) -> tuple[CompressedCache, torch.Tensor]:
     """Prefill ``input_ids`` ``(T,)`` with full attention, then cut the cache to
     ``compressor.budget`` (the layers keep ``budget x T`` entries on average).
 

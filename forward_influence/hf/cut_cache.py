@@ -35,8 +35,9 @@ from typing import Any, Protocol
 import torch
 
 from forward_influence.hf import anatomy
-from forward_influence.hf.attention import AblationBatch, AttentionTap, _Mode, attention_mode
-from forward_influence.hf.forwards import _hooks
+from forward_influence.hf.attention import AblateMode, AblationBatch, AttentionTap, RecordMode, attention_mode
+from forward_influence.hf.cache_api import cache_kwarg  # noqa: F401  (re-exported: decoding names the argument)
+from forward_influence.hf.forwards import forward_hooks
 
 CACHE_KWARGS = ("cache", "past_key_values")  # transformers >= 5.24, < 5.24
 
@@ -168,25 +169,17 @@ def cut_cache(model: Any, store: BlockStore) -> Any:
     return _cache_class()(store, anatomy.n_layers(model))
 
 
-def cache_kwarg(model: Any) -> str:
-    """The name ``model``'s forward gives its cache argument (``cache`` from transformers 5.24)."""
-    from forward_influence.hf.cache_api import _cache_kwarg
-
-    return _cache_kwarg(model)
-
-
-def _block_mode(model: Any, store: BlockStore, callbacks: Any) -> _Mode:
-    """The attention mode of the next forward: ``record`` on an empty store, else ``ablate`` over its entries."""
+def _block_mode(model: Any, store: BlockStore, callbacks: Any) -> RecordMode | AblateMode:
+    """The attention mode of the next forward: recording on an empty store, else a one-row ablation
+    (nothing hidden) over its entries."""
     if not store.kv:
-        return _Mode(kind="record", on_tap=callbacks.on_tap)
+        return RecordMode(on_tap=callbacks.on_tap)
     batch = AblationBatch(
         positions=[()],
         select=torch.zeros(1, anatomy.n_layers(model), anatomy.n_kv_heads(model), dtype=torch.bool),
         tau=torch.tensor([store.length]),
     )
-    return _Mode(
-        kind="ablate", prefix=store.kv, start=store.length, batch=batch, on_tap=callbacks.on_tap, record_block=True
-    )
+    return AblateMode(prefix=store.kv, start=store.length, batch=batch, on_tap=callbacks.on_tap, record_block=True)
 
 
 @contextlib.contextmanager
@@ -217,7 +210,7 @@ def decode_with(model: Any, store: BlockStore) -> Iterator[Any]:
         callbacks = store.begin_block(int(ids.shape[1]))
         mode = _block_mode(model, store, callbacks)
         stack = contextlib.ExitStack()
-        stack.enter_context(_hooks(model, mode, callbacks.layer_hooks, callbacks.attn_inputs))
+        stack.enter_context(forward_hooks(model, mode, callbacks.layer_hooks, callbacks.attn_inputs))
         stack.enter_context(attention_mode(model, mode))
         state.update(stack=stack, mode=mode, callbacks=callbacks)
         return args, kwargs
