@@ -303,3 +303,34 @@ class AttnH2O(_Attention):
         for lag in range(d):
             h2o += band[:, lag : lag + n][:, :, lag]
         self.per_layer[0, layer, :, :n] = self.ctx.group_mean(h2o / d).cpu()
+
+
+@register
+class KeyNormRelative(Signal):
+    """A token's key norm over the mean key norm of the ``window`` tokens before it
+    (per layer and KV head, then the mean over them; NaN for the first token): how
+    much a key stands out from its neighbourhood, reading only keys ``<= i``."""
+
+    spec = SignalSpec("key_norm_rel", TOKEN, "key norm / preceding keys' mean", rule=True, layers=True, rank=12)
+    feeds = ("attention",)
+    window = 16
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.per_layer = torch.full((ctx.n_layers, ctx.n_kv, ctx.t), float("nan"), dtype=torch.float64)
+
+    def on_attention(self, layer: int, att: LayerAttention) -> None:
+        norm = att.k.float().norm(dim=-1).double().cpu()  # (Hkv, T)
+        t = norm.shape[1]
+        csum = torch.cat([torch.zeros(norm.shape[0], 1, dtype=norm.dtype), norm.cumsum(1)], dim=1)  # (Hkv, T + 1)
+        i = torch.arange(t)
+        lo = (i - self.window).clamp_min(0)
+        count = (i - lo).to(norm.dtype)  # keys before i in the window
+        mean = (csum[:, i] - csum[:, lo]) / count.clamp_min(1)
+        self.per_layer[layer] = torch.where(count > 0, norm / mean, torch.nan)
+
+    def values(self, done: dict[str, Signal]) -> np.ndarray:
+        return self.per_layer.mean(dim=(0, 1)).numpy()
+
+    def layer_values(self) -> torch.Tensor:
+        return self.per_layer[None]

@@ -174,3 +174,18 @@ def test_key_norm(ids):
         np.testing.assert_allclose(
             per_layer(col, "key_norm")[layer].numpy(), k[0].norm(dim=-1).double().numpy(), rtol=1e-6
         )
+
+
+def test_key_norm_relative_against_explicit_norms(ids):
+    """The registered example signal: each key's norm over the mean norm of the 16 keys before it."""
+    model = tiny_model()
+    col, pre = collect(model, ids)
+    got = per_layer(col, "key_norm_rel")
+    for layer, (k, _) in enumerate(pre.kv):
+        norms = k[0].norm(dim=-1).double()  # (Hkv, T)
+        for i in (1, 5, 16, 30):
+            want = norms[:, i] / norms[:, max(0, i - 16) : i].mean(1)
+            np.testing.assert_allclose(got[layer, :, i].numpy(), want.numpy(), rtol=1e-6)
+        assert torch.isnan(got[layer, :, 0]).all()
+    col.feed_logits(pre.hidden, ids)
+    assert np.isfinite(col.values()["key_norm_rel"][1:]).all()
