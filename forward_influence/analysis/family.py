@@ -158,7 +158,7 @@ def tables(values: pd.DataFrame, cfg: Any, replicates: dict[str, str | None]) ->
     head = headline(values, cfg, corpora)
     return dict(
         headline=head,
-        secondary=secondary(values, cfg, corpora),
+        secondary=secondary(values, cfg, corpora + [r for r in replicates.values() if r]),  # replication split rows too
         beside=beside(values, cfg, corpora),
         replication=replication(values, cfg, replicates, head),
     )
