@@ -1,80 +1,128 @@
 #!/usr/bin/env python
 """Benchmark: all per-token signals of a 4,096-token document vs one plain forward.
 
-Signals (forward_influence.measurement.signals): entropies (full and top-k, in and out),
-surprisal, SnapKV and H2O attention per layer and KV head, key norms and the
-representation change, computed in one recording prefill that also yields the
-engine's KV cache, in split mode (two splits) and sliding mode (delay 32),
-each timed on its own. The plain forward is ``model(ids)`` with the model's
-own attention (sdpa) and full logits. Word tagging (spaCy) is timed on its own.
+Signals (the registry of ``forward_influence.measurement.signals``): entropies (full and top-k, in and
+out), surprisal, SnapKV and H2O attention per layer and KV head, key norms (absolute and relative to the
+preceding keys) and the representation change, computed in one recording prefill that also yields the
+engine's KV cache, in split mode (two splits) and sliding mode (delay 32), each timed on its own. The
+plain forward is ``model(ids)`` with the model's own attention (sdpa) and full logits. Word tagging
+(spaCy) is timed on its own.
 
-Last line: ``signals_over_forward=X.XX``, the slower mode (target <= 3.0 on the 2-core CPU).
+``--versus TREE`` times another source tree's signals the same way in turns with this one (two worker
+processes, one importing ``forward_influence`` from each tree; A, B, B, A, ...), so before and after a
+change are measured in one run on the same load.
+
+Last line: ``signals_over_forward=X.XX``, the slower mode (target <= 1.5 on the 2-core CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
 
+WORKER = r"""
+import sys, time, torch
 from forward_influence.hf import forwards
 from forward_influence.hf.models import load_model
-from forward_influence.measurement.collector import SignalCollector, SignalConfig
 from forward_influence.measurement.documents import load_documents, tokenize
-from forward_influence.measurement.words import tag_tokens
+try:  # the registry (after issue 24)
+    from forward_influence.measurement.collector import SignalCollector, SignalConfig
+    NEW = True
+except ImportError:  # the collector before it
+    from forward_influence.measurement.signals import SignalCollector, SignalConfig
+    NEW = False
+n_tokens = int(sys.argv[1])
+from forward_influence.runtime.host import retain_freed_memory
+retain_freed_memory()
+lm = load_model("smollm2-135m")
+docs = (tokenize(lm.tokenizer, d, max_tokens=n_tokens) for d in load_documents(None))
+tdoc = next(t for t in docs if len(t) >= n_tokens)
+ids, model = tdoc.input_ids, lm.model
+
+@torch.no_grad()
+def plain():
+    model(ids[None].to(lm.device)).logits.sum().item()
+
+def signals(**mode):
+    col = SignalCollector(model, len(ids), SignalConfig(words=False, **mode))
+    if NEW:
+        pre = forwards.record_prefill(model, ids, on_tap=col.on_tap, layer_hooks=col.on_layer)
+        col.feed_logits(pre.hidden, ids); col.values()
+    else:
+        pre = forwards.record_prefill(model, ids, col.on_attention, col.on_layer)
+        col.logit_signals(pre.hidden, ids)
+
+def timed(f):
+    t = time.perf_counter(); f(); return time.perf_counter() - t
+
+print("ready", flush=True)
+for line in sys.stdin:
+    t_fwd = timed(plain)
+    t_split = timed(lambda: signals(splits=(len(ids) // 2, len(ids) * 3 // 4)))
+    t_slide = timed(lambda: signals(delay=32))
+    print(f"{t_fwd:.4f} {t_split:.4f} {t_slide:.4f}", flush=True)
+"""
 
 
-def best_of(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def start(tree: Path, tokens: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(tokens)],
+        cwd=tree,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    line = p.stdout.readline().strip()
+    if line != "ready":
+        raise SystemExit(f"bench_signals: the worker in {tree} did not start (said {line!r})")
+    return p
+
+
+def round_of(p: subprocess.Popen) -> tuple[float, float, float]:
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    fwd, split, slide = (float(x) for x in p.stdout.readline().split())
+    return fwd, split, slide
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--device", default="auto")
     ap.add_argument("--tokens", type=int, default=4096)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--versus", type=Path, default=None, help="another source tree, timed in turns with this one")
     args = ap.parse_args()
-    from forward_influence.runtime.host import retain_freed_memory
-
-    retain_freed_memory()  # CPU timings as fi-measure runs (forward_influence.runtime.host)
-    lm = load_model(args.model, device=args.device)
-    docs = [d for d in load_documents(None)]
-    tdoc = next(t for t in (tokenize(lm.tokenizer, d, max_tokens=args.tokens) for d in docs) if len(t) >= args.tokens)
-    ids = tdoc.input_ids
-    model = lm.model
-    print(
-        f"model {lm.name} on {lm.device} ({lm.dtype}), document {tdoc.doc.doc_id!r}: {len(ids)} tokens, "
-        f"threads={torch.get_num_threads()}"
-    )
-
-    @torch.no_grad()
-    def plain():
-        model(ids[None].to(lm.device)).logits.sum().item()
-
-    def signals(**mode):
-        col = SignalCollector(model, len(ids), SignalConfig(words=False, **mode))
-        pre = forwards.record_prefill(model, ids, on_tap=col.on_tap, layer_hooks=col.on_layer)
-        col.feed_logits(pre.hidden, ids)
-        col.values()
-        return col
-
-    t_fwd = best_of(plain, args.reps)
-    t_split = best_of(lambda: signals(splits=(len(ids) // 2, len(ids) * 3 // 4)), args.reps)
-    t_slide = best_of(lambda: signals(delay=32), args.reps)
-    t_sig = max(t_split, t_slide)
-    t_words = best_of(lambda: tag_tokens(tdoc.doc.text, tdoc.offsets), 1)
-    print(f"plain forward (sdpa, full logits): {t_fwd:.2f} s")
-    print(f"all signals in one prefill, split mode (N = T/2, 3T/4): {t_split:.2f} s")
-    print(f"all signals in one prefill, sliding mode (D = 32):      {t_slide:.2f} s")
-    print(f"spaCy words + alignment:           {t_words:.2f} s (text of {len(tdoc.doc.text)} chars)")
-    print(f"signals_over_forward={t_sig / t_fwd:.2f}")
+    trees = {"this": ROOT} | ({"other": args.versus.resolve()} if args.versus else {})
+    workers = {k: start(v, args.tokens) for k, v in trees.items()}
+    ratios: dict[str, list[tuple[float, float]]] = {k: [] for k in trees}
+    order = list(trees)
+    for r in range(args.rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            fwd, split, slide = round_of(workers[name])
+            ratios[name].append((split / fwd, slide / fwd))
+            print(
+                f"round {r + 1} {name}: plain forward {fwd:.2f} s, signals split {split:.2f} s "
+                f"({split / fwd:.2f}x), sliding {slide:.2f} s ({slide / fwd:.2f}x)",
+                flush=True,
+            )
+    for p in workers.values():
+        p.stdin.close()
+        p.wait(timeout=120)
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v)) for k, v in ratios.items()}
+    for k, (a, b) in med.items():
+        print(
+            f"{k} ({trees[k]}): signals over a plain forward, median of {args.rounds}: split {a:.2f}x, sliding {b:.2f}x"
+        )
+    if args.versus:
+        print(f"signals_over_forward_other={max(med['other']):.2f}")
+    print(f"signals_over_forward={max(med['this']):.2f}")
 
 
 if __name__ == "__main__":

@@ -512,3 +512,38 @@ def test_output_dirs_follow_the_umask(tmp_path, umask_022):
     assert mode(store.root) == mode(store.path(0)) == 0o755
     os.umask(0o077)
     assert mode(fresh_dir(tmp_path, ".x-")) == 0o700  # the umask decides, not a fixed mode
+
+
+def test_a_run_interrupted_under_the_previous_code_resumes(tmp_path, monkeypatch):
+    """tests/data/resume_8d6df18: a tiny-model run interrupted after its first document by the code
+    before the registry refactor (commit 8d6df18; issue 24, item 11). The new code resumes it — the
+    checkpoint of document 0 is read, not measured again — and ends with the tables of a fresh run."""
+    import shutil
+
+    from conftest import TinySource
+
+    from forward_influence.measurement.run import measure
+
+    fixture = Path(__file__).resolve().parents[1] / "data" / "resume_8d6df18"
+    shutil.copytree(fixture, tmp_path / "old")
+    monkeypatch.chdir(tmp_path / "old")
+    kw = dict(
+        doc="docs.jsonl",
+        words=False,
+        progress=False,
+        report=False,
+        batch_size=4,
+        n_prefix=(24,),
+        n_future=16,
+        window=8,
+        stride=3,
+    )
+    assert json.loads(Path("run/run.json").read_text())["git_sha"].startswith("8d6df18")
+    resumed = measure(MeasureConfig(out="run", **kw), source=TinySource())
+    assert [bool(d.get("resumed")) for d in resumed.meta["per_document"]] == [True, False]
+    fresh = measure(MeasureConfig(out=str(tmp_path / "fresh"), **kw), source=TinySource())
+    for name in ("tokens", "influence", "summary", "source_signals"):
+        old, new = getattr(resumed, name), getattr(fresh, name)
+        before = pd.read_parquet(fixture / "run" / ".parts" / "00000" / f"{name}.parquet").columns
+        shared = [c for c in new.columns if c in before]  # signals added since 8d6df18 were not measured then
+        pd.testing.assert_frame_equal(old[shared], new[shared], check_exact=True, obj=name)
