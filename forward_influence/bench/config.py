@@ -11,11 +11,25 @@ forward_influence.errors.InputError: --budgets for fidelity are fractions of the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from forward_influence.config import RAY_HELP, ConfigBase, check_ray, option
 from forward_influence.errors import InputError
 
 TASKS = ("fidelity", "retrieval", "qa", "ifeval")
+
+
+def shipped_model() -> bool:
+    """Whether this install ships a distilled model (the distilled method's default)."""
+    from forward_influence.compress.distilled import default_model_path
+
+    try:
+        default_model_path()
+    except InputError:
+        return False
+    return True
+
+
 DEFAULT_BUDGETS = {"prefill": (0.2, 0.4), "decoding": (128.0, 256.0, 512.0)}
 
 
@@ -55,6 +69,9 @@ class BenchConfig(ConfigBase):
         None,
         "an fi-measure output dir on the same documents (split mode): FI kept per method, the FI oracle, additivity",
     )
+    distilled_model: str | None = option(
+        None, "the distilled method's model (a file of fi-distill; default: the one shipped with the package)"
+    )
     bootstrap: int = option(2000, "bootstrap resamples for the paired intervals")
     device: str = option("auto", "auto, cpu or cuda")
     dtype: str = option("auto", "auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16")
@@ -89,6 +106,10 @@ class BenchConfig(ConfigBase):
             raise InputError(f"--depths are fractions in [0, 1]; got {self.depths}")
         if self.task == "ifeval" and not self.ifeval_data:
             raise InputError("--task ifeval needs --ifeval-data PATH (IFEval's input_data.jsonl)")
+        if self.distilled_model and not Path(self.distilled_model).is_file():
+            raise InputError(f"--distilled-model {self.distilled_model} is not a file; give a model fi-distill wrote")
+        if self.distilled_model and self.setting != "prefill":
+            raise InputError("--distilled-model: the distilled method ranks prefill evictions; use a prefill task")
         if self.fi_run and self.task != "fidelity":
             raise InputError("--fi-run validates document fidelity: use it with --task fidelity")
         check_ray(self.ray)
@@ -103,10 +124,20 @@ class BenchConfig(ConfigBase):
         def needs_fi(m: str) -> bool:
             return "measured_fi" in compressor_class(m).inputs
 
-        names = list(self.methods) if self.methods else [m for m in valid if not needs_fi(m) or self.fi_run]
+        def available(m: str) -> bool:  # an oracle needs --fi-run; a learned scorer a model file
+            if compressor_class(m).prefill_only and self.setting != "prefill":
+                return False
+            if needs_fi(m):
+                return bool(self.fi_run)
+            return "model_file" not in compressor_class(m).inputs or bool(self.distilled_model) or shipped_model()
+
+        names = list(self.methods) if self.methods else [m for m in valid if available(m)]
         bad = [m for m in names if m not in valid]
         if bad:
             raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
+        early = [m for m in names if compressor_class(m).prefill_only and self.setting != "prefill"]
+        if early:
+            raise InputError(f"method {early[0]} ranks prefill evictions only; use it with a prefill task")
         oracle = [m for m in names if needs_fi(m)]
         if oracle and not self.fi_run:
             raise InputError(f"method {oracle[0]} needs --fi-run DIR (an fi-measure run on the same documents)")

@@ -112,21 +112,30 @@ def _rows(
     }
 
 
-def _build(method: str, budget: float, seed: int, fi: FIOracle | None) -> Any:
+def _build(method: str, budget: float, seed: int, fi: FIOracle | None, model_file: str | None = None) -> Any:
     """``method`` as the bench runs it (None when an input it declares is missing: an oracle without FI)."""
-    return compressor_class(method).for_run(seed=seed, measured_fi=None if fi is None else fi.fi, budget=budget)
+    return compressor_class(method).for_run(
+        seed=seed, measured_fi=None if fi is None else fi.fi, model_file=model_file, budget=budget
+    )
 
 
 def run_prefill_sample(
-    lm: LoadedModel, task: Any, s: Sample, methods: list[str], budgets: tuple[float, ...], seed: int, fi: FITable | None
+    lm: LoadedModel,
+    task: Any,
+    s: Sample,
+    methods: list[str],
+    budgets: tuple[float, ...],
+    seed: int,
+    fi: FITable | None,
+    model_file: str | None = None,
 ) -> list[dict[str, Any]]:
     model, tok = lm.model, lm.tokenizer
     n = int(s.context.shape[0])
     oracle_fi = fi.oracle(s.meta.get("doc_id", s.sample_id), 1.0) if fi is not None else None
-    built = {m: _build(m, 1.0, seed, oracle_fi) for m in methods}
+    built = {m: _build(m, 1.0, seed, oracle_fi, model_file) for m in methods}
     available = [m for m in methods if built[m] is not None]
     # methods whose prefill records token features first: theirs serves the most others
-    order = sorted(available, key=lambda m: built[m].needs().features is None)
+    order = sorted(available, key=lambda m: built[m].needs().features is None)  # (signals: a prefill of their own)
     bases: list[CompressedCache] = []
 
     def base_for(comp: Any) -> CompressedCache:
@@ -149,7 +158,7 @@ def run_prefill_sample(
             if once is not None:
                 rows.append(_rows(s, method, budget, once, 0.0, task.name))
                 continue
-            comp = _build(method, budget, seed, oracle_fi)
+            comp = _build(method, budget, seed, oracle_fi, model_file)
             cache = base_for(comp).fork(comp)
             cache.cut(budget * n)
             metrics = task.score(cache, s, ref, tok)
@@ -215,7 +224,14 @@ class BenchJob:
     def run(self, unit: BenchUnit) -> pd.DataFrame:
         if self.cfg.setting == "prefill":
             rows = run_prefill_sample(
-                self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed, self.fi
+                self._lm,
+                self.task,
+                unit.sample,
+                self.methods,
+                self.budgets,
+                self.cfg.seed,
+                self.fi,
+                self.cfg.distilled_model,
             )
         else:
             rows = run_decoding_sample(self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed)

@@ -3,7 +3,7 @@
 >>> from forward_influence.compress import list_compressors
 >>> list_compressors()  # doctest: +NORMALIZE_WHITESPACE
 ['full', 'random', 'streaming_llm', 'knorm', 'snapkv', 'pyramidkv', 'tova', 'h2o',
- 'expected_attention', 'infokv', 'fi_oracle']
+ 'expected_attention', 'infokv', 'distilled', 'fi_oracle']
 
 Prefill::
 
@@ -35,6 +35,7 @@ from forward_influence.compress.snapkv import TOVA, PyramidKV, SnapKV
 from forward_influence.compress.h2o import H2O
 from forward_influence.compress.expected_attention import ExpectedAttention
 from forward_influence.compress.infokv import InfoKV
+from forward_influence.compress.distilled import Distilled
 from forward_influence.compress.oracle import FIOracle
 from forward_influence.compress.compressed_cache import CompressedCache, compress_prompt
 from forward_influence.compress.decoding import Decoding, DecodingConfig, apply
@@ -45,6 +46,7 @@ __all__ = [
     "Compressor",
     "Decoding",
     "DecodingConfig",
+    "Distilled",
     "ExpectedAttention",
     "FIOracle",
     "FeatureSpec",

@@ -63,13 +63,16 @@ class Compressor:
 
     name: ClassVar[str] = "base"
     #: Constructor inputs a runner must supply besides the hyperparameters: "seed" (a random
-    #: draw), "measured_fi" (FI measured on the same document: an oracle, prefill only).
+    #: draw), "measured_fi" (FI measured on the same document: an oracle, prefill only),
+    #: "model_file" (a learned scorer's file; None: the shipped one).
     inputs: ClassVar[tuple[str, ...]] = ()
     #: The result does not depend on the budget (the full cache): a runner scores it once.
     budget_free: ClassVar[bool] = False
+    #: Ranks one prefill eviction only (not the repeated cuts of decoding).
+    prefill_only: ClassVar[bool] = False
 
     @classmethod
-    def for_run(cls, seed: int = 0, measured_fi: Any = None, **hyper: Any) -> Compressor | None:
+    def for_run(cls, seed: int = 0, measured_fi: Any = None, model_file: Any = None, **hyper: Any) -> Compressor | None:
         """The method as a runner builds it: ``hyper`` (budget, hyperparameters) and the
         :attr:`inputs` it declares; None when one of them is missing."""
         if "measured_fi" in cls.inputs and measured_fi is None:

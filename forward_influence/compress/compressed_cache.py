@@ -42,6 +42,10 @@ class Block:
         The forward's callbacks (:func:`forward_influence.hf.forwards.continue_forward`).
     rep : torch.Tensor
         ``(L, C)`` filled by ``layer_hooks`` (InfoKV's representation change).
+    ids : torch.Tensor
+        ``(C,)`` the block's tokens.
+    signals : SignalCollector or None
+        The measurement's signals over a prefill block (:attr:`Needs.signals`).
     want_logits, all_logits : bool
         Whether :meth:`CompressedCache.end_block` keeps the logits, and all of them.
     logits : torch.Tensor or None
@@ -54,6 +58,8 @@ class Block:
     want_logits: bool = False
     all_logits: bool = False
     logits: torch.Tensor | None = None
+    ids: torch.Tensor | None = None
+    signals: Any = None
 
 
 class CompressedCache:
@@ -87,6 +93,8 @@ class CompressedCache:
         self.entropy = torch.zeros(0)  # (length,) top-k entropy that predicted each token
         self.rep = torch.zeros(self.n_layers, 0)  # (L, length)
         self._next_entropy = 0.0  # entropy of the distribution the next token will come from
+        self.signals: dict[str, Any] | None = None  # Needs.signals: every registered signal at tau = the prompt's end
+        self.signals_tau: int | None = None
         self.last_scores: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- state
@@ -121,7 +129,9 @@ class CompressedCache:
         return [int(p.shape[1]) for p in self.positions]
 
     def features(self) -> TokenFeatures | None:
-        return None if self.spec is None else TokenFeatures(self.entropy, self.rep)
+        if self.spec is None and self.signals is None:
+            return None
+        return TokenFeatures(self.entropy, self.rep, signals=self.signals, tau=self.signals_tau)
 
     # ---------------------------------------------------------------- extend
     def _tap(self, tap: attention.AttentionTap) -> None:
@@ -141,12 +151,21 @@ class CompressedCache:
                 keys, pos = tap.key, new_pos
             self.compressor.observe(tap, pos, keys, self.state[l])
 
-    def begin_block(self, n_tokens: int) -> Block:
-        """Callbacks for a forward of ``n_tokens`` tokens over this cache (the
+    def begin_block(self, ids: torch.Tensor) -> Block:
+        """Callbacks for a forward of the tokens ``ids`` ``(C,)`` over this cache (the
         :class:`forward_influence.hf.cut_cache.BlockStore` protocol)."""
+        n_tokens = int(ids.shape[0])
         hook = RepChange(self.n_layers, n_tokens, self.spec.early_layer) if self.spec is not None else None
         rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
-        return Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs().attn_inputs, rep=rep)
+        block = Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs().attn_inputs, rep=rep)
+        block.ids = ids
+        if self.recorded.signals is not None and not self.kv:  # the prefill: the signals at tau = its end
+            block.signals = measured_signals(self.model, n_tokens, self.recorded.signals)
+            block.on_tap, block.layer_hooks = (
+                _both(self._tap, block.signals.on_tap),
+                _both(hook, block.signals.on_layer),
+            )
+        return block
 
     def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: Block) -> None:
         """Append the block's own entries ``kv`` (per layer ``(1, Hkv, C, D)``) at
@@ -170,6 +189,9 @@ class CompressedCache:
             block.logits = self._logits(hidden, block.all_logits)
         if self.spec is not None:
             self.rep = torch.cat([self.rep, block.rep], dim=1)
+        if block.signals is not None:
+            block.signals.feed_logits(hidden, block.ids)
+            self.signals, self.signals_tau = block.signals.values(), c
         self.length += c
 
     @torch.no_grad()
@@ -183,7 +205,7 @@ class CompressedCache:
             Float32 logits: ``(C, V)`` with ``all_logits``, else ``(1, V)`` of
             the last token.
         """
-        block = self.begin_block(int(ids.shape[0]))
+        block = self.begin_block(ids)
         block.want_logits, block.all_logits = True, all_logits
         if not self.kv:
             out = forwards.record_prefill(
@@ -256,6 +278,26 @@ class CompressedCache:
                 if name.startswith("entry:"):
                     self.state[l][name] = val.gather(1, idx.to(val.device))
         self.cuts += 1
+
+
+def measured_signals(model: Any, n_tokens: int, cfg: Any) -> Any:
+    """A collector of every registered signal over a prompt of ``n_tokens``, read at its end
+    (one split ``N = n_tokens``; no word tags: they read the text after a token)."""
+    from forward_influence.measurement.collector import SignalCollector
+
+    return SignalCollector(model, n_tokens, dataclasses.replace(cfg, splits=(n_tokens,), delay=None, words=False))
+
+
+def _both(first: Any, second: Any) -> Any:
+    """A callback calling ``first`` (may be None) then ``second`` with the same arguments."""
+    if first is None:
+        return second
+
+    def call(*args: Any) -> None:
+        first(*args)
+        second(*args)
+
+    return call
 
 
 @torch.no_grad()

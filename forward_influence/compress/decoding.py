@@ -111,8 +111,8 @@ class Decoding:
     def kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return self.cache.kv
 
-    def begin_block(self, n_tokens: int) -> Block:
-        return self.cache.begin_block(n_tokens)
+    def begin_block(self, ids: torch.Tensor) -> Block:
+        return self.cache.begin_block(ids)
 
     def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, block: Block) -> None:
         first = not self.cache.kv

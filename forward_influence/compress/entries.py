@@ -104,10 +104,18 @@ class TokenFeatures:
         token (0 for position 0, which nothing predicted).
     rep_change : torch.Tensor
         ``(L, T)`` float32 ``1 - cos(h_{l0}, h_l)`` per layer (1 at ``l <= l0``).
+    signals : dict or None
+        With :attr:`Needs.signals`: every registered measurement signal at the eviction time
+        ``tau`` (name -> numpy array: ``(T,)`` token signals, ``(1, T)`` source signals), as
+        ``fi-measure`` computes them at a split ``N = tau``.
+    tau : int or None
+        The eviction time those signals were read at (the prompt's length).
     """
 
     entropy: torch.Tensor
     rep_change: torch.Tensor
+    signals: dict[str, Any] | None = None
+    tau: int | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,9 @@ class Needs:
         :meth:`Compressor.observe` reads the attention modules' input hidden states.
     features : FeatureSpec or None
         Token features :meth:`Compressor.finish` reads (top-k entropy, representation change).
+    signals : SignalConfig or None
+        The measurement's registered signals (:mod:`forward_influence.measurement.signals`), with
+        these settings, computed in the prefill for :meth:`Compressor.finish` (a distilled scorer's features).
     state : bool
         :meth:`Compressor.observe` keeps per-layer state: a cache of this method
         serves only the same method (at another budget).
@@ -140,19 +151,21 @@ class Needs:
     attn_inputs: bool = False
     features: FeatureSpec | None = None
     state: bool = False
+    signals: Any = None
 
     def covers(self, other: Needs) -> bool:
         """Whether a cache recorded for these needs has everything ``other`` reads
         (state aside: that depends on the method, :meth:`CompressedCache.can_fork`)."""
         return (
             other.features in (None, self.features)
+            and other.signals in (None, self.signals)
             and other.recent_queries <= self.recent_queries
             and (self.attn_inputs or not other.attn_inputs)
         )
 
-    def richness(self) -> tuple[int, int, int]:
+    def richness(self) -> tuple[int, int, int, int]:
         """Sort key: caches with more recorded inputs serve more methods."""
-        return (self.features is not None, self.attn_inputs, self.recent_queries)
+        return (self.signals is not None, self.features is not None, self.attn_inputs, self.recent_queries)
 
 
 class Method(Protocol):

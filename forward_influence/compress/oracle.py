@@ -28,7 +28,7 @@ class FIOracle(Compressor):
     inputs = ("measured_fi",)
 
     @classmethod
-    def for_run(cls, seed: int = 0, measured_fi: Any = None, **hyper: Any) -> FIOracle | None:
+    def for_run(cls, seed: int = 0, measured_fi: Any = None, model_file: Any = None, **hyper: Any) -> FIOracle | None:
         """With the measured FI of the document (``measured_fi``: the ``fi`` field), else None."""
         return None if measured_fi is None else cls(**hyper, fi=measured_fi)
 

@@ -64,8 +64,8 @@ class BlockStore(Protocol):
     length: int
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
-    def begin_block(self, n_tokens: int) -> Any:
-        """Callbacks (``on_tap``, ``layer_hooks``, ``attn_inputs``) for a forward of ``n_tokens`` tokens."""
+    def begin_block(self, ids: torch.Tensor) -> Any:
+        """Callbacks (``on_tap``, ``layer_hooks``, ``attn_inputs``) for a forward of the tokens ``ids`` ``(C,)``."""
 
     def end_block(self, kv: list[tuple[torch.Tensor, torch.Tensor]], hidden: torch.Tensor, callbacks: Any) -> None:
         """The block's own K/V per layer ``(1, Hkv, C, D)`` and final hidden states ``(C, Dm)``."""
@@ -207,7 +207,7 @@ def decode_with(model: Any, store: BlockStore) -> Iterator[Any]:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None or ids.shape[0] != 1:
             raise ValueError("decode_with: one sequence of input_ids (batch 1)")
-        callbacks = store.begin_block(int(ids.shape[1]))
+        callbacks = store.begin_block(ids[0])
         mode = _block_mode(model, store, callbacks)
         stack = contextlib.ExitStack()
         stack.enter_context(forward_hooks(model, mode, callbacks.layer_hooks, callbacks.attn_inputs))

@@ -221,3 +221,15 @@ def test_punkt_tab_is_written_to_the_cache_dir(tmp_path, monkeypatch):
     assert (d / "abbrev_types.txt").is_file()
     assert nltk.data.path == [str(tmp_path / "nltk_data")]
     assert Path(nltk.data.find("tokenizers/punkt_tab/english/")) == d
+
+
+def test_the_distilled_method_needs_a_model_and_a_prefill_task(tmp_path):
+    from forward_influence.bench.config import BenchConfig, shipped_model
+    from forward_influence.errors import InputError
+
+    with pytest.raises(InputError, match="is not a file"):
+        BenchConfig(distilled_model=str(tmp_path / "none.json")).validate()
+    with pytest.raises(InputError, match="prefill evictions only"):
+        BenchConfig(task="ifeval", ifeval_data="x.jsonl", methods=("distilled",)).validate().method_names()
+    assert ("distilled" in BenchConfig().validate().method_names()) == shipped_model()
+    assert "distilled" not in BenchConfig(task="ifeval", ifeval_data="x.jsonl").validate().method_names()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -25,7 +26,10 @@ from forward_influence.compress import (
     list_compressors,
     top_entries,
 )
+from forward_influence.compress.base import compressor_class
+from forward_influence.errors import InputError
 from forward_influence.hf import anatomy
+from forward_influence.scoring import Scorer
 from forward_influence.tools import checks
 
 BUDGETS = (1.0, 0.4, 0.2, 0.1)  # 0.1 keeps 6 entries: below SnapKV's / InfoKV's window of 8
@@ -53,13 +57,26 @@ SETTINGS = {
     "h2o": {"recent_fraction": 0.25},
     "expected_attention": {"n_future": 16, "n_sink": 2},
     "infokv": {"window": 8, "kernel": 3, "early_layer": 0, "mix": 0.3, "norm": "max"},
+    "distilled": None,
     "fi_oracle": None,
 }
+#: A learned scorer's stand-in: fixed weights on causal signals of the tiny model (window 8, early layer 0).
+TINY_SCORER = Scorer(
+    kind="linear",
+    target="fi_far",
+    features=[{"name": n, "transform": "unit_rank"} for n in ("entropy_in_topk", "attn_snapkv", "key_norm", "age")],
+    weights=np.array([1.0, 2.0, 0.5, -0.3]),
+    signal_config={"topk": 10, "window": 8, "kernel": 3, "rep_layer": 0},
+)
+#: Methods that also decode (the distilled one ranks prefill evictions only).
+DECODING = [n for n in SETTINGS if n == "fi_oracle" or not compressor_class(n).prefill_only]
 
 
 def make(name: str, budget: float):
     if name == "fi_oracle":
         return _fi_oracle(budget)
+    if name == "distilled":
+        return get_compressor(name, budget=budget, scorer=TINY_SCORER)
     return get_compressor(name, budget=budget, **SETTINGS[name])
 
 
@@ -199,7 +216,7 @@ def test_positions_preserved_and_wrong_position_caught(name, models, prompt):
     assert_checks(checks.check_compressed_continuation(models["eager"], prompt, T_PROMPT, make(name, 0.4)))
 
 
-@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("name", DECODING)
 def test_decoding_cache_never_exceeds_budget_plus_interval(name, models, prompt):
     model = models["sdpa"]
     cfg = DecodingConfig(cache_budget=24, interval=4)
@@ -373,9 +390,23 @@ def test_n_sink_keeps_the_first_positions(name, budget, models, prompt):
 
 def test_n_sink_defaults():
     """Sinks only where the method asks for them (kvpress's defaults)."""
-    defaults = {name: get_compressor(name).n_sink for name in SETTINGS if name != "fi_oracle"}
+    defaults = {name: get_compressor(name).n_sink for name in SETTINGS if name not in ("fi_oracle", "distilled")}
     assert defaults == {**{n: 0 for n in defaults}, "streaming_llm": 4, "expected_attention": 4}
     assert _fi_oracle(1.0).n_sink == 0
+    assert make("distilled", 1.0).n_sink == 4  # the analysis' candidates leave 4 sinks out
+
+
+def test_distilled_keeps_the_window_and_refuses_to_decode(models, prompt):
+    """Its candidates are the measurement's: every position but 4 sinks and the window (kept); a
+    decoding cut, which its scorer was not trained on, stops with one line."""
+    comp = make("distilled", 0.4)
+    cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
+    window = set(range(T_PROMPT - comp.window, T_PROMPT)) | set(range(4))
+    assert all(window <= set(p[h].tolist()) for p in cache.positions for h in range(p.shape[0]))
+    first = cache.positions[0][0]
+    assert all(torch.equal(p[h], first) for p in cache.positions for h in range(p.shape[0]))  # one score per token
+    with pytest.raises(InputError, match="ranks one prefill eviction"):
+        _decode(models["sdpa"], prompt[:T_PROMPT], comp, DecodingConfig(cache_budget=24, interval=4), 12)
 
 
 @pytest.mark.parametrize("name", ["snapkv", "tova", "h2o", "expected_attention", "knorm"])
