@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "data/README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
-COMMAND = re.compile(r"^(make|fi-measure|fi-bench|fi-analyze|ray|(\.venv/bin/)?python3? scripts/)")
+COMMAND = re.compile(r"^(make|fi-measure|fi-bench|fi-analyze|fi-distill|ray|(\.venv/bin/)?python3? scripts/)")
 INLINE = re.compile(r"`((?:\.venv/bin/)?python3? scripts/[\w/]+\.py[^`]*|make [a-z]+)`")
 
 # (pattern on the command, reason): what a clone on this CPU machine cannot run
@@ -77,7 +77,8 @@ SMALL = [
         "--max-docs 1 --n-prefix 256 --n-future 64 --budgets 0.2 --mixes 0 0.05 --norms zscore",
     ),
     (r"scripts/bench_ablation\.py", "--n-prefix 256 --n-future 64 --n-positions 8 --probe-s 0.2"),
-    (r"scripts/bench_signals\.py", "--tokens 512 --reps 1"),
+    (r"scripts/bench_signals\.py", "--tokens 512 --rounds 1"),
+    (r"scripts/distill_(runs|headline)\.py", "--small"),
     (r"scripts/bench_compress\.py", "--lengths 512 --repeats 1"),
     (
         r"scripts/bench_ray\.py",

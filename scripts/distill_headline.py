@@ -16,7 +16,7 @@ document, the kind direction A chose), the partial dependence of the two most im
 features, and the shipped default model (fi_far, every document).
 
 Writes docs/tables/distill_heldout.csv (summary), distill_heldout_documents.csv, distill_selection.csv,
-distill_importance.csv, docs/figures/distill_importance.png/.svg, and
+distill_importance.csv, distill_headline.md (both tables as Markdown), docs/figures/distill_importance.png/.svg, and
 forward_influence/compress/models/distilled_default.json; prints the headline lines.
 
 Usage: .venv/bin/python scripts/distill_headline.py [--runs runs/distill] [--small]
@@ -67,6 +67,38 @@ def importance_figure(imp: pd.DataFrame, pd_frames: list[pd.DataFrame], out: Pat
     ax.legend(frameon=False)
     save_figure(fig, out)
     plt.close(fig)
+
+
+def markdown(test: pd.DataFrame, imp: pd.DataFrame) -> str:
+    """The held-out table (test documents) and the importance table, as Markdown."""
+    from forward_influence.analysis.inference import interval_text
+
+    def cell(r: pd.Series) -> str:
+        return f"{r['mean']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+    out = [
+        "| target | train -> test | statistic | distilled | best single signal | distilled - best (p) "
+        "| recency | random | FI oracle | docs |",
+        "|---|---|---|---|---|---|---|---|---|---:|",
+    ]
+    for (target, _key), g in test.groupby(["target", "direction"], sort=False):
+        for stat in ("spearman", "kept_share_0.2", "kept_share_0.4"):
+            s = g[g["statistic"] == stat].set_index("method")
+            best = s.drop(index=[m for m in ("distilled", "oracle", "random", "recency") if m in s.index])[
+                "mean"
+            ].idxmax()
+            b = s.loc[best]
+            diff = f"{b['diff']:+.3f} {interval_text(b['diff_low'], b['diff_high'])} (p {b['p_value']:.2g})"
+            rnd = cell(s.loc["random"]) if stat != "spearman" else "–"
+            out.append(
+                f"| {target} | {g['label'].iloc[0]} ({g['kind'].iloc[0]}) | {stat} | {cell(s.loc['distilled'])} "
+                f"| {best} {cell(b)} | {diff} | {cell(s.loc['recency'])} | {rnd} | {cell(s.loc['oracle'])} "
+                f"| {int(s.loc['distilled', 'n_docs'])} |"
+            )
+    out += ["", "| feature group | drop in held-out Spearman [95% t, folds] | features |", "|---|---|---|"]
+    for _, r in imp.iterrows():
+        out.append(f"| {r['group']} | {r['drop']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['features']} |")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -142,6 +174,7 @@ def main() -> None:
                 f"oracle {s.loc['oracle', 'mean']:.3f}, {int(d['n_docs'])} docs",
                 flush=True,
             )
+    (tables / "distill_headline.md").write_text(markdown(test, imp))
     print("importance (drop in held-out Spearman):")
     for _, r in imp.iterrows():
         print(f"  {r['group']:<24} {r['drop']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]")

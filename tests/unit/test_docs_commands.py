@@ -21,6 +21,7 @@ import pytest
 from forward_influence.bench.config import BenchConfig
 from forward_influence.cli import analyze as cli_analyze
 from forward_influence.cli import bench as cli_bench
+from forward_influence.cli import distill as cli_distill
 from forward_influence.cli import measure as cli_measure
 from forward_influence.config import MeasureConfig
 from forward_influence.errors import InputError
@@ -35,6 +36,7 @@ PARSERS = {
     "fi-measure": (cli_measure.build_parser, MeasureConfig),
     "fi-bench": (cli_bench.build_parser, BenchConfig),
     "fi-analyze": (cli_analyze.build_parser, None),
+    "fi-distill": (cli_distill.build_parser, None),
 }
 
 
