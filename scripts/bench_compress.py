@@ -3,10 +3,10 @@
 On the embedded model (or ``--model``) at N = 2,048 and 4,096 prompt tokens
 (the longest paper of data/arxiv.json, truncated to N), each method's
 ``compress_prompt`` is timed (median of ``--repeats`` after one warm-up);
-``full`` is the prefill alone. InfoKV's extra work over SnapKV is the
-chunked logits' top-k entropies and one cosine per token and layer; the
-ratio is printed per N. Last line: ``infokv_over_snapkv=X.XX`` (at the
-largest N). Runs on CUDA too (``--device cuda``; bf16 weights).
+``full`` is the prefill alone; ``distilled`` (the shipped model) is compared
+with InfoKV. InfoKV's extra work over SnapKV is the chunked logits' top-k
+entropies and one cosine per token and layer; the ratios are printed per N.
+Last line: ``infokv_over_snapkv=X.XX`` (at the largest N). Runs on CUDA too (``--device cuda``; bf16 weights).
 
     python scripts/bench_compress.py          # ~6 min on 2 CPU cores
 """
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--budget", type=float, default=0.2)
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every method but fi_oracle)")
     args = ap.parse_args()
     from forward_influence.runtime.host import retain_freed_memory
 
@@ -58,6 +59,8 @@ def main() -> None:
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     model, dev = lm.model, lm.model.device
     methods = [m for m in list_compressors() if m != "fi_oracle"]
+    if args.methods:
+        methods = list(dict.fromkeys(["full", "snapkv", "infokv", *args.methods.split(",")]))
     print(f"{lm.name} on {dev} ({lm.model.dtype}), torch threads {torch.get_num_threads()}, budget {args.budget}")
     ratio = float("nan")
     for n in args.lengths:
@@ -81,6 +84,8 @@ def main() -> None:
             print(f"{name:20s} {t:8.2f} {t / base:12.2f}x")
         ratio = times["infokv"] / times["snapkv"]
         print(f"InfoKV / SnapKV at N = {n}: {ratio:.2f}")
+        if "distilled" in times:  # the learned scorer's prefill + scoring against InfoKV's (target <= 1.2)
+            print(f"distilled / InfoKV at N = {n}: {times['distilled'] / times['infokv']:.2f}")
     print(f"infokv_over_snapkv={ratio:.2f}")
 
 
