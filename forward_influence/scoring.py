@@ -46,6 +46,9 @@ KINDS = ("linear", "trees")
 TRANSFORMS = ("unit_rank", "none")
 #: Features that are not a run's signal: how long ago the entry was written (``tau - pos``).
 AGE = "age"
+#: The run settings (``MeasureConfig`` fields) that define the signals' values: a model records them
+#: (``signal_config``) and the compressor computes its features with them.
+SIGNAL_SETTINGS = ("topk", "window", "rep_layer")
 
 
 def unit_rank(x: np.ndarray) -> np.ndarray:
@@ -65,6 +68,16 @@ def unit_rank(x: np.ndarray) -> np.ndarray:
 
         out[ok] = (rankdata(x[ok]) - 1) / (n - 1)
     return out
+
+
+def transform(features: Sequence[Mapping[str, str]], columns: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A model's inputs ``(n, features)`` from one unit's raw feature columns (name -> ``(n,)``):
+    each feature as its ``transform`` says (default ``unit_rank``). Training and scoring both use it."""
+    cols = []
+    for f in features:
+        x = np.asarray(columns[f["name"]], float)
+        cols.append(unit_rank(x) if f.get("transform", "unit_rank") == "unit_rank" else x)
+    return np.stack(cols, axis=1) if cols else np.zeros((0, 0))
 
 
 @dataclass
@@ -131,11 +144,7 @@ class Scorer:
 
     def transform(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """The model's inputs ``(n, features)`` from one unit's raw feature columns (its candidates)."""
-        cols = []
-        for f in self.features:
-            x = np.asarray(columns[f["name"]], float)
-            cols.append(unit_rank(x) if f.get("transform", "unit_rank") == "unit_rank" else x)
-        return np.stack(cols, axis=1) if cols else np.zeros((0, 0))
+        return transform(self.features, columns)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Scores of transformed rows ``x`` ``(n, features)``; higher keeps."""

@@ -18,11 +18,11 @@ Last line: ``signals_over_forward=X.XX``, the slower mode (target <= 1.5 on the 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
-import sys
 from pathlib import Path
+
+from tree_worker import ask, start_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,25 +71,11 @@ for line in sys.stdin:
 
 
 def start(tree: Path, tokens: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    p = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(tokens)],
-        cwd=tree,
-        env=env,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    line = p.stdout.readline().strip()
-    if line != "ready":
-        raise SystemExit(f"bench_signals: the worker in {tree} did not start (said {line!r})")
-    return p
+    return start_worker(tree, WORKER, [str(tokens)], "bench_signals")
 
 
 def round_of(p: subprocess.Popen) -> tuple[float, float, float]:
-    p.stdin.write("go\n")
-    p.stdin.flush()
-    fwd, split, slide = (float(x) for x in p.stdout.readline().split())
+    fwd, split, slide = (float(x) for x in ask(p).split())
     return fwd, split, slide
 
 

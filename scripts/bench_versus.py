@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tree_worker import ask, start_worker
+
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = r"""
@@ -49,34 +51,12 @@ for line in sys.stdin:
 
 
 def start(tree: Path, args: argparse.Namespace) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(tree), "FI_RETAIN_HEAP": os.environ.get("FI_RETAIN_HEAP", "1")}
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            WORKER,
-            str(args.threads),
-            str(args.n_prefix),
-            str(args.n_future),
-            str(args.n_positions),
-            str(args.batch_size),
-        ],
-        cwd=tree,
-        env=env,
-        text=True,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    line = p.stdout.readline().strip()
-    if line != "ready":
-        raise SystemExit(f"bench_versus: the worker in {tree} did not start (said {line!r})")
-    return p
+    argv = [str(v) for v in (args.threads, args.n_prefix, args.n_future, args.n_positions, args.batch_size)]
+    return start_worker(tree, WORKER, argv, "bench_versus", {"FI_RETAIN_HEAP": os.environ.get("FI_RETAIN_HEAP", "1")})
 
 
 def timed(p: subprocess.Popen) -> float:
-    p.stdin.write("go\n")
-    p.stdin.flush()
-    return float(p.stdout.readline())
+    return float(ask(p))
 
 
 def main(argv: list[str] | None = None) -> int:

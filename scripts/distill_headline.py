@@ -108,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     os.chdir(ROOT)
     from forward_influence.distill import evaluate, learned
-    from forward_influence.distill.data import load_units
+    from forward_influence.distill.data import combine, run_units
     from forward_influence.distill.train import DistillConfig, train
 
     t0 = time.perf_counter()
@@ -123,8 +123,10 @@ def main() -> None:
     tables.mkdir(parents=True, exist_ok=True)
     folds = dict(folds=3, inner_folds=2) if args.small else {}
 
+    loaded = {n: run_units(runs / n, CORPUS[n]) for n in CORPUS}  # each run read once
+
     def units(names):  # noqa: ANN001, ANN202
-        return load_units([runs / n for n in names], [CORPUS[n] for n in names])
+        return combine([loaded[n] for n in names])
 
     summaries, documents, selections, chosen = [], [], [], {}
     for target in ("fi_far", "fi_total"):

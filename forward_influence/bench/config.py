@@ -124,8 +124,11 @@ class BenchConfig(ConfigBase):
         def needs_fi(m: str) -> bool:
             return "measured_fi" in compressor_class(m).inputs
 
+        def wrong_setting(m: str) -> bool:  # a prefill-only method in a decoding task
+            return compressor_class(m).prefill_only and self.setting != "prefill"
+
         def available(m: str) -> bool:  # an oracle needs --fi-run; a learned scorer a model file
-            if compressor_class(m).prefill_only and self.setting != "prefill":
+            if wrong_setting(m):
                 return False
             if needs_fi(m):
                 return bool(self.fi_run)
@@ -135,7 +138,7 @@ class BenchConfig(ConfigBase):
         bad = [m for m in names if m not in valid]
         if bad:
             raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
-        early = [m for m in names if compressor_class(m).prefill_only and self.setting != "prefill"]
+        early = [m for m in names if wrong_setting(m)]
         if early:
             raise InputError(f"method {early[0]} ranks prefill evictions only; use it with a prefill task")
         oracle = [m for m in names if needs_fi(m)]

@@ -27,7 +27,7 @@ import torch
 from forward_influence.compress.base import Compressor, LayerView, Needs, TokenFeatures, register
 from forward_influence.errors import InputError
 from forward_influence.measurement.signal_registry import SignalConfig
-from forward_influence.scoring import AGE, load_scorer
+from forward_influence.scoring import AGE, SIGNAL_SETTINGS, load_scorer
 
 #: The model shipped with the package (``scripts/distill_headline.py`` trains it).
 DEFAULT_MODEL = "distilled_default.json"
@@ -77,8 +77,7 @@ class Distilled(Compressor):
 
     def needs(self) -> Needs:
         sc = self.scorer.signal_config
-        keys = ("topk", "window", "kernel", "rep_layer")
-        return Needs(recent_queries=1, signals=SignalConfig(**{k: int(sc[k]) for k in keys if k in sc}))
+        return Needs(recent_queries=1, signals=SignalConfig(**{k: int(sc[k]) for k in SIGNAL_SETTINGS if k in sc}))
 
     def score(self, view: LayerView) -> torch.Tensor:
         return torch.zeros(view.positions.shape, dtype=torch.float32, device=view.keys.device)  # finish() scores
@@ -108,9 +107,5 @@ class Distilled(Compressor):
                 "the distilled compressor ranks one prefill eviction (what its scorer was trained on); "
                 "in decoding use infokv or snapkv"
             )
-        s = torch.from_numpy(self.position_scores(features.signals, features.tau))
-        out = []
-        for sc, pos in zip(scores, positions):
-            v = s.to(sc.device)[pos].to(torch.float64)  # (Hkv, n)
-            out.append(torch.where(torch.isinf(sc) & (sc > 0), sc.to(torch.float64), v))  # keep n_sink's +inf
-        return out
+        s = torch.from_numpy(self.position_scores(features.signals, features.tau))  # +inf at the sinks and window
+        return [s.to(sc.device)[pos] for sc, pos in zip(scores, positions)]  # (Hkv, n) per layer

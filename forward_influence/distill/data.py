@@ -22,7 +22,7 @@ import pandas as pd
 from forward_influence.analysis.analyze import AnalyzeConfig
 from forward_influence.analysis.selection import ablation_rows, with_source_signals
 from forward_influence.errors import InputError
-from forward_influence.scoring import AGE
+from forward_influence.scoring import AGE, SIGNAL_SETTINGS
 from forward_influence.store import schema
 from forward_influence.store.results import MeasureResult
 
@@ -85,16 +85,20 @@ def run_units(path: str | Path, corpus: str | None = None, sinks: int = 4) -> Un
         "n_future": cfg.n_future,
         "far": cfg.far,
         "stride": cfg.stride,
-        "signal_config": {"topk": cfg.topk, "window": cfg.window, "rep_layer": cfg.rep_layer},
+        "signal_config": {k: getattr(cfg, k) for k in SIGNAL_SETTINGS},
         "language_model": {k: model.get(k) for k in ("name", "revision", "dtype")},
     }
     return Units(out, [*names, AGE], [run])
 
 
 def load_units(paths: Sequence[str | Path], corpora: Sequence[str] | None = None) -> Units:
-    """Candidates of several runs; the features are those every run has; one language model and one
+    """Candidates of several runs (:func:`combine` of their :func:`run_units`)."""
+    return combine([run_units(p, None if corpora is None else corpora[i]) for i, p in enumerate(paths)])
+
+
+def combine(parts: Sequence[Units]) -> Units:
+    """Units of several runs as one; the features are those every run has; one language model and one
     set of signal settings across runs (else one line naming the run that differs)."""
-    parts = [run_units(p, None if corpora is None else corpora[i]) for i, p in enumerate(paths)]
     if not parts:
         raise InputError("fi-distill needs at least one fi-measure run")
     first = parts[0].runs[0]

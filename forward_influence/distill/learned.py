@@ -101,15 +101,10 @@ def partial_dependence(
 ) -> pd.DataFrame:  # noqa: ANN001
     """Mean score over ``units`` when ``feature``'s within-unit rank is set to each grid value."""
     j = scorer.feature_names.index(feature)
-    x, _ = models.design(units) if units.features == scorer.feature_names else _design_for(scorer, units)
+    x, _ = models.design(Units(units.frame, scorer.feature_names, units.runs))
     rows = []
     for g in grid:
         xg = x.copy()
         xg[:, j] = g
         rows.append({"feature": feature, "rank": float(g), "score": float(np.mean(scorer.predict(xg)))})
     return pd.DataFrame(rows)
-
-
-def _design_for(scorer, units: Units) -> tuple[np.ndarray, list[np.ndarray]]:  # noqa: ANN001
-    sub = Units(units.frame, scorer.feature_names, units.runs)
-    return models.design(sub)

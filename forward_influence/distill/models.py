@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from forward_influence.distill.data import Units
-from forward_influence.scoring import Scorer, Tree, unit_rank
+from forward_influence.scoring import Scorer, Tree, transform, unit_rank
 
 KINDS = ("linear", "hgb", "lgbm")
 #: Relevance grades of lambdarank: unit quantile thresholds of the target.
@@ -36,14 +36,20 @@ ROUNDS = 300
 
 
 def design(units: Units) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``X`` ``(rows, features)`` of within-unit ranks, and each unit's row indices."""
+    """``X`` ``(rows, features)`` of within-unit ranks (:func:`~forward_influence.scoring.transform`,
+    as the scorer will see them), and each unit's row indices."""
     groups = units.groups()
+    features = feature_specs(units.features)
     raw = units.frame[units.features].to_numpy(float)
     x = np.empty_like(raw)
     for ix in groups:
-        for j in range(raw.shape[1]):
-            x[ix, j] = unit_rank(raw[ix, j])
+        x[ix] = transform(features, {f: raw[ix, j] for j, f in enumerate(units.features)})
     return x, groups
+
+
+def feature_specs(names: list[str]) -> list[dict[str, str]]:
+    """The model file's feature list: every feature ranked within its unit."""
+    return [{"name": f, "transform": "unit_rank"} for f in names]
 
 
 def _target(units: Units, target: str, groups: list[np.ndarray], how: str) -> np.ndarray:
@@ -149,8 +155,7 @@ def fit(kind: str, units: Units, target: str, seed: int = 0, rounds: int = ROUND
     """A scorer of ``kind`` (:data:`KINDS`) fit on ``units`` for ``target`` (``fi_far`` or ``fi_total``);
     ``rounds``: boosting rounds of the tree models."""
     x, groups = design(units)
-    features = [{"name": f, "transform": "unit_rank"} for f in units.features]
-    common = dict(target=target, features=features)
+    common = dict(target=target, features=feature_specs(units.features))
     if kind == "linear":
         w, b = fit_linear(x, _target(units, target, groups, "share"), groups, seed=seed)
         return Scorer(kind="linear", weights=w, bias=b, **common)
