@@ -3,8 +3,8 @@
 On the embedded model (or ``--model``) at N = 2,048 and 4,096 prompt tokens
 (the longest paper of data/arxiv.json, truncated to N), each method's
 ``compress_prompt`` is timed (median of ``--repeats`` after one warm-up);
-``full`` is the prefill alone; ``distilled`` (the shipped model) is compared
-with InfoKV. InfoKV's extra work over SnapKV is the chunked logits' top-k
+``full`` is the prefill alone; ``distilled`` (the shipped model, and each
+``--distilled-model``) is compared with InfoKV. InfoKV's extra work over SnapKV is the chunked logits' top-k
 entropies and one cosine per token and layer; the ratios are printed per N.
 Last line: ``infokv_over_snapkv=X.XX`` (at the largest N). Runs on CUDA too (``--device cuda``; bf16 weights).
 
@@ -52,6 +52,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--budget", type=float, default=0.2)
     ap.add_argument("--methods", default=None, help="comma-separated (default: every method but fi_oracle)")
+    ap.add_argument(
+        "--distilled-model",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also time the distilled method with this model file (repeatable; row distilled:<file stem>)",
+    )
     args = ap.parse_args()
     from forward_influence.runtime.host import retain_freed_memory
 
@@ -66,8 +73,11 @@ def main() -> None:
     for n in args.lengths:
         ids = prompt_ids(lm.tokenizer, n).to(dev)
         times = {}
-        for name in methods:
-            comp = get_compressor(name, budget=args.budget)
+        variants = [(m, {}) for m in methods] + [
+            (f"distilled:{Path(p).stem}", {"model": p}) for p in args.distilled_model
+        ]
+        for name, extra in variants:
+            comp = get_compressor(name.split(":")[0], budget=args.budget, **extra)
             runs = []
             for r in range(args.repeats + 1):
                 sync(dev)
@@ -79,13 +89,13 @@ def main() -> None:
             times[name] = statistics.median(runs)
         base = times["full"]
         print(f"\nN = {n}: prefill alone (full) {base:.2f} s")
-        print(f"{'method':20s} {'seconds':>8s} {'over prefill':>13s}")
+        print(f"{'method':30s} {'seconds':>8s} {'over prefill':>13s}")
         for name, t in times.items():
-            print(f"{name:20s} {t:8.2f} {t / base:12.2f}x")
+            print(f"{name:30s} {t:8.2f} {t / base:12.2f}x")
         ratio = times["infokv"] / times["snapkv"]
         print(f"InfoKV / SnapKV at N = {n}: {ratio:.2f}")
-        if "distilled" in times:  # the learned scorer's prefill + scoring against InfoKV's (target <= 1.2)
-            print(f"distilled / InfoKV at N = {n}: {times['distilled'] / times['infokv']:.2f}")
+        for name in (m for m in times if m.startswith("distilled")):  # prefill + scoring vs InfoKV's (target <= 1.2)
+            print(f"{name} / InfoKV at N = {n}: {times[name] / times['infokv']:.2f}")
     print(f"infokv_over_snapkv={ratio:.2f}")
 
 

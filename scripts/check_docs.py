@@ -78,7 +78,7 @@ SMALL = [
     ),
     (r"scripts/bench_ablation\.py", "--n-prefix 256 --n-future 64 --n-positions 8 --probe-s 0.2"),
     (r"scripts/bench_signals\.py", "--tokens 512 --rounds 1"),
-    (r"scripts/distill_(runs|headline)\.py", "--small"),
+    (r"scripts/distill_(runs|headline|fidelity)\.py", "--small"),
     (r"scripts/bench_compress\.py", "--lengths 512 --repeats 1"),
     (
         r"scripts/bench_ray\.py",

@@ -42,6 +42,11 @@ class BenchConfig(ConfigBase):
     doc: str | None = option(
         None, "fidelity: documents (any fi-measure source; default built-in SQuAD articles); qa: a SQuAD-format file"
     )
+    doc_ids: tuple[str, ...] | None = option(
+        None,
+        "fidelity: only these document ids of --doc, comma-separated (e.g. the documents an --fi-run measured)",
+        type="strs",
+    )
     ifeval_data: str | None = option(None, "ifeval: IFEval's input_data.jsonl")
     methods: tuple[str, ...] | None = option(
         None, "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run)", type="strs"
@@ -57,6 +62,7 @@ class BenchConfig(ConfigBase):
     out: str | None = option(None, "output directory")
     n_prefix: int = option(1024, "fidelity: tokens compressed (split position N)")
     n_future: int = option(128, "fidelity: tokens teacher-forced after the split")
+    far: int = option(128, "fidelity: kl_far averages the targets more than FAR after the split (fi-measure's far)")
     lengths: tuple[int, ...] = option((1024, 2048, 4096), "retrieval: context lengths in tokens", type="ints")
     depths: tuple[float, ...] = option(
         (0.1, 0.5, 0.9), "retrieval: needle depths (fraction of the context)", type="floats"
@@ -100,6 +106,8 @@ class BenchConfig(ConfigBase):
         for name in ("n_prefix", "n_future", "max_context", "max_new_tokens", "interval", "bootstrap"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if self.far < 0:
+            raise InputError(f"--far must be >= 0; got {self.far}")
         if self.n_samples is not None and self.n_samples < 1:
             raise InputError(f"--n-samples must be >= 1; got {self.n_samples}")
         if any(not 0 <= d <= 1 for d in self.depths):
@@ -110,6 +118,8 @@ class BenchConfig(ConfigBase):
             raise InputError(f"--distilled-model {self.distilled_model} is not a file; give a model fi-distill wrote")
         if self.distilled_model and self.setting != "prefill":
             raise InputError("--distilled-model: the distilled method ranks prefill evictions; use a prefill task")
+        if self.doc_ids and self.task != "fidelity":
+            raise InputError("--doc-ids selects fidelity documents: use it with --task fidelity")
         if self.fi_run and self.task != "fidelity":
             raise InputError("--fi-run validates document fidelity: use it with --task fidelity")
         check_ray(self.ray)

@@ -40,7 +40,14 @@ from forward_influence.store.runs import resume_state, run_meta, start_run
 
 def build_task(cfg: BenchConfig) -> Any:
     if cfg.task == "fidelity":
-        return Fidelity(doc=cfg.doc, n_prefix=cfg.n_prefix, n_future=cfg.n_future, n_samples=cfg.n_samples)
+        return Fidelity(
+            doc=cfg.doc,
+            n_prefix=cfg.n_prefix,
+            n_future=cfg.n_future,
+            n_samples=cfg.n_samples,
+            far=cfg.far,
+            doc_ids=cfg.doc_ids,
+        )
     if cfg.task == "retrieval":
         return Retrieval(kinds=cfg.kinds, lengths=cfg.lengths, depths=cfg.depths)
     if cfg.task == "qa":
@@ -340,9 +347,12 @@ def _write_outputs(
     if failed:
         write_json_atomic(out / "run.json", {**meta, "status": "partial"})
         return
-    from forward_influence.bench.summary import summarize_bench
+    from forward_influence.bench.summary import gap_closed, summarize_bench
 
     write_parquet_atomic(results, out / "results.parquet")
     write_parquet_atomic(summarize_bench(results, cfg.bootstrap, cfg.seed), out / "summary.parquet")
+    gap = gap_closed(results, cfg.bootstrap, cfg.seed)
+    if len(gap):  # fidelity with the distilled method and the FI oracle
+        write_parquet_atomic(gap, out / "gap_closed.parquet")
     write_json_atomic(out / "run.json", {**meta, "status": "complete"})
     store.clear()

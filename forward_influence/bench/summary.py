@@ -20,7 +20,7 @@ from forward_influence.errors import InputError
 
 #: metrics summarised per task, in display order; lower is better for the first two
 METRICS = {
-    "fidelity": ("kl", "delta_nll"),
+    "fidelity": ("kl", "delta_nll", "kl_far"),
     "retrieval": ("exact_match", "nll"),
     "qa": ("contains", "nll", "exact_match"),
     "ifeval": ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose", "agree_tokens", "agree_prefix"),
@@ -86,6 +86,89 @@ def summarize_bench(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 
                         )
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+#: Never "the best deployable method" of the gap closed: the reference, the oracle and the method judged.
+NOT_DEPLOYABLE = ("full", "fi_oracle", "distilled")
+
+
+def gap_closed(
+    results: pd.DataFrame,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    method: str = "distilled",
+    oracle: str = "fi_oracle",
+) -> pd.DataFrame:
+    """The gap ``method`` closes between the best deployable method and the FI oracle, per fidelity
+    metric (``kl``, ``kl_far``) and budget: ``G = (KL_best - KL_method) / (KL_best - KL_oracle)`` on
+    document-mean KLs, ``KL_best`` the deployable method (every method but :data:`NOT_DEPLOYABLE`) with
+    the lowest mean on the same documents (those every method scored).
+
+    The 95% percentile interval resamples documents (``n_resamples``), choosing the best method again
+    in every resample; so does the denominator's. G is *not defined* (``defined`` False) unless the
+    denominator's interval lies above 0: where it contains 0 (the oracle not distinguishable from the
+    best method), where the oracle is worse than the best (G's sign would mean nothing), and with fewer
+    than 2 documents. Empty when the results hold no fidelity rows of both methods.
+
+    >>> r = pd.DataFrame({"task": "fidelity", "sample_id": np.repeat(list("abcd"), 3), "budget": 0.2,
+    ...     "method": ["snapkv", "distilled", "fi_oracle"] * 4, "kl": [1.0, 0.6, 0.2] * 4})
+    >>> g = gap_closed(r, 200).iloc[0]
+    >>> (g["best"], round(float(g["gap_closed"]), 3), bool(g["defined"]))
+    ('snapkv', 0.5, True)
+    """
+    cols = ["task", "metric", "budget", "n", "best", "kl_best", "kl_method", "kl_oracle", "gap_closed", "lo", "hi"]
+    cols += ["denominator", "denominator_lo", "denominator_hi", "defined"]
+    fid = results[results["task"] == "fidelity"] if "task" in results.columns else results.iloc[:0]
+    rows = []
+    if fid.empty or not {method, oracle} <= set(fid["method"]):
+        return pd.DataFrame(columns=cols)
+    rng = np.random.default_rng(seed)
+    for metric in (m for m in ("kl", "kl_far") if m in fid.columns):
+        for budget, df in fid.groupby("budget", sort=True):
+            wide = df.pivot_table(index="sample_id", columns="method", values=metric, aggfunc="mean").dropna()
+            deploy = [m for m in wide.columns if m not in NOT_DEPLOYABLE]
+            if wide.empty or not deploy or method not in wide or oracle not in wide:
+                continue
+            x = wide[[*deploy, method, oracle]].to_numpy(float)  # (docs, methods)
+            n = len(x)
+            idx = np.vstack([np.arange(n)[None], rng.integers(0, n, (n_resamples, n))])  # row 0: the data
+            means = x[idx].mean(axis=1)  # (1 + B, methods)
+            best = means[:, : len(deploy)].min(axis=1)
+            den = best - means[:, -1]
+            g = (best - means[:, -2]) / np.where(den == 0, np.nan, den)
+            dlo, dhi = np.percentile(den[1:], [2.5, 97.5]) if n > 1 else (np.nan, np.nan)
+            defined = bool(n > 1 and dlo > 0)
+            glo, ghi = np.nanpercentile(g[1:], [2.5, 97.5]) if defined else (np.nan, np.nan)
+            rows.append(
+                {
+                    "task": "fidelity",
+                    "metric": metric,
+                    "budget": budget,
+                    "n": n,
+                    "best": deploy[int(np.argmin(means[0, : len(deploy)]))],
+                    "kl_best": best[0],
+                    "kl_method": means[0, -2],
+                    "kl_oracle": means[0, -1],
+                    "gap_closed": g[0],
+                    "lo": glo,
+                    "hi": ghi,
+                    "denominator": den[0],
+                    "denominator_lo": dlo,
+                    "denominator_hi": dhi,
+                    "defined": defined,
+                }
+            )
+    return pd.DataFrame(rows, columns=cols)
+
+
+def gap_text(row: pd.Series) -> str:
+    """``G 0.42 [0.20, 0.61]`` or ``G not defined (...)`` for one row of :func:`gap_closed`."""
+    if not row["defined"]:
+        return (
+            f"G not defined: best - oracle {row['denominator']:+.4f} "
+            f"[{row['denominator_lo']:+.4f}, {row['denominator_hi']:+.4f}] is not above 0"
+        )
+    return f"G {row['gap_closed']:.2f} [{row['lo']:.2f}, {row['hi']:.2f}]"
 
 
 def load_run(out: str | Path) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:

@@ -133,6 +133,10 @@ class PrefillTask:
             ref["greedy"] = self._greedy(cache, s, tokenizer)
         return ref
 
+    def position_metrics(self, kl: torch.Tensor) -> dict[str, float]:
+        """Metrics of the per-position KL ``(Q + A,)`` a task adds (none by default)."""
+        return {}
+
     def score(self, cache: CompressedCache, s: Sample, ref: dict[str, Any], tokenizer: Any) -> dict[str, float]:
         logits, nll = self._forced(cache, s)
         kl = centred_kl(ref["logits"], logits)  # (Q + A,) per position
@@ -141,6 +145,7 @@ class PrefillTask:
             "kl_sum": float(kl.sum()),
             "nll": float(nll.mean()),
             "delta_nll": float(nll.mean()) - ref["nll"],
+            **self.position_metrics(kl),
         }
         if s.answer is not None:
             greedy = self._greedy(cache, s, tokenizer)
@@ -154,18 +159,26 @@ class PrefillTask:
 @dataclass
 class Fidelity(PrefillTask):
     """Document fidelity: prefix ``n_prefix`` compressed, the next ``n_future``
-    tokens teacher-forced. Documents: any source ``fi-measure`` reads."""
+    tokens teacher-forced. Documents: any source ``fi-measure`` reads. ``kl_far``: the
+    mean KL over the targets more than ``far`` after the eviction (``d_tau = t - N > far``,
+    the far bucket of ``fi-measure``'s split mode); NaN when ``n_future <= far + 1``."""
 
     doc: str | None = None
     n_prefix: int = 1024
     n_future: int = 128
     n_samples: int | None = None
+    far: int = 128
+    doc_ids: tuple[str, ...] | None = None
     name: ClassVar[str] = "fidelity"
     _docs: list[Document] | None = field(default=None, init=False, repr=False)
 
     def read(self) -> None:
         if self._docs is None:  # every document: those too short for N + F are skipped later
-            self._docs = load_documents(self.doc)
+            self._docs = load_documents(self.doc, doc_ids=self.doc_ids)
+
+    def position_metrics(self, kl: torch.Tensor) -> dict[str, float]:
+        far = kl[self.far + 1 :]  # row f is the target N + f: d_tau = f
+        return {"kl_far": float(far.mean()) if far.numel() else float("nan")}
 
     def prepare(self, tokenizer: Any, seed: int) -> list[Sample]:
         need = self.n_prefix + self.n_future

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
 from forward_influence.bench.config import BenchConfig
 from forward_influence.cli._common import add_config_flags, report_failed, run_cli
@@ -48,6 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     s = summary[summary.metric == main_metric].pivot_table(index="method", columns="budget", values="mean")
     print(f"fi-bench {cfg.task}: mean {main_metric} per method and budget")
     print(s.to_string(float_format=lambda x: f"{x:.4g}"))
+    gap_file = Path(cfg.out) / "gap_closed.parquet"
+    if gap_file.is_file():
+        import pandas as pd
+
+        from forward_influence.bench.summary import gap_text
+
+        for _, g in pd.read_parquet(gap_file).iterrows():
+            print(
+                f"gap closed by distilled, {g['metric']} at {g['budget']:g}: {gap_text(g)} "
+                f"(best deployable {g['best']} {g['kl_best']:.4f}, distilled {g['kl_method']:.4f}, "
+                f"oracle {g['kl_oracle']:.4f}; {g['n']} documents)"
+            )
     if cfg.report:
         os.environ.setdefault("MPLBACKEND", "Agg")
         from forward_influence.bench.report import write_report

@@ -28,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="outer document folds, reported (default: 5)")
     p.add_argument("--inner-folds", type=int, default=4, help="inner document folds, the choice (default: 4)")
     p.add_argument("--corpus", default=None, help="comma-separated corpus names, one per run (default: run names)")
+    p.add_argument(
+        "--exclude",
+        default="",
+        metavar="SIGNALS",
+        help="comma-separated signals the model may not read (e.g. attn_h2o: its attention from every query "
+        "doubles the compressor's prefill); the held-out comparison still includes them",
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -39,7 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     from forward_influence.errors import InputError
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
-    cfg = DistillConfig(target=args.target, kinds=kinds, folds=args.folds, inner_folds=args.inner_folds, seed=args.seed)
+    exclude = tuple(x.strip() for x in args.exclude.split(",") if x.strip())
+    cfg = DistillConfig(
+        target=args.target,
+        kinds=kinds,
+        folds=args.folds,
+        inner_folds=args.inner_folds,
+        seed=args.seed,
+        exclude=exclude,
+    )
     corpora = None if args.corpus is None else [c.strip() for c in args.corpus.split(",")]
     if corpora is not None and len(corpora) != len(args.runs):
         raise InputError(f"--corpus names {len(corpora)} corpora for {len(args.runs)} runs; give one per run")

@@ -4,7 +4,8 @@
 that ranks the candidates of one eviction by the FI they will have, from signals a
 compressor has at the eviction time. This method computes those signals in its own
 prefill with the measurement's code (:attr:`Needs.signals`: the registered signals at
-``tau`` = the prompt's end, exactly as a split ``N = tau`` of ``fi-measure``), ranks the
+``tau`` = the prompt's end, exactly as a split ``N = tau`` of ``fi-measure``; only the
+signals its model reads), ranks the
 same candidates the scorer was trained on — every position but the first ``n_sink`` and
 the last ``window`` (which it keeps, as the measurement's candidates exclude them) —
 and gives every layer and KV head that one score per position.
@@ -26,9 +27,13 @@ import torch
 
 from forward_influence.compress.base import Compressor, LayerView, Needs, TokenFeatures, register
 from forward_influence.errors import InputError
+from forward_influence.measurement.collector import registered
 from forward_influence.measurement.signal_registry import SignalConfig
 from forward_influence.scoring import AGE, SIGNAL_SETTINGS, load_scorer
 
+#: The window's scores start here: above any score a model gives (trees' leaf sums, linear weights on ranks in
+#: [0, 1]), below the sinks' +inf.
+WINDOW_SCORE = 1e12
 #: The model shipped with the package (``scripts/distill_headline.py`` trains it).
 DEFAULT_MODEL = "distilled_default.json"
 
@@ -70,6 +75,10 @@ class Distilled(Compressor):
         if self.scorer is None:
             path = default_model_path() if self.model is None else self.model
             object.__setattr__(self, "scorer", load_scorer(path))
+        measured = {spec.name for spec in registered()}
+        unknown = [n for n in self.scorer.feature_names if n != AGE and n not in measured]
+        if unknown:
+            raise InputError(f"the distilled model needs signals {unknown}, which this package does not measure")
         if self.window is None:
             object.__setattr__(self, "window", int(self.scorer.signal_config.get("window", 32)))
         if self.window < 0:
@@ -77,23 +86,25 @@ class Distilled(Compressor):
 
     def needs(self) -> Needs:
         sc = self.scorer.signal_config
-        return Needs(recent_queries=1, signals=SignalConfig(**{k: int(sc[k]) for k in SIGNAL_SETTINGS if k in sc}))
+        read = tuple(n for n in self.scorer.feature_names if n != AGE)  # the prefill computes only these
+        settings = {k: int(sc[k]) for k in SIGNAL_SETTINGS if k in sc}
+        return Needs(recent_queries=1, signals=SignalConfig(**settings, only=read))
 
     def score(self, view: LayerView) -> torch.Tensor:
         return torch.zeros(view.positions.shape, dtype=torch.float32, device=view.keys.device)  # finish() scores
 
     def position_scores(self, signals: dict[str, Any], tau: int) -> np.ndarray:
-        """``(tau,)`` float64: the scorer's score of each candidate, ``+inf`` for the sinks and the window."""
+        """``(tau,)`` float64: the scorer's score of each candidate, ``+inf`` for the sinks and
+        :data:`WINDOW_SCORE` plus the position for the window (a budget smaller than sinks + window
+        keeps the sinks, then the most recent entries)."""
         pos = np.arange(tau)
         cand = (pos >= self.n_sink) & (pos < tau - self.window)
         cols = {AGE: (tau - pos[cand]).astype(float)}
         for name in self.scorer.feature_names:
             if name != AGE:
-                if name not in signals:
-                    raise InputError(f"the distilled model needs signal {name!r}, which this package does not measure")
                 v = np.asarray(signals[name], float)
                 cols[name] = (v[0] if v.ndim == 2 else v)[:tau][cand]
-        out = np.full(tau, np.inf)
+        out = np.where(pos < self.n_sink, np.inf, WINDOW_SCORE + pos)
         out[cand] = self.scorer.score(cols) if cand.any() else out[cand]
         return out
 
@@ -107,5 +118,5 @@ class Distilled(Compressor):
                 "the distilled compressor ranks one prefill eviction (what its scorer was trained on); "
                 "in decoding use infokv or snapkv"
             )
-        s = torch.from_numpy(self.position_scores(features.signals, features.tau))  # +inf at the sinks and window
+        s = torch.from_numpy(self.position_scores(features.signals, features.tau))  # sinks and window first
         return [s.to(sc.device)[pos] for sc, pos in zip(scores, positions)]  # (Hkv, n) per layer

@@ -49,6 +49,17 @@ class Units:
         keep = self.frame["doc_id"].isin(list(docs)).to_numpy()
         return Units(self.frame[keep].reset_index(drop=True), self.features, self.runs)
 
+    def without(self, names: Sequence[str]) -> Units:
+        """The same candidates with the features ``names`` left out (what a model may read); a
+        name that is not a feature of these runs gives one line naming the features."""
+        unknown = sorted(set(names) - set(self.features))
+        if unknown:
+            raise InputError(f"--exclude names {unknown}, not features of these runs: {', '.join(self.features)}")
+        kept = [f for f in self.features if f not in set(names)]
+        if not kept:
+            raise InputError("--exclude leaves the model no feature to read")
+        return Units(self.frame, kept, self.runs)
+
     @property
     def documents(self) -> list[str]:
         return list(pd.unique(self.frame["doc_id"]))

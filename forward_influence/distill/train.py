@@ -30,7 +30,9 @@ from forward_influence.scoring import Scorer
 class DistillConfig:
     """``target``: ``fi_far`` or ``fi_total``; ``kinds``: model kinds to choose among;
     ``folds`` / ``inner_folds``: document folds of the outer (reported) and inner (choice)
-    cross-validation; ``select_by``: the statistic the choice maximises; ``seed``."""
+    cross-validation; ``select_by``: the statistic the choice maximises; ``seed``; ``exclude``: features
+    the model may not read (e.g. ``attn_h2o``, whose every-query attention costs a compressor's prefill
+    as much again); the held-out comparison still ranks by every single signal."""
 
     target: str = "fi_far"
     kinds: tuple[str, ...] = models.KINDS
@@ -39,6 +41,7 @@ class DistillConfig:
     select_by: str = "kept_share_0.2"
     seed: int = 0
     rounds: int = models.ROUNDS
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -129,10 +132,11 @@ def train(units: Units, cfg: DistillConfig) -> Distilled:
             f"{n} documents in {min(cfg.folds, n)} folds leave {smallest_train}: give more documents or --folds, "
             "or one --kinds"
         )
-    heldout_scores, chosen = nested(units, cfg)
+    readable = units.without(cfg.exclude)  # what the model reads; the comparison keeps every signal
+    heldout_scores, chosen = nested(readable, cfg)
     docs, summary = evaluate.evaluate(units, cfg.target, {"distilled": heldout_scores}, seed=cfg.seed)
-    kind, selection = choose(units, cfg) if len(cfg.kinds) > 1 else (cfg.kinds[0], pd.DataFrame())
-    scorer = models.fit(kind, units, cfg.target, cfg.seed, cfg.rounds)
+    kind, selection = choose(readable, cfg) if len(cfg.kinds) > 1 else (cfg.kinds[0], pd.DataFrame())
+    scorer = models.fit(kind, readable, cfg.target, cfg.seed, cfg.rounds)
     run0 = units.runs[0]
     scorer.signal_config = dict(run0["signal_config"])
     scorer.provenance = {

@@ -17,7 +17,15 @@ from forward_influence.hf import anatomy, forwards
 from forward_influence.hf.attention import AttentionTap
 from forward_influence.measurement import signals as _builtin  # noqa: F401  (registers the built-in signals)
 from forward_influence.measurement.features import logit_chunks
-from forward_influence.measurement.signal_registry import FEEDS, REGISTRY, Context, LayerAttention, Signal, SignalConfig
+from forward_influence.measurement.signal_registry import (
+    FEEDS,
+    REGISTRY,
+    Context,
+    LayerAttention,
+    Signal,
+    SignalConfig,
+    with_inputs,
+)
 from forward_influence.store.schema import SOURCE, TOKEN, SignalSpec
 
 
@@ -27,7 +35,7 @@ def registered() -> tuple[SignalSpec, ...]:
 
 
 class SignalCollector:
-    """Runs every registered signal in one prefill.
+    """Runs every registered signal (``cfg.only``: those and their inputs) in one prefill.
 
     Use ``engine.prefill(ids, on_tap=c.on_tap, layer_hooks=c.on_layer)``
     then :meth:`finish`.
@@ -39,7 +47,7 @@ class SignalCollector:
         )
         self.cfg, self.t = cfg, n_tokens
         self.ctx = Context(model, n_tokens, anatomy.n_layers(model), anatomy.n_kv_heads(model), cfg, taus)
-        self.signals = {name: cls(self.ctx) for name, cls in REGISTRY.items()}
+        self.signals = {name: REGISTRY[name](self.ctx) for name in with_inputs(cfg.only)}
         missing = {n: [i for i in s.inputs if i not in self.signals] for n, s in self.signals.items()}
         if any(missing.values()):
             raise ValueError(f"signals derive from unregistered inputs: { {n: m for n, m in missing.items() if m} }")

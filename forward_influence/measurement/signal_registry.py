@@ -66,6 +66,10 @@ class SignalConfig:
         Tag words with spaCy (see :mod:`forward_influence.measurement.words`).
     chunk_bytes : int
         Bound on attention/logit temporaries.
+    only : tuple of str or None
+        Compute only these registered signals (and the signals they derive from): what a
+        compressor reads (:class:`~forward_influence.compress.distilled.Distilled`). None: every
+        registered signal (a measurement always records them all).
     """
 
     topk: int = 10
@@ -76,6 +80,7 @@ class SignalConfig:
     delay: int | None = None
     words: bool = True
     chunk_bytes: int = 128 << 20
+    only: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.splits is not None and self.delay is not None:
@@ -84,6 +89,8 @@ class SignalConfig:
             raise ValueError(f"delay must be >= 1, got {self.delay}")
         if self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and >= 1, got {self.kernel}")
+        if self.only is not None:
+            object.__setattr__(self, "only", tuple(sorted(set(self.only))))  # one value per set: caches compare it
 
     def check_ready(self) -> None:
         """Fail early (before any output) if the spaCy model is missing."""
@@ -163,6 +170,24 @@ class Signal:
 
 
 REGISTRY: dict[str, type[Signal]] = {}
+
+
+def with_inputs(names: tuple[str, ...] | None) -> list[str]:
+    """The registered signals ``names`` and every signal they derive from, in registration
+    order (None: all of them); an unregistered name raises ValueError naming the known ones."""
+    if names is None:
+        return list(REGISTRY)
+    unknown = sorted(set(names) - set(REGISTRY))
+    if unknown:
+        raise ValueError(f"unknown signals {unknown}; registered: {', '.join(REGISTRY)}")
+    need: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in need:
+            need.add(name)
+            todo.extend(i for i in REGISTRY[name].inputs if i in REGISTRY)
+    return [n for n in REGISTRY if n in need]
 
 
 def register(cls: type[Signal]) -> type[Signal]:

@@ -89,18 +89,34 @@ def test_validation_against_a_measured_run(smollm, tmp_path):
         ),
         model=smollm,
     )
+    from forward_influence.store.results import MeasureResult
+
+    docs = tuple(MeasureResult.load(fi_dir).summary["doc_id"].unique())
     cfg = BenchConfig(
         task="fidelity",
-        methods=("full", "snapkv", "random", "fi_oracle"),
+        methods=("full", "snapkv", "random", "fi_oracle", "distilled"),
         budgets=(0.25,),
         n_prefix=64,
         n_future=16,
-        n_samples=2,
+        far=8,
+        doc_ids=docs[::-1],  # the measured documents, named (file order is kept)
         fi_run=str(fi_dir),
+        out=str(tmp_path / "v"),
         progress=False,
+        report=False,
         bootstrap=200,
     )
     res = run_bench(cfg, model=smollm)
+    assert list(pd.unique(res.sample_id)) == list(docs)
+    assert res.kl_far.notna().all() and (res[res.method == "full"].kl_far.abs() <= ABS_TOL_KL).all()
+    # the gap closed by distilled, from the document means of this run's own rows
+    gap = pd.read_parquet(tmp_path / "v" / "gap_closed.parquet").set_index("metric")
+    assert set(gap.index) == {"kl", "kl_far"} and (gap["n"] == 2).all()
+    for metric, g in gap.iterrows():
+        m = res.groupby("method")[metric].mean()
+        best = m[["snapkv", "random"]].min()
+        assert g["best"] == m[["snapkv", "random"]].idxmin()
+        assert g["gap_closed"] == pytest.approx((best - m["distilled"]) / (best - m["fi_oracle"]), rel=1e-9)
     share = res.groupby("method").fi_kept_share.mean()
     assert share["fi_oracle"] >= share["snapkv"] and share["fi_oracle"] >= share["random"]
     assert share["full"] == pytest.approx(1.0)
@@ -108,7 +124,9 @@ def test_validation_against_a_measured_run(smollm, tmp_path):
 
     d, fit = additivity(res)
     assert (
-        fit["n"] == len(d) >= 4 and set(d.method) <= {"snapkv", "random", "fi_oracle"} and np.isfinite(fit["spearman"])
+        fit["n"] == len(d) >= 4
+        and set(d.method) <= {"snapkv", "random", "fi_oracle", "distilled"}
+        and np.isfinite(fit["spearman"])
     )
     with pytest.raises(InputError, match="--n-prefix 64 --n-future 16"):
         run_bench(BenchConfig(task="fidelity", n_prefix=128, fi_run=str(fi_dir)), model=smollm)

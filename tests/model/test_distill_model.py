@@ -81,8 +81,9 @@ def test_fi_distill_bad_input_exits_2_without_a_model(run_dir, tmp_path, capsys)
 FEATURE_RTOL, FEATURE_ATOL = 1e-4, 1e-6
 
 
+@pytest.mark.parametrize("exclude", [(), ("attn_h2o",)], ids=["every-signal", "no-h2o"])
 def test_distilled_computes_the_measured_features_and_keeps_what_the_offline_scorer_ranks_first(
-    run_dir, tmp_path, smollm
+    run_dir, tmp_path, smollm, exclude
 ):
     import numpy as np
     import torch
@@ -90,10 +91,11 @@ def test_distilled_computes_the_measured_features_and_keeps_what_the_offline_sco
     from forward_influence.compress import compress_prompt, get_compressor, n_kept
     from forward_influence.distill import models
     from forward_influence.distill.data import run_units
+    from forward_influence.measurement.signal_registry import with_inputs
     from forward_influence.scoring import AGE
     from forward_influence.store.results import MeasureResult
 
-    units = run_units(run_dir)
+    units = run_units(run_dir).without(exclude)
     scorer = models.fit("linear", units, "fi_far")
     scorer.signal_config = units.runs[0]["signal_config"]
     path = scorer.save(tmp_path / "linear.json")
@@ -105,6 +107,9 @@ def test_distilled_computes_the_measured_features_and_keeps_what_the_offline_sco
     ids = torch.tensor(tok["token_id"].to_numpy()[:n])
     comp = get_compressor("distilled", model=str(path), budget=0.5)
     cache, _ = compress_prompt(smollm.model, ids, comp)
+    # 0. the prefill computed what the scorer reads (and what that derives from), nothing else
+    assert list(cache.signals) == with_inputs(tuple(f for f in scorer.feature_names if f != AGE))
+    assert ("attn_h2o" in cache.signals) == (not exclude)
     # 1. every feature the scorer reads, computed inside the cache, equals the measured table's
     for name in scorer.feature_names:
         if name == AGE:

@@ -409,6 +409,14 @@ def test_distilled_keeps_the_window_and_refuses_to_decode(models, prompt):
         _decode(models["sdpa"], prompt[:T_PROMPT], comp, DecodingConfig(cache_budget=24, interval=4), 12)
 
 
+def test_distilled_under_a_budget_below_sinks_and_window_keeps_the_sinks_then_the_newest(models, prompt):
+    """4 sinks + window 8 = 12 entries; a budget of 8 keeps the sinks and the 4 newest, never a candidate."""
+    comp = get_compressor("distilled", budget=8 / T_PROMPT, scorer=TINY_SCORER)
+    cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
+    want = set(range(4)) | set(range(T_PROMPT - 4, T_PROMPT))
+    assert all(set(p[h].tolist()) == want for p in cache.positions for h in range(p.shape[0]))
+
+
 @pytest.mark.parametrize("name", ["snapkv", "tova", "h2o", "expected_attention", "knorm"])
 def test_no_implicit_sink(name, models, prompt):
     """With ``n_sink=0`` position 0 is scored like any other entry."""

@@ -181,3 +181,17 @@ def test_config_refuses_bad_choices():
         train.DistillConfig(kinds=("ridge",))
     with pytest.raises(InputError, match="at least 2 documents"):
         train.document_folds(["a"], 3)
+
+
+def test_an_excluded_feature_is_never_read_but_still_compared(units):
+    """--exclude: the model reads the other features only (here it loses the planted signal and with it
+    the ranking), while the held-out table still ranks by the excluded signal as a single-signal rule."""
+    res = train.train(units, train.DistillConfig(kinds=("linear",), folds=4, exclude=("planted",)))
+    assert res.scorer.feature_names == ["entropy_in_topk", "attn_h2o", AGE]
+    s = res.summary.set_index(["method", "statistic"])
+    assert s.loc[("planted", "spearman"), "mean"] > PLANTED_SPEARMAN  # still a comparator
+    assert s.loc[("distilled", "spearman"), "mean"] < PLANTED_SPEARMAN / 2  # noise features only
+    with pytest.raises(InputError, match=r"--exclude names \['h2o'\], not features of these runs"):
+        units.without(["h2o"])
+    with pytest.raises(InputError, match="no feature"):
+        units.without(units.features)

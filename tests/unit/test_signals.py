@@ -189,3 +189,22 @@ def test_key_norm_relative_against_explicit_norms(ids):
         assert torch.isnan(got[layer, :, 0]).all()
     col.feed_logits(pre.hidden, ids)
     assert np.isfinite(col.values()["key_norm_rel"][1:]).all()
+
+
+def test_only_computes_the_named_signals_and_their_inputs_with_the_same_values(ids):
+    """``SignalConfig.only`` (what a distilled compressor reads): those signals and the ones they derive
+    from, nothing else, with values equal to the full collector's."""
+    from forward_influence.measurement.signal_registry import REGISTRY, with_inputs
+
+    model = tiny_model("llama")
+    full, pre = collect(model, ids, splits=(30,))
+    every = logit_values(full, pre.hidden, ids)
+    derived = next(n for n, c in REGISTRY.items() if c.inputs)  # a signal computed from others
+    part, pre2 = collect(model, ids, splits=(30,), only=("attn_snapkv", derived))
+    some = logit_values(part, pre2.hidden, ids)
+    assert list(some) == with_inputs(("attn_snapkv", derived))
+    assert set(REGISTRY[derived].inputs) <= set(some) and "attn_h2o" not in some
+    for name, v in some.items():
+        np.testing.assert_allclose(v, every[name], rtol=REL_TOL, equal_nan=True)
+    with pytest.raises(ValueError, match=r"unknown signals \['h2o'\]"):
+        SignalCollector(model, T, SignalConfig(words=False, only=("h2o",)))

@@ -1,0 +1,128 @@
+"""The distilled compressor in fi-bench, on documents its scorer was not trained on (issue 25, item 5).
+
+For each cross-corpus direction whose exact stride-1 run is complete (``scripts/distill_runs.py``):
+
+    A: models fit on the papers and SQuAD 1-24, fidelity on SQuAD 25-35   (FI oracle: runs/distill/squad-test)
+    B: models fit on SQuAD 1-35, fidelity on the papers                   (FI oracle: runs/distill/papers-test)
+
+``fi-bench --task fidelity`` at N = 512, F = 256, budgets 20% and 40%, every method, the FI oracle and
+``distilled`` with the far-FI model of that direction that the shipped default's feature set reads
+(docs/models/heldout_<direction>_no_h2o.json, written by scripts/distill_headline.py); then ``distilled``
+alone with the model that reads every signal (heldout_<direction>_all.json) on the same documents. The gap
+closed, G = (KL_best - KL_distilled) / (KL_best - KL_oracle) on document-mean KLs (all targets: ``kl``;
+d_tau > 128: ``kl_far``), with its interval over documents (fi-bench's ``gap_closed``), for both models.
+``--retrieval``: synthetic retrieval exact match at 2k and 4k tokens (the 18 examples of
+scripts/bench_headline.py, same seed) for full, InfoKV, TOVA and the shipped distilled model.
+
+Writes docs/tables/distill_fidelity.csv (G rows), distill_fidelity_methods.csv (mean KL per method, budget,
+direction), distill_retrieval.csv; prints the headline lines. Resumable (fi-bench checkpoints per document).
+
+Usage: .venv/bin/python scripts/distill_fidelity.py [--runs runs/distill] [--retrieval] [--small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+#: direction -> (the stride-1 run of its test documents, the document source, label)
+DIRECTIONS = {
+    "A": ("squad-test", None, "papers + SQuAD 1-24 -> SQuAD 25-35"),
+    "B": ("papers-test", "data/arxiv.json", "SQuAD 1-35 -> papers"),
+}
+FEATURE_SETS = ("no_h2o", "all")  # the shipped default's, then every signal (scripts/distill_headline.py)
+
+
+def complete(run: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((run / "run.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="runs/distill")
+    ap.add_argument("--retrieval", action="store_true", help="also the synthetic retrieval rows")
+    ap.add_argument("--small", action="store_true", help="the runs of distill_runs.py --small; nothing committed")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    from forward_influence import load_model
+    from forward_influence.bench import BenchConfig, run_bench
+    from forward_influence.bench.summary import gap_closed, gap_text
+    from forward_influence.store.results import MeasureResult
+
+    t0 = time.perf_counter()
+    runs = Path("runs/distill-small" if args.small and args.runs == "runs/distill" else args.runs)
+    models = runs / "headline" if args.small else Path("docs/models")
+    tables = runs / "headline" if args.small else Path("docs/tables")
+    shape = dict(n_prefix=128, n_future=160) if args.small else dict(n_prefix=512, n_future=256)
+    lm = load_model("smollm2-135m", device="cpu", dtype="float32")
+    common = dict(task="fidelity", budgets=(0.2, 0.4), progress=False, report=False, **shape)
+    gaps, means = [], []
+    for key, (run_name, doc, label) in DIRECTIONS.items():
+        run = runs / run_name
+        if not complete(run):
+            print(f"{key} ({label}): {run} is not complete; run scripts/distill_runs.py --only {run_name}", flush=True)
+            continue
+        doc_ids = tuple(MeasureResult.load(run).summary["doc_id"].unique())
+        results = {}
+        for fset in FEATURE_SETS:
+            model = models / f"heldout_{key}_{fset}.json"
+            methods = None if fset == FEATURE_SETS[0] else ("full", "distilled")  # None: every method
+            cfg = BenchConfig(
+                **common,
+                doc=doc,
+                doc_ids=doc_ids,
+                fi_run=str(run),
+                distilled_model=str(model),
+                methods=methods,
+                out=str(runs / f"bench-{key}-{fset}"),
+            )
+            results[fset] = run_bench(cfg, lm)
+        every = results[FEATURE_SETS[0]]
+        for fset, res in results.items():
+            merged = pd.concat([every[every["method"] != "distilled"], res[res["method"] == "distilled"]])
+            g = gap_closed(merged, seed=0).assign(direction=key, label=label, features=fset)
+            gaps.append(g)
+            for _, r in g.iterrows():
+                print(
+                    f"{key} ({label}) distilled[{fset}] {r['metric']} at {r['budget']:g}: {gap_text(r)}; "
+                    f"best deployable {r['best']} {r['kl_best']:.4f}, distilled {r['kl_method']:.4f}, "
+                    f"oracle {r['kl_oracle']:.4f}, {r['n']} documents",
+                    flush=True,
+                )
+        for metric in ("kl", "kl_far"):
+            m = every.groupby(["method", "budget"])[metric].mean().rename("mean").reset_index()
+            means.append(m.assign(metric=metric, direction=key, label=label))
+    if gaps:
+        pd.concat(gaps, ignore_index=True).to_csv(tables / "distill_fidelity.csv", index=False)
+        pd.concat(means, ignore_index=True).to_csv(tables / "distill_fidelity_methods.csv", index=False)
+    if args.retrieval:
+        cfg = BenchConfig(
+            task="retrieval",
+            budgets=(0.2, 0.4),
+            lengths=(2048,) if args.small else (2048, 4096),
+            **(dict(kinds=("passkey",), n_samples=2) if args.small else {}),
+            methods=("full", "infokv", "tova", "distilled"),
+            out=str(runs / "bench-retrieval"),
+            progress=False,
+            report=False,
+        )
+        res = run_bench(cfg, lm)
+        em = res.groupby(["method", "length", "budget"])["exact_match"].agg(["mean", "count"]).reset_index()
+        em.to_csv(tables / "distill_retrieval.csv", index=False)
+        print(em.to_string(index=False), flush=True)
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; wall {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
