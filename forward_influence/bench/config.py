@@ -116,8 +116,6 @@ class BenchConfig(ConfigBase):
             raise InputError("--task ifeval needs --ifeval-data PATH (IFEval's input_data.jsonl)")
         if self.distilled_model and not Path(self.distilled_model).is_file():
             raise InputError(f"--distilled-model {self.distilled_model} is not a file; give a model fi-distill wrote")
-        if self.distilled_model and self.setting != "prefill":
-            raise InputError("--distilled-model: the distilled method ranks prefill evictions; use a prefill task")
         if self.doc_ids and self.task != "fidelity":
             raise InputError("--doc-ids selects fidelity documents: use it with --task fidelity")
         if self.fi_run and self.task != "fidelity":
@@ -134,15 +132,23 @@ class BenchConfig(ConfigBase):
         def needs_fi(m: str) -> bool:
             return "measured_fi" in compressor_class(m).inputs
 
-        def wrong_setting(m: str) -> bool:  # a prefill-only method in a decoding task
-            return compressor_class(m).prefill_only and self.setting != "prefill"
+        def learned(m: str) -> bool:
+            return "model_file" in compressor_class(m).inputs
+
+        def has_model(m: str) -> bool:  # a learned scorer needs a model file (given or shipped)
+            return not learned(m) or bool(self.distilled_model) or shipped_model()
+
+        def wrong_setting(m: str) -> bool:  # a method that cannot cut while decoding, in a decoding task
+            if self.setting == "prefill" or (learned(m) and not has_model(m)):
+                return False
+            return not compressor_class(m).decodes(model_file=self.distilled_model)
 
         def available(m: str) -> bool:  # an oracle needs --fi-run; a learned scorer a model file
             if wrong_setting(m):
                 return False
             if needs_fi(m):
                 return bool(self.fi_run)
-            return "model_file" not in compressor_class(m).inputs or bool(self.distilled_model) or shipped_model()
+            return has_model(m)
 
         names = list(self.methods) if self.methods else [m for m in valid if available(m)]
         bad = [m for m in names if m not in valid]
@@ -150,7 +156,10 @@ class BenchConfig(ConfigBase):
             raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
         early = [m for m in names if wrong_setting(m)]
         if early:
-            raise InputError(f"method {early[0]} ranks prefill evictions only; use it with a prefill task")
+            raise InputError(
+                f"method {early[0]} cannot cut a cache while decoding (it ranks prefill evictions only, or its model "
+                "reads attention from every query); use it with a prefill task"
+            )
         oracle = [m for m in names if needs_fi(m)]
         if oracle and not self.fi_run:
             raise InputError(f"method {oracle[0]} needs --fi-run DIR (an fi-measure run on the same documents)")

@@ -72,6 +72,11 @@ class Compressor:
     prefill_only: ClassVar[bool] = False
 
     @classmethod
+    def decodes(cls, model_file: Any = None) -> bool:
+        """Whether the method, with the inputs a runner gives it, can cut a cache while decoding."""
+        return not cls.prefill_only
+
+    @classmethod
     def for_run(cls, seed: int = 0, measured_fi: Any = None, model_file: Any = None, **hyper: Any) -> Compressor | None:
         """The method as a runner builds it: ``hyper`` (budget, hyperparameters) and the
         :attr:`inputs` it declares; None when one of them is missing."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 
 from forward_influence.compress.entries import LayerView, Method, TokenFeatures, top_entries
@@ -30,6 +31,7 @@ from forward_influence.hf import anatomy, attention, cache_api, forwards
 from forward_influence.measurement.features import RepChange, logit_chunks
 from forward_influence.measurement.kl import entropy
 from forward_influence.runtime.devices import defaults_for
+from forward_influence.store.schema import TOKEN
 
 
 @dataclasses.dataclass
@@ -93,8 +95,10 @@ class CompressedCache:
         self.entropy = torch.zeros(0)  # (length,) top-k entropy that predicted each token
         self.rep = torch.zeros(self.n_layers, 0)  # (L, length)
         self._next_entropy = 0.0  # entropy of the distribution the next token will come from
-        self.signals: dict[str, Any] | None = None  # Needs.signals: every registered signal at tau = the prompt's end
+        self.signals: dict[str, Any] | None = None  # Needs.signals: the signals read, at tau = the prompt's end
         self.signals_tau: int | None = None
+        self.token_signals: dict[str, Any] = {}  # Needs.signals: token signals of every position seen, (length,)
+        self._signal_carry: dict[str, Any] | None = None  # what the next block's token signals continue from
         self.last_scores: list[torch.Tensor] = []
 
     # ----------------------------------------------------------------- state
@@ -131,7 +135,9 @@ class CompressedCache:
     def features(self) -> TokenFeatures | None:
         if self.spec is None and self.signals is None:
             return None
-        return TokenFeatures(self.entropy, self.rep, signals=self.signals, tau=self.signals_tau)
+        return TokenFeatures(
+            self.entropy, self.rep, signals=self.signals, tau=self.signals_tau, token_signals=self.token_signals
+        )
 
     # ---------------------------------------------------------------- extend
     def _tap(self, tap: attention.AttentionTap) -> None:
@@ -159,8 +165,8 @@ class CompressedCache:
         rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
         block = Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs().attn_inputs, rep=rep)
         block.ids = ids
-        if self.recorded.signals is not None and not self.kv:  # the prefill: the signals at tau = its end
-            block.signals = measured_signals(self.model, n_tokens, self.recorded.signals)
+        if self.recorded.signals is not None:  # the prefill: the signals at tau = its end; later: token signals
+            block.signals = measured_signals(self.model, n_tokens, self.recorded.signals, self._signal_carry)
             block.on_tap, block.layer_hooks = (
                 _both(self._tap, block.signals.on_tap),
                 _both(hook, block.signals.on_layer),
@@ -172,6 +178,7 @@ class CompressedCache:
         positions ``length..length+C-1``; ``hidden`` ``(C, Dm)`` gives the logits
         (kept in ``block.logits`` when ``block.want_logits``) and the entropies."""
         c = int(hidden.shape[0])
+        prefill = not self.kv
         new_pos = torch.arange(self.length, self.length + c, device=hidden.device)
         if not self.kv:
             self.kv = list(kv)
@@ -191,7 +198,15 @@ class CompressedCache:
             self.rep = torch.cat([self.rep, block.rep], dim=1)
         if block.signals is not None:
             block.signals.feed_logits(hidden, block.ids)
-            self.signals, self.signals_tau = block.signals.values(), c
+            vals = block.signals.values()
+            if prefill:
+                self.signals, self.signals_tau = vals, c
+            self._signal_carry = block.signals.carry()
+            self.token_signals = {  # a new dict: forks share the old one
+                n: np.concatenate([self.token_signals.get(n, np.zeros(0)), v])
+                for n, v in vals.items()
+                if block.signals.signal(n).spec.kind == TOKEN
+            }
         self.length += c
 
     @torch.no_grad()
@@ -280,12 +295,17 @@ class CompressedCache:
         self.cuts += 1
 
 
-def measured_signals(model: Any, n_tokens: int, cfg: Any) -> Any:
-    """A collector of every registered signal over a prompt of ``n_tokens``, read at its end
-    (one split ``N = n_tokens``; no word tags: they read the text after a token)."""
+def measured_signals(model: Any, n_tokens: int, cfg: Any, after: dict[str, Any] | None = None) -> Any:
+    """A collector of the signals ``cfg`` names over a block of ``n_tokens``: a prompt's read at its
+    end (one split ``N = n_tokens``; no word tags: they read the text after a token); a block that
+    continues a sequence (``after``: the previous block's carry) computes its token signals only."""
     from forward_influence.measurement.collector import SignalCollector
+    from forward_influence.measurement.signal_registry import REGISTRY, with_inputs
 
-    return SignalCollector(model, n_tokens, dataclasses.replace(cfg, splits=(n_tokens,), delay=None, words=False))
+    cfg = dataclasses.replace(cfg, splits=(n_tokens,), delay=None, words=False)
+    if after is not None:
+        cfg = dataclasses.replace(cfg, only=tuple(n for n in with_inputs(cfg.only) if REGISTRY[n].spec.kind == TOKEN))
+    return SignalCollector(model, n_tokens, cfg, after=after)
 
 
 def _both(first: Any, second: Any) -> Any:

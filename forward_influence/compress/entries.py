@@ -110,12 +110,16 @@ class TokenFeatures:
         ``fi-measure`` computes them at a split ``N = tau``.
     tau : int or None
         The eviction time those signals were read at (the prompt's length).
+    token_signals : dict or None
+        With :attr:`Needs.signals`: the token signals of every position the cache has seen
+        (name -> ``(length,)``), each as over the whole sequence (a decoding cut's features).
     """
 
     entropy: torch.Tensor
     rep_change: torch.Tensor
     signals: dict[str, Any] | None = None
     tau: int | None = None
+    token_signals: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""InfoKV as a kvpress press (importable only where NVIDIA ``kvpress`` is installed).
+"""InfoKV and the distilled compressor as kvpress presses (importable only where NVIDIA ``kvpress`` is installed).
 
 >>> from transformers import pipeline                              # doctest: +SKIP
 >>> from forward_influence.integrations.kvpress import InfoKVPress  # doctest: +SKIP
@@ -16,7 +16,13 @@ window is kept whole, ``n_sink`` sinks are kept, ties go to the more recent
 entry, and the representation term follows ``infokv.rep`` (``per_layer``:
 each layer's own change; ``early_final``: the last layer's, at every layer).
 
-Versions: the press reaches transformers only through
+:class:`DistilledPress` does the same for :class:`forward_influence.compress.Distilled`: it feeds
+the measurement's signal collector (only the signals its model reads) from the same hooks — each
+layer's queries and keys after RoPE, each decoder layer's output, the final hidden state with the
+input ids — and cuts every layer to the entries the model ranks first (one score per token, the
+sinks and the window kept), the entries ``compress_prompt`` keeps.
+
+Versions: the presses reach transformers only through
 :mod:`forward_influence.hf.cache_api` (:func:`~forward_influence.hf.cache_api.attention_call`
 reads the attention call under both cache keywords, ``cache`` from 5.24 and
 ``past_key_values`` before, and tells the prefill by the cache's length rather
@@ -44,6 +50,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without kvpress
 
 
 from forward_influence.compress import InfoKV, LayerView, TokenFeatures, top_entries
+from forward_influence.compress.compressed_cache import measured_signals
+from forward_influence.compress.distilled import Distilled
 from forward_influence.hf import anatomy
 from forward_influence.hf.cache_api import apply_rope, attention_call, cache_layers, keep_entries
 from forward_influence.measurement.features import RepChange, logit_chunks
@@ -156,3 +164,96 @@ class InfoKVPress(BasePress):
             for h in handles:
                 h.remove()
             self._reset()
+
+
+@dataclass
+class DistilledPress(BasePress):
+    """kvpress-style distilled compressor; ``compression_ratio`` = 1 - budget, ``distilled`` its
+    settings and model (its ``budget`` is replaced by ``1 - compression_ratio``)."""
+
+    compression_ratio: float = 0.0
+    distilled: Distilled = field(default_factory=Distilled)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.compression_ratio < 1:
+            raise ValueError(f"compression_ratio must be in [0, 1), got {self.compression_ratio}")
+        self._reset()
+
+    def _reset(self) -> None:
+        self._collector: Any = None
+        self._caches: dict[int, Any] = {}  # layer -> the cache it writes
+        self._ids: torch.Tensor | None = None
+
+    @property
+    def method(self) -> Distilled:
+        from dataclasses import replace
+
+        return replace(self.distilled, budget=1.0 - self.compression_ratio)
+
+    def forward_hook(self, module: Any, input: Any, kwargs: dict, output: Any) -> Any:
+        call = attention_call(module, kwargs)
+        if self.compression_ratio == 0 or not call.prefill or self._ids is None:
+            return output
+        t, layer = call.hidden.shape[1], module.layer_idx
+        if self._collector is None:
+            self._collector = measured_signals(self._model, t, self.method.needs().signals)
+        keys, _ = cache_layers(call.cache)[layer]  # (1, Hkv, T, D)
+        q = apply_rope(anatomy.prerope_queries(module, call.hidden[0]), call.cos, call.sin)  # (Hq, T, D)
+        self._collector.on_tap(_Tap(layer, q, keys[0], module.scaling))
+        self._caches[layer] = call.cache
+        return output
+
+    def _on_layer(self, layer: int, h: torch.Tensor) -> None:
+        if self._collector is not None:
+            self._collector.on_layer(layer, h)
+
+    def _on_final(self, normed: torch.Tensor) -> None:
+        """After the last layer of a prefill: the signals at its end, the scores, the cut."""
+        if self._collector is None:
+            return
+        h = normed[0]  # (T, Dm)
+        t = h.shape[0]
+        self._collector.feed_logits(h, self._ids)
+        method, n_layers = self.method, len(self._caches)
+        s = torch.from_numpy(method.position_scores(self._collector.values(), t))  # (T,)
+        for l, cache in sorted(self._caches.items()):
+            n_kv = cache_layers(cache)[l][0].shape[1]
+            keep = top_entries(s[None].expand(n_kv, t), method.layer_budget(l, n_layers, t, method.budget * t))
+            keep_entries(cache, l, keep.to(h.device))  # (Hkv, n_keep)
+        self._reset()
+
+    @contextmanager
+    def __call__(self, model: Any) -> Generator:
+        self._reset()
+        self._model = model
+        handles = []
+
+        def take_ids(_m: Any, args: tuple) -> None:
+            self._ids = args[0][0] if args and args[0] is not None and args[0].dim() == 2 else None
+
+        try:
+            with super().__call__(model):
+                base = anatomy.base_model(model)
+                handles.append(base.embed_tokens.register_forward_pre_hook(take_ids))
+                for l, layer in enumerate(anatomy.decoder_layers(model)):
+                    handles.append(
+                        layer.register_forward_hook(
+                            lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])
+                        )
+                    )
+                handles.append(base.norm.register_forward_hook(lambda _m, _i, out: self._on_final(out)))
+                yield
+        finally:
+            for h in handles:
+                h.remove()
+            self._reset()
+
+
+@dataclass
+class _Tap:
+    """What the signal collector reads of one layer's attention (an ``AttentionTap``'s fields)."""
+
+    layer: int
+    query: torch.Tensor
+    key: torch.Tensor
+    scaling: float

@@ -38,10 +38,12 @@ class SignalCollector:
     """Runs every registered signal (``cfg.only``: those and their inputs) in one prefill.
 
     Use ``engine.prefill(ids, on_tap=c.on_tap, layer_hooks=c.on_layer)``
-    then :meth:`finish`.
+    then :meth:`finish`. A block that continues a sequence (a decoding cache's next tokens)
+    passes ``after=`` the previous block's :meth:`carry`: its token signals then equal
+    those over the whole sequence.
     """
 
-    def __init__(self, model: Any, n_tokens: int, cfg: SignalConfig):
+    def __init__(self, model: Any, n_tokens: int, cfg: SignalConfig, after: dict[str, Any] | None = None):
         taus: list[int | None] = (
             [None] if cfg.delay is not None else [min(n, n_tokens) for n in (cfg.splits or (n_tokens,))]
         )
@@ -52,6 +54,13 @@ class SignalCollector:
         if any(missing.values()):
             raise ValueError(f"signals derive from unregistered inputs: { {n: m for n, m in missing.items() if m} }")
         self._fed = {f: [s for s in self.signals.values() if f in s.feeds] for f in FEEDS}
+        for name, state in (after or {}).items():  # a block continuing a sequence (its token signals)
+            if name in self.signals and state is not None:
+                self.signals[name].resume(state)
+
+    def carry(self) -> dict[str, Any]:
+        """After :meth:`values`: each signal's state for the sequence's next block (``after=``)."""
+        return {name: s.carry() for name, s in self.signals.items()}
 
     def signal(self, name: str) -> Signal:
         return self.signals[name]

@@ -168,6 +168,15 @@ class Signal:
         """``(len(taus) or 1, L, Hkv, T)`` per-layer, per-KV-head values (``spec.layers``)."""
         raise NotImplementedError
 
+    def carry(self) -> Any:
+        """After :meth:`values`: what a token signal needs from this block to give the next block of
+        the same sequence the values it would have over the whole sequence (a decoding cache runs one
+        collector per block); None: nothing (each token's value reads only its own position)."""
+        return None
+
+    def resume(self, state: Any) -> None:
+        """Continue a sequence whose previous block's :meth:`carry` gave ``state``."""
+
 
 REGISTRY: dict[str, type[Signal]] = {}
 

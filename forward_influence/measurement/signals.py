@@ -22,10 +22,30 @@ from forward_influence.measurement.signal_registry import Context, LayerAttentio
 from forward_influence.store.schema import SOURCE, TOKEN, SignalSpec
 
 
-def _shift(a: np.ndarray) -> np.ndarray:
-    """The value at ``i - 1`` in row ``i`` (NaN in row 0): a prediction made at
-    ``i - 1`` belongs to the token it predicted."""
-    return np.concatenate([[np.nan], a[:-1]])
+def _shift(a: np.ndarray, first: float = np.nan) -> np.ndarray:
+    """The value at ``i - 1`` in row ``i`` (``first`` in row 0: NaN, or the previous block's last):
+    a prediction made at ``i - 1`` belongs to the token it predicted."""
+    return np.concatenate([[first], a[:-1]])
+
+
+class _Shifted(Signal):
+    """Its input shifted by one token (:func:`_shift`); a block continuing a sequence starts
+    with the previous block's last input value."""
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._first, self._next = np.nan, np.nan
+
+    def values(self, done: dict[str, Signal]) -> np.ndarray:
+        x = done[self.inputs[0]].result
+        self._next = float(x[-1]) if len(x) else self._first
+        return _shift(x, self._first)
+
+    def carry(self) -> float:
+        return self._next
+
+    def resume(self, state: float) -> None:
+        self._first = state
 
 
 class _LogitSignal(Signal):
@@ -42,14 +62,11 @@ class _LogitSignal(Signal):
 
 
 @register
-class EntropyIn(Signal):
+class EntropyIn(_Shifted):
     """Entropy (nats) of ``p(. | x[<i])``, the distribution that predicted token i (NaN for the first token)."""
 
     spec = SignalSpec("entropy_in", TOKEN, "entropy", rule=True, color="#66a61e", rank=2)
     inputs = ("entropy_out",)
-
-    def values(self, done: dict[str, Signal]) -> np.ndarray:
-        return _shift(done["entropy_out"].result)
 
 
 @register
@@ -63,14 +80,11 @@ class EntropyOut(_LogitSignal):
 
 
 @register
-class EntropyInTopk(Signal):
+class EntropyInTopk(_Shifted):
     """``entropy_in`` over the renormalised top-k probabilities (``--topk``, default 10)."""
 
     spec = SignalSpec("entropy_in_topk", TOKEN, "entropy (top-k)", rule=True, color="#1b9e77", rank=1)
     inputs = ("entropy_out_topk",)
-
-    def values(self, done: dict[str, Signal]) -> np.ndarray:
-        return _shift(done["entropy_out_topk"].result)
 
 
 @register
@@ -89,15 +103,32 @@ class Surprisal(_LogitSignal):
 
     spec = SignalSpec("surprisal", TOKEN, "surprisal", rank=5)
 
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self._prev: torch.Tensor | None = None  # the previous block's last log-probabilities (V,)
+        self._last: torch.Tensor | None = None
+        self._first_id: int | None = None
+
     def on_logits(self, c0: int, logits: torch.Tensor, ids: torch.Tensor) -> None:
         c1, t = c0 + logits.shape[0], self.ctx.t
+        if c0 == 0 and t:
+            self._first_id = int(ids[0])
         nxt = min(c1, t - 1)  # log p(x_{i+1} | x<=i) for rows with a next token
         if nxt > c0:
             lp = torch.log_softmax(logits[: nxt - c0], dim=-1)  # (n', V)
             self.out[c0:nxt] = lp.gather(1, ids[c0 + 1 : nxt + 1, None])[:, 0].double().cpu().numpy()
+        if c1 == t:  # what the next block's first token is predicted with
+            self._last = torch.log_softmax(logits[-1], dim=-1).cpu()
 
     def values(self, done: dict[str, Signal]) -> np.ndarray:
-        return -_shift(self.out)
+        logp = np.nan if self._prev is None or self._first_id is None else float(self._prev[self._first_id])
+        return -_shift(self.out, logp)  # row 0: -log p(x_0 | the previous block), NaN where there is none
+
+    def carry(self) -> torch.Tensor | None:
+        return self._last
+
+    def resume(self, state: torch.Tensor) -> None:
+        self._prev = state
 
 
 @register
@@ -318,16 +349,27 @@ class KeyNormRelative(Signal):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         self.per_layer = torch.full((ctx.n_layers, ctx.n_kv, ctx.t), float("nan"), dtype=torch.float64)
+        self._before: list[torch.Tensor] | None = None  # per layer, the previous block's last keys' norms
+        self._tail: list[torch.Tensor] = [torch.zeros(0)] * ctx.n_layers
 
     def on_attention(self, layer: int, att: LayerAttention) -> None:
-        norm = att.k.float().norm(dim=-1).double().cpu()  # (Hkv, T)
-        t = norm.shape[1]
-        csum = torch.cat([torch.zeros(norm.shape[0], 1, dtype=norm.dtype), norm.cumsum(1)], dim=1)  # (Hkv, T + 1)
-        i = torch.arange(t)
+        new = att.k.float().norm(dim=-1).double().cpu()  # (Hkv, T)
+        before = self._before[layer] if self._before is not None else new[:, :0]
+        norm = torch.cat([before, new], dim=1)  # (Hkv, P + T): the earlier keys the window may reach
+        p, t = before.shape[1], new.shape[1]
+        csum = torch.cat([torch.zeros(norm.shape[0], 1, dtype=norm.dtype), norm.cumsum(1)], dim=1)  # (Hkv, P + T + 1)
+        i = torch.arange(p, p + t)
         lo = (i - self.window).clamp_min(0)
         count = (i - lo).to(norm.dtype)  # keys before i in the window
         mean = (csum[:, i] - csum[:, lo]) / count.clamp_min(1)
-        self.per_layer[layer] = torch.where(count > 0, norm / mean, torch.nan)
+        self.per_layer[layer] = torch.where(count > 0, new / mean, torch.nan)
+        self._tail[layer] = norm[:, -self.window :].clone()
+
+    def carry(self) -> list[torch.Tensor]:
+        return self._tail
+
+    def resume(self, state: list[torch.Tensor]) -> None:
+        self._before = state
 
     def values(self, done: dict[str, Signal]) -> np.ndarray:
         return self.per_layer.mean(dim=(0, 1)).numpy()

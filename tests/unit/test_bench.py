@@ -223,13 +223,25 @@ def test_punkt_tab_is_written_to_the_cache_dir(tmp_path, monkeypatch):
     assert Path(nltk.data.find("tokenizers/punkt_tab/english/")) == d
 
 
-def test_the_distilled_method_needs_a_model_and_a_prefill_task(tmp_path):
+def test_the_distilled_method_needs_a_model_and_one_that_decodes_in_a_decoding_task(tmp_path):
     from forward_influence.bench.config import BenchConfig, shipped_model
     from forward_influence.errors import InputError
+    from forward_influence.scoring import Scorer
 
     with pytest.raises(InputError, match="is not a file"):
         BenchConfig(distilled_model=str(tmp_path / "none.json")).validate()
-    with pytest.raises(InputError, match="prefill evictions only"):
-        BenchConfig(task="ifeval", ifeval_data="x.jsonl", methods=("distilled",)).validate().method_names()
     assert ("distilled" in BenchConfig().validate().method_names()) == shipped_model()
-    assert "distilled" not in BenchConfig(task="ifeval", ifeval_data="x.jsonl").validate().method_names()
+
+    def model(*names):
+        feats = [{"name": n, "transform": "unit_rank"} for n in names]
+        path = tmp_path / f"{'-'.join(names)}.json"
+        Scorer(kind="linear", target="fi_far", features=feats, weights=np.ones(len(names))).save(path)
+        return str(path)
+
+    ifeval = dict(task="ifeval", ifeval_data="x.jsonl")
+    every_query = model("attn_h2o", "entropy_in_topk")
+    with pytest.raises(InputError, match="cannot cut a cache while decoding"):
+        BenchConfig(**ifeval, methods=("distilled",), distilled_model=every_query).validate().method_names()
+    assert "distilled" not in BenchConfig(**ifeval, distilled_model=every_query).validate().method_names()
+    assert "distilled" in BenchConfig(**ifeval, distilled_model=model("attn_snapkv", "age")).validate().method_names()
+    assert "distilled" in BenchConfig(task="fidelity", distilled_model=every_query).validate().method_names()

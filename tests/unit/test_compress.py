@@ -68,7 +68,7 @@ TINY_SCORER = Scorer(
     weights=np.array([1.0, 2.0, 0.5, -0.3]),
     signal_config={"topk": 10, "window": 8, "kernel": 3, "rep_layer": 0},
 )
-#: Methods that also decode (the distilled one ranks prefill evictions only).
+#: Methods that also decode.
 DECODING = [n for n in SETTINGS if n == "fi_oracle" or not compressor_class(n).prefill_only]
 
 
@@ -396,17 +396,81 @@ def test_n_sink_defaults():
     assert make("distilled", 1.0).n_sink == 4  # the analysis' candidates leave 4 sinks out
 
 
-def test_distilled_keeps_the_window_and_refuses_to_decode(models, prompt):
-    """Its candidates are the measurement's: every position but 4 sinks and the window (kept); a
-    decoding cut, which its scorer was not trained on, stops with one line."""
+def test_distilled_keeps_the_window(models, prompt):
+    """Its candidates are the measurement's: every position but 4 sinks and the window (kept)."""
     comp = make("distilled", 0.4)
     cache, _ = compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)
     window = set(range(T_PROMPT - comp.window, T_PROMPT)) | set(range(4))
     assert all(window <= set(p[h].tolist()) for p in cache.positions for h in range(p.shape[0]))
     first = cache.positions[0][0]
     assert all(torch.equal(p[h], first) for p in cache.positions for h in range(p.shape[0]))  # one score per token
-    with pytest.raises(InputError, match="ranks one prefill eviction"):
+
+
+@pytest.mark.parametrize("budget", [10_000, 24], ids=["never-cut", "cut"])
+def test_distilled_decodes_with_the_token_signals_the_model_computed(models, prompt, budget):
+    """In decoding the cache streams the token signals block by block (one token per block here):
+    never cut, they equal a collector's over the whole sequence; cut (the prompt already, being over
+    budget), they equal it over the prompt (later tokens were predicted over the cut cache, and their
+    values are those predictions'). Every layer and head keeps the same entries, with the sinks and the
+    window."""
+    from forward_influence.compress.compressed_cache import measured_signals
+    from forward_influence.hf import forwards
+
+    model, comp = models["sdpa"], make("distilled", 1.0)
+    tokens, run = _decode(model, prompt[:T_PROMPT], comp, DecodingConfig(cache_budget=budget, interval=4), 12)
+    cache = run.cache
+    seq = torch.cat([prompt[:T_PROMPT], torch.tensor(tokens)])[: cache.length]
+    col = measured_signals(model, len(seq), comp.needs().signals)
+    pre = forwards.record_prefill(model, seq, on_tap=col.on_tap, layer_hooks=col.on_layer)
+    col.feed_logits(pre.hidden, seq)
+    want = col.values()
+    exact = cache.length if budget > cache.length else T_PROMPT
+    assert set(cache.token_signals) == {"entropy_in_topk", "entropy_out_topk", "key_norm"}
+    for name, v in cache.token_signals.items():
+        assert len(v) == cache.length
+        np.testing.assert_allclose(v[:exact], want[name][:exact], rtol=1e-4, atol=1e-6, equal_nan=True, err_msg=name)
+    if budget < cache.length:
+        assert not np.allclose(cache.token_signals["entropy_out_topk"], want["entropy_out_topk"], rtol=1e-3)
+        assert run.cuts >= 2 and max(run.cache_sizes[1:]) <= budget + 4
+    first = cache.positions[0][0]
+    assert all(torch.equal(p[h], first) for p in cache.positions for h in range(p.shape[0]))
+    assert set(range(cache.length - comp.window, cache.length)) | set(range(4)) <= set(first.tolist())
+
+
+def test_distilled_head_mix_one_keeps_each_heads_top_snapkv_attention(models, prompt):
+    """head_mix = 1: each layer and KV head keeps the sinks, the window and its candidates of highest
+    SnapKV attention — the measurement's per-layer, per-head attn_snapkv at tau = the prompt's end."""
+    from forward_influence.compress.compressed_cache import measured_signals
+    from forward_influence.hf import forwards
+
+    model, ids = models["sdpa"], prompt[:T_PROMPT]
+    comp = get_compressor("distilled", budget=0.5, scorer=TINY_SCORER, head_mix=1.0)
+    cache, _ = compress_prompt(model, ids, comp)
+    col = measured_signals(model, T_PROMPT, comp.needs().signals)
+    forwards.record_prefill(model, ids, on_tap=col.on_tap, layer_hooks=col.on_layer)
+    att = col.signal("attn_snapkv").per_layer[0]  # (L, Hkv, T)
+    fixed = set(range(4)) | set(range(T_PROMPT - comp.window, T_PROMPT))
+    cand = torch.tensor([p for p in range(T_PROMPT) if p not in fixed])
+    differ = False
+    for layer, pos in enumerate(cache.positions):
+        for h in range(pos.shape[0]):
+            k = pos.shape[1] - len(fixed)
+            top = cand[att[layer, h, cand].argsort(descending=True, stable=True)[:k]]
+            assert set(pos[h].tolist()) == fixed | set(top.tolist()), (layer, h)
+            differ |= not torch.equal(pos[h], pos[0])
+    assert differ  # the heads keep different entries
+    with pytest.raises(ValueError, match="head_mix must be in"):
+        get_compressor("distilled", scorer=TINY_SCORER, head_mix=1.5)
+
+
+def test_distilled_refuses_a_decoding_cut_with_a_model_reading_every_querys_attention(models, prompt):
+    h2o = dataclasses.replace(TINY_SCORER, features=[*TINY_SCORER.features, {"name": "attn_h2o"}])
+    h2o = dataclasses.replace(h2o, weights=np.array([1.0, 2.0, 0.5, -0.3, 1.0]))
+    comp = get_compressor("distilled", budget=0.4, scorer=h2o)
+    compress_prompt(models["sdpa"], prompt[:T_PROMPT], comp)  # a prompt's cut computes it
+    with pytest.raises(InputError, match="reads attn_h2o, which a decoding cache cannot compute") as e:
         _decode(models["sdpa"], prompt[:T_PROMPT], comp, DecodingConfig(cache_budget=24, interval=4), 12)
+    assert "\n" not in str(e.value) and "--exclude attn_h2o" in str(e.value)
 
 
 def test_distilled_under_a_budget_below_sinks_and_window_keeps_the_sinks_then_the_newest(models, prompt):

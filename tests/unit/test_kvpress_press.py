@@ -94,3 +94,39 @@ def test_without_kvpress_the_import_names_the_fix(monkeypatch):
     with pytest.raises(ImportError, match="needs NVIDIA kvpress"):
         importlib.import_module("forward_influence.integrations.kvpress")
     sys.modules.pop("forward_influence.integrations.kvpress", None)
+
+
+@pytest.mark.parametrize("budget", [0.5, 0.25])
+def test_distilled_press_keeps_what_the_distilled_compressor_keeps(press_module, arch, budget):
+    """The press feeds the measurement's signal collector from kvpress's hooks; the cache it leaves
+    holds exactly the entries compress_prompt's distilled cut keeps (features incl. attention and
+    surprisal, which reads the input ids)."""
+    import numpy as np
+
+    from forward_influence.compress import get_compressor
+    from forward_influence.scoring import Scorer
+
+    names = ("entropy_in_topk", "surprisal", "attn_snapkv", "key_norm_rel", "age")
+    scorer = Scorer(
+        kind="linear",
+        target="fi_far",
+        features=[{"name": n, "transform": "unit_rank"} for n in names],
+        weights=np.array([1.0, 0.7, 2.0, 0.4, -0.3]),
+        signal_config={"topk": 10, "window": 8, "rep_layer": 1},
+    )
+    model = tiny_model(arch)
+    ids = torch.randint(0, 96, (48,), generator=torch.Generator().manual_seed(1))
+    press = press_module.DistilledPress(
+        compression_ratio=1 - budget, distilled=get_compressor("distilled", scorer=scorer)
+    )
+    with press(model):
+        cache = prefill_cache(model, ids)
+    ours, _ = compress_prompt(model, ids, press.method)
+    got = cache_layers(cache)
+    for layer, ((k, v), (k2, v2)) in enumerate(zip(got, ours.kv)):
+        assert k.shape == k2.shape, (layer, k.shape, k2.shape)
+        torch.testing.assert_close(k, k2, rtol=0, atol=1e-6)
+        torch.testing.assert_close(v, v2, rtol=0, atol=1e-6)
+    assert 0 < ours.sizes()[0] < len(ids)
+    with press_module.DistilledPress(compression_ratio=0.0, distilled=press.distilled)(model):
+        assert all(k.shape[2] == 48 for k, _ in cache_layers(prefill_cache(model, ids)))

@@ -208,3 +208,36 @@ def test_only_computes_the_named_signals_and_their_inputs_with_the_same_values(i
         np.testing.assert_allclose(v, every[name], rtol=REL_TOL, equal_nan=True)
     with pytest.raises(ValueError, match=r"unknown signals \['h2o'\]"):
         SignalCollector(model, T, SignalConfig(words=False, only=("h2o",)))
+
+
+@pytest.mark.parametrize("cuts", [(25,), (20, 21, 33)], ids=["two-blocks", "four-blocks-with-one-token"])
+def test_token_signals_of_continued_blocks_equal_those_over_the_whole_sequence(ids, cuts):
+    """A decoding cache runs one collector per block (``after=`` the previous block's carry): every
+    token signal (those shifted by a token, surprisal, the relative key norm's window) equals its value
+    over the whole sequence."""
+    from forward_influence.measurement.collector import REGISTRY
+    from forward_influence.store.schema import TOKEN
+
+    model = tiny_model("llama")
+    tokens = tuple(n for n, c in REGISTRY.items() if c.spec.kind == TOKEN)
+    full, pre = collect(model, ids, only=tokens)
+    want = logit_values(full, pre.hidden, ids)
+    got: dict[str, list[np.ndarray]] = {n: [] for n in want}
+    kv, after = [], None
+    for a, b in zip((0, *cuts), (*cuts, T)):
+        block = ids[a:b]
+        col = SignalCollector(model, b - a, SignalConfig(words=False, only=tokens), after=after)
+        if a == 0:
+            out = forwards.record_prefill(model, block, on_tap=col.on_tap, layer_hooks=col.on_layer)
+        else:
+            out = forwards.continue_forward(model, kv, block, a, on_tap=col.on_tap, layer_hooks=col.on_layer)
+        kv = (
+            out.kv
+            if a == 0
+            else [(torch.cat([k0, k], 2), torch.cat([v0, v], 2)) for (k0, v0), (k, v) in zip(kv, out.kv)]
+        )
+        for n, v in logit_values(col, out.hidden, block).items():
+            got[n].append(v)
+        after = col.carry()
+    for n, v in want.items():
+        np.testing.assert_allclose(np.concatenate(got[n]), v, rtol=REL_TOL, atol=1e-6, equal_nan=True, err_msg=n)
