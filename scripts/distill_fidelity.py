@@ -11,13 +11,18 @@ For each cross-corpus direction whose exact stride-1 run is complete (``scripts/
 alone with the model that reads every signal (heldout_<direction>_all.json) on the same documents. The gap
 closed, G = (KL_best - KL_distilled) / (KL_best - KL_oracle) on document-mean KLs (all targets: ``kl``;
 d_tau > 128: ``kl_far``), with its interval over documents (fi-bench's ``gap_closed``), for both models.
+``--head-mix X``: the one-score choice measured on the same documents: distilled with ``head_mix`` 0 (one
+score for every layer and KV head, the default) against X (each KV head's SnapKV attention mixed in, ranks),
+document-mean KL at both budgets, the sign-flip test over documents and its inverted interval (the
+pre-declared rule: mix only if it lowers KL at 20% with p < 0.05 in both directions).
 ``--retrieval``: synthetic retrieval exact match at 2k and 4k tokens (the 18 examples of
 scripts/bench_headline.py, same seed) for full, InfoKV, TOVA and the shipped distilled model.
 
 Writes docs/tables/distill_fidelity.csv (G rows), distill_fidelity_methods.csv (mean KL per method, budget,
-direction), distill_retrieval.csv; prints the headline lines. Resumable (fi-bench checkpoints per document).
+direction), distill_head_mix.csv, distill_retrieval.csv; prints the headline lines. Resumable (fi-bench
+checkpoints per document).
 
-Usage: .venv/bin/python scripts/distill_fidelity.py [--runs runs/distill] [--retrieval] [--small]
+Usage: .venv/bin/python scripts/distill_fidelity.py [--runs runs/distill] [--head-mix 0.3] [--retrieval] [--small]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import distill_runs
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,16 +54,70 @@ def complete(run: Path) -> bool:
         return False
 
 
+def head_mix_rows(lm, cfg, model: Path, mix: float, key: str) -> list[dict]:  # noqa: ANN001
+    """Per document and budget: fidelity KLs of distilled with head_mix 0 and ``mix`` (one prefill, forks)."""
+    from forward_influence.bench.runner import build_task
+    from forward_influence.compress import CompressedCache, get_compressor
+
+    task = build_task(cfg)
+    task.read()
+    rows = []
+    for s in task.prepare(lm.tokenizer, cfg.seed):
+        base = CompressedCache(lm.model, get_compressor("distilled", model=str(model)))
+        base.extend(s.context)
+        ref = task.reference(base.fork(get_compressor("full")), s, lm.tokenizer)
+        for budget in cfg.budgets:
+            for m in (0.0, mix):
+                comp = get_compressor("distilled", model=str(model), budget=budget, head_mix=m)
+                cache = base.fork(comp)
+                cache.cut(budget * len(s.context))
+                kl = task.score(cache, s, ref, lm.tokenizer)
+                rows.append(dict(direction=key, doc_id=s.sample_id, budget=budget, head_mix=m, **kl))
+    return rows
+
+
+def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
+    """Mixed minus shared, per direction, budget and metric: document means, sign-flip p, inverted interval."""
+    import numpy as np
+
+    from forward_influence.analysis.inference import sign_flip_test
+
+    out = []
+    for (key, budget), g in rows.groupby(["direction", "budget"]):
+        for metric in ("kl", "kl_far"):
+            w = g.pivot_table(index="doc_id", columns="head_mix", values=metric)
+            d = (w[mix] - w[0.0]).to_numpy(float)
+            t = sign_flip_test(d, rng=np.random.default_rng(0), alpha=0.05)
+            out.append(
+                {
+                    "direction": key,
+                    "budget": budget,
+                    "metric": metric,
+                    "n_docs": int(t.n_docs),
+                    "shared": w[0.0].mean(),
+                    "mixed": w[mix].mean(),
+                    "diff": float(t.statistic),
+                    "diff_low": t.ci_low,
+                    "diff_high": t.ci_high,
+                    "p_value": float(t.p_value),
+                    "head_mix": mix,
+                }
+            )
+    return pd.DataFrame(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs/distill")
     ap.add_argument("--retrieval", action="store_true", help="also the synthetic retrieval rows")
+    ap.add_argument("--head-mix", type=float, default=None, help="also distilled with this head_mix against 0")
     ap.add_argument("--small", action="store_true", help="the runs of distill_runs.py --small; nothing committed")
     args = ap.parse_args()
     os.chdir(ROOT)
     from forward_influence import load_model
     from forward_influence.bench import BenchConfig, run_bench
     from forward_influence.bench.summary import gap_closed, gap_text
+    from forward_influence.measurement.documents import load_documents
     from forward_influence.store.results import MeasureResult
 
     t0 = time.perf_counter()
@@ -67,13 +127,22 @@ def main() -> None:
     shape = dict(n_prefix=128, n_future=160) if args.small else dict(n_prefix=512, n_future=256)
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")
     common = dict(task="fidelity", budgets=(0.2, 0.4), progress=False, report=False, **shape)
-    gaps, means = [], []
+    gaps, means, mixes = [], [], []
+    plan = distill_runs.runs("data/arxiv.json", args.small)
     for key, (run_name, doc, label) in DIRECTIONS.items():
         run = runs / run_name
+        want = plan[run_name]
+        docs = load_documents(doc, doc_ids=want.get("doc_ids"), max_docs=want.get("max_docs"))
+        doc_ids = tuple(d.doc_id for d in docs)
+        if args.head_mix is not None:  # needs the test documents only, not the FI oracle
+            bench = BenchConfig(**common, doc=doc, doc_ids=doc_ids)
+            mixes += head_mix_rows(lm, bench, models / f"heldout_{key}_{FEATURE_SETS[0]}.json", args.head_mix, key)
         if not complete(run):
             print(f"{key} ({label}): {run} is not complete; run scripts/distill_runs.py --only {run_name}", flush=True)
             continue
-        doc_ids = tuple(MeasureResult.load(run).summary["doc_id"].unique())
+        measured = tuple(MeasureResult.load(run).summary["doc_id"].unique())
+        if set(measured) != set(doc_ids):
+            raise SystemExit(f"{run} measured other documents than {run_name}'s: rerun scripts/distill_runs.py")
         results = {}
         for fset in FEATURE_SETS:
             model = models / f"heldout_{key}_{fset}.json"
@@ -106,6 +175,17 @@ def main() -> None:
     if gaps:
         pd.concat(gaps, ignore_index=True).to_csv(tables / "distill_fidelity.csv", index=False)
         pd.concat(means, ignore_index=True).to_csv(tables / "distill_fidelity_methods.csv", index=False)
+    if mixes:
+        table = head_mix_table(pd.DataFrame(mixes), args.head_mix)
+        table.to_csv(tables / "distill_head_mix.csv", index=False)
+        for _, r in table.iterrows():
+            print(
+                f"{r['direction']} head_mix {r['head_mix']:g} - 0, {r['metric']} at {r['budget']:g}: "
+                f"{r['mixed']:.4f} vs {r['shared']:.4f}, {r['diff']:+.4f} "
+                f"[{r['diff_low']:+.4f}, {r['diff_high']:+.4f}] "
+                f"p {r['p_value']:.3g}, {r['n_docs']} documents",
+                flush=True,
+            )
     if args.retrieval:
         cfg = BenchConfig(
             task="retrieval",
