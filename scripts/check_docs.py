@@ -68,6 +68,7 @@ SMALL = [
     (r"^fi-measure ", "--max-docs 1 --n-prefix 256 --n-future 64 --stride 8"),
     (r"^fi-bench .*--task retrieval", "--n-samples 1 --lengths 1024 --kinds passkey --methods full,snapkv,infokv"),
     (r"^fi-bench .*--task ifeval", "--n-samples 1 --max-new-tokens 24 --methods full,snapkv,infokv"),
+    (r"^fi-bench .*--doc-ids", "--bootstrap 200"),  # named documents of a small run: its shape as written
     (r"^fi-bench .*--fi-run", "--n-samples 1 --n-prefix 256 --n-future 64"),
     (r"^fi-bench ", "--n-samples 1 --n-prefix 256 --n-future 64 --methods full,snapkv,infokv --bootstrap 200"),
     (r"scripts/headline_(claims|generations)\.py|scripts/(bench_headline|validate_compressors)\.py", "--small"),
