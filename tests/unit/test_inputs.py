@@ -514,6 +514,12 @@ def test_output_dirs_follow_the_umask(tmp_path, umask_022):
     assert mode(fresh_dir(tmp_path, ".x-")) == 0o700  # the umask decides, not a fixed mode
 
 
+#: Values computed on another machine (the fixture's checkpointed document) agree to float32 rounding
+#: carried through a forward: relative 1e-4, absolute 1e-6 (nats: KL of ~0.005 moves by ~1e-7).
+OTHER_MACHINE_RTOL = 1e-4
+OTHER_MACHINE_ATOL = 1e-6
+
+
 def test_a_run_interrupted_under_the_previous_code_resumes(tmp_path, monkeypatch):
     """tests/data/resume_8d6df18: a tiny-model run interrupted after its first document by the code
     before the registry refactor (commit 8d6df18; issue 24, item 11). The new code resumes it — the
@@ -546,4 +552,15 @@ def test_a_run_interrupted_under_the_previous_code_resumes(tmp_path, monkeypatch
         old, new = getattr(resumed, name), getattr(fresh, name)
         before = pd.read_parquet(fixture / "run" / ".parts" / "00000" / f"{name}.parquet").columns
         shared = [c for c in new.columns if c in before]  # signals added since 8d6df18 were not measured then
-        pd.testing.assert_frame_equal(old[shared], new[shared], check_exact=True, obj=name)
+        # the checkpointed document was computed on another machine (float kernels may round differently
+        # there); the document measured here must match bit for bit
+        first = old["doc_id"] == old["doc_id"].iloc[0]
+        pd.testing.assert_frame_equal(
+            old.loc[first, shared],
+            new.loc[first, shared],
+            check_exact=False,
+            rtol=OTHER_MACHINE_RTOL,
+            atol=OTHER_MACHINE_ATOL,
+            obj=name,
+        )
+        pd.testing.assert_frame_equal(old.loc[~first, shared], new.loc[~first, shared], check_exact=True, obj=name)
