@@ -19,8 +19,8 @@ each layer's own change; ``early_final``: the last layer's, at every layer).
 :class:`DistilledPress` does the same for :class:`forward_influence.compress.Distilled`: it feeds
 the measurement's signal collector (only the signals its model reads) from the same hooks — each
 layer's queries and keys after RoPE, each decoder layer's output, the final hidden state with the
-input ids — and cuts every layer to the entries the model ranks first (one score per token, the
-sinks and the window kept), the entries ``compress_prompt`` keeps.
+input ids — takes each layer's scores and the final ranking from the method itself
+(``layer_scores``, ``finish``), and cuts every layer to the entries ``compress_prompt`` keeps.
 
 Versions: the presses reach transformers only through
 :mod:`forward_influence.hf.cache_api` (:func:`~forward_influence.hf.cache_api.attention_call`
@@ -182,6 +182,7 @@ class DistilledPress(BasePress):
     def _reset(self) -> None:
         self._collector: Any = None
         self._caches: dict[int, Any] = {}  # layer -> the cache it writes
+        self._scores: dict[int, torch.Tensor] = {}  # layer -> the method's per-layer scores (Hkv, T)
         self._ids: torch.Tensor | None = None
 
     @property
@@ -197,9 +198,25 @@ class DistilledPress(BasePress):
         t, layer = call.hidden.shape[1], module.layer_idx
         if self._collector is None:
             self._collector = measured_signals(self._model, t, self.method.needs().signals)
-        keys, _ = cache_layers(call.cache)[layer]  # (1, Hkv, T, D)
+        keys, values = cache_layers(call.cache)[layer]  # (1, Hkv, T, D)
         q = apply_rope(anatomy.prerope_queries(module, call.hidden[0]), call.cos, call.sin)  # (Hq, T, D)
         self._collector.on_tap(_Tap(layer, q, keys[0], module.scaling))
+        method, n_layers = self.method, module.config.num_hidden_layers
+        w = max(1, method.needs().recent_queries)
+        pos = torch.arange(t, device=keys.device)
+        view = LayerView(
+            layer=layer,
+            n_layers=n_layers,
+            keys=keys[0],
+            values=values[0],
+            positions=pos[None].expand(keys.shape[1], t),
+            queries=q[:, -w:],
+            query_positions=pos[-w:],
+            scaling=module.scaling,
+            n_keep=method.layer_budget(layer, n_layers, t, method.budget * t),
+            module=module,
+        )
+        self._scores[layer] = method.layer_scores(view)  # (Hkv, T): per-head attention where the method reads it
         self._caches[layer] = call.cache
         return output
 
@@ -215,11 +232,13 @@ class DistilledPress(BasePress):
         t = h.shape[0]
         self._collector.feed_logits(h, self._ids)
         method, n_layers = self.method, len(self._caches)
-        s = torch.from_numpy(method.position_scores(self._collector.values(), t))  # (T,)
-        for l, cache in sorted(self._caches.items()):
-            n_kv = cache_layers(cache)[l][0].shape[1]
-            keep = top_entries(s[None].expand(n_kv, t), method.layer_budget(l, n_layers, t, method.budget * t))
-            keep_entries(cache, l, keep.to(h.device))  # (Hkv, n_keep)
+        layers = sorted(self._scores)
+        positions = [torch.arange(t, device=self._scores[l].device)[None].expand_as(self._scores[l]) for l in layers]
+        features = TokenFeatures(torch.zeros(0), torch.zeros(0), signals=self._collector.values(), tau=t)
+        scores = method.finish([self._scores[l] for l in layers], positions, features)  # as compress_prompt's cut
+        for l, s in zip(layers, scores):
+            keep = top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))  # (Hkv, n_keep)
+            keep_entries(self._caches[l], l, keep.to(h.device))
         self._reset()
 
     @contextmanager

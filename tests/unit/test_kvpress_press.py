@@ -96,8 +96,9 @@ def test_without_kvpress_the_import_names_the_fix(monkeypatch):
     sys.modules.pop("forward_influence.integrations.kvpress", None)
 
 
+@pytest.mark.parametrize("head_mix", [0.0, 0.5])
 @pytest.mark.parametrize("budget", [0.5, 0.25])
-def test_distilled_press_keeps_what_the_distilled_compressor_keeps(press_module, arch, budget):
+def test_distilled_press_keeps_what_the_distilled_compressor_keeps(press_module, arch, budget, head_mix):
     """The press feeds the measurement's signal collector from kvpress's hooks; the cache it leaves
     holds exactly the entries compress_prompt's distilled cut keeps (features incl. attention and
     surprisal, which reads the input ids)."""
@@ -117,7 +118,7 @@ def test_distilled_press_keeps_what_the_distilled_compressor_keeps(press_module,
     model = tiny_model(arch)
     ids = torch.randint(0, 96, (48,), generator=torch.Generator().manual_seed(1))
     press = press_module.DistilledPress(
-        compression_ratio=1 - budget, distilled=get_compressor("distilled", scorer=scorer)
+        compression_ratio=1 - budget, distilled=get_compressor("distilled", scorer=scorer, head_mix=head_mix)
     )
     with press(model):
         cache = prefill_cache(model, ids)
