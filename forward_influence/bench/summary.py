@@ -126,7 +126,7 @@ def gap_closed(
     for metric in (m for m in ("kl", "kl_far") if m in fid.columns):
         for budget, df in fid.groupby("budget", sort=True):
             wide = df.pivot_table(index="sample_id", columns="method", values=metric, aggfunc="mean").dropna()
-            deploy = [m for m in wide.columns if m not in NOT_DEPLOYABLE]
+            deploy = [m for m in wide.columns if m not in {*NOT_DEPLOYABLE, method, oracle}]
             if wide.empty or not deploy or method not in wide or oracle not in wide:
                 continue
             x = wide[[*deploy, method, oracle]].to_numpy(float)  # (docs, methods)

@@ -136,7 +136,12 @@ class CompressedCache:
         if self.spec is None and self.signals is None:
             return None
         return TokenFeatures(
-            self.entropy, self.rep, signals=self.signals, tau=self.signals_tau, token_signals=self.token_signals
+            self.entropy,
+            self.rep,
+            signals=self.signals,
+            tau=self.signals_tau,
+            token_signals=self.token_signals,
+            length=self.length,
         )
 
     # ---------------------------------------------------------------- extend
@@ -165,7 +170,8 @@ class CompressedCache:
         rep = hook.values if hook is not None else torch.ones(self.n_layers, n_tokens)  # filled in place by the hook
         block = Block(on_tap=self._tap, layer_hooks=hook, attn_inputs=self.compressor.needs().attn_inputs, rep=rep)
         block.ids = ids
-        if self.recorded.signals is not None:  # the prefill: the signals at tau = its end; later: token signals
+        streams = not self.kv or self.compressor.needs().signals is not None  # a fork to another method: none
+        if self.recorded.signals is not None and streams:  # the prefill: the signals at its end; later: tokens'
             block.signals = measured_signals(self.model, n_tokens, self.recorded.signals, self._signal_carry)
             block.on_tap, block.layer_hooks = (
                 _both(self._tap, block.signals.on_tap),

@@ -176,6 +176,8 @@ class Distilled(Compressor):
                     np.add.at(total, idx[ok], val[ok])
                     np.add.at(count, idx[ok], 1)
                 return total / np.maximum(count, 1)
+            if name not in stream:
+                raise InputError(f"this cache did not stream {name!r}: build it with the distilled method's needs")
             return np.asarray(stream[name], float)[union]
 
         return union, self.entry_scores(union, int(union.max()) + 1, feature)
@@ -185,7 +187,10 @@ class Distilled(Compressor):
     ) -> list[torch.Tensor]:
         if features is None or features.signals is None or features.tau is None:
             raise ValueError("distilled needs the prefill's signals: build the cache with it (compress_prompt)")
-        if max(int(p.max()) for p in positions) + 1 == features.tau:  # a prompt's cut: the signals at its end
+        prompt = features.length == features.tau if features.length is not None else None
+        if prompt is None:  # no length given (a press): a prompt's cut holds its last position
+            prompt = max(int(p.max()) for p in positions) + 1 == features.tau
+        if prompt:  # a prompt's cut: the signals at its end
             union = np.arange(features.tau)
             shared = self.position_scores(features.signals, features.tau)
         else:
@@ -204,8 +209,8 @@ class Distilled(Compressor):
         for h in range(shared.shape[0]):
             cand = shared[h] < WINDOW_SCORE
             if cand.any():
-                a = normalise(shared[h, cand][None].float(), "rank")[0].double()
-                b = normalise(att[h, cand][None].float(), "rank")[0].double()
+                a = normalise(shared[h, cand][None].double(), "rank")[0].double()  # float64: no new ties
+                b = normalise(att[h, cand][None].double(), "rank")[0].double()
                 mixed[h, cand] = (1 - self.head_mix) * a + self.head_mix * b
         return mixed
 

@@ -113,6 +113,8 @@ class TokenFeatures:
     token_signals : dict or None
         With :attr:`Needs.signals`: the token signals of every position the cache has seen
         (name -> ``(length,)``), each as over the whole sequence (a decoding cut's features).
+    length : int or None
+        Tokens the cache has seen (``tau`` of a cut now); equal to ``tau`` until decoding adds tokens.
     """
 
     entropy: torch.Tensor
@@ -120,6 +122,7 @@ class TokenFeatures:
     signals: dict[str, Any] | None = None
     tau: int | None = None
     token_signals: dict[str, Any] | None = None
+    length: int | None = None
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,7 @@ class DistilledPress(BasePress):
         scores = method.finish([self._scores[l] for l in layers], positions, features)  # as compress_prompt's cut
         for l, s in zip(layers, scores):
             keep = top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))  # (Hkv, n_keep)
-            keep_entries(self._caches[l], l, keep.to(h.device))
+            keep_entries(self._caches[l], l, keep)  # on the layer's own device
         self._reset()
 
     @contextmanager

@@ -350,11 +350,12 @@ class KeyNormRelative(Signal):
         super().__init__(ctx)
         self.per_layer = torch.full((ctx.n_layers, ctx.n_kv, ctx.t), float("nan"), dtype=torch.float64)
         self._before: list[torch.Tensor] | None = None  # per layer, the previous block's last keys' norms
-        self._tail: list[torch.Tensor] = [torch.zeros(0)] * ctx.n_layers
+        self._tail: list[torch.Tensor | None] = [None] * ctx.n_layers
 
     def on_attention(self, layer: int, att: LayerAttention) -> None:
         new = att.k.float().norm(dim=-1).double().cpu()  # (Hkv, T)
-        before = self._before[layer] if self._before is not None else new[:, :0]
+        before = self._before[layer] if self._before is not None else None
+        before = new[:, :0] if before is None else before
         norm = torch.cat([before, new], dim=1)  # (Hkv, P + T): the earlier keys the window may reach
         p, t = before.shape[1], new.shape[1]
         csum = torch.cat([torch.zeros(norm.shape[0], 1, dtype=norm.dtype), norm.cumsum(1)], dim=1)  # (Hkv, P + T + 1)
@@ -365,10 +366,10 @@ class KeyNormRelative(Signal):
         self.per_layer[layer] = torch.where(count > 0, new / mean, torch.nan)
         self._tail[layer] = norm[:, -self.window :].clone()
 
-    def carry(self) -> list[torch.Tensor]:
+    def carry(self) -> list[torch.Tensor | None]:
         return self._tail
 
-    def resume(self, state: list[torch.Tensor]) -> None:
+    def resume(self, state: list[torch.Tensor | None]) -> None:
         self._before = state
 
     def values(self, done: dict[str, Signal]) -> np.ndarray:
