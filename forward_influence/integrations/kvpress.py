@@ -60,12 +60,13 @@ from forward_influence.runtime.devices import defaults_for
 
 
 @dataclass
-class InfoKVPress(BasePress):
-    """kvpress-style InfoKV; ``compression_ratio`` = 1 - budget, ``infokv`` its
-    hyperparameters (its ``budget`` is replaced by ``1 - compression_ratio``)."""
+class _PrefillCut(BasePress):
+    """What both presses share: ``compression_ratio`` = 1 - budget; per-layer scores taken in
+    kvpress's attention hook during a prefill (:meth:`_view` builds the layer as a compressor sees
+    it); a hook on every decoder layer's output (:meth:`_on_layer`) and one on the final norm
+    (:meth:`_on_final`), where :meth:`_cut` keeps each layer's top entries."""
 
     compression_ratio: float = 0.0
-    infokv: InfoKV = field(default_factory=InfoKV)
 
     def __post_init__(self) -> None:
         if not 0 <= self.compression_ratio < 1:
@@ -73,84 +74,54 @@ class InfoKVPress(BasePress):
         self._reset()
 
     def _reset(self) -> None:
-        self._scores: dict[int, torch.Tensor] = {}
-        self._layers: dict[int, tuple[Any, Any]] = {}  # layer -> (cache, module)
-        self._rep: RepChange | None = None
-        self._active = False
+        self._scores: dict[int, torch.Tensor] = {}  # layer -> the method's scores (Hkv, T)
+        self._caches: dict[int, Any] = {}  # layer -> the cache it writes
 
-    @property
-    def method(self) -> InfoKV:
-        from dataclasses import replace
-
-        return replace(self.infokv, budget=1.0 - self.compression_ratio)
-
-    def forward_hook(self, module: Any, input: Any, kwargs: dict, output: Any) -> Any:
-        call = attention_call(module, kwargs)
-        t = call.hidden.shape[1]
-        if self.compression_ratio == 0 or not call.prefill:
-            return output
-        self._active = True
-        layer = module.layer_idx
-        keys, values = cache_layers(call.cache)[layer]  # (1, Hkv, T, D)
-        w = min(self.infokv.window, t)
-        q = anatomy.prerope_queries(module, call.hidden[0, -w:])  # (Hq, w, D)
-        q = apply_rope(q, call.cos[-w:], call.sin[-w:])  # (Hq, w, D) after RoPE
+    @staticmethod
+    def _view(method: Any, module: Any, keys: torch.Tensor, values: torch.Tensor, q: torch.Tensor) -> LayerView:
+        """One layer of a prefill: keys and values ``(1, Hkv, T, D)``, the last queries ``q`` ``(Hq, w, D)``."""
+        layer, n_layers, t = module.layer_idx, module.config.num_hidden_layers, keys.shape[2]
         pos = torch.arange(t, device=keys.device)
-        method, n_layers = self.method, module.config.num_hidden_layers
-        n_keep = method.layer_budget(layer, n_layers, t, method.budget * t)  # below the window, the window competes
-        view = LayerView(
+        return LayerView(
             layer=layer,
             n_layers=n_layers,
             keys=keys[0],
             values=values[0],
             positions=pos[None].expand(keys.shape[1], t),
             queries=q,
-            query_positions=pos[-w:],
+            query_positions=pos[-q.shape[1] :],
             scaling=module.scaling,
-            n_keep=n_keep,
+            n_keep=method.layer_budget(layer, n_layers, t, method.budget * t),  # below the window, it competes
             module=module,
         )
-        self._scores[layer] = method.layer_scores(view)  # (Hkv, T) sinks at +inf
-        self._layers[layer] = (call.cache, module)
-        return output
+
+    def _cut(self, method: Any, t: int, features: TokenFeatures) -> None:
+        """The method's ranking of every scored layer (``finish``, as compress_prompt's cut) and the cut."""
+        layers = sorted(self._scores)
+        positions = [torch.arange(t, device=self._scores[l].device)[None].expand_as(self._scores[l]) for l in layers]
+        scores = method.finish([self._scores[l] for l in layers], positions, features)
+        for l, s in zip(layers, scores):
+            keep = top_entries(s, method.layer_budget(l, len(layers), t, method.budget * t))  # (Hkv, n_keep)
+            keep_entries(self._caches[l], l, keep)  # on the layer's own device
 
     def _on_layer(self, layer: int, h: torch.Tensor) -> None:
-        """Decoder layer output ``(T, Dm)``: InfoKV's representation change
-        (every layer's; :meth:`InfoKV.finish` reads the ones ``rep`` asks for)."""
-        if not self._active:
-            return
-        if self._rep is None:
-            self._rep = RepChange(self._n_layers, h.shape[0], self.infokv.early_layer)
-        self._rep(layer, h)
+        """Decoder layer ``layer``'s output ``(T, Dm)``."""
 
     def _on_final(self, model: Any, normed: torch.Tensor) -> None:
-        """After the last layer of a prefill: entropies, InfoKV's scores, the cut."""
-        if not self._active:
-            return
-        method, n_layers = self.method, len(self._scores)
-        h = normed[0]  # (T, Dm)
-        t = h.shape[0]
-        ent = torch.empty(t)
-        for c0, lg in logit_chunks(model, h, defaults_for(h.device).entropy_logit_bytes):  # (n, V) float32
-            ent[c0 : c0 + lg.shape[0]] = entropy(lg, topk=method.topk).cpu()
-        ent_in = torch.cat([torch.zeros(1), ent[:-1]])  # what predicted each token
-        rep = self._rep.values if self._rep is not None else torch.ones(n_layers, t)
-        positions = [torch.arange(t, device=s.device)[None].expand_as(s) for _, s in sorted(self._scores.items())]
-        scores = method.finish([s for _, s in sorted(self._scores.items())], positions, TokenFeatures(ent_in, rep))
-        for l, s in enumerate(scores):
-            cache, _ = self._layers[l]
-            keep_entries(
-                cache, l, top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))
-            )  # (Hkv, n_keep)
-        self._reset()
+        """The final norm's output ``(1, T, Dm)``: after the last layer."""
+
+    def _more_hooks(self, model: Any) -> list[Any]:
+        """Further hook handles a press needs while applied."""
+        return []
 
     @contextmanager
     def __call__(self, model: Any) -> Generator:
         self._reset()
-        self._n_layers = anatomy.n_layers(model)
+        self._model, self._n_layers = model, anatomy.n_layers(model)
         handles = []
         try:
             with super().__call__(model):
+                handles += self._more_hooks(model)
                 for l, layer in enumerate(anatomy.decoder_layers(model)):
                     handles.append(
                         layer.register_forward_hook(
@@ -167,22 +138,70 @@ class InfoKVPress(BasePress):
 
 
 @dataclass
-class DistilledPress(BasePress):
+class InfoKVPress(_PrefillCut):
+    """kvpress-style InfoKV; ``compression_ratio`` = 1 - budget, ``infokv`` its
+    hyperparameters (its ``budget`` is replaced by ``1 - compression_ratio``)."""
+
+    infokv: InfoKV = field(default_factory=InfoKV)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._rep: RepChange | None = None
+
+    @property
+    def method(self) -> InfoKV:
+        from dataclasses import replace
+
+        return replace(self.infokv, budget=1.0 - self.compression_ratio)
+
+    def forward_hook(self, module: Any, input: Any, kwargs: dict, output: Any) -> Any:
+        call = attention_call(module, kwargs)
+        t = call.hidden.shape[1]
+        if self.compression_ratio == 0 or not call.prefill:
+            return output
+        keys, values = cache_layers(call.cache)[module.layer_idx]  # (1, Hkv, T, D)
+        w = min(self.infokv.window, t)
+        q = anatomy.prerope_queries(module, call.hidden[0, -w:])  # (Hq, w, D)
+        q = apply_rope(q, call.cos[-w:], call.sin[-w:])  # (Hq, w, D) after RoPE
+        method = self.method
+        self._scores[module.layer_idx] = method.layer_scores(self._view(method, module, keys, values, q))  # sinks +inf
+        self._caches[module.layer_idx] = call.cache
+        return output
+
+    def _on_layer(self, layer: int, h: torch.Tensor) -> None:
+        """InfoKV's representation change (every layer's; :meth:`InfoKV.finish` reads the ones ``rep`` asks for)."""
+        if not self._scores:
+            return
+        if self._rep is None:
+            self._rep = RepChange(self._n_layers, h.shape[0], self.infokv.early_layer)
+        self._rep(layer, h)
+
+    def _on_final(self, model: Any, normed: torch.Tensor) -> None:
+        """After the last layer of a prefill: entropies, InfoKV's scores, the cut."""
+        if not self._scores:
+            return
+        method = self.method
+        h = normed[0]  # (T, Dm)
+        t = h.shape[0]
+        ent = torch.empty(t)
+        for c0, lg in logit_chunks(model, h, defaults_for(h.device).entropy_logit_bytes):  # (n, V) float32
+            ent[c0 : c0 + lg.shape[0]] = entropy(lg, topk=method.topk).cpu()
+        ent_in = torch.cat([torch.zeros(1), ent[:-1]])  # what predicted each token
+        rep = self._rep.values if self._rep is not None else torch.ones(len(self._scores), t)
+        self._cut(method, t, TokenFeatures(ent_in, rep))
+        self._reset()
+
+
+@dataclass
+class DistilledPress(_PrefillCut):
     """kvpress-style distilled compressor; ``compression_ratio`` = 1 - budget, ``distilled`` its
     settings and model (its ``budget`` is replaced by ``1 - compression_ratio``)."""
 
-    compression_ratio: float = 0.0
     distilled: Distilled = field(default_factory=Distilled)
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.compression_ratio < 1:
-            raise ValueError(f"compression_ratio must be in [0, 1), got {self.compression_ratio}")
-        self._reset()
-
     def _reset(self) -> None:
+        super()._reset()
         self._collector: Any = None
-        self._caches: dict[int, Any] = {}  # layer -> the cache it writes
-        self._scores: dict[int, torch.Tensor] = {}  # layer -> the method's per-layer scores (Hkv, T)
         self._ids: torch.Tensor | None = None
 
     @property
@@ -195,28 +214,14 @@ class DistilledPress(BasePress):
         call = attention_call(module, kwargs)
         if self.compression_ratio == 0 or not call.prefill or self._ids is None:
             return output
-        t, layer = call.hidden.shape[1], module.layer_idx
+        t, layer, method = call.hidden.shape[1], module.layer_idx, self.method
         if self._collector is None:
-            self._collector = measured_signals(self._model, t, self.method.needs().signals)
+            self._collector = measured_signals(self._model, t, method.needs().signals)
         keys, values = cache_layers(call.cache)[layer]  # (1, Hkv, T, D)
         q = apply_rope(anatomy.prerope_queries(module, call.hidden[0]), call.cos, call.sin)  # (Hq, T, D)
         self._collector.on_tap(_Tap(layer, q, keys[0], module.scaling))
-        method, n_layers = self.method, module.config.num_hidden_layers
         w = max(1, method.needs().recent_queries)
-        pos = torch.arange(t, device=keys.device)
-        view = LayerView(
-            layer=layer,
-            n_layers=n_layers,
-            keys=keys[0],
-            values=values[0],
-            positions=pos[None].expand(keys.shape[1], t),
-            queries=q[:, -w:],
-            query_positions=pos[-w:],
-            scaling=module.scaling,
-            n_keep=method.layer_budget(layer, n_layers, t, method.budget * t),
-            module=module,
-        )
-        self._scores[layer] = method.layer_scores(view)  # (Hkv, T): per-head attention where the method reads it
+        self._scores[layer] = method.layer_scores(self._view(method, module, keys, values, q[:, -w:]))
         self._caches[layer] = call.cache
         return output
 
@@ -224,48 +229,24 @@ class DistilledPress(BasePress):
         if self._collector is not None:
             self._collector.on_layer(layer, h)
 
-    def _on_final(self, normed: torch.Tensor) -> None:
+    def _on_final(self, model: Any, normed: torch.Tensor) -> None:
         """After the last layer of a prefill: the signals at its end, the scores, the cut."""
         if self._collector is None:
             return
         h = normed[0]  # (T, Dm)
-        t = h.shape[0]
         self._collector.feed_logits(h, self._ids)
-        method, n_layers = self.method, len(self._caches)
-        layers = sorted(self._scores)
-        positions = [torch.arange(t, device=self._scores[l].device)[None].expand_as(self._scores[l]) for l in layers]
+        t = h.shape[0]
         features = TokenFeatures(torch.zeros(0), torch.zeros(0), signals=self._collector.values(), tau=t)
-        scores = method.finish([self._scores[l] for l in layers], positions, features)  # as compress_prompt's cut
-        for l, s in zip(layers, scores):
-            keep = top_entries(s, method.layer_budget(l, n_layers, t, method.budget * t))  # (Hkv, n_keep)
-            keep_entries(self._caches[l], l, keep)  # on the layer's own device
+        self._cut(self.method, t, features)
         self._reset()
 
-    @contextmanager
-    def __call__(self, model: Any) -> Generator:
-        self._reset()
-        self._model = model
-        handles = []
+    def _more_hooks(self, model: Any) -> list[Any]:
+        """The input ids (surprisal reads them), from the embedding's input."""
 
         def take_ids(_m: Any, args: tuple) -> None:
             self._ids = args[0][0] if args and args[0] is not None and args[0].dim() == 2 else None
 
-        try:
-            with super().__call__(model):
-                base = anatomy.base_model(model)
-                handles.append(base.embed_tokens.register_forward_pre_hook(take_ids))
-                for l, layer in enumerate(anatomy.decoder_layers(model)):
-                    handles.append(
-                        layer.register_forward_hook(
-                            lambda _m, _i, out, l=l: self._on_layer(l, (out[0] if isinstance(out, tuple) else out)[0])
-                        )
-                    )
-                handles.append(base.norm.register_forward_hook(lambda _m, _i, out: self._on_final(out)))
-                yield
-        finally:
-            for h in handles:
-                h.remove()
-            self._reset()
+        return [anatomy.base_model(model).embed_tokens.register_forward_pre_hook(take_ids)]
 
 
 @dataclass
