@@ -9,9 +9,11 @@ positions it kept: a wrapper around its ``score`` records the scores and
 redoes its top-k. Prints, per method, the fraction of (layer, KV head) kept
 sets that are identical, the largest score difference, and — where sets
 differ — how close the swapped entries' scores were. Then runs
-:class:`forward_influence.integrations.kvpress.InfoKVPress` through kvpress's
-``kv-press-text-generation`` pipeline and compares its cut cache with our
-InfoKV's. Last line: ``min_agreement=0.XX``.
+:class:`forward_influence.integrations.kvpress.InfoKVPress` and
+:class:`~forward_influence.integrations.kvpress.DistilledPress` (the shipped
+model, ``head_mix`` 0 and 0.5) through kvpress's hooks and its
+``kv-press-text-generation`` pipeline and compares their cut caches with
+compress_prompt's. Last line: ``min_agreement=0.XX``.
 
 It also writes kvpress's kept positions to :data:`KEPT_FILE`
 (``tests/data/kvpress_0.5.5_kept.json``, committed): per method, our
@@ -195,30 +197,39 @@ def main() -> None:
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote kvpress's kept positions to {args.out}")
 
-    # InfoKV as a kvpress press, through kvpress's own pipeline
+    # InfoKV and the shipped distilled compressor as kvpress presses, through kvpress's own pipeline
     from transformers import pipeline
 
     from forward_influence.compress import InfoKV
-    from forward_influence.integrations.kvpress import InfoKVPress
+    from forward_influence.integrations.kvpress import DistilledPress, InfoKVPress
 
-    ours = InfoKV(budget=1 - 0.8)
-    press = InfoKVPress(compression_ratio=0.8, infokv=ours)
-    cache_kv = DynamicCache()
-    with torch.no_grad(), press(model):
-        model(input_ids=ids[None], past_key_values=cache_kv)
-    mine, _ = compress_prompt(model, ids, ours)
-    same = total = 0
-    for l, (k, _) in enumerate(mine.kv):
-        theirs = cache_kv.layers[l].keys[0]
-        for h in range(k.shape[1]):
-            total += 1
-            same += int(theirs.shape[1] == k.shape[2] and torch.equal(theirs[h], k[0, h]))
-    agreements["infokv (press vs ours)"] = same / total
-    print(f"{'infokv press':20s} identical cut caches {same}/{total} = {same / total:.2f}")
+    def same_cut(press, ours) -> tuple[int, int]:  # noqa: ANN001
+        """(identical, all) (layer, KV head) caches: the press in kvpress's hooks against compress_prompt."""
+        cache_kv = DynamicCache()
+        with torch.no_grad(), press(model):
+            model(input_ids=ids[None], past_key_values=cache_kv)
+        mine, _ = compress_prompt(model, ids, ours)
+        same = total = 0
+        for l, (k, _) in enumerate(mine.kv):
+            theirs = cache_kv.layers[l].keys[0]
+            for h in range(k.shape[1]):
+                total += 1
+                same += int(theirs.shape[1] == k.shape[2] and torch.equal(theirs[h], k[0, h]))
+        return same, total
+
+    presses = {"infokv": InfoKVPress(compression_ratio=0.8, infokv=InfoKV(budget=1 - 0.8))}
+    for mix in (0.0, 0.5):
+        ours = get_compressor("distilled", budget=1 - 0.8, head_mix=mix)
+        presses[f"distilled head_mix {mix:g}"] = DistilledPress(compression_ratio=0.8, distilled=ours)
     pipe = pipeline("kv-press-text-generation", model=model, tokenizer=tok)
     context = tok.decode(ids[1:1200])
-    answer = pipe(context, question="What is this paper about?", press=press, max_new_tokens=24)["answer"]
-    print(f"kv-press-text-generation with InfoKVPress(compression_ratio=0.8): {answer!r}")
+    for label, press in presses.items():
+        same, total = same_cut(press, press.method)
+        agreements[f"{label} (press vs ours)"] = same / total
+        print(f"{label + ' press':28s} identical cut caches {same}/{total} = {same / total:.2f}")
+        if label != "distilled head_mix 0":
+            answer = pipe(context, question="What is this paper about?", press=press, max_new_tokens=24)["answer"]
+            print(f"kv-press-text-generation with {type(press).__name__}(compression_ratio=0.8): {answer!r}")
     print(f"min_agreement={min(agreements.values()):.2f}")
 
 

@@ -55,26 +55,9 @@ def complete(run: Path) -> bool:
         return False
 
 
-def head_mix_rows(lm, cfg, model: Path, mix: float, key: str) -> list[dict]:  # noqa: ANN001
-    """Per document and budget: fidelity KLs of distilled with head_mix 0 and ``mix`` (one prefill, forks)."""
-    from forward_influence.bench.runner import build_task
-    from forward_influence.compress import CompressedCache, get_compressor
-
-    task = build_task(cfg)
-    task.read()
-    rows = []
-    for s in task.prepare(lm.tokenizer, cfg.seed):
-        base = CompressedCache(lm.model, get_compressor("distilled", model=str(model)))
-        base.extend(s.context)
-        ref = task.reference(base.fork(get_compressor("full")), s, lm.tokenizer)
-        for budget in cfg.budgets:
-            for m in (0.0, mix):
-                comp = get_compressor("distilled", model=str(model), budget=budget, head_mix=m)
-                cache = base.fork(comp)
-                cache.cut(budget * len(s.context))
-                kl = task.score(cache, s, ref, lm.tokenizer)
-                rows.append(dict(direction=key, doc_id=s.sample_id, budget=budget, head_mix=m, **kl))
-    return rows
+def head_mix_specs(mix: float) -> tuple[str, str]:
+    """fi-bench's method specs of the one-score choice: one score for every layer and head, then mixed."""
+    return "distilled:head_mix=0", f"distilled:head_mix={mix:g}"
 
 
 def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
@@ -83,11 +66,12 @@ def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
 
     from forward_influence.analysis.inference import sign_flip_test
 
+    shared, mixed = head_mix_specs(mix)
     out = []
     for (key, budget), g in rows.groupby(["direction", "budget"]):
         for metric in ("kl", "kl_far"):
-            w = g.pivot_table(index="doc_id", columns="head_mix", values=metric)
-            d = (w[mix] - w[0.0]).to_numpy(float)
+            w = g.pivot_table(index="sample_id", columns="method", values=metric)
+            d = (w[mixed] - w[shared]).to_numpy(float)
             t = sign_flip_test(d, rng=np.random.default_rng(0), alpha=0.05)
             out.append(
                 {
@@ -95,8 +79,8 @@ def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
                     "budget": budget,
                     "metric": metric,
                     "n_docs": int(t.n_docs),
-                    "shared": w[0.0].mean(),
-                    "mixed": w[mix].mean(),
+                    "shared": w[shared].mean(),
+                    "mixed": w[mixed].mean(),
                     "diff": float(t.statistic),
                     "diff_low": t.ci_low,
                     "diff_high": t.ci_high,
@@ -136,8 +120,15 @@ def main() -> None:
         docs = load_documents(doc, doc_ids=want.get("doc_ids"), max_docs=want.get("max_docs"))
         doc_ids = tuple(d.doc_id for d in docs)
         if args.head_mix is not None:  # needs the test documents only, not the FI oracle
-            bench = BenchConfig(**common, doc=doc, doc_ids=doc_ids)
-            mixes += head_mix_rows(lm, bench, models / f"heldout_{key}_{FEATURE_SETS[0]}.json", args.head_mix, key)
+            bench = BenchConfig(
+                **common,
+                doc=doc,
+                doc_ids=doc_ids,
+                distilled_model=str(models / f"heldout_{key}_{FEATURE_SETS[0]}.json"),
+                methods=head_mix_specs(args.head_mix),
+                out=str(runs / f"bench-{key}-head-mix"),
+            )
+            mixes.append(run_bench(bench, lm).assign(direction=key))
         if not complete(run):
             print(f"{key} ({label}): {run} is not complete; run scripts/distill_runs.py --only {run_name}", flush=True)
             continue
@@ -177,7 +168,7 @@ def main() -> None:
         pd.concat(gaps, ignore_index=True).to_csv(tables / "distill_fidelity.csv", index=False)
         pd.concat(means, ignore_index=True).to_csv(tables / "distill_fidelity_methods.csv", index=False)
     if mixes:
-        table = head_mix_table(pd.DataFrame(mixes), args.head_mix)
+        table = head_mix_table(pd.concat(mixes, ignore_index=True), args.head_mix)
         table.to_csv(tables / "distill_head_mix.csv", index=False)
         for _, r in table.iterrows():
             print(

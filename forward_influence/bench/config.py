@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from forward_influence.config import RAY_HELP, ConfigBase, check_ray, option
 from forward_influence.errors import InputError
@@ -49,7 +50,10 @@ class BenchConfig(ConfigBase):
     )
     ifeval_data: str | None = option(None, "ifeval: IFEval's input_data.jsonl")
     methods: tuple[str, ...] | None = option(
-        None, "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run)", type="strs"
+        None,
+        "compressors, comma-separated (default: every registered one; fi_oracle needs --fi-run); "
+        "NAME:KEY=VALUE[:KEY=VALUE] sets hyperparameters, e.g. distilled:head_mix=0 (the label of its rows)",
+        type="strs",
     )
     budgets: tuple[float, ...] | None = option(
         None,
@@ -125,9 +129,13 @@ class BenchConfig(ConfigBase):
 
     def method_names(self) -> list[str]:
         from forward_influence.compress import list_compressors
-        from forward_influence.compress.base import compressor_class
+        from forward_influence.compress.base import base_name, method_spec
+        from forward_influence.compress.base import compressor_class as _class
 
         valid = list_compressors()
+
+        def compressor_class(m: str) -> Any:  # a spec's method (NAME:KEY=VALUE sets a hyperparameter)
+            return _class(base_name(m))
 
         def needs_fi(m: str) -> bool:
             return "measured_fi" in compressor_class(m).inputs
@@ -151,9 +159,16 @@ class BenchConfig(ConfigBase):
             return has_model(m)
 
         names = list(self.methods) if self.methods else [m for m in valid if available(m)]
-        bad = [m for m in names if m not in valid]
+        bad = [m for m in names if base_name(m) not in valid]
         if bad:
             raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
+        for m in names:
+            try:
+                method_spec(m)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        if len(set(names)) < len(names):
+            raise InputError(f"--methods names a method twice: {', '.join(names)}")
         early = [m for m in names if wrong_setting(m)]
         if early:
             raise InputError(

@@ -29,7 +29,7 @@ from forward_influence.bench.config import BenchConfig
 from forward_influence.bench.ifeval import IFEval
 from forward_influence.bench.tasks import Fidelity, ReadingQA, Retrieval, Sample
 from forward_influence.compress import CompressedCache, FIOracle, Full
-from forward_influence.compress.base import compressor_class
+from forward_influence.compress.base import compressor_class, method_spec
 from forward_influence.errors import InputError
 from forward_influence.execution.choose import open_pool
 from forward_influence.execution.pool import ModelSource, Pool
@@ -121,8 +121,9 @@ def _rows(
 
 def _build(method: str, budget: float, seed: int, fi: FIOracle | None, model_file: str | None = None) -> Any:
     """``method`` as the bench runs it (None when an input it declares is missing: an oracle without FI)."""
-    return compressor_class(method).for_run(
-        seed=seed, measured_fi=None if fi is None else fi.fi, model_file=model_file, budget=budget
+    name, hyper = method_spec(method)
+    return compressor_class(name).for_run(
+        seed=seed, measured_fi=None if fi is None else fi.fi, model_file=model_file, **hyper, budget=budget
     )
 
 

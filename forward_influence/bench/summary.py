@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from forward_influence.compress.base import base_name
 from forward_influence.errors import InputError
 
 #: metrics summarised per task, in display order; lower is better for the first two
@@ -88,7 +89,8 @@ def summarize_bench(results: pd.DataFrame, n_resamples: int = 2000, seed: int = 
     return pd.DataFrame(rows)
 
 
-#: Never "the best deployable method" of the gap closed: the reference, the oracle and the method judged.
+#: Never "the best deployable method" of the gap closed, in any setting: the reference, the oracle and the
+#: method judged.
 NOT_DEPLOYABLE = ("full", "fi_oracle", "distilled")
 
 
@@ -126,7 +128,8 @@ def gap_closed(
     for metric in (m for m in ("kl", "kl_far") if m in fid.columns):
         for budget, df in fid.groupby("budget", sort=True):
             wide = df.pivot_table(index="sample_id", columns="method", values=metric, aggfunc="mean").dropna()
-            deploy = [m for m in wide.columns if m not in {*NOT_DEPLOYABLE, method, oracle}]
+            never = {base_name(m) for m in (*NOT_DEPLOYABLE, method, oracle)}  # in any setting (NAME:KEY=VALUE)
+            deploy = [m for m in wide.columns if m not in {method, oracle} and base_name(m) not in never]
             if wide.empty or not deploy or method not in wide or oracle not in wide:
                 continue
             x = wide[[*deploy, method, oracle]].to_numpy(float)  # (docs, methods)

@@ -12,6 +12,7 @@ import pytest
 from forward_influence.bench import BenchConfig
 from forward_influence.bench.loaders import load_aime2024, load_livecodebench, load_longreason
 from forward_influence.bench.summary import paired_interval, summarize_bench
+from forward_influence.compress import get_compressor
 from forward_influence.errors import InputError
 from forward_influence.measurement import synthetic
 
@@ -182,6 +183,32 @@ def test_method_names():
         BenchConfig(methods=("snap",)).method_names()
     with pytest.raises(InputError, match="needs --fi-run"):
         BenchConfig(methods=("fi_oracle",)).method_names()
+
+
+def test_method_specs_set_hyperparameters_and_label_their_rows():
+    """``NAME:KEY=VALUE`` builds the method with that hyperparameter (typed as its field), the
+    spec naming its rows; a wrong key or value, or a method named twice, is one InputError."""
+    from forward_influence.bench.runner import _build
+    from forward_influence.compress.base import method_spec
+
+    names = BenchConfig(methods=("snapkv", "snapkv:window=8:kernel=3", "streaming-llm:n_sink=0")).method_names()
+    assert names == ["snapkv", "snapkv:window=8:kernel=3", "streaming-llm:n_sink=0"]
+    built = _build(names[1], 0.25, 0, None)
+    assert (type(built).__name__, built.window, built.kernel, built.budget) == ("SnapKV", 8, 3, 0.25)
+    assert _build(names[2], 0.5, 0, None).n_sink == 0
+    assert _build("snapkv", 0.5, 0, None).window == get_compressor("snapkv").window != 8
+    assert method_spec("infokv:rep=early_final")[1] == {"rep": "early_final"}
+    for bad, msg in [
+        ("snapkv:windw=8", "KEY one of kernel, n_sink, window"),
+        ("snapkv:window", "KEY one of"),
+        ("snapkv:window=eight", "window='eight', expected int"),
+        ("snapkv:budget=0.5", "budget comes from the run's budgets"),
+        ("snap:window=8", "unknown method 'snap:window=8'"),
+    ]:
+        with pytest.raises(InputError, match=msg):
+            BenchConfig(methods=(bad,)).method_names()
+    with pytest.raises(InputError, match="names a method twice"):
+        BenchConfig(methods=("snapkv", "snapkv")).method_names()
 
 
 def test_additivity_fit_on_constructed_rows():
