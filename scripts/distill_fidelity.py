@@ -20,8 +20,8 @@ p < 0.05 in both directions).
 scripts/bench_headline.py, same seed) for full, InfoKV, TOVA and the shipped distilled model.
 
 Writes docs/tables/distill_fidelity.csv (G rows), distill_fidelity_methods.csv (mean KL per method, budget,
-direction), distill_head_mix.csv, distill_retrieval.csv; prints the headline lines. Resumable (fi-bench
-checkpoints per document).
+direction), distill_fidelity.md (both as Markdown), distill_head_mix.csv, distill_retrieval.csv; prints the
+headline lines. Resumable (fi-bench checkpoints per document).
 
 Usage: .venv/bin/python scripts/distill_fidelity.py [--runs runs/distill] [--head-mix 0.3] [--retrieval] [--small]
 """
@@ -89,6 +89,32 @@ def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(out)
+
+
+def markdown(gaps: pd.DataFrame, means: pd.DataFrame) -> str:
+    """The G table and the mean KL of every method (docs/tables/distill_fidelity.md)."""
+    from forward_influence.bench.summary import gap_text
+
+    lines = [
+        "| train -> test | reads | KL over | budget | best deployable | distilled | FI oracle | G [95%] | docs |",
+        "|---|---|---|---:|---|---:|---:|---|---:|",
+    ]
+    for _, r in gaps.sort_values(["direction", "features", "metric", "budget"]).iterrows():
+        over = "all targets" if r["metric"] == "kl" else "d_tau > 128"
+        lines.append(
+            f"| {r['label']} | {r['features']} | {over} | {r['budget']:.0%} | {r['best']} {r['kl_best']:.4f} | "
+            f"{r['kl_method']:.4f} | {r['kl_oracle']:.4f} | {gap_text(r)} | {r['n']} |"
+        )
+    wide = means.pivot_table(index="method", columns=["direction", "metric", "budget"], values="mean")
+    cols = list(wide.columns)
+    lines += [
+        "",
+        "| method | " + " | ".join(f"{d} {'KL' if m == 'kl' else 'far KL'} @ {b:.0%}" for d, m, b in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for method, row in wide.sort_values(cols[0]).iterrows():
+        lines.append(f"| {method} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -167,6 +193,7 @@ def main() -> None:
     if gaps:
         pd.concat(gaps, ignore_index=True).to_csv(tables / "distill_fidelity.csv", index=False)
         pd.concat(means, ignore_index=True).to_csv(tables / "distill_fidelity_methods.csv", index=False)
+        (tables / "distill_fidelity.md").write_text(markdown(pd.concat(gaps), pd.concat(means)))
     if mixes:
         table = head_mix_table(pd.concat(mixes, ignore_index=True), args.head_mix)
         table.to_csv(tables / "distill_head_mix.csv", index=False)
