@@ -176,7 +176,8 @@ def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
     name, *pairs = spec.split(":")
     cls = compressor_class(name)
-    settable = {f.name: f.default for f in fields(cls) if f.init and f.compare and f.name != "budget"}
+    runner_set = {"budget", "seed", "model"}  # the run's budgets, its seed, --distilled-model
+    settable = {f.name: f.default for f in fields(cls) if f.init and f.compare and f.name not in runner_set}
     hyper: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
