@@ -124,6 +124,8 @@ def main() -> None:
     ap.add_argument("--head-mix", type=float, default=None, help="also distilled with this head_mix against 0")
     ap.add_argument("--small", action="store_true", help="the runs of distill_runs.py --small; nothing committed")
     args = ap.parse_args()
+    if args.head_mix is not None and not 0 < args.head_mix <= 1:
+        ap.error(f"--head-mix {args.head_mix:g}: give a weight in (0, 1] to compare against head_mix 0")
     os.chdir(ROOT)
     from forward_influence import load_model
     from forward_influence.bench import BenchConfig, run_bench

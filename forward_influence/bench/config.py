@@ -129,8 +129,8 @@ class BenchConfig(ConfigBase):
 
     def method_names(self) -> list[str]:
         from forward_influence.compress import list_compressors
-        from forward_influence.compress.base import base_name, method_spec
         from forward_influence.compress.base import compressor_class as _class
+        from forward_influence.compress.specs import base_name, check_spec, method_spec, spec_label
 
         valid = list_compressors()
 
@@ -158,17 +158,23 @@ class BenchConfig(ConfigBase):
                 return bool(self.fi_run)
             return has_model(m)
 
-        names = list(self.methods) if self.methods else [m for m in valid if available(m)]
-        bad = [m for m in names if base_name(m) not in valid]
+        given = list(self.methods) if self.methods else [m for m in valid if available(m)]
+        bad = [m for m in given if base_name(m) not in valid]
         if bad:
             raise InputError(f"unknown method {bad[0]!r}; valid: {', '.join(valid)}")
-        for m in names:
-            try:
-                method_spec(m)
+        names = [spec_label(m) for m in given]  # the rows' labels: "SnapKV" is "snapkv" to every lookup
+        seen: dict[Any, str] = {}
+        for m in given:
+            try:  # built once here: a bad value fails before the model loads
+                if has_model(m):
+                    check_spec(m, seed=self.seed, model_file=self.distilled_model)
+                name, hyper = method_spec(m)
             except ValueError as exc:
                 raise InputError(str(exc)) from None
-        if len(set(names)) < len(names):
-            raise InputError(f"--methods names a method twice: {', '.join(names)}")
+            key = (name, frozenset(hyper.items()))
+            if key in seen:
+                raise InputError(f"--methods names {seen[key]!r} twice (as {m!r}): name each setting once")
+            seen[key] = m
         early = [m for m in names if wrong_setting(m)]
         if early:
             raise InputError(

@@ -29,7 +29,8 @@ from forward_influence.bench.config import BenchConfig
 from forward_influence.bench.ifeval import IFEval
 from forward_influence.bench.tasks import Fidelity, ReadingQA, Retrieval, Sample
 from forward_influence.compress import CompressedCache, FIOracle, Full
-from forward_influence.compress.base import compressor_class, method_spec
+from forward_influence.compress.base import compressor_class
+from forward_influence.compress.specs import method_spec
 from forward_influence.errors import InputError
 from forward_influence.execution.choose import open_pool
 from forward_influence.execution.pool import ModelSource, Pool
@@ -142,8 +143,8 @@ def run_prefill_sample(
     oracle_fi = fi.oracle(s.meta.get("doc_id", s.sample_id), 1.0) if fi is not None else None
     built = {m: _build(m, 1.0, seed, oracle_fi, model_file) for m in methods}
     available = [m for m in methods if built[m] is not None]
-    # methods whose prefill records token features first: theirs serves the most others
-    order = sorted(available, key=lambda m: built[m].needs().features is None)  # (signals: a prefill of their own)
+    # the method whose prefill records the most first: its cache serves the most others, whatever the given order
+    order = sorted(available, key=lambda m: built[m].needs().richness(), reverse=True)
     bases: list[CompressedCache] = []
 
     def base_for(comp: Any) -> CompressedCache:
@@ -180,7 +181,13 @@ def run_prefill_sample(
 
 
 def run_decoding_sample(
-    lm: LoadedModel, task: IFEval, s: Sample, methods: list[str], budgets: tuple[float, ...], seed: int
+    lm: LoadedModel,
+    task: IFEval,
+    s: Sample,
+    methods: list[str],
+    budgets: tuple[float, ...],
+    seed: int,
+    model_file: str | None = None,
 ) -> list[dict[str, Any]]:
     model, tok = lm.model, lm.tokenizer
     t0 = time.perf_counter()
@@ -188,7 +195,7 @@ def run_decoding_sample(
     ref_seconds = time.perf_counter() - t0
     rows = []
     for method in methods:
-        comp = _build(method, 1.0, seed, None)
+        comp = _build(method, 1.0, seed, None, model_file)
         if comp is None:  # measured FI exists only for a prefill
             continue
         once = None
@@ -242,7 +249,9 @@ class BenchJob:
                 self.cfg.distilled_model,
             )
         else:
-            rows = run_decoding_sample(self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed)
+            rows = run_decoding_sample(
+                self._lm, self.task, unit.sample, self.methods, self.budgets, self.cfg.seed, self.cfg.distilled_model
+            )
         return pd.DataFrame(rows)
 
 

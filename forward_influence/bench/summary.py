@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from forward_influence.compress.base import base_name
+from forward_influence.compress.specs import base_name
 from forward_influence.errors import InputError
 
 #: metrics summarised per task, in display order; lower is better for the first two

@@ -156,64 +156,6 @@ def compressor_class(name: str) -> Callable[..., Compressor]:
     return _REGISTRY[key]
 
 
-def base_name(spec: str) -> str:
-    """The registered name a method spec starts with: ``"distilled:head_mix=0"`` -> ``"distilled"``."""
-    return spec.partition(":")[0].lower().replace("-", "_")
-
-
-def method_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """A method as a runner names it, ``NAME`` or ``NAME:KEY=VALUE[:KEY=VALUE ...]`` (the label of its
-    rows), as the registered name and its hyperparameters, each typed as its field's default.
-
-    >>> method_spec("distilled:head_mix=0:window=32")
-    ('distilled', {'head_mix': 0.0, 'window': 32})
-    >>> method_spec("snapkv:budget=0.5")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    ValueError: method 'snapkv:budget=0.5': write NAME:KEY=VALUE with KEY one of kernel, n_sink, window ...
-    """
-    from dataclasses import MISSING, fields
-
-    name, *pairs = spec.split(":")
-    cls = compressor_class(name)
-    runner_set = {"budget", "seed", "model"}  # the run's budgets, its seed, --distilled-model
-    settable = {f.name: f.default for f in fields(cls) if f.init and f.compare and f.name not in runner_set}
-    hyper: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or key not in settable:
-            raise ValueError(
-                f"method {spec!r}: write NAME:KEY=VALUE with KEY one of {', '.join(sorted(settable))} "
-                "(the budget comes from the run's budgets)"
-            )
-        default = settable[key]
-        hyper[key] = _typed(spec, key, raw, None if default is MISSING else default)
-    return base_name(spec), hyper
-
-
-def _typed(spec: str, key: str, raw: str, default: Any) -> Any:
-    """``raw`` as the type of ``default`` (None or a string: a number where it reads as one, ``none``)."""
-    try:
-        if isinstance(default, bool):
-            if raw.lower() not in {"true", "false", "1", "0"}:
-                raise ValueError(raw)
-            return raw.lower() in {"true", "1"}
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise ValueError(f"method {spec!r}: {key}={raw!r}, expected {type(default).__name__}") from None
-    if raw.lower() == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
 def get_compressor(name: str, **kwargs: Any) -> Compressor:
     """Build a registered method: ``get_compressor("snapkv", budget=0.2, window=32)``."""
     return compressor_class(name)(**kwargs)

@@ -186,29 +186,81 @@ def test_method_names():
 
 
 def test_method_specs_set_hyperparameters_and_label_their_rows():
-    """``NAME:KEY=VALUE`` builds the method with that hyperparameter (typed as its field), the
-    spec naming its rows; a wrong key or value, or a method named twice, is one InputError."""
+    """``NAME:KEY=VALUE`` builds the method with that hyperparameter (typed as its field's annotation),
+    the canonical spec labelling its rows; a wrong key or value, or one setting named twice however
+    spelled, is one InputError."""
     from forward_influence.bench.runner import _build
-    from forward_influence.compress.base import method_spec
+    from forward_influence.compress.specs import method_spec
 
-    names = BenchConfig(methods=("snapkv", "snapkv:window=8:kernel=3", "streaming-llm:n_sink=0")).method_names()
-    assert names == ["snapkv", "snapkv:window=8:kernel=3", "streaming-llm:n_sink=0"]
+    names = BenchConfig(methods=("SnapKV", "snapkv:window=8:kernel=3", "streaming-llm:n_sink=0")).method_names()
+    assert names == ["snapkv", "snapkv:window=8:kernel=3", "streaming_llm:n_sink=0"]
     built = _build(names[1], 0.25, 0, None)
     assert (type(built).__name__, built.window, built.kernel, built.budget) == ("SnapKV", 8, 3, 0.25)
     assert _build(names[2], 0.5, 0, None).n_sink == 0
     assert _build("snapkv", 0.5, 0, None).window == get_compressor("snapkv").window != 8
     assert method_spec("infokv:rep=early_final")[1] == {"rep": "early_final"}
+    assert method_spec("infokv:norm=none")[1] == {"norm": "none"}  # a str field keeps the string
+    assert method_spec("distilled:window=none:head_mix=0")[1] == {"window": None, "head_mix": 0.0}
     for bad, msg in [
         ("snapkv:windw=8", "KEY one of kernel, n_sink, window"),
         ("snapkv:window", "KEY one of"),
         ("snapkv:window=eight", "window='eight', expected int"),
+        ("distilled:window=0.5", "window='0.5', expected int"),
         ("snapkv:budget=0.5", "budget comes from the run's budgets"),
         ("snap:window=8", "unknown method 'snap:window=8'"),
+        ("snapkv:n_sink=-1", "n_sink must be an int >= 0"),  # the built method's own check, before a model loads
+        ("distilled:head_mix=2", "head_mix must be in"),
+        ("fi_oracle:n_sink=-1", "n_sink must be an int >= 0"),
     ]:
         with pytest.raises(InputError, match=msg):
-            BenchConfig(methods=(bad,)).method_names()
-    with pytest.raises(InputError, match="names a method twice"):
-        BenchConfig(methods=("snapkv", "snapkv")).method_names()
+            BenchConfig(methods=(bad,), fi_run="x").method_names()
+    for twice in [("snapkv", "snapkv"), ("SnapKV", "snapkv"), ("distilled:head_mix=0", "distilled:head_mix=0.0")]:
+        with pytest.raises(InputError, match="twice"):
+            BenchConfig(methods=twice).method_names()
+
+
+def test_the_richest_prefill_serves_the_others_whatever_the_given_order(monkeypatch):
+    """fi-bench prefills once per document when one method's recorded inputs cover the others': the
+    method that records the most is prefilled first, not the one named first."""
+    import torch
+
+    from forward_influence.bench import runner
+
+    prefilled = []
+
+    class Cache:  # records which method's prefill was made; serves a method its needs cover
+        def __init__(self, model, comp):
+            self.recorded = comp.needs()
+            prefilled.append(comp.name)
+
+        def extend(self, ids):
+            pass
+
+        def can_fork(self, comp):
+            return self.recorded.covers(comp.needs())
+
+        def fork(self, comp):
+            return self
+
+        def cut(self, n):
+            pass
+
+    class Task:
+        name = "t"
+
+        def reference(self, cache, s, tok):
+            return None
+
+        def score(self, cache, s, ref, tok):
+            return {"kl": 0.0}
+
+    monkeypatch.setattr(runner, "CompressedCache", Cache)
+    lm = type("LM", (), {"model": type("M", (), {"device": "cpu"})(), "tokenizer": None})()
+    empty = torch.zeros(0, dtype=torch.long)
+    sample = runner.Sample("d", torch.zeros(8, dtype=torch.long), empty, empty)
+    rows = runner.run_prefill_sample(lm, Task(), sample, ["knorm", "snapkv:window=8", "snapkv"], (0.5,), 0, None)
+    assert prefilled == ["snapkv"]  # window 64 covers window 8 and knorm's latest query
+    assert sorted(r["method"] for r in rows) == ["knorm", "snapkv", "snapkv:window=8"]
 
 
 def test_additivity_fit_on_constructed_rows():
@@ -272,3 +324,32 @@ def test_the_distilled_method_needs_a_model_and_one_that_decodes_in_a_decoding_t
     assert "distilled" not in BenchConfig(**ifeval, distilled_model=every_query).validate().method_names()
     assert "distilled" in BenchConfig(**ifeval, distilled_model=model("attn_snapkv", "age")).validate().method_names()
     assert "distilled" in BenchConfig(task="fidelity", distilled_model=every_query).validate().method_names()
+
+
+def test_decoding_runs_the_distilled_model_it_was_given(tmp_path):
+    """ifeval's runner builds ``distilled`` with ``--distilled-model``, not the shipped model."""
+    import torch
+
+    from forward_influence.bench import runner
+    from forward_influence.scoring import Scorer
+
+    path = tmp_path / "m.json"
+    feats = [{"name": "attn_snapkv", "transform": "unit_rank"}, {"name": "age", "transform": "unit_rank"}]
+    Scorer(kind="linear", target="fi_far", features=feats, weights=np.array([1.0, -1.0])).save(path)
+    used = []
+
+    class Task:
+        name = "ifeval"
+
+        def reference(self, model, s, comp, tok):
+            return {"tokens": []}
+
+        def score(self, model, s, comp, budget, ref, tok):
+            used.append(comp.model)
+            return {"x": 1.0}
+
+    lm = type("LM", (), {"model": None, "tokenizer": None})()
+    empty = torch.zeros(0, dtype=torch.long)
+    sample = runner.Sample("d", empty, empty, empty)
+    runner.run_decoding_sample(lm, Task(), sample, ["distilled"], (16.0, 32.0), 0, model_file=str(path))
+    assert used == [str(path), str(path)]
