@@ -20,7 +20,9 @@ p < 0.05 in both directions).
 scripts/bench_headline.py, same seed) for full, InfoKV, TOVA and the shipped distilled model.
 
 Writes docs/tables/distill_fidelity.csv (G rows), distill_fidelity_methods.csv (mean KL per method, budget,
-direction), distill_fidelity.md (both as Markdown), distill_head_mix.csv, distill_retrieval.csv; prints the
+direction), distill_fidelity_paired.csv (the shipped distilled minus InfoKV, SnapKV, H2O and Expected
+Attention: sign-flip p over documents and its inverted interval; secondary, unadjusted), distill_fidelity.md
+(all three as Markdown), distill_head_mix.csv, distill_retrieval.csv; prints the
 headline lines. Resumable (fi-bench checkpoints per document).
 
 Usage: .venv/bin/python scripts/distill_fidelity.py [--runs runs/distill] [--head-mix 0.3] [--retrieval] [--small]
@@ -60,39 +62,53 @@ def head_mix_specs(mix: float) -> tuple[str, str]:
     return "distilled:head_mix=0", f"distilled:head_mix={mix:g}"
 
 
-def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
-    """Mixed minus shared, per direction, budget and metric: document means, sign-flip p, inverted interval."""
+#: What the shipped distilled compressor is compared with, pair by pair (secondary, unadjusted): the entropy-aware
+#: compressor it stands beside, the attention its head mix reads, and the two best deployable methods.
+PAIRED_WITH = ("infokv", "snapkv", "h2o", "expected_attention")
+
+
+def paired_table(rows: pd.DataFrame, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """``method - reference`` for each pair, per direction, budget and metric: document means, the sign-flip
+    test over documents and the interval that inverts it."""
     import numpy as np
 
     from forward_influence.analysis.inference import sign_flip_test
 
-    shared, mixed = head_mix_specs(mix)
     out = []
     for (key, budget), g in rows.groupby(["direction", "budget"]):
         for metric in ("kl", "kl_far"):
             w = g.pivot_table(index="sample_id", columns="method", values=metric)
-            d = (w[mixed] - w[shared]).to_numpy(float)
-            t = sign_flip_test(d, rng=np.random.default_rng(0), alpha=0.05)
-            out.append(
-                {
-                    "direction": key,
-                    "budget": budget,
-                    "metric": metric,
-                    "n_docs": int(t.n_docs),
-                    "shared": w[shared].mean(),
-                    "mixed": w[mixed].mean(),
-                    "diff": float(t.statistic),
-                    "diff_low": t.ci_low,
-                    "diff_high": t.ci_high,
-                    "p_value": float(t.p_value),
-                    "head_mix": mix,
-                }
-            )
+            for reference, method in pairs:
+                d = (w[method] - w[reference]).to_numpy(float)
+                t = sign_flip_test(d, rng=np.random.default_rng(0), alpha=0.05)
+                out.append(
+                    {
+                        "direction": key,
+                        "budget": budget,
+                        "metric": metric,
+                        "method": method,
+                        "reference": reference,
+                        "n_docs": int(t.n_docs),
+                        "kl_method": w[method].mean(),
+                        "kl_reference": w[reference].mean(),
+                        "diff": float(t.statistic),
+                        "diff_low": t.ci_low,
+                        "diff_high": t.ci_high,
+                        "p_value": float(t.p_value),
+                    }
+                )
     return pd.DataFrame(out)
 
 
-def markdown(gaps: pd.DataFrame, means: pd.DataFrame) -> str:
-    """The G table and the mean KL of every method (docs/tables/distill_fidelity.md)."""
+def head_mix_table(rows: pd.DataFrame, mix: float) -> pd.DataFrame:
+    """Mixed minus shared, per direction, budget and metric (:func:`paired_table`)."""
+    shared, mixed = head_mix_specs(mix)
+    table = paired_table(rows, [(shared, mixed)]).drop(columns=["method", "reference"])
+    return table.rename(columns={"kl_reference": "shared", "kl_method": "mixed"}).assign(head_mix=mix)
+
+
+def markdown(gaps: pd.DataFrame, means: pd.DataFrame, paired: pd.DataFrame) -> str:
+    """The G table, the mean KL of every method and the paired differences (docs/tables/distill_fidelity.md)."""
     from forward_influence.bench.summary import gap_text
 
     lines = [
@@ -114,6 +130,17 @@ def markdown(gaps: pd.DataFrame, means: pd.DataFrame) -> str:
     ]
     for method, row in wide.sort_values(cols[0]).iterrows():
         lines.append(f"| {method} | " + " | ".join(f"{v:.4f}" for v in row) + " |")
+    lines += [
+        "",
+        "| train -> test | KL over | budget | distilled - | difference [95%, inverts p] | p |",
+        "|---|---|---:|---|---|---:|",
+    ]
+    for _, r in paired.sort_values(["direction", "metric", "budget"]).iterrows():
+        over = "all targets" if r["metric"] == "kl" else "d_tau > 128"
+        lines.append(
+            f"| {r['label']} | {over} | {r['budget']:.0%} | {r['reference']} | "
+            f"{r['diff']:+.4f} [{r['diff_low']:+.4f}, {r['diff_high']:+.4f}] | {r['p_value']:.3g} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +167,7 @@ def main() -> None:
     shape = dict(n_prefix=128, n_future=160) if args.small else dict(n_prefix=512, n_future=256)
     lm = load_model("smollm2-135m", device="cpu", dtype="float32")
     common = dict(task="fidelity", budgets=(0.2, 0.4), progress=False, report=False, **shape)
-    gaps, means, mixes = [], [], []
+    gaps, means, mixes, paired = [], [], [], []
     plan = distill_runs.runs("data/arxiv.json", args.small)
     for key, (run_name, doc, label) in DIRECTIONS.items():
         run = runs / run_name
@@ -189,13 +216,16 @@ def main() -> None:
                     f"oracle {r['kl_oracle']:.4f}, {r['n']} documents",
                     flush=True,
                 )
+        pairs = [(ref, "distilled") for ref in PAIRED_WITH]
+        paired.append(paired_table(every.assign(direction=key), pairs).assign(label=label))
         for metric in ("kl", "kl_far"):
             m = every.groupby(["method", "budget"])[metric].mean().rename("mean").reset_index()
             means.append(m.assign(metric=metric, direction=key, label=label))
     if gaps:
         pd.concat(gaps, ignore_index=True).to_csv(tables / "distill_fidelity.csv", index=False)
         pd.concat(means, ignore_index=True).to_csv(tables / "distill_fidelity_methods.csv", index=False)
-        (tables / "distill_fidelity.md").write_text(markdown(pd.concat(gaps), pd.concat(means)))
+        pd.concat(paired, ignore_index=True).to_csv(tables / "distill_fidelity_paired.csv", index=False)
+        (tables / "distill_fidelity.md").write_text(markdown(pd.concat(gaps), pd.concat(means), pd.concat(paired)))
     if mixes:
         table = head_mix_table(pd.concat(mixes, ignore_index=True), args.head_mix)
         table.to_csv(tables / "distill_head_mix.csv", index=False)
