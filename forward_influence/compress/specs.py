@@ -107,5 +107,5 @@ def check_spec(spec: str, seed: int = 0, model_file: Any = None) -> Any:
     fi = [] if "measured_fi" in cls.inputs else None
     try:
         return cls.for_run(seed=seed, measured_fi=fi, model_file=model_file, budget=1.0, **hyper)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # the method's own check of a value
         raise ValueError(f"method {spec!r}: {exc}") from None
