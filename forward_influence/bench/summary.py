@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from forward_influence.analysis.inference import MIN_DOCS
 from forward_influence.compress.specs import base_name
 from forward_influence.errors import InputError
 
@@ -110,10 +111,12 @@ def gap_closed(
     in every resample; so does the denominator's. G is *not defined* (``defined`` False) unless the
     denominator's interval lies above 0: where it contains 0 (the oracle not distinguishable from the
     best method), where the oracle is worse than the best (G's sign would mean nothing), and with fewer
-    than 2 documents. Empty when the results hold no fidelity rows of both methods.
+    than :data:`~forward_influence.analysis.inference.MIN_DOCS` documents (the claims' bar for any
+    verdict; the point estimates are still given). Empty when the results hold no fidelity rows of both
+    methods.
 
-    >>> r = pd.DataFrame({"task": "fidelity", "sample_id": np.repeat(list("abcd"), 3), "budget": 0.2,
-    ...     "method": ["snapkv", "distilled", "fi_oracle"] * 4, "kl": [1.0, 0.6, 0.2] * 4})
+    >>> r = pd.DataFrame({"task": "fidelity", "sample_id": np.repeat(list("abcde"), 3), "budget": 0.2,
+    ...     "method": ["snapkv", "distilled", "fi_oracle"] * 5, "kl": [1.0, 0.6, 0.2] * 5})
     >>> g = gap_closed(r, 200).iloc[0]
     >>> (g["best"], round(float(g["gap_closed"]), 3), bool(g["defined"]))
     ('snapkv', 0.5, True)
@@ -140,7 +143,7 @@ def gap_closed(
             den = best - means[:, -1]
             g = (best - means[:, -2]) / np.where(den == 0, np.nan, den)
             dlo, dhi = np.percentile(den[1:], [2.5, 97.5]) if n > 1 else (np.nan, np.nan)
-            defined = bool(n > 1 and dlo > 0)
+            defined = bool(n >= MIN_DOCS and dlo > 0)
             glo, ghi = np.nanpercentile(g[1:], [2.5, 97.5]) if defined else (np.nan, np.nan)
             rows.append(
                 {
@@ -165,7 +168,11 @@ def gap_closed(
 
 
 def gap_text(row: pd.Series) -> str:
-    """``G 0.42 [0.20, 0.61]`` or ``G not defined (...)`` for one row of :func:`gap_closed`."""
+    """``G 0.42 [0.20, 0.61]`` or ``G not defined: ...`` (and why) for one row of :func:`gap_closed`."""
+    if row["n"] < MIN_DOCS:
+        return (
+            f"G not defined: fewer than the {MIN_DOCS} documents any verdict needs (estimate {row['gap_closed']:.2f})"
+        )
     if not row["defined"]:
         return (
             f"G not defined: best - oracle {row['denominator']:+.4f} "

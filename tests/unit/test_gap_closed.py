@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from forward_influence.analysis.inference import MIN_DOCS
 from forward_influence.bench.summary import gap_closed, gap_text
 from forward_influence.bench.tasks import Fidelity
 
@@ -73,6 +74,18 @@ def test_not_defined_when_the_oracle_is_worse_than_the_best():
     kl = dict(KL, fi_oracle=[v + 0.3 for v in KL["snapkv"]])
     g = gap_closed(results(kl), n_resamples=200).iloc[0]
     assert g["denominator_hi"] < 0 and not g["defined"]
+
+
+def test_not_defined_with_fewer_documents_than_any_verdict_needs():
+    """Four documents: the point estimate stands, the interval and the verdict do not (the claims' bar)."""
+    few = {k: v[:4] for k, v in KL.items()}
+    g = gap_closed(results(few), n_resamples=200).iloc[0]
+    m = {k: np.mean(v) for k, v in few.items()}
+    best = min(m["snapkv"], m["h2o"])
+    assert g["n"] == 4 and g["n"] < MIN_DOCS and not g["defined"] and np.isnan(g["lo"])
+    assert g["gap_closed"] == pytest.approx((best - m["distilled"]) / (best - m["fi_oracle"]), rel=1e-12)
+    assert gap_text(g).startswith(f"G not defined: fewer than the {MIN_DOCS} documents")
+    assert gap_closed(results({k: v[:MIN_DOCS] for k, v in KL.items()}), n_resamples=200).iloc[0]["defined"]
 
 
 def test_empty_without_the_distilled_method_or_the_oracle():
