@@ -1,6 +1,7 @@
 """The committed claims tables (docs/tables/claims_*.csv) keep the rules they were made under:
 every interval excludes 0 exactly when the unadjusted p < 0.05, Holm over the declared family
-reproduces the headline's adjusted p, and the family is what docs/statistics.md declares."""
+reproduces the headline's adjusted p, and the family is what docs/statistics.md declares; so does the
+distilled compressor's paired table (docs/tables/distill_fidelity_paired.csv)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,11 @@ def test_holm_over_the_declared_family_reproduces_the_headline():
     rep = pd.read_csv(TABLES / "claims_replication.csv", dtype={"claim": str}).dropna(subset=["p_value"])
     for _, g in rep.groupby("replication"):
         np.testing.assert_allclose(holm(g["p_value"].to_numpy()), g["p_adjusted"].to_numpy(), rtol=1e-12)
+
+
+def test_the_distilled_paired_table_inverts_its_tests_and_holm_covers_every_row():
+    t = pd.read_csv(TABLES / "distill_fidelity_paired.csv")
+    assert len(t) == 32  # 2 directions x 2 budgets x 2 metrics x 4 references, as docs/benchmarks.md says
+    excludes = (t["diff_low"] > 0) | (t["diff_high"] < 0)
+    assert (excludes == (t["p_value"] < ALPHA)).all(), t.loc[excludes != (t["p_value"] < ALPHA)]
+    np.testing.assert_allclose(holm(t["p_value"].to_numpy()), t["p_holm"].to_numpy(), rtol=1e-12)
