@@ -22,8 +22,7 @@ scripts/bench_headline.py, same seed) for full, InfoKV, TOVA and the shipped dis
 Writes docs/tables/distill_fidelity.csv (G rows), distill_fidelity_methods.csv (mean KL per method, budget,
 direction), distill_fidelity_paired.csv (the shipped distilled minus InfoKV, SnapKV, H2O and Expected
 Attention: sign-flip p over documents and its inverted interval, secondary, with Holm's p over all of them),
-distill_fidelity.md
-(all three as Markdown), distill_head_mix.csv, distill_retrieval.csv; prints the
+distill_fidelity.md (all three as Markdown), distill_head_mix.csv, distill_retrieval.csv; prints the
 headline lines. Resumable (fi-bench checkpoints per document).
 
 Usage: .venv/bin/python scripts/distill_fidelity.py [--runs runs/distill] [--head-mix 0.3] [--retrieval] [--small]
